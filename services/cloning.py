@@ -1,0 +1,130 @@
+"""Executing a clone plan: networks, volumes, nodes, the stateful snapshot, start, rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from services.docker import DockerClient, gather_all
+from services.errors import ClonebotError, CloneFailed
+from services.freeze import snapshot_stateful
+from services.ledger import Ledger
+from services.planning import ClonePlan, NodePlan, PortRemap
+from services.progress import EventSink, StepStarted, Warned, ignore_events, step
+from services.naming import Rewrite
+from services.settings import Settings
+
+
+@dataclass
+class CloneResult:
+    job: str
+    environment: str
+    source: str
+    state: str  # "succeeded" or "failed"
+    freeze_ms: int = 0
+    started: bool = True
+    nodes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rewrites: list[Rewrite] = field(default_factory=list)
+    ports: list[PortRemap] = field(default_factory=list)
+    error: str | None = None
+    elapsed_ms: int = 0
+
+
+async def execute_clone(
+    docker: DockerClient,
+    settings: Settings,
+    plan: ClonePlan,
+    *,
+    emit: EventSink = ignore_events,
+) -> CloneResult:
+    """Create the clone the plan describes; on any failure remove all it created and raise."""
+    started = time.monotonic()
+    ledger = Ledger(docker)
+    current = _CurrentStep(emit)
+    for warning in plan.warnings:
+        emit(Warned(warning))
+    try:
+        current.name = "networks"
+        async with step(current, "networks"):
+            await _create_networks(docker, plan, ledger)
+        current.name = "volumes"
+        async with step(current, "volumes"):
+            await _create_volumes(docker, plan, ledger)
+        current.name = "stateless nodes"
+        await gather_all(*(_create_node(docker, n, ledger, emit) for n in _stateless(plan)))
+        current.name = "stateful snapshot"
+        freeze = await snapshot_stateful(docker, settings, plan, ledger=ledger, emit=emit)
+        current.name = "start"
+        if not plan.snapshot:
+            await _start_all(docker, plan, emit)
+    except (Exception, asyncio.CancelledError) as exc:
+        await asyncio.shield(ledger.rollback())
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
+        raise CloneFailed(step=current.name, cause=cause) from exc
+    return CloneResult(
+        job=plan.job,
+        environment=plan.name,
+        source=plan.source.name,
+        state="succeeded",
+        freeze_ms=freeze.longest_ms,
+        started=not plan.snapshot,
+        nodes=[n.name for n in plan.nodes],
+        warnings=plan.warnings + freeze.warnings,
+        rewrites=plan.rewrites,
+        ports=plan.ports,
+        elapsed_ms=int((time.monotonic() - started) * 1000),
+    )
+
+
+class _CurrentStep:
+    """An event sink that also remembers which step is running, to name it on failure."""
+
+    def __init__(self, emit: EventSink) -> None:
+        self.name = "plan"
+        self._emit = emit
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, StepStarted):
+            self.name = event.step
+        self._emit(event)  # type: ignore[arg-type]
+
+
+def _stateless(plan: ClonePlan) -> list[NodePlan]:
+    return [n for n in plan.nodes if not n.stateful]
+
+
+async def _create_networks(docker: DockerClient, plan: ClonePlan, ledger: Ledger) -> None:
+    async def create(config: dict[str, object]) -> None:
+        ledger.add_network(await docker.create_network(config))
+
+    await gather_all(*(create(n.config) for n in plan.networks))
+
+
+async def _create_volumes(docker: DockerClient, plan: ClonePlan, ledger: Ledger) -> None:
+    async def create(name: str, labels: dict[str, str]) -> None:
+        ledger.add_volume(await docker.create_volume(name=name, labels=labels))
+
+    await gather_all(*(create(v.name, v.labels) for v in plan.volumes))
+
+
+async def _create_node(
+    docker: DockerClient, node: NodePlan, ledger: Ledger, emit: EventSink
+) -> str:
+    async with step(emit, "create", node.name):
+        return await ledger.create_container(
+            name=node.name, config=node.config, networks=node.networks
+        )
+
+
+async def _start_all(docker: DockerClient, plan: ClonePlan, emit: EventSink) -> None:
+    async def start(node: NodePlan) -> None:
+        async with step(emit, "start", node.name):
+            await docker.start_container(node.name)
+
+    # data stores first, so that the layers using them find them up
+    await gather_all(*(start(n) for n in plan.nodes if n.stateful))
+    await gather_all(*(start(n) for n in _stateless(plan)))

@@ -1,0 +1,306 @@
+"""The Docker port: the few engine operations clonebot needs, over aiodocker.
+
+Library errors are translated here, once, into ``DockerFailed``/``DockerUnavailable``.
+Large data never passes through this process: volume data is copied by a helper
+container (see ``volumes.py``); only small file-system deltas are streamed, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from services.errors import DockerFailed, DockerUnavailable
+
+T = TypeVar("T")
+# aiodocker reports a connection failure as this pseudo HTTP status
+_UNREACHABLE = 900
+JSON = dict[str, Any]
+
+
+async def _translate(what: str, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except DockerError as exc:
+        if exc.status == _UNREACHABLE:
+            raise DockerUnavailable(f"cannot reach the Docker engine: {exc.message}") from exc
+        raise DockerFailed(f"{what}: {exc.message}", status=exc.status) from exc
+    except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
+        raise DockerUnavailable(f"cannot reach the Docker engine ({what}): {exc}") from exc
+
+
+class ExecSession:
+    """A command running in a container, with its stdin and output streams attached."""
+
+    def __init__(self, stream: Any, exec_: Any) -> None:
+        self._stream = stream
+        self._exec = exec_
+
+    async def send(self, data: bytes) -> None:
+        await self._stream.write_in(data)
+
+    async def lines(self) -> AsyncIterator[str]:
+        """Yield output lines (stdout and stderr) until the command ends."""
+        pending = b""
+        while (msg := await self._stream.read_out()) is not None:
+            pending += msg.data
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line.decode(errors="replace")
+        if pending:
+            yield pending.decode(errors="replace")
+
+    async def exit_code(self) -> int:
+        info = await _translate("exec inspect", self._exec.inspect())
+        code = info.get("ExitCode")
+        return -1 if code is None else int(code)
+
+
+class DockerClient:
+    """Async client for one Docker engine."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self._url = url
+        self._docker: aiodocker.Docker | None = None
+
+    async def __aenter__(self) -> DockerClient:
+        self._docker = aiodocker.Docker(url=self._url)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    @property
+    def api(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self._url)
+        return self._docker
+
+    # -- engine ---------------------------------------------------------------------------
+    async def ping(self) -> JSON:
+        return await _translate("version", self.api.version())
+
+    # -- containers -----------------------------------------------------------------------
+    async def list_containers(self, *, labels: list[str] | None = None) -> list[JSON]:
+        filters = json.dumps({"label": labels or []})
+        call = self.api._query_json("containers/json", params={"all": "1", "filters": filters})
+        result: list[JSON] = await _translate("list containers", call)
+        return result
+
+    async def inspect_container(self, ref: str) -> JSON:
+        call = self.api._query_json(f"containers/{ref}/json")
+        result: JSON = await _translate(f"inspect container {ref}", call)
+        return result
+
+    async def create_container(self, *, name: str | None, config: JSON) -> str:
+        container = await _translate(
+            f"create container {name}", self.api.containers.create(config, name=name)
+        )
+        return str(container.id)
+
+    async def start_container(self, ref: str) -> None:
+        await _translate(f"start container {ref}", self.api.containers.container(ref).start())
+
+    async def stop_container(self, ref: str, *, timeout_s: int = 10) -> None:
+        call = self.api._query(f"containers/{ref}/stop", method="POST", params={"t": timeout_s})
+        await _translate(f"stop container {ref}", _drain(call))
+
+    async def wait_container(self, ref: str) -> int:
+        result = await _translate(
+            f"wait container {ref}", self.api.containers.container(ref).wait()
+        )
+        return int(result.get("StatusCode", -1))
+
+    async def container_logs(self, ref: str) -> str:
+        call = self.api.containers.container(ref).log(stdout=True, stderr=True)
+        return "".join(await _translate(f"logs of {ref}", call))
+
+    async def remove_container(self, ref: str) -> None:
+        call = self.api._query(
+            f"containers/{ref}", method="DELETE", params={"force": "1", "v": "0"}
+        )
+        await _translate(f"remove container {ref}", _drain(call))
+
+    async def pause_container(self, ref: str) -> None:
+        await _translate(f"pause container {ref}", self.api.containers.container(ref).pause())
+
+    async def unpause_container(self, ref: str) -> None:
+        await _translate(f"unpause container {ref}", self.api.containers.container(ref).unpause())
+
+    async def diff_container(self, ref: str) -> list[JSON]:
+        result = await _translate(f"diff {ref}", self.api._query_json(f"containers/{ref}/changes"))
+        return list(result or [])
+
+    async def commit_container(
+        self, ref: str, *, repo: str, tag: str, labels: dict[str, str]
+    ) -> str:
+        changes = [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items()]
+        # the source may already be frozen by us; commit must not pause/unpause it itself
+        call = self.api.containers.container(ref).commit(
+            repository=repo, tag=tag, changes=changes, pause=False
+        )
+        result = await _translate(f"commit {ref}", call)
+        return str(result["Id"])
+
+    async def stat_path(self, ref: str, path: str) -> JSON | None:
+        """Stat a path inside a container's file system; None when it does not exist."""
+        try:
+            call = self.api._query(
+                f"containers/{ref}/archive", method="HEAD", params={"path": path}
+            )
+            async with call as resp:
+                header = resp.headers.get("X-Docker-Container-Path-Stat", "")
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise DockerFailed(f"stat {path} in {ref}: {exc.message}", status=exc.status) from exc
+        stat: JSON = json.loads(base64.b64decode(header)) if header else {}
+        return stat
+
+    async def copy_path(self, *, src: str, dst: str, path: str, into: str) -> None:
+        """Stream ``path`` of container ``src`` as a tar into directory ``into`` of ``dst``."""
+
+        async def body() -> AsyncIterator[bytes]:
+            call = self.api._query(f"containers/{src}/archive", params={"path": path})
+            async with call as resp:
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    yield chunk
+
+        put = self.api._query(
+            f"containers/{dst}/archive",
+            method="PUT",
+            params={"path": into},
+            data=body(),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        await _translate(f"copy {path} from {src} to {dst}", _drain(put))
+
+    @asynccontextmanager
+    async def exec_session(self, ref: str, cmd: list[str]) -> AsyncIterator[ExecSession]:
+        container = self.api.containers.container(ref)
+        exec_ = await _translate(f"exec in {ref}", container.exec(cmd, stdin=True))
+        stream = exec_.start(detach=False)
+        try:
+            await _translate(f"exec in {ref}", stream._init())
+            yield ExecSession(stream, exec_)
+        finally:
+            await stream.close()
+
+    # -- images ---------------------------------------------------------------------------
+    async def inspect_image(self, ref: str) -> JSON | None:
+        try:
+            result: JSON = await self.api.images.inspect(ref)
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise DockerFailed(f"inspect image {ref}: {exc.message}", status=exc.status) from exc
+        return result
+
+    async def import_image(self, *, tar: bytes, repo: str, tag: str) -> None:
+        params = {"fromSrc": "-", "repo": repo, "tag": tag}
+        call = self.api._query(
+            "images/create",
+            method="POST",
+            params=params,
+            data=tar,
+            headers={"Content-Type": "application/x-tar"},
+        )
+        await _translate(f"import image {repo}:{tag}", _drain(call))
+
+    async def remove_image(self, ref: str) -> None:
+        await _translate(f"remove image {ref}", self.api.images.delete(ref, force=True))
+
+    async def list_images(self, *, labels: list[str]) -> list[JSON]:
+        filters = json.dumps({"label": labels})
+        call = self.api._query_json("images/json", params={"filters": filters})
+        result: list[JSON] = await _translate("list images", call)
+        return result
+
+    # -- networks -------------------------------------------------------------------------
+    async def inspect_network(self, ref: str) -> JSON | None:
+        try:
+            result: JSON = await self.api._query_json(f"networks/{ref}")
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise DockerFailed(f"inspect network {ref}: {exc.message}", status=exc.status) from exc
+        return result
+
+    async def list_networks(self, *, labels: list[str]) -> list[JSON]:
+        filters = json.dumps({"label": labels})
+        call = self.api._query_json("networks", params={"filters": filters})
+        result: list[JSON] = await _translate("list networks", call)
+        return result
+
+    async def create_network(self, config: JSON) -> str:
+        network = await _translate(
+            f"create network {config.get('Name')}", self.api.networks.create(config)
+        )
+        return str(network.id)
+
+    async def connect_network(self, *, network: str, container: str, aliases: list[str]) -> None:
+        body = {"Container": container, "EndpointConfig": {"Aliases": aliases}}
+        call = self.api._query_json(f"networks/{network}/connect", method="POST", data=body)
+        await _translate(f"connect {container} to {network}", call)
+
+    async def remove_network(self, ref: str) -> None:
+        call = self.api._query(f"networks/{ref}", method="DELETE")
+        await _translate(f"remove network {ref}", _drain(call))
+
+    # -- volumes --------------------------------------------------------------------------
+    async def inspect_volume(self, name: str) -> JSON | None:
+        try:
+            result: JSON = await self.api._query_json(f"volumes/{name}")
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise DockerFailed(f"inspect volume {name}: {exc.message}", status=exc.status) from exc
+        return result
+
+    async def list_volumes(self, *, labels: list[str]) -> list[JSON]:
+        filters = json.dumps({"label": labels})
+        result = await _translate(
+            "list volumes", self.api._query_json("volumes", params={"filters": filters})
+        )
+        return list(result.get("Volumes") or [])
+
+    async def create_volume(self, *, name: str | None, labels: dict[str, str]) -> str:
+        body: JSON = {"Labels": labels}
+        if name:
+            body["Name"] = name
+        result = await _translate(
+            f"create volume {name or ''}",
+            self.api._query_json("volumes/create", method="POST", data=body),
+        )
+        return str(result["Name"])
+
+    async def remove_volume(self, name: str) -> None:
+        call = self.api._query(f"volumes/{name}", method="DELETE", params={"force": "1"})
+        await _translate(f"remove volume {name}", _drain(call))
+
+
+async def _drain(call: Any) -> None:
+    async with call as resp:
+        await resp.read()
+
+
+async def gather_all(*calls: Awaitable[T]) -> list[T]:
+    """Run calls concurrently; if one fails, wait for the others before raising the first error."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)  # type: ignore[arg-type]

@@ -1,0 +1,200 @@
+"""Environments as Docker shows them: Compose projects made of layers made of nodes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from services.docker import JSON, DockerClient, gather_all
+from services.errors import EnvironmentNotFound
+
+PROJECT = "com.docker.compose.project"
+SERVICE = "com.docker.compose.service"
+NUMBER = "com.docker.compose.container-number"
+ONEOFF = "com.docker.compose.oneoff"
+SCALING = "clonebot.scaling"
+HTTP_PORT = "clonebot.http.port"
+OWNER = "clonebot.owner"
+CLONED_FROM = "clonebot.cloned-from"
+JOB = "clonebot.job"
+VOLUME_POLICY = "clonebot.volume."
+COMPOSE_VOLUME = "com.docker.compose.volume"
+
+Scaling = Literal["stateful", "stateless"]
+VolumePolicy = Literal["copy", "share", "empty"]
+VOLUME_POLICIES: tuple[VolumePolicy, ...] = ("copy", "share", "empty")
+
+
+@dataclass(frozen=True)
+class Mount:
+    kind: str  # "volume", "bind" or "tmpfs"
+    source: str  # volume name or host path
+    destination: str
+    read_write: bool
+    anonymous: bool = False
+
+
+@dataclass(frozen=True)
+class Node:
+    """One container of a layer, with its full ``docker inspect`` document."""
+
+    id: str
+    name: str
+    layer: str
+    number: int
+    state: str  # "running", "paused", "exited", "created", ...
+    image_id: str
+    labels: dict[str, str]
+    mounts: tuple[Mount, ...]
+    attrs: JSON = field(repr=False, compare=False)
+
+    @property
+    def volumes(self) -> tuple[Mount, ...]:
+        return tuple(m for m in self.mounts if m.kind == "volume")
+
+    @property
+    def networks(self) -> dict[str, JSON]:
+        nets: dict[str, JSON] = self.attrs["NetworkSettings"].get("Networks") or {}
+        return nets
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    nodes: tuple[Node, ...]
+    scaling: Scaling
+    http_port: int | None
+    volume_policies: dict[str, VolumePolicy]
+
+    @property
+    def master(self) -> Node:
+        return self.nodes[0]
+
+    def policy_for(self, mount: Mount) -> VolumePolicy:
+        """The policy of a volume, by its full name or its Compose short name."""
+        for key in (mount.source, _short_volume_name(self, mount.source)):
+            if key and key in self.volume_policies:
+                return self.volume_policies[key]
+        return "copy"
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    layers: tuple[Layer, ...]
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return tuple(node for layer in self.layers for node in layer.nodes)
+
+    @property
+    def owner(self) -> str | None:
+        return next((n.labels[OWNER] for n in self.nodes if n.labels.get(OWNER)), None)
+
+    @property
+    def cloned_from(self) -> str | None:
+        return next((n.labels[CLONED_FROM] for n in self.nodes if CLONED_FROM in n.labels), None)
+
+    @property
+    def web_layer(self) -> Layer | None:
+        return next((layer for layer in self.layers if layer.http_port is not None), None)
+
+    def layer(self, name: str) -> Layer:
+        return next(layer for layer in self.layers if layer.name == name)
+
+
+async def list_environments(docker: DockerClient) -> list[Environment]:
+    """Every Compose project on the engine, as an environment, sorted by name."""
+    summaries = await docker.list_containers(labels=[PROJECT])
+    attrs = await gather_all(*(docker.inspect_container(s["Id"]) for s in summaries))
+    by_project: dict[str, list[JSON]] = defaultdict(list)
+    for doc in attrs:
+        labels = doc["Config"].get("Labels") or {}
+        if labels.get(ONEOFF, "False") != "True":
+            by_project[labels[PROJECT]].append(doc)
+    return [_environment(name, docs) for name, docs in sorted(by_project.items())]
+
+
+async def get_environment(docker: DockerClient, name: str) -> Environment:
+    summaries = await docker.list_containers(labels=[f"{PROJECT}={name}"])
+    attrs = await gather_all(*(docker.inspect_container(s["Id"]) for s in summaries))
+    docs = [d for d in attrs if (d["Config"].get("Labels") or {}).get(ONEOFF, "False") != "True"]
+    if not docs:
+        raise EnvironmentNotFound(name)
+    return _environment(name, docs)
+
+
+async def environment_exists(docker: DockerClient, name: str) -> bool:
+    return bool(await docker.list_containers(labels=[f"{PROJECT}={name}"]))
+
+
+def _environment(name: str, docs: list[JSON]) -> Environment:
+    by_layer: dict[str, list[Node]] = defaultdict(list)
+    for doc in docs:
+        node = _node(doc)
+        by_layer[node.layer].append(node)
+    layers = tuple(_layer(lname, nodes) for lname, nodes in sorted(by_layer.items()))
+    return Environment(name=name, layers=layers)
+
+
+def _node(doc: JSON) -> Node:
+    labels: dict[str, str] = doc["Config"].get("Labels") or {}
+    return Node(
+        id=doc["Id"],
+        name=doc["Name"].lstrip("/"),
+        layer=labels.get(SERVICE) or doc["Name"].lstrip("/"),
+        number=_int(labels.get(NUMBER), default=1),
+        state=doc["State"]["Status"],
+        image_id=doc["Image"],
+        labels=labels,
+        mounts=tuple(_mount(m) for m in doc.get("Mounts") or []),
+        attrs=doc,
+    )
+
+
+def _mount(doc: JSON) -> Mount:
+    kind = doc.get("Type", "volume")
+    source = doc.get("Name") if kind == "volume" else doc.get("Source", "")
+    return Mount(
+        kind=kind,
+        source=source or "",
+        destination=doc["Destination"],
+        read_write=bool(doc.get("RW", True)),
+        anonymous=kind == "volume" and _looks_anonymous(source or ""),
+    )
+
+
+def _layer(name: str, nodes: list[Node]) -> Layer:
+    nodes.sort(key=lambda n: (n.number, n.name))
+    labels: dict[str, str] = {}
+    for node in reversed(nodes):  # the master's labels win
+        labels.update(node.labels)
+    scaling = labels.get(SCALING)
+    if scaling not in ("stateful", "stateless"):
+        scaling = "stateful" if any(node.volumes for node in nodes) else "stateless"
+    policies: dict[str, VolumePolicy] = {}
+    for key, value in labels.items():
+        if key.startswith(VOLUME_POLICY) and value in VOLUME_POLICIES:
+            policies[key.removeprefix(VOLUME_POLICY)] = value  # type: ignore[assignment]
+    port = _int(labels.get(HTTP_PORT), default=0) or None
+    return Layer(name, tuple(nodes), scaling, port, policies)  # type: ignore[arg-type]
+
+
+def _short_volume_name(layer: Layer, volume: str) -> str | None:
+    project = layer.master.labels.get(PROJECT, "")
+    for prefix in (f"{project}_", f"{project}-"):
+        if project and volume.startswith(prefix):
+            return volume.removeprefix(prefix)
+    return None
+
+
+def _looks_anonymous(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _int(value: Any, *, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

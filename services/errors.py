@@ -1,0 +1,92 @@
+"""Errors clonebot raises, each with a message a user can act on.
+
+ClonebotError                 base: ``message`` is what a person reads
+├── Refused                   nothing was done; the request itself is wrong
+│   ├── InvalidName           not a valid environment name
+│   ├── NameTaken             an environment of that name exists
+│   ├── EnvironmentNotFound   no environment of that name
+│   ├── NotEnoughDisk         the Docker host lacks space for the copy
+│   └── NotAClone             an operation meant for clones was asked of a source
+├── DockerUnavailable         the Docker engine cannot be reached
+├── DockerFailed              the Docker engine refused or failed an operation
+└── CloneFailed               a clone/refresh failed; what it created was removed
+"""
+
+from __future__ import annotations
+
+
+class ClonebotError(Exception):
+    """Base of every error clonebot raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Refused(ClonebotError):
+    """The request was refused before anything was changed."""
+
+
+class InvalidName(Refused):
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"invalid name {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class NameTaken(Refused):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"an environment named {name!r} already exists")
+        self.name = name
+
+
+class EnvironmentNotFound(Refused):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no environment named {name!r}")
+        self.name = name
+
+
+class NotEnoughDisk(Refused):
+    def __init__(self, *, needed: int, free: int) -> None:
+        super().__init__(
+            f"not enough free disk on the Docker host: the copy needs {_size(needed)}, "
+            f"{_size(free)} is free"
+        )
+        self.needed = needed
+        self.free = free
+
+
+class NotAClone(Refused):
+    def __init__(self, name: str, action: str) -> None:
+        super().__init__(f"{name!r} is not a clone made by clonebot; {action} only works on clones")
+        self.name = name
+
+
+class DockerUnavailable(ClonebotError):
+    """The Docker engine could not be reached at all."""
+
+
+class DockerFailed(ClonebotError):
+    """The Docker engine answered an operation with an error."""
+
+    def __init__(self, message: str, *, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CloneFailed(ClonebotError):
+    """A clone or refresh failed at ``step``; everything it created was removed."""
+
+    def __init__(self, *, step: str, cause: str) -> None:
+        super().__init__(f"{step} failed: {cause}; everything the job created was removed")
+        self.step = step
+        self.cause = cause
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    raise AssertionError("unreachable")

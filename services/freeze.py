@@ -1,0 +1,271 @@
+"""The stateful snapshot: pre-copy while the source runs, then one short freeze for the rest.
+
+Every stateful layer's master is copied into the clone's first node of that layer: its
+volumes (by a helper container, see ``volumes.py``) and its own file system (a commit, then
+the paths ``docker diff`` names that changed since). All masters are frozen together, so the
+clone is one instant across layers, and each is resumed whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from services.docker import JSON, DockerClient, gather_all
+from services.environments import Layer
+from services.errors import DockerFailed
+from services.ledger import Ledger
+from services.planning import ClonePlan, NodePlan, VolumePlan
+from services.progress import BytesCopied, EventSink, Warned, step
+from services.settings import Settings
+from services.volumes import FinalPass, copy_helper, ensure_helper_image, pre_copy
+
+log = logging.getLogger(__name__)
+_DIR = 1 << 31
+_DELETED = 2
+_STAT_CONCURRENCY = 16
+
+
+@dataclass
+class FreezeReport:
+    longest_ms: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+async def snapshot_stateful(
+    docker: DockerClient, settings: Settings, plan: ClonePlan, *, ledger: Ledger, emit: EventSink
+) -> FreezeReport:
+    """Create every stateful node of the clone as a consistent snapshot of its master."""
+    layers = plan.stateful_layers
+    if not layers:
+        return FreezeReport()
+    await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
+    claimed: set[str] = set()
+    copies = [_MasterCopy(docker, settings, plan, layer, ledger, emit, claimed) for layer in layers]
+    try:
+        await gather_all(*(c.prepare() for c in copies))
+        report = await _freeze(docker, settings, copies, emit)
+        await gather_all(*(c.complete() for c in copies))
+    finally:
+        await asyncio.shield(gather_all(*(c.close() for c in copies)))
+    return report
+
+
+async def _freeze(
+    docker: DockerClient, settings: Settings, copies: list[_MasterCopy], emit: EventSink
+) -> FreezeReport:
+    report = FreezeReport()
+    frozen: dict[str, tuple[str, float]] = {}  # master id -> (how, when)
+
+    async def freeze(copy: _MasterCopy) -> None:
+        master = copy.layer.master
+        if master.state != "running":
+            return  # stopped or already paused by its owner: its data holds still
+        started = time.monotonic()
+        try:
+            await docker.pause_container(master.id)
+            frozen[master.id] = ("paused", started)
+        except DockerFailed as exc:
+            warning = f"{master.name} could not be paused ({exc.message}); stopped and restarted"
+            report.warnings.append(warning)
+            emit(Warned(warning))
+            frozen[master.id] = ("stopped", started)
+            await docker.stop_container(master.id)
+
+    async def resume(master_id: str) -> None:
+        how, started = frozen[master_id]
+        try:
+            if how == "paused":
+                await docker.unpause_container(master_id)
+            else:
+                await docker.start_container(master_id)
+        except DockerFailed:
+            log.exception("could not resume source container %s", master_id)
+            raise
+        report.longest_ms = max(report.longest_ms, int((time.monotonic() - started) * 1000))
+
+    try:
+        async with step(emit, "freeze", ", ".join(c.layer.master.name for c in copies)):
+            await gather_all(*(freeze(c) for c in copies))
+            async with asyncio.timeout(settings.freeze_timeout_s):
+                await gather_all(*(c.final_pass() for c in copies))
+    finally:
+        # a frozen source must be resumed even on error, timeout or cancellation
+        await asyncio.shield(gather_all(*(resume(mid) for mid in list(frozen))))
+    return report
+
+
+class _MasterCopy:
+    """Copies one stateful layer's master into the clone's nodes of that layer."""
+
+    def __init__(
+        self,
+        docker: DockerClient,
+        settings: Settings,
+        plan: ClonePlan,
+        layer: Layer,
+        ledger: Ledger,
+        emit: EventSink,
+        claimed: set[str],
+    ) -> None:
+        self.docker, self.settings, self.plan, self.layer = docker, settings, plan, layer
+        self.ledger, self.emit = ledger, emit
+        self.nodes = [n for n in plan.nodes if n.layer == layer.name]
+        master_volumes = {m.source for m in layer.master.volumes}
+        self.volumes = [v for v in plan.volumes if v.source in master_volumes - claimed]
+        claimed.update(v.source for v in self.volumes if v.source)
+        self.first: NodePlan = self.nodes[0]
+        self.first_id = ""
+        self.helper: str | None = None
+        self._resources = AsyncExitStack()
+        self._final: FinalPass | None = None
+        self._baseline: dict[str, tuple[int, int, str]] = {}
+        self._deleted: set[str] = set()
+        self._recommit = False
+        self._changed_rootfs = False
+
+    async def prepare(self) -> None:
+        await gather_all(self._pre_copy_volumes(), self._pre_copy_rootfs())
+        if self.helper:
+            final = FinalPass(self.docker, helper=self.helper, count=len(self.volumes))
+            self._final = await self._resources.enter_async_context(final)
+
+    async def _pre_copy_volumes(self) -> None:
+        if not self.volumes:
+            return
+        pairs = [(v.source or "", v.name) for v in self.volumes]
+        helper = copy_helper(
+            self.docker,
+            image=self.settings.helper_image,
+            name=f"{self.plan.name}-copy-{self.layer.name}-{self.plan.job}",
+            pairs=pairs,
+            labels=self.plan.labels(),
+        )
+        self.helper = await self._resources.enter_async_context(helper)
+        total = sum(v.bytes for v in self.volumes)
+        async with step(self.emit, "pre-copy", self.first.name):
+
+            def on_bytes(copied: int) -> None:
+                self.emit(BytesCopied("pre-copy", self.first.name, copied, total))
+
+            await pre_copy(self.docker, helper=self.helper, count=len(pairs), on_bytes=on_bytes)
+
+    async def _pre_copy_rootfs(self) -> None:
+        master = self.layer.master
+        async with step(self.emit, "commit", self.first.name):
+            diff = await self.docker.diff_container(master.id)
+            self._deleted = {e["Path"] for e in diff if e["Kind"] == _DELETED}
+            paths = [e["Path"] for e in diff if e["Kind"] != _DELETED]
+            # stat before the commit: a change in between is copied again, never missed
+            self._baseline = await _stat_many(self.docker, master.id, paths)
+            image = await self._commit(master.id)
+            self.first.config["Image"] = image
+            self.first_id = await _create(self.docker, self.first, self.ledger)
+
+    async def _commit(self, ref: str) -> str:
+        repo = f"clonebot/{self.plan.name}-{self.layer.name}"
+        image = await self.docker.commit_container(
+            ref, repo=repo, tag=self.plan.job, labels=self.plan.labels()
+        )
+        self.ledger.add_image(image)
+        return image
+
+    async def final_pass(self) -> None:
+        """Runs while the master is frozen: only what changed since the pre-copy."""
+        await gather_all(self._final_volumes(), self._final_rootfs())
+
+    async def _final_volumes(self) -> None:
+        if self._final is not None:
+            await self._final.fire()
+
+    async def _final_rootfs(self) -> None:
+        master = self.layer.master.id
+        diff = await self.docker.diff_container(master)
+        if {e["Path"] for e in diff if e["Kind"] == _DELETED} - self._deleted:
+            # a path removed since the commit: only a new commit removes it from the clone
+            self.first.config["Image"] = await self._commit(master)
+            self._recommit = True
+            return
+        current = await _stat_many(self.docker, master, [e["Path"] for e in diff if e["Kind"] != 2])
+        paths = _paths_to_copy(self._baseline, current)
+        for path in paths:
+            await self.docker.copy_path(
+                src=master, dst=self.first_id, path=path, into=posixpath.dirname(path)
+            )
+        self._changed_rootfs = bool(paths)
+
+    async def complete(self) -> None:
+        """After the freeze: the layer's other nodes, copied from the first, not the source."""
+        if self._recommit:
+            await self.docker.remove_container(self.first_id)
+            self.first_id = await _create(self.docker, self.first, self.ledger)
+        others = self.nodes[1:]
+        if not others:
+            return
+        image = self.first.config["Image"]
+        if self._changed_rootfs:
+            image = await self._commit(self.first_id)
+        replicas = [v for v in self.plan.volumes if v.replica_of in {x.name for x in self.volumes}]
+        await gather_all(self._replicate(replicas), *(self._create_other(n, image) for n in others))
+
+    async def _create_other(self, node: NodePlan, image: str) -> None:
+        node.config["Image"] = image
+        async with step(self.emit, "create", node.name):
+            await _create(self.docker, node, self.ledger)
+
+    async def _replicate(self, replicas: list[VolumePlan]) -> None:
+        if not replicas:
+            return
+        pairs = [(v.replica_of or "", v.name) for v in replicas]
+        async with copy_helper(
+            self.docker,
+            image=self.settings.helper_image,
+            name=f"{self.plan.name}-replicate-{self.layer.name}-{self.plan.job}",
+            pairs=pairs,
+            labels=self.plan.labels(),
+        ) as helper:
+            await pre_copy(self.docker, helper=helper, count=len(pairs), on_bytes=lambda _: None)
+
+    async def close(self) -> None:
+        await self._resources.aclose()
+
+
+async def _create(docker: DockerClient, node: NodePlan, ledger: Ledger) -> str:
+    return await ledger.create_container(name=node.name, config=node.config, networks=node.networks)
+
+
+async def _stat_many(
+    docker: DockerClient, ref: str, paths: list[str]
+) -> dict[str, tuple[int, int, str]]:
+    limit = asyncio.Semaphore(_STAT_CONCURRENCY)
+
+    async def one(path: str) -> tuple[str, JSON | None]:
+        async with limit:
+            return path, await docker.stat_path(ref, path)
+
+    results = await gather_all(*(one(p) for p in paths))
+    return {
+        path: (int(st.get("mode", 0)), int(st.get("size", 0)), str(st.get("mtime", "")))
+        for path, st in results
+        if st is not None
+    }
+
+
+def _paths_to_copy(
+    before: dict[str, tuple[int, int, str]], now: dict[str, tuple[int, int, str]]
+) -> list[str]:
+    """The top-most paths to copy: new or changed files, and whole new directories."""
+    chosen: list[str] = []
+    for path in sorted(now):
+        if now[path] == before.get(path):
+            continue
+        if path in before and now[path][0] & _DIR:
+            continue  # an existing directory: its changed entries are listed themselves
+        if any(path.startswith(parent.rstrip("/") + "/") for parent in chosen):
+            continue
+        chosen.append(path)
+    return chosen

@@ -1,0 +1,322 @@
+"""Planning a clone from the live source: what to create, copy and rewrite, before touching anything."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import socket
+from dataclasses import dataclass, field
+
+from services.docker import JSON, DockerClient
+from services.environments import (
+    CLONED_FROM,
+    JOB,
+    NUMBER,
+    ONEOFF,
+    PROJECT,
+    SERVICE,
+    Environment,
+    Layer,
+    Mount,
+    Node,
+    environment_exists,
+    get_environment,
+    list_environments,
+)
+from services.errors import NameTaken, NotEnoughDisk
+from services.naming import NameRewriter, Rewrite, default_clone_name, node_name, twin_name
+from services.naming import validate_name as check_name
+from services.settings import Settings
+from services.volumes import ensure_helper_image, measure_volumes
+
+PREDEFINED_NETWORKS = {"bridge", "host", "none", "default"}
+COMPOSE_NETWORK = "com.docker.compose.network"
+COMPOSE_VOLUME = "com.docker.compose.volume"
+
+
+@dataclass(frozen=True)
+class PortRemap:
+    node: str
+    container_port: str
+    old: str
+    new: str
+
+
+@dataclass
+class NetworkPlan:
+    source: str
+    name: str
+    config: JSON
+
+
+@dataclass
+class VolumePlan:
+    name: str
+    labels: dict[str, str]
+    source: str | None = None  # copied from this source volume during the freeze
+    replica_of: str | None = None  # copied from this clone volume after the freeze
+    bytes: int = 0  # data to copy, measured on the Docker host
+
+
+@dataclass
+class NodePlan:
+    name: str
+    layer: str
+    number: int
+    source: Node
+    config: JSON  # the container create body; "Image" is set for stateless nodes
+    networks: list[tuple[str, list[str]]]  # (network, aliases); the first is joined at create
+    stateful: bool
+
+
+@dataclass
+class ClonePlan:
+    job: str
+    source: Environment
+    name: str
+    snapshot: bool
+    base_domain: str
+    networks: list[NetworkPlan] = field(default_factory=list)
+    volumes: list[VolumePlan] = field(default_factory=list)
+    nodes: list[NodePlan] = field(default_factory=list)
+    rewrites: list[Rewrite] = field(default_factory=list)
+    ports: list[PortRemap] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    copy_bytes: int = 0
+
+    @property
+    def stateful_layers(self) -> list[Layer]:
+        return [layer for layer in self.source.layers if layer.scaling == "stateful"]
+
+    def labels(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {PROJECT: self.name, JOB: self.job, CLONED_FROM: self.source.name, **(extra or {})}
+
+
+async def plan_clone(
+    docker: DockerClient,
+    settings: Settings,
+    *,
+    source: str,
+    name: str | None = None,
+    snapshot: bool = False,
+) -> ClonePlan:
+    """Check the request and plan the clone; raise a ``Refused`` error before anything is made."""
+    if name is not None:
+        check_name(name)
+    env = await get_environment(docker, source)
+    if name is None:
+        name = default_clone_name(source, {e.name for e in await list_environments(docker)})
+    elif await environment_exists(docker, name):
+        raise NameTaken(name)
+    plan = ClonePlan(secrets.token_hex(6), env, name, snapshot, settings.base_domain)
+    await _plan_networks(docker, plan)
+    volumes = _plan_volumes(plan)
+    _plan_nodes(plan, volumes)
+    await _check_disk(docker, settings, plan)
+    return plan
+
+
+async def _plan_networks(docker: DockerClient, plan: ClonePlan) -> None:
+    names = sorted({net for node in plan.source.nodes for net in node.networks})
+    for net in names:
+        if net in PREDEFINED_NETWORKS:
+            continue
+        info = await docker.inspect_network(net)
+        if info is None:
+            continue
+        twin = twin_name(name=net, source=plan.source.name, clone=plan.name)
+        if await docker.inspect_network(twin) is not None:
+            raise NameTaken(plan.name)
+        labels = dict(info.get("Labels") or {})
+        if PROJECT in labels:
+            labels[PROJECT] = plan.name
+        ipam = info.get("IPAM") or {}
+        config = {
+            "Name": twin,
+            "Driver": info.get("Driver", "bridge"),
+            "Options": info.get("Options") or {},
+            "Internal": info.get("Internal", False),
+            "Attachable": info.get("Attachable", False),
+            "EnableIPv6": info.get("EnableIPv6", False),
+            # subnets are not copied: the twin must not overlap its source
+            "IPAM": {"Driver": ipam.get("Driver", "default"), "Options": ipam.get("Options")},
+            "Labels": plan.labels(labels),
+            "CheckDuplicate": True,
+        }
+        plan.networks.append(NetworkPlan(source=net, name=twin, config=config))
+
+
+def _plan_volumes(plan: ClonePlan) -> dict[tuple[str, str], VolumePlan]:
+    """Map (node id, mount destination) to the clone's volume for it."""
+    named: dict[str, VolumePlan] = {}
+    mapping: dict[tuple[str, str], VolumePlan] = {}
+    for layer in plan.source.layers:
+        stateful = layer.scaling == "stateful"
+        for index, node in enumerate(layer.nodes):
+            mounts = layer.master.volumes if stateful else node.volumes
+            for mount in mounts:
+                policy = layer.policy_for(mount)
+                if policy == "share":
+                    continue
+                copy_data = stateful and policy == "copy"
+                if not mount.anonymous and mount.source in named:
+                    vol = named[mount.source]
+                else:
+                    vol = _new_volume(plan, mount)
+                    if copy_data and (index == 0 or not mount.anonymous):
+                        vol.source = mount.source
+                    elif copy_data:
+                        vol.replica_of = mapping[(layer.master.id, mount.destination)].name
+                    if not mount.anonymous:
+                        named[mount.source] = vol
+                    plan.volumes.append(vol)
+                mapping[(node.id, mount.destination)] = vol
+    return mapping
+
+
+def _new_volume(plan: ClonePlan, mount: Mount) -> VolumePlan:
+    if mount.anonymous:
+        return VolumePlan(name=secrets.token_hex(32), labels=plan.labels())
+    name = twin_name(name=mount.source, source=plan.source.name, clone=plan.name)
+    short = name.removeprefix(f"{plan.name}_")
+    return VolumePlan(name=name, labels=plan.labels({COMPOSE_VOLUME: short}))
+
+
+def _plan_nodes(plan: ClonePlan, volumes: dict[tuple[str, str], VolumePlan]) -> None:
+    rewriter = NameRewriter(_name_replacements(plan))
+    twins = {n.source: n.name for n in plan.networks}
+    for layer in plan.source.layers:
+        stateful = layer.scaling == "stateful"
+        for node in layer.nodes:
+            name = node_name(env=plan.name, layer=layer.name, number=node.number)
+            mounts_from = layer.master if stateful else node
+            config = _container_config(plan, node, name=name, mounts_from=mounts_from)
+            config["HostConfig"]["Mounts"] += _mounts(mounts_from, volumes)
+            env, rewrites = rewriter.rewrite_env(node=name, env=config.get("Env") or [])
+            config["Env"] = env
+            plan.rewrites += rewrites
+            networks = _node_networks(plan, node, twins)
+            if networks:
+                config["HostConfig"]["NetworkMode"] = networks[0][0]
+                config["NetworkingConfig"] = {
+                    "EndpointsConfig": {networks[0][0]: {"Aliases": networks[0][1]}}
+                }
+            if not stateful:
+                config["Image"] = node.image_id
+            plan.nodes.append(
+                NodePlan(name, layer.name, node.number, node, config, networks, stateful)
+            )
+
+
+def _name_replacements(plan: ClonePlan) -> dict[str, str]:
+    src, dst = plan.source.name, plan.name
+    out = {f"{src}.{plan.base_domain}": f"{dst}.{plan.base_domain}"}
+    for node in plan.source.nodes:
+        new = node_name(env=dst, layer=node.layer, number=node.number)
+        for old in (
+            node.name,
+            f"{src}_{node.layer}_{node.number}",
+            f"{src}-{node.layer}-{node.number}",
+        ):
+            out[old] = new
+    return out
+
+
+def _container_config(plan: ClonePlan, node: Node, *, name: str, mounts_from: Node) -> JSON:
+    config: JSON = copy.deepcopy(node.attrs["Config"])
+    host: JSON = copy.deepcopy(mounts_from.attrs["HostConfig"])
+    if config.get("Hostname") == node.id[:12]:
+        del config["Hostname"]  # Docker's default, the container's own short ID
+    config["Labels"] = {
+        **(config.get("Labels") or {}),
+        **plan.labels({SERVICE: node.layer, NUMBER: str(node.number), ONEOFF: "False"}),
+    }
+    for key in ("Image", "Volumes"):
+        config.pop(key, None)
+    host["Binds"] = [
+        f"{m.source}:{m.destination}{'' if m.read_write else ':ro'}"
+        for m in mounts_from.mounts
+        if m.kind == "bind"
+    ]
+    if any(m.kind == "bind" for m in mounts_from.mounts):
+        plan.warnings.append(f"{name}: host directories (bind mounts) are shared with the source")
+    host["Mounts"] = [m for m in host.get("Mounts") or [] if m.get("Type") == "tmpfs"]
+    for key in ("Links", "VolumesFrom", "ContainerIDFile"):
+        host.pop(key, None)
+    host["PortBindings"] = _remap_ports(plan, name, host.get("PortBindings") or {})
+    config["HostConfig"] = host
+    return config
+
+
+def _mounts(node: Node, volumes: dict[tuple[str, str], VolumePlan]) -> list[JSON]:
+    mounts = []
+    for mount in node.volumes:
+        vol = volumes.get((node.id, mount.destination))
+        mounts.append(
+            {
+                "Type": "volume",
+                # no clone volume planned: the volume is shared with the source
+                "Source": vol.name if vol else mount.source,
+                "Target": mount.destination,
+                "ReadOnly": not mount.read_write,
+            }
+        )
+    return mounts
+
+
+def _node_networks(
+    plan: ClonePlan, node: Node, twins: dict[str, str]
+) -> list[tuple[str, list[str]]]:
+    mode = node.attrs["HostConfig"].get("NetworkMode", "")
+    ordered = sorted(node.networks, key=lambda net: net != mode)
+    out = []
+    for net in ordered:
+        if net not in twins:
+            continue
+        aliases = [
+            a
+            for a in node.networks[net].get("Aliases") or []
+            if a not in (node.name, node.id[:12]) and not node.id.startswith(a)
+        ]
+        if node.layer not in aliases:
+            aliases.insert(0, node.layer)
+        out.append((twins[net], aliases))
+    return out
+
+
+def _remap_ports(plan: ClonePlan, name: str, bindings: JSON) -> JSON:
+    out: JSON = {}
+    for port, binds in bindings.items():
+        out[port] = []
+        for bind in binds or []:
+            new = dict(bind)
+            if bind.get("HostPort"):
+                new["HostPort"] = str(_free_port(port))
+                plan.ports.append(PortRemap(name, port, bind["HostPort"], new["HostPort"]))
+            out[port].append(new)
+    return out
+
+
+def _free_port(port_spec: str) -> int:
+    """A host port free now; the engine is on this host in the supported set-ups."""
+    kind = socket.SOCK_DGRAM if port_spec.endswith("/udp") else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("0.0.0.0", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _check_disk(docker: DockerClient, settings: Settings, plan: ClonePlan) -> None:
+    sources = sorted({v.source for v in plan.volumes if v.source})
+    if not sources:
+        return
+    await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
+    sizes = await measure_volumes(docker, image=settings.helper_image, volumes=sources)
+    replicas = [v for v in plan.volumes if v.replica_of]
+    by_clone = {v.name: v.source for v in plan.volumes if v.source}
+    needed = sum(sizes.used.values())
+    needed += sum(sizes.used[by_clone[v.replica_of]] for v in replicas if v.replica_of in by_clone)
+    for vol in plan.volumes:
+        vol.bytes = sizes.used.get(vol.source or by_clone.get(vol.replica_of or "", "") or "", 0)
+    plan.copy_bytes = needed
+    if needed + settings.disk_reserve_bytes > sizes.free:
+        raise NotEnoughDisk(needed=needed + settings.disk_reserve_bytes, free=sizes.free)
