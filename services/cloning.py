@@ -10,9 +10,9 @@ from services.docker import DockerClient, gather_all
 from services.errors import ClonebotError, CloneFailed
 from services.freeze import snapshot_stateful
 from services.ledger import Ledger
+from services.naming import Rewrite
 from services.planning import ClonePlan, NodePlan, PortRemap
 from services.progress import EventSink, StepStarted, Warned, ignore_events, step
-from services.naming import Rewrite
 from services.settings import Settings
 
 
@@ -108,7 +108,7 @@ async def _create_volumes(docker: DockerClient, plan: ClonePlan, ledger: Ledger)
     async def create(name: str, labels: dict[str, str]) -> None:
         ledger.add_volume(await docker.create_volume(name=name, labels=labels))
 
-    await gather_all(*(create(v.name, v.labels) for v in plan.volumes))
+    await gather_all(*(create(v.name, v.labels) for v in plan.volumes if not v.exists))
 
 
 async def _create_node(

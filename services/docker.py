@@ -134,6 +134,10 @@ class DockerClient:
         )
         await _translate(f"remove container {ref}", _drain(call))
 
+    async def rename_container(self, ref: str, name: str) -> None:
+        call = self.api._query(f"containers/{ref}/rename", method="POST", params={"name": name})
+        await _translate(f"rename container {ref}", _drain(call))
+
     async def pause_container(self, ref: str) -> None:
         await _translate(f"pause container {ref}", self.api.containers.container(ref).pause())
 

@@ -170,15 +170,15 @@ def _layer(name: str, nodes: list[Node]) -> Layer:
     labels: dict[str, str] = {}
     for node in reversed(nodes):  # the master's labels win
         labels.update(node.labels)
-    scaling = labels.get(SCALING)
-    if scaling not in ("stateful", "stateless"):
-        scaling = "stateful" if any(node.volumes for node in nodes) else "stateless"
+    scaling: Scaling = "stateful" if any(node.volumes for node in nodes) else "stateless"
+    if labels.get(SCALING) in ("stateful", "stateless"):
+        scaling = "stateful" if labels[SCALING] == "stateful" else "stateless"
     policies: dict[str, VolumePolicy] = {}
     for key, value in labels.items():
         if key.startswith(VOLUME_POLICY) and value in VOLUME_POLICIES:
-            policies[key.removeprefix(VOLUME_POLICY)] = value  # type: ignore[assignment]
+            policies[key.removeprefix(VOLUME_POLICY)] = value
     port = _int(labels.get(HTTP_PORT), default=0) or None
-    return Layer(name, tuple(nodes), scaling, port, policies)  # type: ignore[arg-type]
+    return Layer(name, tuple(nodes), scaling, port, policies)
 
 
 def _short_volume_name(layer: Layer, volume: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Planning a clone from the live source: what to create, copy and rewrite, before touching anything."""
+"""Planning a clone from the live source: what to create, copy and rewrite, before any change."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from services.environments import (
     get_environment,
     list_environments,
 )
-from services.errors import NameTaken, NotEnoughDisk
+from services.errors import NameTaken, NotAClone, NotEnoughDisk
 from services.naming import NameRewriter, Rewrite, default_clone_name, node_name, twin_name
 from services.naming import validate_name as check_name
 from services.settings import Settings
@@ -56,6 +56,7 @@ class VolumePlan:
     source: str | None = None  # copied from this source volume during the freeze
     replica_of: str | None = None  # copied from this clone volume after the freeze
     bytes: int = 0  # data to copy, measured on the Docker host
+    exists: bool = False  # a refresh reuses the clone's volumes
 
 
 @dataclass
@@ -82,7 +83,14 @@ class ClonePlan:
     rewrites: list[Rewrite] = field(default_factory=list)
     ports: list[PortRemap] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    twins: dict[str, str] = field(default_factory=dict)  # source network -> clone network
     copy_bytes: int = 0
+    only_stateful: bool = False  # a refresh re-creates only the stateful layers
+
+    @property
+    def layers(self) -> list[Layer]:
+        layers = self.source.layers
+        return [x for x in layers if x.scaling == "stateful" or not self.only_stateful]
 
     @property
     def stateful_layers(self) -> list[Layer]:
@@ -110,13 +118,36 @@ async def plan_clone(
         raise NameTaken(name)
     plan = ClonePlan(secrets.token_hex(6), env, name, snapshot, settings.base_domain)
     await _plan_networks(docker, plan)
-    volumes = _plan_volumes(plan)
+    volumes = _plan_volumes(plan, existing={})
     _plan_nodes(plan, volumes)
     await _check_disk(docker, settings, plan)
     return plan
 
 
-async def _plan_networks(docker: DockerClient, plan: ClonePlan) -> None:
+async def plan_refresh(
+    docker: DockerClient, settings: Settings, *, clone: Environment
+) -> ClonePlan:
+    """Plan new stateful nodes for ``clone`` from its source, reusing its networks and volumes."""
+    if clone.cloned_from is None:
+        raise NotAClone(clone.name, "refresh")
+    source = await get_environment(docker, clone.cloned_from)
+    plan = ClonePlan(secrets.token_hex(6), source, clone.name, False, settings.base_domain)
+    plan.only_stateful = True
+    await _plan_networks(docker, plan, reuse=True)
+    existing = {
+        (node.layer, node.number, m.destination): m.source
+        for node in clone.nodes
+        for m in node.volumes
+    }
+    volumes = _plan_volumes(plan, existing=existing)
+    for vol in plan.volumes:
+        vol.exists = vol.exists or await docker.inspect_volume(vol.name) is not None
+    _plan_nodes(plan, volumes)
+    await _check_disk(docker, settings, plan)
+    return plan
+
+
+async def _plan_networks(docker: DockerClient, plan: ClonePlan, *, reuse: bool = False) -> None:
     names = sorted({net for node in plan.source.nodes for net in node.networks})
     for net in names:
         if net in PREDEFINED_NETWORKS:
@@ -125,7 +156,10 @@ async def _plan_networks(docker: DockerClient, plan: ClonePlan) -> None:
         if info is None:
             continue
         twin = twin_name(name=net, source=plan.source.name, clone=plan.name)
+        plan.twins[net] = twin
         if await docker.inspect_network(twin) is not None:
+            if reuse:
+                continue
             raise NameTaken(plan.name)
         labels = dict(info.get("Labels") or {})
         if PROJECT in labels:
@@ -146,11 +180,16 @@ async def _plan_networks(docker: DockerClient, plan: ClonePlan) -> None:
         plan.networks.append(NetworkPlan(source=net, name=twin, config=config))
 
 
-def _plan_volumes(plan: ClonePlan) -> dict[tuple[str, str], VolumePlan]:
-    """Map (node id, mount destination) to the clone's volume for it."""
+def _plan_volumes(
+    plan: ClonePlan, *, existing: dict[tuple[str, int, str], str]
+) -> dict[tuple[str, str], VolumePlan]:
+    """Map (node id, mount destination) to the clone's volume for it.
+
+    ``existing`` names the clone's anonymous volumes by (layer, number, destination) on refresh.
+    """
     named: dict[str, VolumePlan] = {}
     mapping: dict[tuple[str, str], VolumePlan] = {}
-    for layer in plan.source.layers:
+    for layer in plan.layers:
         stateful = layer.scaling == "stateful"
         for index, node in enumerate(layer.nodes):
             mounts = layer.master.volumes if stateful else node.volumes
@@ -163,6 +202,11 @@ def _plan_volumes(plan: ClonePlan) -> dict[tuple[str, str], VolumePlan]:
                     vol = named[mount.source]
                 else:
                     vol = _new_volume(plan, mount)
+                    if (
+                        mount.anonymous
+                        and (key := (layer.name, node.number, mount.destination)) in existing
+                    ):
+                        vol.name, vol.exists = existing[key], True
                     if copy_data and (index == 0 or not mount.anonymous):
                         vol.source = mount.source
                     elif copy_data:
@@ -184,8 +228,8 @@ def _new_volume(plan: ClonePlan, mount: Mount) -> VolumePlan:
 
 def _plan_nodes(plan: ClonePlan, volumes: dict[tuple[str, str], VolumePlan]) -> None:
     rewriter = NameRewriter(_name_replacements(plan))
-    twins = {n.source: n.name for n in plan.networks}
-    for layer in plan.source.layers:
+    twins = plan.twins
+    for layer in plan.layers:
         stateful = layer.scaling == "stateful"
         for node in layer.nodes:
             name = node_name(env=plan.name, layer=layer.name, number=node.number)

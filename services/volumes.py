@@ -10,6 +10,7 @@ container mounts the source volumes read-only at ``/from/<i>`` and the targets a
 
 from __future__ import annotations
 
+import asyncio
 import io
 import secrets
 import tarfile
@@ -53,6 +54,8 @@ _PRE_COPY = r"""
 touch /marker && usleep 50000
 ( while :; do echo "progress $(du -sk /to | cut -f1)"; usleep 400000; done ) & ticker=$!
 for i in $(seq 0 $(($1 - 1))); do
+  # a refresh copies into a used volume: start it empty
+  rm -rf /to/$i/* /to/$i/.[!.]* /to/$i/..?*
   cp -a /from/$i/. /to/$i/ || { kill $ticker; echo "error copying volume $i"; exit 1; }
 done
 kill $ticker
@@ -95,17 +98,18 @@ async def ensure_helper_image(docker: DockerClient, *, image: str, busybox: Path
     """Build the helper image from the host's busybox-static when the engine lacks it."""
     if await docker.inspect_image(image) is not None:
         return
-    if not busybox.is_file():
+    if not await asyncio.to_thread(busybox.is_file):
         raise DockerFailed(
             f"the helper image {image} is missing and {busybox} (busybox-static) is not there "
             "to build it; install busybox-static or set CLONEBOT_BUSYBOX"
         )
     repo, _, tag = image.rpartition(":")
-    await docker.import_image(tar=_helper_rootfs(busybox), repo=repo or image, tag=tag or "latest")
+    tar = await asyncio.to_thread(_helper_rootfs, busybox)
+    await docker.import_image(tar=tar, repo=repo or image, tag=tag or "latest")
 
 
 def _helper_rootfs(busybox: Path) -> bytes:
-    buf = io.BytesIO()
+    buf = io.BytesIO()  # about 2 MB: busybox-static and its links
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for folder in ("bin", "tmp", "from", "to"):
             info = tarfile.TarInfo(folder)
