@@ -1,0 +1,31 @@
+# Developer and CI entry points; the work is in scripts/*.sh.
+#   make test                  lint, type-check and tests (what CI runs: .ci/run)
+#   make lint                  ruff and mypy only
+#   make run ARGS="clone prod" run the clonebot CLI (default: `clonebot envs`)
+#   make bench                 benchmarks (python -m bench)
+#   make clean-docker          stop the private Docker engine that `make run` leaves up
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.PHONY: test lint run bench clean-docker deps
+
+ARGS ?= envs
+
+test:
+	bash scripts/test.sh
+
+lint: deps
+	bash scripts/checks.sh lint
+
+# Leaves the engine running: the user goes on working with the environments it holds.
+# `make clean-docker` stops it. (An engine in $DOCKER_HOST that answers is used instead.)
+run: deps
+	engine=$$(bash scripts/dockerd.sh start); eval "$$engine"; exec .venv/bin/clonebot $(ARGS)
+
+bench: deps
+	bash scripts/with-docker.sh .venv/bin/python -m bench
+
+clean-docker:
+	bash scripts/dockerd.sh stop
+
+deps:
+	bash scripts/ensure-deps.sh
