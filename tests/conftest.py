@@ -1,0 +1,211 @@
+"""Fixtures shared by every test layer: settings, a real Docker engine, source environments."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from services.docker import DockerClient
+from services.environments import PROJECT
+from services.settings import Settings
+
+IMAGE = os.environ.get("CLONEBOT_TEST_IMAGE", "clonebot-test/busybox:latest")
+BASE_DOMAIN = "clonebot.test"
+
+# busybox sh: the writer appends "<n> <uptime in 1/100 s>" without forking, every 2 ms
+WRITER = (
+    'i=$(cat /data/log 2>/dev/null | wc -l); while :; do i=$((i+1)); read up _ < /proc/uptime; '
+    'echo "$i $up" >> /data/log; usleep 2000; done'
+)
+WEB = 'mkdir -p /www && echo "$PAGE" > /www/index.html && exec httpd -f -p 80 -h /www'
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("CLONEBOT_BASE_DOMAIN", BASE_DOMAIN)
+    return Settings()
+
+
+@pytest.fixture
+async def docker(settings: Settings) -> AsyncIterator[DockerClient]:
+    async with DockerClient(settings.docker_host) as client:
+        await client.ping()  # no engine is a failure, never a skip
+        yield client
+
+
+@dataclass
+class SourceEnv:
+    name: str
+    volume: str  # the db layer's named volume
+    db_port: int  # the db's published host port
+
+
+async def remove_project(docker: DockerClient, name: str) -> None:
+    """Remove every container, network, volume and image labelled with project ``name``."""
+    label = [f"{PROJECT}={name}"]
+    for c in await docker.list_containers(labels=label):
+        await docker.remove_container(c["Id"])
+    for n in await docker.list_networks(labels=label):
+        await docker.remove_network(n["Id"])
+    for v in await docker.list_volumes(labels=label):
+        await docker.remove_volume(v["Name"])
+    for i in await docker.list_images(labels=label):
+        await docker.remove_image(i["Id"])
+
+
+MakeSource = Callable[..., Awaitable[SourceEnv]]
+
+
+@pytest.fixture
+async def make_source(docker: DockerClient) -> AsyncIterator[MakeSource]:
+    """Factory: a Compose-labelled source environment; it and its clones are removed after."""
+    made: list[str] = []
+
+    async def make(
+        *, web_nodes: int = 2, db_labels: dict[str, str] | None = None, seed_kib: int = 64
+    ) -> SourceEnv:
+        name = f"t{secrets.token_hex(3)}"
+        made.append(name)
+        env = await create_source(
+            docker, name=name, web_nodes=web_nodes, db_labels=db_labels or {}, seed_kib=seed_kib
+        )
+        return env
+
+    yield make
+    for env in await _projects(docker):
+        if any(env == m or env.startswith(f"{m}-") for m in made):
+            await remove_project(docker, env)
+
+
+async def _projects(docker: DockerClient) -> set[str]:
+    found = set()
+    for lister in (docker.list_containers, docker.list_networks, docker.list_volumes):
+        for item in await lister(labels=[PROJECT]):
+            found.add((item.get("Labels") or {}).get(PROJECT, ""))
+    return found
+
+
+def compose_labels(env: str, layer: str, number: int) -> dict[str, str]:
+    return {
+        PROJECT: env,
+        "com.docker.compose.service": layer,
+        "com.docker.compose.container-number": str(number),
+        "com.docker.compose.oneoff": "False",
+    }
+
+
+async def create_source(
+    docker: DockerClient, *, name: str, web_nodes: int, db_labels: dict[str, str], seed_kib: int
+) -> SourceEnv:
+    network = f"{name}_default"
+    await docker.create_network(
+        {"Name": network, "Labels": {PROJECT: name, "com.docker.compose.network": "default"}}
+    )
+    volume = await docker.create_volume(
+        name=f"{name}_data", labels={PROJECT: name, "com.docker.compose.volume": "data"}
+    )
+    port = _free_port()
+    # first start only: a clone must find the copied data, not make its own
+    seed = f"[ -e /data/seed ] || dd if=/dev/urandom of=/data/seed bs=1024 count={seed_kib} "
+    seed += "2>/dev/null; [ -e /anon/file ] || echo anon > /anon/file; "
+    seed += "[ -e /etc/db/db.conf ] || { mkdir -p /etc/db && echo conf > /etc/db/db.conf; }; "
+    await _run_node(
+        docker,
+        name=f"{name}_db_1",
+        network=network,
+        labels={**compose_labels(name, "db", 1), **db_labels},
+        cmd=seed + WRITER,
+        host={
+            "Mounts": [
+                {"Type": "volume", "Source": volume, "Target": "/data"},
+                {"Type": "volume", "Target": "/anon"},
+            ],
+            "PortBindings": {"5432/tcp": [{"HostPort": str(port)}]},
+        },
+        extra={"ExposedPorts": {"5432/tcp": {}}},
+    )
+    for n in range(1, web_nodes + 1):
+        await _run_node(
+            docker,
+            name=f"{name}_web_{n}",
+            network=network,
+            labels={**compose_labels(name, "web", n), "clonebot.http.port": "80"},
+            cmd=WEB,
+            host={},
+            extra={
+                "Env": [
+                    f"PAGE={name} web {n}",
+                    f"DB_URL=postgres://{name}_db_1:5432/app",
+                    f"SITE=http://{name}.{BASE_DOMAIN}/",
+                    "PLAIN=untouched",
+                ]
+            },
+        )
+    return SourceEnv(name=name, volume=volume, db_port=port)
+
+
+async def _run_node(
+    docker: DockerClient,
+    *,
+    name: str,
+    network: str,
+    labels: dict[str, str],
+    cmd: str,
+    host: dict[str, object],
+    extra: dict[str, object],
+) -> None:
+    layer = labels["com.docker.compose.service"]
+    config = {
+        "Image": IMAGE,
+        "Cmd": ["sh", "-c", cmd],
+        "Labels": labels,
+        "HostConfig": {"NetworkMode": network, **host},
+        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [layer]}}},
+        **extra,
+    }
+    cid = await docker.create_container(name=name, config=config)
+    await docker.start_container(cid)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        return int(sock.getsockname()[1])
+
+
+async def exec_output(docker: DockerClient, container: str, script: str) -> str:
+    """Run a shell script in a running container; its output, failing on a non-zero exit."""
+    async with docker.exec_session(container, ["sh", "-c", script]) as session:
+        lines = [line async for line in session.lines()]
+        code = await session.exit_code()
+    assert code == 0, f"{script!r} in {container} exited {code}: {lines}"
+    return "\n".join(lines)
+
+
+async def read_volume(docker: DockerClient, volume: str, path: str) -> str:
+    """A file's content read from a volume by a throwaway container."""
+    return await in_volume(docker, volume, f"cat /v/{path}")
+
+
+async def in_volume(docker: DockerClient, volume: str, script: str) -> str:
+    """The output of a script run beside a volume mounted read-only at /v."""
+    cid = await docker.create_container(
+        name=None,
+        config={
+            "Image": IMAGE,
+            "Cmd": ["sh", "-c", script],
+            "HostConfig": {"Binds": [f"{volume}:/v:ro"], "NetworkMode": "none"},
+        },
+    )
+    try:
+        await docker.start_container(cid)
+        assert await docker.wait_container(cid) == 0
+        return await docker.container_logs(cid)
+    finally:
+        await docker.remove_container(cid)
