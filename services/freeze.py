@@ -27,6 +27,7 @@ from services.volumes import FinalPass, copy_helper, ensure_helper_image, pre_co
 log = logging.getLogger(__name__)
 _DIR = 1 << 31
 _DELETED = 2
+_CONFLICT = 409
 _STAT_CONCURRENCY = 16
 
 
@@ -66,9 +67,10 @@ async def _freeze(
         if master.state != "running":
             return  # stopped or already paused by its owner: its data holds still
         started = time.monotonic()
+        # recorded before the call: a cancellation may land after the engine paused it
+        frozen[master.id] = ("paused", started)
         try:
             await docker.pause_container(master.id)
-            frozen[master.id] = ("paused", started)
         except DockerFailed as exc:
             warning = f"{master.name} could not be paused ({exc.message}); stopped and restarted"
             report.warnings.append(warning)
@@ -83,9 +85,10 @@ async def _freeze(
                 await docker.unpause_container(master_id)
             else:
                 await docker.start_container(master_id)
-        except DockerFailed:
-            log.exception("could not resume source container %s", master_id)
-            raise
+        except DockerFailed as exc:
+            if exc.status != _CONFLICT:  # 409: it was not paused after all
+                log.exception("could not resume source container %s", master_id)
+                raise
         report.longest_ms = max(report.longest_ms, int((time.monotonic() - started) * 1000))
 
     try:

@@ -18,7 +18,7 @@ BASE_DOMAIN = "clonebot.test"
 
 # busybox sh: the writer appends "<n> <uptime in 1/100 s>" without forking, every 2 ms
 WRITER = (
-    'i=$(cat /data/log 2>/dev/null | wc -l); while :; do i=$((i+1)); read up _ < /proc/uptime; '
+    "i=$(cat /data/log 2>/dev/null | wc -l); while :; do i=$((i+1)); read up _ < /proc/uptime; "
     'echo "$i $up" >> /data/log; usleep 2000; done'
 )
 WEB = 'mkdir -p /www && echo "$PAGE" > /www/index.html && exec httpd -f -p 80 -h /www'

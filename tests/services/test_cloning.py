@@ -26,7 +26,11 @@ async def test_clone_is_a_complete_running_copy(
 
     assert result.state == "succeeded"
     env = await get_environment(docker, clone)
-    assert sorted(n.name for n in env.nodes) == [f"{clone}-db-1", f"{clone}-web-1", f"{clone}-web-2"]
+    assert sorted(n.name for n in env.nodes) == [
+        f"{clone}-db-1",
+        f"{clone}-web-1",
+        f"{clone}-web-2",
+    ]
     assert all(n.state == "running" for n in env.nodes)
     assert {layer.name: layer.scaling for layer in env.layers} == {
         "db": "stateful",
@@ -177,4 +181,3 @@ async def test_source_volume_policies_share_and_empty(
     assert await in_volume(docker, f"{empty.environment}_data", "ls -A /v; echo end") == "end\n"
     anon = await in_volume(docker, source2.volume, "ls /v")
     assert "seed" in anon, "the source's data stays where it was"
-
