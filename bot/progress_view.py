@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -16,9 +16,14 @@ from services.progress import BytesCopied, Event, StepDone, StepStarted, Warned
 class _Row:
     step: str
     state: str = "running"
-    copied: int = 0
+    copied: int = 0  # the copy's figures stay on the row through the node's later steps
     total: int = 0
-    started: float = field(default_factory=time.monotonic)
+    copy_started: float = 0.0
+    copy_seconds: float = 0.0
+
+    def rate(self) -> float:
+        seconds = self.copy_seconds or (time.monotonic() - self.copy_started)
+        return self.copied / max(seconds, 1e-3)
 
 
 class ProgressView:
@@ -42,12 +47,18 @@ class ProgressView:
     def __call__(self, event: Event) -> None:
         match event:
             case StepStarted(step=step, node=node):
-                self._rows[node or step] = _Row(step)
+                row = self._rows.setdefault(node or step, _Row(step))
+                row.step, row.state = step, "running"
+                if step == "pre-copy":
+                    row.copy_started = time.monotonic()
             case BytesCopied(node=node, copied=copied, total=total, step=step):
                 row = self._rows.setdefault(node or step, _Row(step))
                 row.copied, row.total = copied, total
             case StepDone(step=step, node=node):
-                self._rows.setdefault(node or step, _Row(step)).state = "done"
+                row = self._rows.setdefault(node or step, _Row(step))
+                row.state = "done"
+                if step == "pre-copy":
+                    row.copy_seconds = time.monotonic() - row.copy_started
             case Warned(message=message):
                 self._console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
         if self._live is None:
@@ -64,9 +75,9 @@ class ProgressView:
         for node, row in self._rows.items():
             copied = rate = ""
             if row.total or row.copied:
-                elapsed = max(time.monotonic() - row.started, 1e-3)
-                copied = f"{human(row.copied)} / {human(row.total)}"
-                rate = f"{human(int(row.copied / elapsed))}/s"
+                # du counts directory blocks too: never show more than the total
+                copied = f"{human(min(row.copied, row.total or row.copied))} / {human(row.total)}"
+                rate = f"{human(int(row.rate()))}/s"
             state = "[green]done[/]" if row.state == "done" else "[cyan]…[/]"
             table.add_row(node, row.step, state, copied, rate)
         return table

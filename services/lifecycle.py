@@ -72,7 +72,8 @@ async def refresh_clone(
 
 async def _set_aside(docker: DockerClient, nodes: list[Node], *, suffix: str) -> None:
     async def one(node: Node) -> None:
-        await docker.stop_container(node.id)
+        # its data is about to be replaced: no need to wait long for a clean shutdown
+        await docker.stop_container(node.id, timeout_s=3)
         await docker.rename_container(node.id, f"{node.name}-old-{suffix}")
 
     await gather_all(*(one(n) for n in nodes))

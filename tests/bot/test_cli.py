@@ -1,0 +1,102 @@
+"""The command line as a person runs it: a real process, real output, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from services.docker import DockerClient
+from services.environments import get_environment
+from services.settings import Settings
+from tests.conftest import MakeSource
+
+CLI = [sys.executable, "-m", "bot.cli"]
+
+
+def clonebot(*args: str, settings: Settings) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DOCKER_HOST": settings.docker_host, "COLUMNS": "200"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+async def test_envs_lists_sources_with_their_layers(
+    settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=2)
+    done = clonebot("envs", "--json", settings=settings)
+    assert done.returncode == 0, done.stderr
+    [env] = [e for e in json.loads(done.stdout) if e["name"] == source.name]
+    layers = {layer["name"]: layer for layer in env["layers"]}
+    assert layers["db"]["scaling"] == "stateful"
+    assert layers["web"]["http_port"] == 80
+    assert [n["name"] for n in layers["web"]["nodes"]] == [
+        f"{source.name}_web_1",
+        f"{source.name}_web_2",
+    ]
+
+
+async def test_clone_json_then_delete(
+    docker: DockerClient, settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1)
+    done = clonebot("clone", source.name, f"{source.name}-cli", "--json", settings=settings)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["environment"] == f"{source.name}-cli"
+    assert result["state"] == "succeeded"
+    assert isinstance(result["freeze_ms"], int)
+    assert result["warnings"] == []
+    assert {r["variable"] for r in result["rewrites"]} == {"DB_URL", "SITE"}
+    assert (await get_environment(docker, f"{source.name}-cli")).nodes
+
+    deleted = clonebot("delete", f"{source.name}-cli", settings=settings)
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"deleted {source.name}-cli" in deleted.stdout
+
+
+async def test_clone_shows_progress_and_what_it_changed(
+    settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1)
+    done = clonebot("clone", source.name, settings=settings)
+    assert done.returncode == 0, done.stderr
+    assert f"{source.name}-clone1 is running: 2 nodes" in done.stdout
+    [db_row] = [
+        ln for ln in done.stdout.splitlines() if ln.startswith(f"│ {source.name}-clone1-db-1 ")
+    ]
+    assert "KiB / " in db_row and "/s" in db_row, "the copy's size and rate stay on view"
+    assert "source frozen" in done.stdout
+    assert f"rewrote {source.name}-clone1-web-1 DB_URL" in done.stdout
+    assert f"port {source.name}-clone1-db-1 5432/tcp: host {source.db_port} ->" in done.stdout
+
+
+async def test_refusals_are_one_line_and_non_zero(
+    docker: DockerClient, settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1)
+    for args, message in [
+        (("clone", source.name, "Bad_Name"), "refused: invalid name 'Bad_Name'"),
+        (("clone", "missing-env"), "refused: no environment named 'missing-env'"),
+        (("clone", source.name, source.name), f"refused: an environment named '{source.name}'"),
+        (("refresh", source.name), f"refused: '{source.name}' is not a clone"),
+        (("delete", source.name), f"refused: '{source.name}' is not a clone"),
+    ]:
+        done = clonebot(*args, settings=settings)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert done.stderr.startswith(message), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert done.stdout == ""
+    assert len((await get_environment(docker, source.name)).nodes) == 2
+
+
+async def test_json_failure_is_still_one_object(settings: Settings) -> None:
+    done = clonebot("clone", "missing-env", "--json", settings=settings)
+    assert done.returncode == 2
+    assert json.loads(done.stdout) == {
+        "state": "failed",
+        "refused": True,
+        "error": "no environment named 'missing-env'",
+        "freeze_ms": 0,
+        "warnings": [],
+    }
