@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def _numbers(log: str) -> list[int]:
 
 def _longest_stall_ms(log: str) -> int:
     times = [float(line.split()[1]) for line in log.splitlines() if len(line.split()) == 2]
-    return int(max(b - a for a, b in zip(times, times[1:], strict=False)) * 1000)
+    return int(max(b - a for a, b in itertools.pairwise(times)) * 1000)
 
 
 async def test_source_volume_policies_share_and_empty(
