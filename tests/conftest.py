@@ -44,17 +44,22 @@ class SourceEnv:
     db_port: int  # the db's published host port
 
 
-async def remove_project(docker: DockerClient, name: str) -> None:
-    """Remove every container, network, volume and image labelled with project ``name``."""
-    label = [f"{PROJECT}={name}"]
-    for c in await docker.list_containers(labels=label):
-        await docker.remove_container(c["Id"])
-    for n in await docker.list_networks(labels=label):
-        await docker.remove_network(n["Id"])
-    for v in await docker.list_volumes(labels=label):
-        await docker.remove_volume(v["Name"])
-    for i in await docker.list_images(labels=label):
-        await docker.remove_image(i["Id"])
+async def remove_projects(docker: DockerClient, names: set[str]) -> None:
+    """Remove every container, network, volume and image labelled with one of the projects.
+
+    Containers of all of them go first: a clone's container may mount its source's volume.
+    """
+    labels = [[f"{PROJECT}={name}"] for name in sorted(names)]
+    for label in labels:
+        for c in await docker.list_containers(labels=label):
+            await docker.remove_container(c["Id"])
+    for label in labels:
+        for n in await docker.list_networks(labels=label):
+            await docker.remove_network(n["Id"])
+        for v in await docker.list_volumes(labels=label):
+            await docker.remove_volume(v["Name"])
+        for i in await docker.list_images(labels=label):
+            await docker.remove_image(i["Id"])
 
 
 MakeSource = Callable[..., Awaitable[SourceEnv]]
@@ -76,9 +81,10 @@ async def make_source(docker: DockerClient) -> AsyncIterator[MakeSource]:
         return env
 
     yield make
-    for env in await _projects(docker):
-        if any(env == m or env.startswith(f"{m}-") for m in made):
-            await remove_project(docker, env)
+    ours = {
+        e for e in await _projects(docker) if any(e == m or e.startswith(f"{m}-") for m in made)
+    }
+    await remove_projects(docker, ours)
 
 
 async def _projects(docker: DockerClient) -> set[str]:

@@ -94,7 +94,8 @@ async def test_compose_lists_the_clone_as_a_project(
     assert result.environment == f"{source.name}-clone1"
 
     (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE)
-    listed = subprocess.run(
+    listed = await asyncio.to_thread(
+        subprocess.run,
         ["docker-compose", "-p", result.environment, "ps"],
         capture_output=True,
         text=True,
