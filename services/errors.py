@@ -74,6 +74,10 @@ class DockerFailed(ClonebotError):
         self.status = status
 
 
+class FreezeTimeout(ClonebotError):
+    """The final pass outlasted CLONEBOT_FREEZE_TIMEOUT; the source was resumed."""
+
+
 class CloneFailed(ClonebotError):
     """A clone or refresh failed at ``step``; everything it created was removed."""
 

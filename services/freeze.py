@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from services.docker import JSON, DockerClient, gather_all
 from services.environments import Layer
-from services.errors import DockerFailed
+from services.errors import DockerFailed, FreezeTimeout
 from services.ledger import Ledger
 from services.planning import ClonePlan, NodePlan, VolumePlan
-from services.progress import BytesCopied, EventSink, Warned, step
+from services.progress import BytesCopied, EventSink, StepDone, StepStarted, Warned, step
 from services.settings import Settings
 from services.volumes import FinalPass, copy_helper, ensure_helper_image, pre_copy
 
@@ -91,14 +91,21 @@ async def _freeze(
                 raise
         report.longest_ms = max(report.longest_ms, int((time.monotonic() - started) * 1000))
 
+    masters = ", ".join(c.layer.master.name for c in copies)
+    emit(StepStarted("freeze", masters))
     try:
-        async with step(emit, "freeze", ", ".join(c.layer.master.name for c in copies)):
-            await gather_all(*(freeze(c) for c in copies))
-            async with asyncio.timeout(settings.freeze_timeout_s):
-                await gather_all(*(c.final_pass() for c in copies))
+        await gather_all(*(freeze(c) for c in copies))
+        async with asyncio.timeout(settings.freeze_timeout_s):
+            await gather_all(*(c.final_pass() for c in copies))
+    except TimeoutError:
+        raise FreezeTimeout(
+            f"the final copy pass took over {settings.freeze_timeout_s:g} s "
+            "(CLONEBOT_FREEZE_TIMEOUT); the source was unfrozen"
+        ) from None
     finally:
         # a frozen source must be resumed even on error, timeout or cancellation
         await asyncio.shield(gather_all(*(resume(mid) for mid in list(frozen))))
+    emit(StepDone("freeze", masters, report.longest_ms))
     return report
 
 

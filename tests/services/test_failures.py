@@ -153,3 +153,14 @@ async def test_a_source_that_cannot_be_paused_is_stopped_and_restarted(
         assert "stopped and restarted" in warning
         src = await get_environment(docker, source.name)
         assert {n.state for n in src.nodes} == {"running"}
+
+
+async def test_a_freeze_that_lasts_too_long_is_abandoned(
+    docker: DockerClient, settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1)
+    clone = f"{source.name}-slow"
+    hasty = settings.model_copy(update={"freeze_timeout_s": 0.001})
+    with pytest.raises(CloneFailed, match=r"took over 0.001 s \(CLONEBOT_FREEZE_TIMEOUT\)"):
+        await clone_environment(docker, hasty, source=source.name, name=clone)
+    await _assert_nothing_left(docker, clone=clone, source=source.name)
