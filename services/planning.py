@@ -235,7 +235,7 @@ def _plan_nodes(plan: ClonePlan, volumes: dict[tuple[str, str], VolumePlan]) -> 
             name = node_name(env=plan.name, layer=layer.name, number=node.number)
             mounts_from = layer.master if stateful else node
             config = _container_config(plan, node, name=name, mounts_from=mounts_from)
-            config["HostConfig"]["Mounts"] += _mounts(mounts_from, volumes)
+            config["HostConfig"]["Mounts"] += _mounts(node.id, mounts_from.volumes, volumes)
             env, rewrites = rewriter.rewrite_env(node=name, env=config.get("Env") or [])
             config["Env"] = env
             plan.rewrites += rewrites
@@ -292,10 +292,13 @@ def _container_config(plan: ClonePlan, node: Node, *, name: str, mounts_from: No
     return config
 
 
-def _mounts(node: Node, volumes: dict[tuple[str, str], VolumePlan]) -> list[JSON]:
+def _mounts(
+    node_id: str, wanted: tuple[Mount, ...], volumes: dict[tuple[str, str], VolumePlan]
+) -> list[JSON]:
+    """The volume mounts of the clone of node ``node_id`` (a stateful node takes its master's)."""
     mounts = []
-    for mount in node.volumes:
-        vol = volumes.get((node.id, mount.destination))
+    for mount in wanted:
+        vol = volumes.get((node_id, mount.destination))
         mounts.append(
             {
                 "Type": "volume",

@@ -71,14 +71,22 @@ async def make_source(docker: DockerClient) -> AsyncIterator[MakeSource]:
     made: list[str] = []
 
     async def make(
-        *, web_nodes: int = 2, db_labels: dict[str, str] | None = None, seed_kib: int = 64
+        *,
+        web_nodes: int = 2,
+        db_nodes: int = 1,
+        db_labels: dict[str, str] | None = None,
+        seed_kib: int = 64,
     ) -> SourceEnv:
         name = f"t{secrets.token_hex(3)}"
         made.append(name)
-        env = await create_source(
-            docker, name=name, web_nodes=web_nodes, db_labels=db_labels or {}, seed_kib=seed_kib
+        return await create_source(
+            docker,
+            name=name,
+            web_nodes=web_nodes,
+            db_nodes=db_nodes,
+            db_labels=db_labels or {},
+            seed_kib=seed_kib,
         )
-        return env
 
     yield make
     ours = {
@@ -105,7 +113,13 @@ def compose_labels(env: str, layer: str, number: int) -> dict[str, str]:
 
 
 async def create_source(
-    docker: DockerClient, *, name: str, web_nodes: int, db_labels: dict[str, str], seed_kib: int
+    docker: DockerClient,
+    *,
+    name: str,
+    web_nodes: int,
+    db_nodes: int,
+    db_labels: dict[str, str],
+    seed_kib: int,
 ) -> SourceEnv:
     network = f"{name}_default"
     await docker.create_network(
@@ -119,21 +133,24 @@ async def create_source(
     seed = f"[ -e /data/seed ] || dd if=/dev/urandom of=/data/seed bs=1024 count={seed_kib} "
     seed += "2>/dev/null; [ -e /anon/file ] || echo anon > /anon/file; "
     seed += "[ -e /etc/db/db.conf ] || { mkdir -p /etc/db && echo conf > /etc/db/db.conf; }; "
-    await _run_node(
-        docker,
-        name=f"{name}_db_1",
-        network=network,
-        labels={**compose_labels(name, "db", 1), **db_labels},
-        cmd=seed + WRITER,
-        host={
-            "Mounts": [
-                {"Type": "volume", "Source": volume, "Target": "/data"},
-                {"Type": "volume", "Target": "/anon"},
-            ],
-            "PortBindings": {"5432/tcp": [{"HostPort": str(port)}]},
-        },
-        extra={"ExposedPorts": {"5432/tcp": {}}},
-    )
+    for n in range(1, db_nodes + 1):
+        # only the master writes the log; every node has its own anonymous volume
+        cmd = seed + (WRITER if n == 1 else f"echo node{n} > /anon/node; exec sleep 100000")
+        await _run_node(
+            docker,
+            name=f"{name}_db_{n}",
+            network=network,
+            labels={**compose_labels(name, "db", n), **db_labels},
+            cmd=cmd,
+            host={
+                "Mounts": [
+                    {"Type": "volume", "Source": volume, "Target": "/data"},
+                    {"Type": "volume", "Target": "/anon"},
+                ],
+                "PortBindings": {"5432/tcp": [{"HostPort": str(port if n == 1 else 0)}]},
+            },
+            extra={"ExposedPorts": {"5432/tcp": {}}},
+        )
     for n in range(1, web_nodes + 1):
         await _run_node(
             docker,

@@ -191,3 +191,24 @@ async def test_source_volume_policies_share_and_empty(
     assert await in_volume(docker, f"{empty.environment}_data", "ls -A /v; echo end") == "end\n"
     anon = await in_volume(docker, source2.volume, "ls /v")
     assert "seed" in anon, "the source's data stays where it was"
+
+
+async def test_every_node_of_a_stateful_layer_is_a_copy_of_its_master(
+    docker: DockerClient, settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1, db_nodes=2)
+    result = await clone_environment(docker, settings, source=source.name)
+    env = await get_environment(docker, result.environment)
+    first, second = env.layer("db").nodes
+    assert (first.name, second.name) == (
+        f"{result.environment}-db-1",
+        f"{result.environment}-db-2",
+    )
+    assert {first.state, second.state} == {"running"}
+    mounts = [{m.destination: m.source for m in n.mounts} for n in (first, second)]
+    assert mounts[0]["/data"] == mounts[1]["/data"] == f"{result.environment}_data"
+    assert mounts[0]["/anon"] != mounts[1]["/anon"], "each node has its own anonymous volume"
+    # the second node started from the master's snapshot, then went its own way
+    assert await exec_output(docker, second.name, "cat /anon/file /etc/db/db.conf") == "anon\nconf"
+    await exec_output(docker, second.name, "echo two > /anon/mine")
+    assert await exec_output(docker, first.name, "test ! -e /anon/mine && echo apart") == "apart"
