@@ -23,6 +23,7 @@ from services.errors import DockerFailed, DockerUnavailable
 T = TypeVar("T")
 # aiodocker reports a connection failure as this pseudo HTTP status
 _UNREACHABLE = 900
+_NOT_FOUND = 404
 JSON = dict[str, Any]
 
 
@@ -35,6 +36,16 @@ async def _translate(what: str, call: Awaitable[T]) -> T:
         raise DockerFailed(f"{what}: {exc.message}", status=exc.status) from exc
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
         raise DockerUnavailable(f"cannot reach the Docker engine ({what}): {exc}") from exc
+
+
+async def _or_none(what: str, call: Awaitable[T]) -> T | None:
+    """Like ``_translate``, but a 404 (no such object) is None."""
+    try:
+        return await _translate(what, call)
+    except DockerFailed as exc:
+        if exc.status == _NOT_FOUND:
+            return None
+        raise
 
 
 class ExecSession:
@@ -95,10 +106,12 @@ class DockerClient:
 
     # -- containers -----------------------------------------------------------------------
     async def list_containers(self, *, labels: list[str] | None = None) -> list[JSON]:
-        filters = json.dumps({"label": labels or []})
-        call = self.api._query_json("containers/json", params={"all": "1", "filters": filters})
-        result: list[JSON] = await _translate("list containers", call)
-        return result
+        return list(await self._list("containers/json", labels=labels or [], all="1"))
+
+    async def _list(self, path: str, *, labels: list[str], **params: str) -> Any:
+        """GET a collection filtered by labels (``key`` or ``key=value``, all must match)."""
+        query = {"filters": json.dumps({"label": labels}), **params}
+        return await _translate(f"list {path}", self.api._query_json(path, params=query))
 
     async def inspect_container(self, ref: str) -> JSON:
         call = self.api._query_json(f"containers/{ref}/json")
@@ -161,16 +174,17 @@ class DockerClient:
 
     async def stat_path(self, ref: str, path: str) -> JSON | None:
         """Stat a path inside a container's file system; None when it does not exist."""
-        try:
+
+        async def head() -> str:
             call = self.api._query(
                 f"containers/{ref}/archive", method="HEAD", params={"path": path}
             )
             async with call as resp:
-                header = resp.headers.get("X-Docker-Container-Path-Stat", "")
-        except DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise DockerFailed(f"stat {path} in {ref}: {exc.message}", status=exc.status) from exc
+                return str(resp.headers.get("X-Docker-Container-Path-Stat", ""))
+
+        header = await _or_none(f"stat {path} in {ref}", head())
+        if header is None:
+            return None
         stat: JSON = json.loads(base64.b64decode(header)) if header else {}
         return stat
 
@@ -205,13 +219,7 @@ class DockerClient:
 
     # -- images ---------------------------------------------------------------------------
     async def inspect_image(self, ref: str) -> JSON | None:
-        try:
-            result: JSON = await self.api.images.inspect(ref)
-        except DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise DockerFailed(f"inspect image {ref}: {exc.message}", status=exc.status) from exc
-        return result
+        return await _or_none(f"inspect image {ref}", self.api.images.inspect(ref))
 
     async def import_image(self, *, tar: bytes, repo: str, tag: str) -> None:
         params = {"fromSrc": "-", "repo": repo, "tag": tag}
@@ -228,26 +236,14 @@ class DockerClient:
         await _translate(f"remove image {ref}", self.api.images.delete(ref, force=True))
 
     async def list_images(self, *, labels: list[str]) -> list[JSON]:
-        filters = json.dumps({"label": labels})
-        call = self.api._query_json("images/json", params={"filters": filters})
-        result: list[JSON] = await _translate("list images", call)
-        return result
+        return list(await self._list("images/json", labels=labels))
 
     # -- networks -------------------------------------------------------------------------
     async def inspect_network(self, ref: str) -> JSON | None:
-        try:
-            result: JSON = await self.api._query_json(f"networks/{ref}")
-        except DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise DockerFailed(f"inspect network {ref}: {exc.message}", status=exc.status) from exc
-        return result
+        return await _or_none(f"inspect network {ref}", self.api._query_json(f"networks/{ref}"))
 
     async def list_networks(self, *, labels: list[str]) -> list[JSON]:
-        filters = json.dumps({"label": labels})
-        call = self.api._query_json("networks", params={"filters": filters})
-        result: list[JSON] = await _translate("list networks", call)
-        return result
+        return list(await self._list("networks", labels=labels))
 
     async def create_network(self, config: JSON) -> str:
         network = await _translate(
@@ -266,19 +262,10 @@ class DockerClient:
 
     # -- volumes --------------------------------------------------------------------------
     async def inspect_volume(self, name: str) -> JSON | None:
-        try:
-            result: JSON = await self.api._query_json(f"volumes/{name}")
-        except DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise DockerFailed(f"inspect volume {name}: {exc.message}", status=exc.status) from exc
-        return result
+        return await _or_none(f"inspect volume {name}", self.api._query_json(f"volumes/{name}"))
 
     async def list_volumes(self, *, labels: list[str]) -> list[JSON]:
-        filters = json.dumps({"label": labels})
-        result = await _translate(
-            "list volumes", self.api._query_json("volumes", params={"filters": filters})
-        )
+        result = await self._list("volumes", labels=labels)
         return list(result.get("Volumes") or [])
 
     async def create_volume(self, *, name: str | None, labels: dict[str, str]) -> str:
