@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
 
 
 class Settings(BaseSettings):
@@ -18,6 +22,34 @@ class Settings(BaseSettings):
     busybox: Path = Field(default=Path("/bin/busybox"), alias="CLONEBOT_BUSYBOX")
     disk_reserve_bytes: int = Field(default=512 * 1024 * 1024, ge=0, alias="CLONEBOT_DISK_RESERVE")
     freeze_timeout_s: float = Field(default=30.0, gt=0, alias="CLONEBOT_FREEZE_TIMEOUT")
+    data_dir: Path = Field(default=Path.home() / ".local/share/clonebot", alias="CLONEBOT_DATA_DIR")
+    database_url: str = Field(default="", alias="DATABASE_URL")
+    admins: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(), alias="CLONEBOT_ADMINS"
+    )
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _split_admins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = {item.strip() for item in value.split(",") if item.strip()}
+        for user in value or ():  # type: ignore[attr-defined]
+            if not SLACK_USER.fullmatch(user):
+                raise ValueError(f"{user!r} is not a Slack user ID (like U012AB3CD)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'clonebot.db'}"
+        return self
 
 
 @lru_cache(maxsize=1)

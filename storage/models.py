@@ -1,0 +1,138 @@
+"""The database tables: who owns what, who may do what, jobs, idempotency keys, the audit log.
+
+Docker is the source of truth for what exists; these tables for who owns it and what was done.
+(Domains and routes join them with the traffic work.)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every database (SQLite keeps no time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+class EnvironmentRecord(Base):
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    owner: Mapped[str | None] = mapped_column(String(32))
+    cloned_from: Mapped[str | None] = mapped_column(String(63))
+    notify_channel: Mapped[str | None] = mapped_column(String(32))
+    # "creating" while a clone job holds the name; "ready" once it exists in Docker
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    collaborators: Mapped[list[Collaborator]] = relationship(
+        back_populates="environment", cascade="all, delete-orphan", lazy="selectin"
+    )
+    channels: Mapped[list[ChannelBinding]] = relationship(
+        back_populates="environment", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class Collaborator(Base):
+    __tablename__ = "collaborators"
+
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
+    )
+    user: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # "viewer" or "operator"
+
+    environment: Mapped[EnvironmentRecord] = relationship(back_populates="collaborators")
+
+
+class ChannelBinding(Base):
+    __tablename__ = "channel_bindings"
+
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
+    )
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+    environment: Mapped[EnvironmentRecord] = relationship(back_populates="channels")
+
+
+class Job(Base):
+    """A clone, refresh or delete, recorded before it starts."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "clone", "refresh" or "delete"
+    # queued, running, succeeded, failed, rolled back
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    environment: Mapped[str] = mapped_column(String(63))
+    source: Mapped[str | None] = mapped_column(String(63))
+    requester: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str | None] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    steps: Mapped[list[Any]] = mapped_column(default=list)
+    # source containers this job paused or stopped, so recovery can resume them
+    frozen: Mapped[list[Any]] = mapped_column(default=list)
+    step: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column()
+    freeze_ms: Mapped[int | None] = mapped_column(Integer)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    slack_channel: Mapped[str | None] = mapped_column(String(32))
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class IdempotencyKey(Base):
+    """A delivery already acted on (Slack retries carry the same key)."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(32))
+    environment: Mapped[str | None] = mapped_column(String(63), index=True)
+    channel: Mapped[str | None] = mapped_column(String(32))
+    allowed: Mapped[bool] = mapped_column()
+    reason: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
