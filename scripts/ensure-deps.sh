@@ -21,6 +21,9 @@ done
 if [[ -x /bin/busybox ]] && ! dpkg -s busybox-static >/dev/null 2>&1; then
     missing+=(busybox-static)
 fi
+# The tests' PostgreSQL server (scripts/postgres.sh), found under its version's dir
+# (15 on Debian 12). Installing it may create Debian's own cluster: we leave that alone.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 # Debian's python3 needs python3-venv for `python3 -m venv` (ensurepip).
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 
