@@ -1,81 +1,90 @@
-"""The command line: ``clonebot envs|clone|refresh|delete``, over the same services as Slack."""
+"""The command line: the same services as Slack, for people at a shell and for scripts."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from bot.progress_view import ProgressView
-from services.cloning import CloneResult
-from services.docker import DockerClient
+from services.context import Services, open_services
 from services.environments import Environment, list_environments
 from services.errors import ClonebotError, Refused
-from services.lifecycle import clone_environment, delete_environment, refresh_clone
+from services.jobs import Request, run_job, submit_clone, submit_delete, submit_refresh
 from services.progress import EventSink, ignore_events
-from services.settings import Settings, get_settings
+from services.settings import get_settings
+from storage import repositories as repo
+from storage.models import Job
 
 T = TypeVar("T")
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 out = Console()
 err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+AsUser = Annotated[str, typer.Option("--as", help="Who asks: a Slack user ID (U012AB3CD).")]
 
 
 def main() -> None:
+    from bot import cli_admin  # registers its commands on `app`
+
+    del cli_admin
     app()
 
 
-def _run(work: Callable[[DockerClient, Settings], Awaitable[T]], *, as_json: bool = False) -> T:
+def run(work: Callable[[Services], Awaitable[T]], *, as_json: bool = False) -> T:
     """Run one service call; turn clonebot's errors into one line and a non-zero exit.
 
     With ``as_json`` a failure also prints one JSON object, as success does.
     """
 
     async def go() -> T:
-        settings = get_settings()
-        async with DockerClient(settings.docker_host) as docker:
-            return await work(docker, settings)
+        async with open_services(get_settings()) as svc:
+            return await work(svc)
 
     try:
         return asyncio.run(go())
+    except ValidationError as exc:
+        names = ", ".join(str(e["loc"][0]) for e in exc.errors() if e["loc"])
+        err.print(f"[red]bad setting[/] {names}: {exc.errors()[0]['msg']}", highlight=False)
+        raise typer.Exit(2) from None
     except ClonebotError as exc:
         refused = isinstance(exc, Refused)
-        err.print(
-            f"[red]{'refused' if refused else 'error'}:[/] {exc.message}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        err.print(f"[red]{'refused' if refused else 'error'}:[/] {exc.message}", highlight=False)
         if as_json:
             failure = {"state": "failed", "refused": refused, "error": exc.message}
             print(json.dumps({**failure, "freeze_ms": 0, "warnings": []}))
         raise typer.Exit(2 if refused else 1) from None
+    except Exception as exc:  # the last resort: one line, never a stack trace
+        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()
 def envs(as_json: JsonFlag = False) -> None:
-    """List the environments on the Docker engine."""
-    environments = _run(lambda docker, _: list_environments(docker))
+    """List the environments on the Docker engine, with their owners."""
+
+    async def work(svc: Services) -> list[tuple[Environment, str | None]]:
+        async with svc.sessions() as session:
+            records = {r.name: r for r in await repo.list_environments(session)}
+        found = await list_environments(svc.docker)
+        return [(e, records[e.name].owner if e.name in records else e.owner) for e in found]
+
+    environments = run(work)
     if as_json:
-        print(json.dumps([_env_json(e) for e in environments], indent=2))
+        print(json.dumps([_env_json(e, owner) for e, owner in environments], indent=2))
         return
     table = Table("environment", "layers", "nodes", "cloned from", "owner")
-    for env in environments:
+    for env, owner in environments:
         layers = ", ".join(f"{layer.name} ({layer.scaling})" for layer in env.layers)
         running = sum(n.state == "running" for n in env.nodes)
-        table.add_row(
-            env.name,
-            layers,
-            f"{running}/{len(env.nodes)} running",
-            env.cloned_from or "",
-            env.owner or "",
-        )
+        nodes = f"{running}/{len(env.nodes)} running"
+        table.add_row(env.name, layers, nodes, env.cloned_from or "", owner or "(unowned)")
     out.print(table)
 
 
@@ -85,79 +94,86 @@ def clone(
     name: Annotated[
         str | None, typer.Argument(help="The clone's name (default: SOURCE-cloneN).")
     ] = None,
+    user: AsUser = ...,  # type: ignore[assignment]
     snapshot: Annotated[bool, typer.Option(help="Create the clone without starting it.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Make a complete, running copy of an environment."""
+    """Make a complete, running copy of an environment (it becomes yours)."""
     _job(
-        lambda docker, settings, emit: clone_environment(
-            docker, settings, source=source, name=name, snapshot=snapshot, emit=emit
-        ),
+        lambda svc: submit_clone(svc, Request(user), source=source, name=name, snapshot=snapshot),
         as_json=as_json,
     )
 
 
 @app.command()
 def refresh(
-    name: Annotated[str, typer.Argument(help="The clone to refresh.")], as_json: JsonFlag = False
+    name: Annotated[str, typer.Argument(help="The clone to refresh.")],
+    user: AsUser = ...,  # type: ignore[assignment]
+    as_json: JsonFlag = False,
 ) -> None:
     """Re-copy a clone's stateful data from its source."""
-    _job(
-        lambda docker, settings, emit: refresh_clone(docker, settings, name=name, emit=emit),
-        as_json=as_json,
-    )
+    _job(lambda svc: submit_refresh(svc, Request(user), name=name), as_json=as_json)
 
 
 @app.command()
 def delete(
     name: Annotated[str, typer.Argument(help="The environment to delete.")],
+    user: AsUser = ...,  # type: ignore[assignment]
     force: Annotated[
         bool, typer.Option(help="Also delete an environment that is not a clone.")
     ] = False,
 ) -> None:
     """Delete an environment: its containers, networks, volumes and snapshot images."""
-    env = _run(lambda docker, _: delete_environment(docker, name=name, force=force))
-    out.print(f"deleted {env.name} ({len(env.nodes)} nodes)")
+    job = run(
+        lambda svc: _submit_and_run(
+            svc, submit_delete(svc, Request(user), name=name, force=force), ignore_events
+        )
+    )
+    out.print(f"deleted {job.environment}")
 
 
-def _job(
-    work: Callable[[DockerClient, Settings, EventSink], Awaitable[CloneResult]], *, as_json: bool
-) -> None:
+def _job(submit: Callable[[Services], Awaitable[Job]], *, as_json: bool) -> None:
     if as_json:
-        result = _run(lambda docker, settings: work(docker, settings, ignore_events), as_json=True)
-        print(json.dumps(dataclasses.asdict(result), indent=2))
+        job = run(lambda svc: _submit_and_run(svc, submit(svc), ignore_events), as_json=True)
+        print(json.dumps({"job": job.id, **(job.result or {}), "state": job.state}, indent=2))
         return
     with ProgressView(out) as view:
-        result = _run(lambda docker, settings: work(docker, settings, view))
-    _print_result(result)
+        job = run(lambda svc: _submit_and_run(svc, submit(svc), view))
+    _print_result(job)
 
 
-def _print_result(result: CloneResult) -> None:
-    started = "running" if result.started else "created, not started (snapshot)"
+async def _submit_and_run(svc: Services, submitted: Awaitable[Job], emit: EventSink) -> Job:
+    job = await submitted
+    if job.state != "queued":  # a repeated request: show the job it already started
+        return job
+    return await run_job(svc, job.id, emit=emit)
+
+
+def _print_result(job: Job) -> None:
+    result: dict[str, Any] = job.result or {}
+    started = "running" if result.get("started", True) else "created, not started (snapshot)"
     out.print(
-        f"[green]{result.environment}[/] is {started}: {len(result.nodes)} nodes in "
-        f"{result.elapsed_ms / 1000:.1f} s; source frozen {result.freeze_ms} ms at most",
+        f"[green]{job.environment}[/] is {started}: {len(result.get('nodes', []))} nodes in "
+        f"{result.get('elapsed_ms', 0) / 1000:.1f} s; source frozen "
+        f"{result.get('freeze_ms', 0)} ms at most (job {job.id})",
         soft_wrap=True,
     )
-    for rw in result.rewrites:
-        out.print(
-            f"  rewrote {rw.node} {rw.variable}: {rw.old} -> {rw.new}",
-            highlight=False,
-            soft_wrap=True,
+    for rw in result.get("rewrites", []):
+        line = f"  rewrote {rw['node']} {rw['variable']}: {rw['old']} -> {rw['new']}"
+        out.print(line, highlight=False, soft_wrap=True)
+    for port in result.get("ports", []):
+        line = (
+            f"  port {port['node']} {port['container_port']}: host {port['old']} -> {port['new']}"
         )
-    for port in result.ports:
-        out.print(
-            f"  port {port.node} {port.container_port}: host {port.old} -> {port.new}",
-            highlight=False,
-        )
-    for warning in result.warnings:
-        out.print(f"  [yellow]warning:[/] {warning}")
+        out.print(line, highlight=False, soft_wrap=True)
+    for warning in result.get("warnings", []):
+        out.print(f"  [yellow]warning:[/] {warning}", soft_wrap=True)
 
 
-def _env_json(env: Environment) -> dict[str, Any]:
+def _env_json(env: Environment, owner: str | None) -> dict[str, Any]:
     return {
         "name": env.name,
-        "owner": env.owner,
+        "owner": owner,
         "cloned_from": env.cloned_from,
         "layers": [
             {
@@ -171,7 +187,3 @@ def _env_json(env: Environment) -> dict[str, Any]:
             for layer in env.layers
         ],
     }
-
-
-if __name__ == "__main__":
-    main()

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from services.docker import DockerClient, gather_all
 from services.errors import ClonebotError, CloneFailed
-from services.freeze import snapshot_stateful
+from services.failpoints import failpoint
+from services.freeze import FreezeRecorder, ignore_freeze, snapshot_stateful
 from services.ledger import Ledger
 from services.naming import Rewrite
 from services.planning import ClonePlan, NodePlan, PortRemap
@@ -38,8 +39,12 @@ async def execute_clone(
     plan: ClonePlan,
     *,
     emit: EventSink = ignore_events,
+    on_freeze: FreezeRecorder = ignore_freeze,
 ) -> CloneResult:
-    """Create the clone the plan describes; on any failure remove all it created and raise."""
+    """Create the clone the plan describes; on any failure remove all it created and raise.
+
+    ``on_freeze`` is told which source containers are about to be frozen, before they are.
+    """
     started = time.monotonic()
     ledger = Ledger(docker)
     current = _CurrentStep(emit)
@@ -55,7 +60,9 @@ async def execute_clone(
         current.name = "stateless nodes"
         await gather_all(*(_create_node(docker, n, ledger, emit) for n in _stateless(plan)))
         current.name = "stateful snapshot"
-        freeze = await snapshot_stateful(docker, settings, plan, ledger=ledger, emit=emit)
+        freeze = await snapshot_stateful(
+            docker, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze
+        )
         current.name = "start"
         if not plan.snapshot:
             await _start_all(docker, plan, emit)
@@ -127,4 +134,5 @@ async def _start_all(docker: DockerClient, plan: ClonePlan, emit: EventSink) -> 
 
     # data stores first, so that the layers using them find them up
     await gather_all(*(start(n) for n in plan.nodes if n.stateful))
+    await failpoint("start")
     await gather_all(*(start(n) for n in _stateless(plan)))

@@ -62,6 +62,20 @@ class NotAClone(Refused):
         self.name = name
 
 
+class InvalidUser(Refused):
+    def __init__(self, user: str) -> None:
+        super().__init__(f"{user!r} is not a Slack user ID (like U012AB3CD)")
+        self.user = user
+
+
+class BadRequest(Refused):
+    """A malformed request; the message names the problem."""
+
+
+class Forbidden(Refused):
+    """The permission check refused; ``message`` is its reason."""
+
+
 class DockerUnavailable(ClonebotError):
     """The Docker engine could not be reached at all."""
 

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import posixpath
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from services.docker import JSON, DockerClient, gather_all
 from services.environments import Layer
 from services.errors import DockerFailed, FreezeTimeout
+from services.failpoints import failpoint
 from services.ledger import Ledger
 from services.planning import ClonePlan, NodePlan, VolumePlan
 from services.progress import BytesCopied, EventSink, StepDone, StepStarted, Warned, step
@@ -27,6 +29,13 @@ from services.volumes import FinalPass, copy_helper, ensure_helper_image, pre_co
 log = logging.getLogger(__name__)
 _DIR = 1 << 31
 _DELETED = 2
+FreezeRecorder = Callable[[dict[str, str]], Awaitable[None]]
+
+
+async def ignore_freeze(frozen: dict[str, str]) -> None:
+    """A freeze recorder that keeps nothing (no durable job behind the clone)."""
+
+
 _CONFLICT = 409
 _STAT_CONCURRENCY = 16
 
@@ -38,7 +47,13 @@ class FreezeReport:
 
 
 async def snapshot_stateful(
-    docker: DockerClient, settings: Settings, plan: ClonePlan, *, ledger: Ledger, emit: EventSink
+    docker: DockerClient,
+    settings: Settings,
+    plan: ClonePlan,
+    *,
+    ledger: Ledger,
+    emit: EventSink,
+    on_freeze: FreezeRecorder = ignore_freeze,
 ) -> FreezeReport:
     """Create every stateful node of the clone as a consistent snapshot of its master."""
     layers = plan.stateful_layers
@@ -49,7 +64,7 @@ async def snapshot_stateful(
     copies = [_MasterCopy(docker, settings, plan, layer, ledger, emit, claimed) for layer in layers]
     try:
         await gather_all(*(c.prepare() for c in copies))
-        report = await _freeze(docker, settings, copies, emit)
+        report = await _freeze(docker, settings, copies, emit, on_freeze)
         await gather_all(*(c.complete() for c in copies))
     finally:
         await asyncio.shield(gather_all(*(c.close() for c in copies)))
@@ -57,7 +72,11 @@ async def snapshot_stateful(
 
 
 async def _freeze(
-    docker: DockerClient, settings: Settings, copies: list[_MasterCopy], emit: EventSink
+    docker: DockerClient,
+    settings: Settings,
+    copies: list[_MasterCopy],
+    emit: EventSink,
+    on_freeze: FreezeRecorder,
 ) -> FreezeReport:
     report = FreezeReport()
     frozen: dict[str, tuple[str, float]] = {}  # master id -> (how, when)
@@ -67,8 +86,10 @@ async def _freeze(
         if master.state != "running":
             return  # stopped or already paused by its owner: its data holds still
         started = time.monotonic()
-        # recorded before the call: a cancellation may land after the engine paused it
+        # recorded before the call: a cancellation, or a crash, may land after the engine
+        # paused it; recovery reads what ``on_freeze`` wrote
         frozen[master.id] = ("paused", started)
+        await on_freeze({cid: how for cid, (how, _) in frozen.items()})
         try:
             await docker.pause_container(master.id)
         except DockerFailed as exc:
@@ -76,6 +97,7 @@ async def _freeze(
             report.warnings.append(warning)
             emit(Warned(warning))
             frozen[master.id] = ("stopped", started)
+            await on_freeze({cid: how for cid, (how, _) in frozen.items()})
             await docker.stop_container(master.id)
 
     async def resume(master_id: str) -> None:
@@ -95,6 +117,7 @@ async def _freeze(
     emit(StepStarted("freeze", masters))
     try:
         await gather_all(*(freeze(c) for c in copies))
+        await failpoint("freeze")
         async with asyncio.timeout(settings.freeze_timeout_s):
             await gather_all(*(c.final_pass() for c in copies))
     except TimeoutError:
@@ -156,6 +179,7 @@ class _MasterCopy:
             labels=self.plan.labels(),
         )
         self.helper = await self._resources.enter_async_context(helper)
+        await failpoint("pre-copy")
         total = sum(v.bytes for v in self.volumes)
         async with step(self.emit, "pre-copy", self.first.name):
 

@@ -9,7 +9,7 @@ from services.cloning import CloneResult, execute_clone
 from services.docker import DockerClient, gather_all
 from services.environments import JOB, PROJECT, Environment, Node, get_environment
 from services.errors import ClonebotError, CloneFailed, NotAClone
-from services.freeze import snapshot_stateful
+from services.freeze import FreezeRecorder, ignore_freeze, snapshot_stateful
 from services.ledger import Ledger
 from services.planning import plan_clone, plan_refresh
 from services.progress import EventSink, ignore_events, step
@@ -23,15 +23,23 @@ async def clone_environment(
     source: str,
     name: str | None = None,
     snapshot: bool = False,
+    job: str | None = None,
     emit: EventSink = ignore_events,
+    on_freeze: FreezeRecorder = ignore_freeze,
 ) -> CloneResult:
     """Plan (refusing bad requests before anything is made), then make the clone."""
-    plan = await plan_clone(docker, settings, source=source, name=name, snapshot=snapshot)
-    return await execute_clone(docker, settings, plan, emit=emit)
+    plan = await plan_clone(docker, settings, source=source, name=name, snapshot=snapshot, job=job)
+    return await execute_clone(docker, settings, plan, emit=emit, on_freeze=on_freeze)
 
 
 async def refresh_clone(
-    docker: DockerClient, settings: Settings, *, name: str, emit: EventSink = ignore_events
+    docker: DockerClient,
+    settings: Settings,
+    *,
+    name: str,
+    job: str | None = None,
+    emit: EventSink = ignore_events,
+    on_freeze: FreezeRecorder = ignore_freeze,
 ) -> CloneResult:
     """Re-copy a clone's stateful layers from its source, with the same short source freeze.
 
@@ -40,13 +48,15 @@ async def refresh_clone(
     """
     started = time.monotonic()
     clone = await get_environment(docker, name)
-    plan = await plan_refresh(docker, settings, clone=clone)
+    plan = await plan_refresh(docker, settings, clone=clone, job=job)
     old = [n for n in clone.nodes if n.layer in {layer.name for layer in plan.layers}]
     ledger = Ledger(docker)
     async with step(emit, "stop", ", ".join(n.name for n in old)):
         await _set_aside(docker, old, suffix=plan.job)
     try:
-        report = await snapshot_stateful(docker, settings, plan, ledger=ledger, emit=emit)
+        report = await snapshot_stateful(
+            docker, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze
+        )
         await gather_all(*(docker.start_container(n.name) for n in plan.nodes))
     except (Exception, asyncio.CancelledError) as exc:
         await asyncio.shield(_restore(docker, ledger, old))

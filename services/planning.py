@@ -107,6 +107,7 @@ async def plan_clone(
     source: str,
     name: str | None = None,
     snapshot: bool = False,
+    job: str | None = None,
 ) -> ClonePlan:
     """Check the request and plan the clone; raise a ``Refused`` error before anything is made."""
     if name is not None:
@@ -116,7 +117,7 @@ async def plan_clone(
         name = default_clone_name(source, {e.name for e in await list_environments(docker)})
     elif await environment_exists(docker, name):
         raise NameTaken(name)
-    plan = ClonePlan(secrets.token_hex(6), env, name, snapshot, settings.base_domain)
+    plan = ClonePlan(job or secrets.token_hex(6), env, name, snapshot, settings.base_domain)
     await _plan_networks(docker, plan)
     volumes = _plan_volumes(plan, existing={})
     _plan_nodes(plan, volumes)
@@ -125,13 +126,13 @@ async def plan_clone(
 
 
 async def plan_refresh(
-    docker: DockerClient, settings: Settings, *, clone: Environment
+    docker: DockerClient, settings: Settings, *, clone: Environment, job: str | None = None
 ) -> ClonePlan:
     """Plan new stateful nodes for ``clone`` from its source, reusing its networks and volumes."""
     if clone.cloned_from is None:
         raise NotAClone(clone.name, "refresh")
     source = await get_environment(docker, clone.cloned_from)
-    plan = ClonePlan(secrets.token_hex(6), source, clone.name, False, settings.base_domain)
+    plan = ClonePlan(job or secrets.token_hex(6), source, clone.name, False, settings.base_domain)
     plan.only_stateful = True
     await _plan_networks(docker, plan, reuse=True)
     existing = {

@@ -6,15 +6,22 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import asyncpg
 import pytest
 
+from services.context import Services, open_services
 from services.docker import DockerClient
+from services.environments import OWNER as OWNER_LABEL
 from services.environments import PROJECT
 from services.settings import Settings
 
 IMAGE = os.environ.get("CLONEBOT_TEST_IMAGE", "clonebot-test/busybox:latest")
 BASE_DOMAIN = "clonebot.test"
+OWNER = "UOWNER1"  # every test source is owned by this Slack user (its clonebot.owner label)
+ADMIN = "UADMIN1"
+POSTGRES = os.environ.get("CLONEBOT_TEST_POSTGRES_URL", "")
 
 # busybox sh: the writer appends "<n> <uptime in 1/100 s>" without forking, every 2 ms
 WRITER = (
@@ -24,10 +31,44 @@ WRITER = (
 WEB = 'mkdir -p /www && echo "$PAGE" > /www/index.html && exec httpd -f -p 80 -h /www'
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: a SQLite file, or a new database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'clonebot.db'}"
+        return
+    assert POSTGRES, "set CLONEBOT_TEST_POSTGRES_URL (make test starts a PostgreSQL and sets it)"
+    name = f"clonebot_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(POSTGRES.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """Settings of a test: SQLite in its own folder unless a test asks for ``db_settings``."""
     monkeypatch.setenv("CLONEBOT_BASE_DOMAIN", BASE_DOMAIN)
+    monkeypatch.setenv("CLONEBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CLONEBOT_ADMINS", ADMIN)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
     return Settings()
+
+
+@pytest.fixture
+def db_settings(settings: Settings, database_url: str) -> Settings:
+    """The test's settings on each database in turn (SQLite, then PostgreSQL)."""
+    return settings.model_copy(update={"database_url": database_url})
+
+
+@pytest.fixture
+async def svc(db_settings: Settings) -> AsyncIterator[Services]:
+    """The services over a fresh database (migrated) and the real Docker engine."""
+    async with open_services(db_settings) as services:
+        yield services
 
 
 @pytest.fixture
@@ -185,7 +226,7 @@ async def _run_node(
     config = {
         "Image": IMAGE,
         "Cmd": ["sh", "-c", cmd],
-        "Labels": labels,
+        "Labels": {OWNER_LABEL: OWNER, **labels},
         "HostConfig": {"NetworkMode": network, **host},
         "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [layer]}}},
         **extra,

@@ -10,13 +10,19 @@ import sys
 from services.docker import DockerClient
 from services.environments import get_environment
 from services.settings import Settings
-from tests.conftest import MakeSource
+from tests.conftest import OWNER, MakeSource
 
-CLI = [sys.executable, "-m", "bot.cli"]
+CLI = [sys.executable, "-m", "bot"]
 
 
 def clonebot(*args: str, settings: Settings) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DOCKER_HOST": settings.docker_host, "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "DOCKER_HOST": settings.docker_host,
+        "DATABASE_URL": settings.database_url,
+        "CLONEBOT_ADMINS": ",".join(settings.admins),
+        "COLUMNS": "200",
+    }
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -40,7 +46,9 @@ async def test_clone_json_then_delete(
     docker: DockerClient, settings: Settings, make_source: MakeSource
 ) -> None:
     source = await make_source(web_nodes=1)
-    done = clonebot("clone", source.name, f"{source.name}-cli", "--json", settings=settings)
+    done = clonebot(
+        "clone", source.name, f"{source.name}-cli", "--json", "--as", OWNER, settings=settings
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["environment"] == f"{source.name}-cli"
@@ -50,7 +58,7 @@ async def test_clone_json_then_delete(
     assert {r["variable"] for r in result["rewrites"]} == {"DB_URL", "SITE"}
     assert (await get_environment(docker, f"{source.name}-cli")).nodes
 
-    deleted = clonebot("delete", f"{source.name}-cli", settings=settings)
+    deleted = clonebot("delete", f"{source.name}-cli", "--as", OWNER, settings=settings)
     assert deleted.returncode == 0, deleted.stderr
     assert f"deleted {source.name}-cli" in deleted.stdout
 
@@ -59,7 +67,7 @@ async def test_clone_shows_progress_and_what_it_changed(
     settings: Settings, make_source: MakeSource
 ) -> None:
     source = await make_source(web_nodes=1)
-    done = clonebot("clone", source.name, settings=settings)
+    done = clonebot("clone", source.name, "--as", OWNER, settings=settings)
     assert done.returncode == 0, done.stderr
     assert f"{source.name}-clone1 is running: 2 nodes" in done.stdout
     [db_row] = [
@@ -82,7 +90,7 @@ async def test_refusals_are_one_line_and_non_zero(
         (("refresh", source.name), f"refused: '{source.name}' is not a clone"),
         (("delete", source.name), f"refused: '{source.name}' is not a clone"),
     ]:
-        done = clonebot(*args, settings=settings)
+        done = clonebot(*args, "--as", OWNER, settings=settings)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert done.stderr.startswith(message), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
@@ -91,7 +99,7 @@ async def test_refusals_are_one_line_and_non_zero(
 
 
 async def test_json_failure_is_still_one_object(settings: Settings) -> None:
-    done = clonebot("clone", "missing-env", "--json", settings=settings)
+    done = clonebot("clone", "missing-env", "--json", "--as", OWNER, settings=settings)
     assert done.returncode == 2
     assert json.loads(done.stdout) == {
         "state": "failed",

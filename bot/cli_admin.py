@@ -1,0 +1,152 @@
+"""Command-line commands about people and records: adopt, share, owner, jobs, audit, recover, db."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bot.cli import AsUser, JsonFlag, app, out, run
+from services.context import Services
+from services.jobs import Request
+from services.ownership import (
+    adopt_environment,
+    bind_channel,
+    hand_over_environment,
+    share_environment,
+)
+from services.recovery import recover_jobs
+from services.settings import get_settings
+from storage import repositories as repo
+from storage.db import upgrade
+from storage.models import AuditEntry, Job
+
+Env = Annotated[str, typer.Argument(help="The environment.")]
+
+
+@app.command()
+def adopt(
+    name: Env,
+    owner: Annotated[str, typer.Option("--owner", help="Its new owner (a Slack user ID).")],
+    user: AsUser,
+) -> None:
+    """Give an unowned environment its owner (admins only)."""
+    run(lambda svc: adopt_environment(svc, Request(user), name=name, owner=owner))
+    out.print(f"{name} is now owned by {owner}")
+
+
+@app.command()
+def share(
+    name: Env,
+    collaborator: Annotated[str, typer.Argument(help="Who gets access (a Slack user ID).")],
+    role: Annotated[str, typer.Option(help="viewer (sees it) or operator (may move traffic).")],
+    user: AsUser,
+) -> None:
+    """Share an environment with a collaborator."""
+    run(lambda svc: share_environment(svc, Request(user), name=name, user=collaborator, role=role))
+    out.print(f"{name} is shared with {collaborator} as {role}")
+
+
+@app.command()
+def owner(
+    name: Env,
+    new_owner: Annotated[str, typer.Argument(help="The new owner (a Slack user ID).")],
+    user: AsUser,
+) -> None:
+    """Hand an environment over to a new owner."""
+    run(lambda svc: hand_over_environment(svc, Request(user), name=name, new_owner=new_owner))
+    out.print(f"{name} now belongs to {new_owner}")
+
+
+@app.command()
+def bind(
+    name: Env,
+    channel: Annotated[str, typer.Argument(help="A Slack channel ID (C…).")],
+    user: AsUser,
+) -> None:
+    """Accept commands about an environment only from this channel (and others bound)."""
+    run(lambda svc: bind_channel(svc, Request(user), name=name, channel=channel))
+    out.print(f"{name} now takes commands in {channel}")
+
+
+@app.command()
+def jobs(as_json: JsonFlag = False) -> None:
+    """The latest jobs: what ran, for whom, how it ended."""
+
+    async def work(svc: Services) -> list[Job]:
+        async with svc.sessions() as session:
+            return list(await repo.list_jobs(session))
+
+    found = run(work)
+    if as_json:
+        print(json.dumps([_job_json(j) for j in found], indent=2))
+        return
+    table = Table("job", "kind", "environment", "state", "step", "requester", "created", "error")
+    for j in found:
+        created = j.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            j.id, j.kind, j.environment, j.state, j.step or "", j.requester, created, j.error or ""
+        )
+    out.print(table)
+
+
+@app.command()
+def audit(
+    env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The audit log: every action taken and every refusal, newest first."""
+
+    async def work(svc: Services) -> list[AuditEntry]:
+        async with svc.sessions() as session:
+            return list(await repo.list_audit(session, environment=env))
+
+    entries = run(work)
+    if as_json:
+        print(json.dumps([_audit_json(e) for e in entries], indent=2))
+        return
+    table = Table("when", "who", "action", "environment", "allowed", "reason")
+    for e in entries:
+        allowed = "yes" if e.allowed else "[red]refused[/]"
+        when = e.at.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(when, e.actor, e.action, e.environment or "", allowed, e.reason)
+    out.print(table)
+
+
+@app.command()
+def recover() -> None:
+    """Recover jobs whose clonebot process died: resume sources, remove partial clones."""
+    recovered = run(recover_jobs)
+    for job in recovered:
+        out.print(f"job {job.id} ({job.kind} {job.environment}): {job.error}", soft_wrap=True)
+    out.print(f"{len(recovered)} job(s) recovered")
+
+
+db_app = typer.Typer(help="The database.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations (also done whenever clonebot starts)."""
+    import asyncio
+
+    url = get_settings().database_url
+    asyncio.run(upgrade(url))
+    out.print(f"database schema is up to date ({url.split('://', 1)[0]})")
+
+
+def _job_json(j: Job) -> dict[str, object]:
+    keys = ("id", "kind", "environment", "source", "state", "step", "requester", "error")
+    data: dict[str, object] = {k: getattr(j, k) for k in keys}
+    data["freeze_ms"] = j.freeze_ms
+    data["created_at"] = j.created_at.isoformat()
+    data["finished_at"] = j.finished_at.isoformat() if j.finished_at else None
+    return data
+
+
+def _audit_json(e: AuditEntry) -> dict[str, object]:
+    keys = ("actor", "action", "environment", "channel", "allowed", "reason", "detail")
+    return {"at": e.at.isoformat(), **{k: getattr(e, k) for k in keys}}

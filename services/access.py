@@ -1,0 +1,75 @@
+"""Ownership as the database records it, and the permission check applied to it, audited."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+
+from services.environments import Environment
+from services.errors import Forbidden, InvalidUser
+from services.permissions import Access, Action, Decision, Role, decide
+from services.settings import SLACK_USER, Settings
+from storage import repositories as repo
+from storage.db import AsyncSession
+from storage.models import EnvironmentRecord
+
+
+def check_user(user: str) -> str:
+    if not SLACK_USER.fullmatch(user):
+        raise InvalidUser(user)
+    return user
+
+
+async def ensure_record(session: AsyncSession, env: Environment) -> EnvironmentRecord:
+    """The environment's record; a newly seen one is owned by its ``clonebot.owner`` label."""
+    record = await repo.get_environment(session, env.name)
+    if record is not None:
+        return record
+    owner = env.owner if env.owner and SLACK_USER.fullmatch(env.owner) else None
+    record = EnvironmentRecord(
+        name=env.name, owner=owner, cloned_from=env.cloned_from, collaborators=[], channels=[]
+    )
+    try:
+        async with session.begin_nested():
+            session.add(record)
+    except IntegrityError:  # another process recorded it first
+        found = await repo.get_environment(session, env.name)
+        assert found is not None
+        return found
+    return record
+
+
+def access_of(record: EnvironmentRecord) -> Access:
+    return Access(
+        name=record.name,
+        owner=record.owner,
+        collaborators={c.user: Role(c.role) for c in record.collaborators},
+        channels=frozenset(b.channel for b in record.channels),
+    )
+
+
+async def authorize(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    user: str,
+    action: Action,
+    record: EnvironmentRecord,
+    channel: str | None,
+) -> Decision:
+    """Allow, or audit the refusal and raise ``Forbidden`` with its reason."""
+    decision = decide(
+        user=user, action=action, access=access_of(record), channel=channel, admins=settings.admins
+    )
+    if not decision.allowed:
+        repo.record_audit(
+            session,
+            actor=user,
+            action=action.value,
+            environment=record.name,
+            channel=channel,
+            allowed=False,
+            reason=decision.reason,
+        )
+        await session.commit()
+        raise Forbidden(decision.reason)
+    return decision

@@ -1,0 +1,33 @@
+"""The services a front door opens once: settings, the Docker engine, the database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from services.docker import DockerClient
+from services.settings import Settings
+from storage.db import AsyncSession, create_engine, sessionmaker, upgrade
+
+
+@dataclass
+class Services:
+    settings: Settings
+    docker: DockerClient
+    sessions: async_sessionmaker[AsyncSession]
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
+    """Connect to Docker and the database (bringing its schema up to date first)."""
+    if migrate:
+        await upgrade(settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        async with DockerClient(settings.docker_host) as docker:
+            yield Services(settings=settings, docker=docker, sessions=sessionmaker(engine))
+    finally:
+        await engine.dispose()

@@ -1,0 +1,351 @@
+"""Durable jobs: recorded before they start, claimed once, their progress and outcome kept."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from services import access
+from services.cloning import CloneResult
+from services.context import Services
+from services.environments import environment_exists, get_environment, list_environments
+from services.errors import ClonebotError, CloneFailed, NameTaken
+from services.lifecycle import clone_environment, delete_environment, refresh_clone
+from services.naming import default_clone_name, validate_name
+from services.permissions import Action
+from services.progress import BytesCopied, Event, EventSink, StepDone, StepStarted, ignore_events
+from services.workers import this_worker
+from storage import repositories as repo
+from storage.db import AsyncSession
+from storage.models import EnvironmentRecord, IdempotencyKey, Job, utcnow
+
+LEASE = timedelta(seconds=30)
+HEARTBEAT_S = 5.0
+PROGRESS_EVERY_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """Who asks, from where, and the delivery key that makes a retry harmless."""
+
+    user: str
+    channel: str | None = None
+    key: str | None = None
+
+
+async def submit_clone(
+    svc: Services, request: Request, *, source: str, name: str | None, snapshot: bool = False
+) -> Job:
+    """Check, reserve the name and record a clone job; refusals raise before anything is kept."""
+    access.check_user(request.user)
+    if name is not None:
+        validate_name(name)
+    async with svc.sessions() as session:
+        if (earlier := await _earlier(session, request)) is not None:
+            return earlier
+        env = await get_environment(svc.docker, source)
+        record = await access.ensure_record(session, env)
+        await session.commit()
+        await access.authorize(
+            session,
+            svc.settings,
+            user=request.user,
+            action=Action.CLONE,
+            record=record,
+            channel=request.channel,
+        )
+        name = name or await _default_name(svc, session, source)
+        await _release_stale(svc, session, name)
+        session.add(
+            EnvironmentRecord(name=name, owner=request.user, cloned_from=source, state="creating")
+        )
+        job = _new_job(request, kind="clone", environment=name, source=source)
+        job.params = {"snapshot": snapshot}
+        return await _record(session, request, job, action=Action.CLONE)
+
+
+async def submit_refresh(svc: Services, request: Request, *, name: str) -> Job:
+    return await _submit_on(svc, request, name=name, kind="refresh", action=Action.REFRESH)
+
+
+async def submit_delete(svc: Services, request: Request, *, name: str, force: bool) -> Job:
+    job = await _submit_on(svc, request, name=name, kind="delete", action=Action.DELETE)
+    if force and not job.params.get("force"):
+        async with svc.sessions() as session, session.begin():
+            await repo.update_job(session, job.id, params={"force": True})
+        job.params = {"force": True}
+    return job
+
+
+async def _submit_on(
+    svc: Services, request: Request, *, name: str, kind: str, action: Action
+) -> Job:
+    access.check_user(request.user)
+    async with svc.sessions() as session:
+        if (earlier := await _earlier(session, request)) is not None:
+            return earlier
+        env = await get_environment(svc.docker, name)
+        record = await access.ensure_record(session, env)
+        await session.commit()
+        await access.authorize(
+            session,
+            svc.settings,
+            user=request.user,
+            action=action,
+            record=record,
+            channel=request.channel,
+        )
+        job = _new_job(request, kind=kind, environment=name, source=env.cloned_from)
+        return await _record(session, request, job, action=action)
+
+
+async def _earlier(session: AsyncSession, request: Request) -> Job | None:
+    return await repo.job_for_key(session, request.key) if request.key else None
+
+
+def _new_job(request: Request, *, kind: str, environment: str, source: str | None) -> Job:
+    return Job(
+        id=secrets.token_hex(6),
+        kind=kind,
+        state="queued",
+        environment=environment,
+        source=source,
+        requester=request.user,
+        channel=request.channel,
+        params={},
+        steps=[],
+        frozen=[],
+    )
+
+
+async def _record(session: AsyncSession, request: Request, job: Job, *, action: Action) -> Job:
+    session.add(job)
+    if request.key:
+        session.add(IdempotencyKey(key=request.key, job_id=job.id))
+    repo.record_audit(
+        session,
+        actor=request.user,
+        action=action.value,
+        environment=job.environment,
+        channel=request.channel,
+        allowed=True,
+        detail={"job": job.id, "source": job.source},
+    )
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        # the same delivery recorded by a racing process, or the name taken by a racing clone
+        if (earlier := await _earlier(session, request)) is not None:
+            return earlier
+        raise NameTaken(job.environment) from None
+    return job
+
+
+async def _default_name(svc: Services, session: AsyncSession, source: str) -> str:
+    taken = {e.name for e in await list_environments(svc.docker)}
+    taken |= {r.name for r in await repo.list_environments(session)}
+    return default_clone_name(source, taken)
+
+
+async def _release_stale(svc: Services, session: AsyncSession, name: str) -> None:
+    """Refuse a name Docker has; forget a record whose environment is gone from Docker."""
+    if await environment_exists(svc.docker, name):
+        raise NameTaken(name)
+    record = await repo.get_environment(session, name)
+    if record is not None and record.state == "ready":
+        await repo.delete_environment(session, name)
+
+
+async def run_job(svc: Services, job_id: str, *, emit: EventSink = ignore_events) -> Job:
+    """Claim and run a queued job; a job claimed elsewhere is returned as it stands.
+
+    Errors are recorded on the job, then raised again for the caller to show.
+    """
+    worker = this_worker()
+    async with svc.sessions() as session, session.begin():
+        claimed = await repo.claim_job(
+            session, job_id=job_id, worker=worker, lease_until=utcnow() + LEASE
+        )
+        job = await repo.get_job(session, job_id)
+    assert job is not None
+    if not claimed:
+        return job
+    progress = _Progress(svc, job_id, emit)
+    outcome: dict[str, Any] = {"state": "succeeded"}
+    try:
+        async with _heartbeat(svc, job_id, worker), progress:
+            result = await _dispatch(svc, job, progress)
+        outcome |= _outcome(result)
+    except CloneFailed as exc:
+        outcome = {"state": "rolled back", "error": exc.message}
+        raise
+    except ClonebotError as exc:
+        outcome = {"state": "failed", "error": exc.message}
+        raise
+    except (Exception, asyncio.CancelledError) as exc:
+        outcome = {"state": "rolled back", "error": f"{type(exc).__name__}: {exc}"}
+        raise
+    finally:
+        await asyncio.shield(_finish(svc, job, outcome, steps=progress.steps))
+    return await _reload(svc, job_id)
+
+
+async def _dispatch(svc: Services, job: Job, progress: _Progress) -> CloneResult | None:
+    common = {"job": job.id, "emit": progress.emit, "on_freeze": progress.record_frozen}
+    if job.kind == "clone":
+        return await clone_environment(
+            svc.docker,
+            svc.settings,
+            source=job.source or "",
+            name=job.environment,
+            snapshot=bool(job.params.get("snapshot")),
+            **common,  # type: ignore[arg-type]
+        )
+    if job.kind == "refresh":
+        return await refresh_clone(
+            svc.docker,
+            svc.settings,
+            name=job.environment,
+            **common,  # type: ignore[arg-type]
+        )
+    await delete_environment(svc.docker, name=job.environment, force=bool(job.params.get("force")))
+    return None
+
+
+def _outcome(result: CloneResult | None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    return {"result": dataclasses.asdict(result), "freeze_ms": result.freeze_ms}
+
+
+async def _finish(
+    svc: Services, job: Job, outcome: dict[str, Any], *, steps: list[dict[str, Any]]
+) -> None:
+    ok = outcome["state"] == "succeeded"
+    async with svc.sessions() as session, session.begin():
+        await repo.update_job(
+            session,
+            job.id,
+            **outcome,
+            steps=steps,
+            frozen=[],
+            finished_at=utcnow(),
+            lease_until=None,
+        )
+        record = await repo.get_environment(session, job.environment)
+        if job.kind == "clone" and record is not None and record.state == "creating":
+            if ok:
+                record.state = "ready"
+            else:
+                await repo.delete_environment(session, job.environment)
+        if job.kind == "delete" and ok:
+            await repo.delete_environment(session, job.environment)
+        repo.record_audit(
+            session,
+            actor=job.requester,
+            action=f"{job.kind} {outcome['state']}",
+            environment=job.environment,
+            channel=job.channel,
+            allowed=True,
+            reason=outcome.get("error", ""),
+            detail={"job": job.id},
+        )
+
+
+async def _reload(svc: Services, job_id: str) -> Job:
+    async with svc.sessions() as session:
+        job = await repo.get_job(session, job_id)
+    assert job is not None
+    return job
+
+
+@contextlib.asynccontextmanager
+async def _heartbeat(svc: Services, job_id: str, worker: str) -> AsyncIterator[None]:
+    """Keep the job's lease while it runs, so other hosts see it is alive."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            async with svc.sessions() as session, session.begin():
+                await repo.renew_lease(
+                    session, job_id=job_id, worker=worker, lease_until=utcnow() + LEASE
+                )
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+class _Progress:
+    """Keeps a job's steps in the database as events arrive, at most once a second for bytes."""
+
+    def __init__(self, svc: Services, job_id: str, downstream: EventSink) -> None:
+        self._svc, self._job_id, self._downstream = svc, job_id, downstream
+        self.steps: list[dict[str, Any]] = []
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Progress:
+        self._writer = asyncio.create_task(self._write())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._queue.put_nowait(None)
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    def emit(self, event: Event) -> None:
+        self._downstream(event)
+        self._queue.put_nowait(event)
+
+    async def record_frozen(self, frozen: dict[str, str]) -> None:
+        """Written before the source is frozen: recovery must know what to resume."""
+        entries = [{"container": cid, "how": how} for cid, how in frozen.items()]
+        async with self._svc.sessions() as session, session.begin():
+            await repo.update_job(session, self._job_id, frozen=entries)
+
+    async def _write(self) -> None:
+        last = 0.0
+        while (event := await self._queue.get()) is not None:
+            current = self._apply(event)
+            urgent = not isinstance(event, BytesCopied)
+            if urgent or time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                values: dict[str, Any] = {"steps": [dict(s) for s in self.steps]}
+                if current:
+                    values["step"] = current
+                async with self._svc.sessions() as session, session.begin():
+                    await repo.update_job(session, self._job_id, **values)
+
+    def _apply(self, event: Event) -> str | None:
+        if isinstance(event, StepStarted | StepDone | BytesCopied):
+            row = self._row(event.step, event.node)
+            if isinstance(event, StepStarted):
+                row["state"] = "running"
+                return event.step
+            if isinstance(event, StepDone):
+                row["state"], row["ms"] = "done", event.elapsed_ms
+            else:
+                row["copied"], row["total"] = event.copied, event.total
+        return None
+
+    def _row(self, step: str, node: str | None) -> dict[str, Any]:
+        for row in self.steps:
+            if row["step"] == step and row["node"] == node:
+                return row
+        row = {"step": step, "node": node, "state": "running"}
+        self.steps.append(row)
+        return row

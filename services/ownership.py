@@ -1,0 +1,99 @@
+"""Adopting, sharing and handing over environments; each change checked and audited."""
+
+from __future__ import annotations
+
+from services import access
+from services.context import Services
+from services.environments import get_environment
+from services.errors import BadRequest
+from services.jobs import Request
+from services.permissions import Action, Role
+from storage import repositories as repo
+from storage.db import AsyncSession
+from storage.models import EnvironmentRecord
+
+
+async def adopt_environment(svc: Services, request: Request, *, name: str, owner: str) -> None:
+    """An admin gives an unowned environment its first owner."""
+    access.check_user(owner)
+    async with svc.sessions() as session:
+        record = await _checked(svc, session, request, name=name, action=Action.ADOPT)
+        if record.owner is not None:
+            raise BadRequest(
+                f"{name} is already owned by {record.owner}; use `owner` to hand it over"
+            )
+        record.owner = owner
+        _audit(session, request, Action.ADOPT, name, detail={"owner": owner})
+        await session.commit()
+
+
+async def share_environment(
+    svc: Services, request: Request, *, name: str, user: str, role: str
+) -> None:
+    access.check_user(user)
+    if role not in {r.value for r in Role}:
+        raise BadRequest(f"unknown role {role!r}: use viewer or operator")
+    async with svc.sessions() as session:
+        record = await _checked(svc, session, request, name=name, action=Action.SHARE)
+        if user == record.owner:
+            raise BadRequest(f"{user} owns {name} already")
+        repo.set_collaborator(record, user=user, role=role)
+        _audit(session, request, Action.SHARE, name, detail={"user": user, "role": role})
+        await session.commit()
+
+
+async def hand_over_environment(
+    svc: Services, request: Request, *, name: str, new_owner: str
+) -> None:
+    access.check_user(new_owner)
+    async with svc.sessions() as session:
+        record = await _checked(svc, session, request, name=name, action=Action.HAND_OVER)
+        previous, record.owner = record.owner, new_owner
+        detail = {"from": previous, "to": new_owner}
+        _audit(session, request, Action.HAND_OVER, name, detail=detail)
+        await session.commit()
+
+
+async def bind_channel(svc: Services, request: Request, *, name: str, channel: str) -> None:
+    async with svc.sessions() as session:
+        record = await _checked(svc, session, request, name=name, action=Action.BIND_CHANNEL)
+        repo.bind_channel(record, channel=channel)
+        _audit(session, request, Action.BIND_CHANNEL, name, detail={"bound": channel})
+        await session.commit()
+
+
+async def _checked(
+    svc: Services, session: AsyncSession, request: Request, *, name: str, action: Action
+) -> EnvironmentRecord:
+    access.check_user(request.user)
+    env = await get_environment(svc.docker, name)
+    record = await access.ensure_record(session, env)
+    await session.commit()
+    await access.authorize(
+        session,
+        svc.settings,
+        user=request.user,
+        action=action,
+        record=record,
+        channel=request.channel,
+    )
+    return record
+
+
+def _audit(
+    session: AsyncSession,
+    request: Request,
+    action: Action,
+    name: str,
+    *,
+    detail: dict[str, str | None],
+) -> None:
+    repo.record_audit(
+        session,
+        actor=request.user,
+        action=action.value,
+        environment=name,
+        channel=request.channel,
+        allowed=True,
+        detail=dict(detail),
+    )

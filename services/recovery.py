@@ -1,0 +1,131 @@
+"""Recovering jobs whose process died: sources resumed, partial clones removed, jobs closed."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import update
+
+from services.context import Services
+from services.docker import JSON, DockerClient
+from services.environments import JOB
+from services.errors import DockerFailed
+from services.workers import this_worker, worker_is_gone
+from storage import repositories as repo
+from storage.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+
+async def recover_jobs(svc: Services) -> list[Job]:
+    """Close every running job whose process is gone; returns them as they now stand."""
+    async with svc.sessions() as session:
+        running = await repo.jobs_in_state(session, "running")
+    orphans = [
+        job
+        for job in running
+        if worker_is_gone(job.claimed_by, lease_until=job.lease_until, now=utcnow())
+    ]
+    recovered = []
+    for job in orphans:
+        if await _take_over(svc, job):
+            recovered.append(await _recover(svc, job))
+    return recovered
+
+
+async def _take_over(svc: Services, job: Job) -> bool:
+    """Claim the orphan for this process, so that two recoveries never work on one job."""
+    async with svc.sessions() as session, session.begin():
+        result = await session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state == "running", Job.claimed_by == job.claimed_by)
+            .values(state="recovering", claimed_by=this_worker())
+        )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def _recover(svc: Services, job: Job) -> Job:
+    resumed = await _resume_sources(svc.docker, job.frozen)
+    removed = await remove_job_resources(svc.docker, job.id)
+    if job.kind == "refresh":
+        await _restore_set_aside(svc.docker, job)
+    error = (
+        f"clonebot stopped during {job.step or 'the start'}; recovery resumed "
+        f"{resumed} source container(s) and removed {removed} resource(s) the job had made"
+    )
+    async with svc.sessions() as session, session.begin():
+        await repo.update_job(
+            session, job.id, state="rolled back", error=error, frozen=[], finished_at=utcnow()
+        )
+        record = await repo.get_environment(session, job.environment)
+        if job.kind == "clone" and record is not None and record.state == "creating":
+            await repo.delete_environment(session, job.environment)
+        repo.record_audit(
+            session,
+            actor=job.requester,
+            action=f"{job.kind} recovered",
+            environment=job.environment,
+            channel=job.channel,
+            allowed=True,
+            reason=error,
+            detail={"job": job.id},
+        )
+    job.state, job.error = "rolled back", error
+    return job
+
+
+async def _resume_sources(docker: DockerClient, frozen: list[dict[str, str]]) -> int:
+    resumed = 0
+    for entry in frozen:
+        cid, how = entry["container"], entry["how"]
+        info = await _inspect(docker, cid)
+        if info is None:
+            continue
+        state = info["State"]
+        if state.get("Paused"):
+            await docker.unpause_container(cid)
+            resumed += 1
+        elif how == "stopped" and not state.get("Running"):
+            await docker.start_container(cid)
+            resumed += 1
+    return resumed
+
+
+async def _inspect(docker: DockerClient, cid: str) -> JSON | None:
+    try:
+        return await docker.inspect_container(cid)
+    except DockerFailed as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def remove_job_resources(docker: DockerClient, job_id: str) -> int:
+    """Remove every container, network, volume and image labelled with the job; how many."""
+    label = [f"{JOB}={job_id}"]
+    removed = 0
+    for container in await docker.list_containers(labels=label):
+        await docker.remove_container(container["Id"])
+        removed += 1
+    for network in await docker.list_networks(labels=label):
+        await docker.remove_network(network["Id"])
+        removed += 1
+    for volume in await docker.list_volumes(labels=label):
+        await docker.remove_volume(volume["Name"])
+        removed += 1
+    for image in await docker.list_images(labels=label):
+        await docker.remove_image(image["Id"])
+        removed += 1
+    return removed
+
+
+async def _restore_set_aside(docker: DockerClient, job: Job) -> None:
+    """A refresh renames the clone's old stateful nodes aside: bring them back."""
+    suffix = f"-old-{job.id}"
+    for container in await docker.list_containers(
+        labels=[f"com.docker.compose.project={job.environment}"]
+    ):
+        name = container["Names"][0].lstrip("/")
+        if name.endswith(suffix):
+            await docker.rename_container(container["Id"], name.removesuffix(suffix))
+            await docker.start_container(container["Id"])

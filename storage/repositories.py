@@ -1,0 +1,131 @@
+"""Reading and writing the tables, one small function per question the services ask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import (
+    AuditEntry,
+    ChannelBinding,
+    Collaborator,
+    EnvironmentRecord,
+    IdempotencyKey,
+    Job,
+    utcnow,
+)
+
+
+# -- environments -------------------------------------------------------------------------
+async def get_environment(session: AsyncSession, name: str) -> EnvironmentRecord | None:
+    found = await session.scalars(select(EnvironmentRecord).where(EnvironmentRecord.name == name))
+    return found.one_or_none()
+
+
+async def list_environments(session: AsyncSession) -> Sequence[EnvironmentRecord]:
+    return (await session.scalars(select(EnvironmentRecord).order_by(EnvironmentRecord.name))).all()
+
+
+async def delete_environment(session: AsyncSession, name: str) -> None:
+    await session.execute(delete(EnvironmentRecord).where(EnvironmentRecord.name == name))
+
+
+def set_collaborator(record: EnvironmentRecord, *, user: str, role: str) -> None:
+    for collaborator in record.collaborators:
+        if collaborator.user == user:
+            collaborator.role = role
+            return
+    record.collaborators.append(Collaborator(user=user, role=role))
+
+
+def bind_channel(record: EnvironmentRecord, *, channel: str) -> None:
+    if all(binding.channel != channel for binding in record.channels):
+        record.channels.append(ChannelBinding(channel=channel))
+
+
+# -- jobs ---------------------------------------------------------------------------------
+async def get_job(session: AsyncSession, job_id: str) -> Job | None:
+    return await session.get(Job, job_id)
+
+
+async def list_jobs(session: AsyncSession, *, limit: int = 50) -> Sequence[Job]:
+    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    return (await session.scalars(query)).all()
+
+
+async def jobs_in_state(session: AsyncSession, state: str) -> Sequence[Job]:
+    return (await session.scalars(select(Job).where(Job.state == state))).all()
+
+
+async def claim_job(
+    session: AsyncSession, *, job_id: str, worker: str, lease_until: datetime
+) -> bool:
+    """Mark a queued job running for ``worker``; False if another worker got it first.
+
+    One conditional UPDATE: atomic on SQLite and PostgreSQL alike, so a job runs once.
+    """
+    result = await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "queued")
+        .values(state="running", claimed_by=worker, lease_until=lease_until, started_at=utcnow())
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def renew_lease(
+    session: AsyncSession, *, job_id: str, worker: str, lease_until: datetime
+) -> None:
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.claimed_by == worker, Job.state == "running")
+        .values(lease_until=lease_until)
+    )
+
+
+async def update_job(session: AsyncSession, job_id: str, **values: Any) -> None:
+    await session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+async def job_for_key(session: AsyncSession, key: str) -> Job | None:
+    found = await session.get(IdempotencyKey, key)
+    if found is None or found.job_id is None:
+        return None
+    return await session.get(Job, found.job_id)
+
+
+# -- audit --------------------------------------------------------------------------------
+def record_audit(
+    session: AsyncSession,
+    *,
+    actor: str,
+    action: str,
+    environment: str | None,
+    channel: str | None,
+    allowed: bool,
+    reason: str = "",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditEntry(
+            actor=actor,
+            action=action,
+            environment=environment,
+            channel=channel,
+            allowed=allowed,
+            reason=reason,
+            detail=detail or {},
+        )
+    )
+
+
+async def list_audit(
+    session: AsyncSession, *, environment: str | None = None, limit: int = 200
+) -> Sequence[AuditEntry]:
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if environment is not None:
+        query = query.where(AuditEntry.environment == environment)
+    return (await session.scalars(query)).all()
