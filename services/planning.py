@@ -358,7 +358,9 @@ async def _check_disk(docker: DockerClient, settings: Settings, plan: ClonePlan)
     if not sources:
         return
     await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
-    sizes = await measure_volumes(docker, image=settings.helper_image, volumes=sources)
+    sizes = await measure_volumes(
+        docker, image=settings.helper_image, volumes=sources, labels={JOB: plan.job}
+    )
     replicas = [v for v in plan.volumes if v.replica_of]
     by_clone = {v.name: v.source for v in plan.volumes if v.source}
     needed = sum(sizes.used.values())

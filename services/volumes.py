@@ -123,13 +123,15 @@ def _helper_rootfs(busybox: Path) -> bytes:
     return buf.getvalue()
 
 
-async def measure_volumes(docker: DockerClient, *, image: str, volumes: list[str]) -> VolumeSizes:
+async def measure_volumes(
+    docker: DockerClient, *, image: str, volumes: list[str], labels: dict[str, str]
+) -> VolumeSizes:
     """Bytes used by each volume and bytes free beside them, measured on the Docker host."""
     binds = [f"{v}:/from/{i}:ro" for i, v in enumerate(volumes)]
     script = 'for d in /from/*/; do du -sk "$d"; done; df -Pk /from | tail -n 1'
     cid = await docker.create_container(
         name=f"clonebot-measure-{secrets.token_hex(4)}",
-        config=_helper_config(image, ["sh", "-c", script], binds, labels={}),
+        config=_helper_config(image, ["sh", "-c", script], binds, labels=labels),
     )
     try:
         await docker.start_container(cid)

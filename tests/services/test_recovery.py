@@ -1,0 +1,80 @@
+"""Crash recovery for real: clonebot is killed with SIGKILL mid-clone, then recovered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from services.context import open_services
+from services.docker import DockerClient
+from services.environments import JOB, PROJECT, get_environment
+from services.recovery import recover_jobs
+from services.settings import Settings
+from storage import repositories as repo
+from tests.conftest import OWNER, MakeSource
+
+
+async def _clone_until(
+    point: str, *, settings: Settings, source: str, name: str
+) -> asyncio.subprocess.Process:
+    """Start `clonebot clone` in a process of its own; return it once it hangs at ``point``."""
+    env = {
+        **os.environ,
+        "DOCKER_HOST": settings.docker_host,
+        "DATABASE_URL": settings.database_url,
+        "CLONEBOT_FAILPOINT": point,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "clone", source, name, "--as", OWNER,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    async with asyncio.timeout(120):
+        while line := (await proc.stdout.readline()).decode():
+            seen.append(line)
+            if f"failpoint {point} reached" in line:
+                return proc
+    raise AssertionError(f"clonebot ended before reaching {point}: {''.join(seen)[-2000:]}")
+
+
+async def _state(docker: DockerClient, name: str) -> set[str]:
+    return {n.state for n in (await get_environment(docker, name)).nodes}
+
+
+@pytest.mark.parametrize("point", ["pre-copy", "freeze", "start"])
+async def test_a_killed_clone_is_recovered(
+    docker: DockerClient, db_settings: Settings, make_source: MakeSource, point: str
+) -> None:
+    source = await make_source(web_nodes=1)
+    name = f"{source.name}-crash"
+    proc = await _clone_until(point, settings=db_settings, source=source.name, name=name)
+    if point == "freeze":
+        assert "paused" in await _state(docker, source.name)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+
+    started = time.monotonic()
+    async with open_services(db_settings) as svc:
+        [job] = await recover_jobs(svc)
+        resumed_within = time.monotonic() - started
+        async with svc.sessions() as session:
+            stored = await repo.get_job(session, job.id)
+            record = await repo.get_environment(session, name)
+
+    assert await _state(docker, source.name) == {"running"}
+    assert resumed_within < 10
+    for lister in (docker.list_containers, docker.list_networks, docker.list_volumes):
+        assert await lister(labels=[f"{JOB}={job.id}"]) == []
+        assert await lister(labels=[f"{PROJECT}={name}"]) == []
+    assert await docker.list_images(labels=[f"{JOB}={job.id}"]) == []
+    assert stored is not None and stored.state == "rolled back"
+    assert stored.error is not None and "clonebot stopped during" in stored.error
+    assert record is None, "the name is free again"
+    async with open_services(db_settings) as svc:
+        assert await recover_jobs(svc) == [], "a recovered job is not recovered twice"
