@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from typing import Annotated
 
 import typer
@@ -19,6 +21,7 @@ from services.ownership import (
 )
 from services.recovery import recover_jobs
 from services.settings import get_settings
+from services.supervisor import serve as supervise
 from storage import repositories as repo
 from storage.db import upgrade
 from storage.models import AuditEntry, Job
@@ -116,11 +119,35 @@ def audit(
 
 
 @app.command()
+def serve() -> None:
+    """Run clonebot's worker: recover dead jobs at start, then run orphaned queued jobs.
+
+    (The Slack app joins this process with the Slack issue.) Stops on SIGINT or SIGTERM.
+    """
+
+    async def work(svc: Services) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        out.print("clonebot serving; stop with Ctrl-C", highlight=False)
+        await supervise(svc, stop=stop, on_recovered=_print_recovered)
+
+    run(work)
+
+
+def _print_recovered(recovered: list[Job]) -> None:
+    for job in recovered:
+        out.print(
+            f"recovered job {job.id} ({job.kind} {job.environment}): {job.error}", soft_wrap=True
+        )
+
+
+@app.command()
 def recover() -> None:
     """Recover jobs whose clonebot process died: resume sources, remove partial clones."""
     recovered = run(recover_jobs)
-    for job in recovered:
-        out.print(f"job {job.id} ({job.kind} {job.environment}): {job.error}", soft_wrap=True)
+    _print_recovered(recovered)
     out.print(f"{len(recovered)} job(s) recovered")
 
 
@@ -131,8 +158,6 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the schema migrations (also done whenever clonebot starts)."""
-    import asyncio
-
     url = get_settings().database_url
     asyncio.run(upgrade(url))
     out.print(f"database schema is up to date ({url.split('://', 1)[0]})")

@@ -78,3 +78,39 @@ async def test_a_killed_clone_is_recovered(
     assert record is None, "the name is free again"
     async with open_services(db_settings) as svc:
         assert await recover_jobs(svc) == [], "a recovered job is not recovered twice"
+
+
+async def test_serve_recovers_at_start(
+    docker: DockerClient, db_settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1)
+    proc = await _clone_until(
+        "freeze", settings=db_settings, source=source.name, name=f"{source.name}-crash"
+    )
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    assert "paused" in await _state(docker, source.name)
+
+    env = {**os.environ, "DOCKER_HOST": db_settings.docker_host}
+    env["DATABASE_URL"] = db_settings.database_url
+    serving = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    assert serving.stdout is not None
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            # polling the engine: nothing to wait on but its answer
+            while await _state(docker, source.name) != {"running"}:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert time.monotonic() - started < 10
+        async with asyncio.timeout(10):
+            line = ""
+            while "recovered job" not in line:
+                line = (await serving.stdout.readline()).decode()
+                assert line, "serve ended early"
+        assert "clonebot stopped during" in line
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(serving.wait(), timeout=10) == 0
