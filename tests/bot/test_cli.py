@@ -108,3 +108,61 @@ async def test_json_failure_is_still_one_object(settings: Settings) -> None:
         "freeze_ms": 0,
         "warnings": [],
     }
+
+
+async def test_people_commands_and_their_refusals(
+    settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1)
+    env = source.name
+
+    def ok(*args: str) -> str:
+        done = clonebot(*args, settings=settings)
+        assert done.returncode == 0, (args, done.stderr)
+        return done.stdout
+
+    def refused(*args: str) -> str:
+        done = clonebot(*args, settings=settings)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        return done.stderr.strip()
+
+    assert "Missing option '--as'" in clonebot("clone", env, settings=settings).stderr
+    assert refused("clone", env, "--as", "bob") == (
+        "refused: 'bob' is not a Slack user ID (like U012AB3CD)"
+    )
+    assert refused("share", env, "UFRIEND1", "--role", "boss", "--as", OWNER) == (
+        "refused: unknown role 'boss': use viewer or operator"
+    )
+    assert refused("share", "no-such-env", "UFRIEND1", "--role", "viewer", "--as", OWNER) == (
+        "refused: no environment named 'no-such-env'"
+    )
+    assert "belongs to <@UOWNER1>" in refused("clone", env, "--as", "USTRANGER")
+    assert refused("adopt", env, "--owner", "UOTHER1", "--as", OWNER) == (
+        "refused: only an admin may adopt an environment"
+    )
+
+    assert "shared with UFRIEND1 as operator" in ok(
+        "share", env, "UFRIEND1", "--role", "operator", "--as", OWNER
+    )
+    assert "may not clone" in refused("clone", env, "--as", "UFRIEND1")
+    assert f"{env} now belongs to UNEWOWNER" in ok("owner", env, "UNEWOWNER", "--as", OWNER)
+    assert "belongs to <@UNEWOWNER>" in refused("clone", env, "--as", OWNER)
+
+    audit = json.loads(ok("audit", "--env", env, "--json"))
+    assert [(e["actor"], e["action"], e["allowed"]) for e in audit[:3]] == [
+        (OWNER, "clone", False),
+        (OWNER, "hand over", True),
+        ("UFRIEND1", "clone", False),
+    ]
+    assert audit[0]["reason"] == f"{env} belongs to <@UNEWOWNER>; ask them to share it with you"
+
+
+async def test_jobs_lists_what_ran(settings: Settings, make_source: MakeSource) -> None:
+    source = await make_source(web_nodes=1)
+    done = clonebot("clone", source.name, "--as", OWNER, "--snapshot", settings=settings)
+    assert done.returncode == 0, done.stderr
+    listed = clonebot("jobs", "--json", settings=settings)
+    [job] = [j for j in json.loads(listed.stdout) if j["environment"] == f"{source.name}-clone1"]
+    assert (job["kind"], job["state"], job["requester"]) == ("clone", "succeeded", OWNER)
+    assert isinstance(job["freeze_ms"], int)
