@@ -18,7 +18,7 @@ from services.environments import Environment, list_environments
 from services.errors import ClonebotError, Refused
 from services.jobs import Request, run_job, submit_clone, submit_delete, submit_refresh
 from services.progress import EventSink, ignore_events
-from services.settings import get_settings
+from services.settings import Settings, get_settings
 from storage import repositories as repo
 from storage.models import Job
 
@@ -43,26 +43,40 @@ def run(work: Callable[[Services], Awaitable[T]], *, as_json: bool = False) -> T
     With ``as_json`` a failure also prints one JSON object, as success does.
     """
 
+    settings = load_settings()
+
     async def go() -> T:
-        async with open_services(get_settings()) as svc:
+        async with open_services(settings) as svc:
             return await work(svc)
 
     try:
         return asyncio.run(go())
-    except ValidationError as exc:
-        names = ", ".join(str(e["loc"][0]) for e in exc.errors() if e["loc"])
-        err.print(f"[red]bad setting[/] {names}: {exc.errors()[0]['msg']}", highlight=False)
-        raise typer.Exit(2) from None
     except ClonebotError as exc:
         refused = isinstance(exc, Refused)
-        err.print(f"[red]{'refused' if refused else 'error'}:[/] {exc.message}", highlight=False)
+        kind = "refused" if refused else "error"
+        err.print(f"[red]{kind}:[/] {exc.message}", highlight=False, soft_wrap=True)
         if as_json:
             failure = {"state": "failed", "refused": refused, "error": exc.message}
             print(json.dumps({**failure, "freeze_ms": 0, "warnings": []}))
         raise typer.Exit(2 if refused else 1) from None
     except Exception as exc:  # the last resort: one line, never a stack trace
-        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False)
+        err.print(
+            f"[red]error:[/] unexpected {type(exc).__name__}: {exc}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1) from None
+
+
+def load_settings() -> Settings:
+    """The settings, or one line naming the bad one and exit code 2."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        err.print(f"[red]bad setting[/] {name}: {first['msg']}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.cli import AsUser, JsonFlag, app, out, run
+from bot.cli import AsUser, JsonFlag, app, load_settings, out, run
 from services.context import Services
 from services.jobs import Request
 from services.ownership import (
@@ -20,7 +20,6 @@ from services.ownership import (
     share_environment,
 )
 from services.recovery import recover_jobs
-from services.settings import get_settings
 from services.supervisor import serve as supervise
 from storage import repositories as repo
 from storage.db import upgrade
@@ -158,7 +157,7 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the schema migrations (also done whenever clonebot starts)."""
-    url = get_settings().database_url
+    url = load_settings().database_url
     asyncio.run(upgrade(url))
     out.print(f"database schema is up to date ({url.split('://', 1)[0]})")
 

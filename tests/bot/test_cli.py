@@ -166,3 +166,12 @@ async def test_jobs_lists_what_ran(settings: Settings, make_source: MakeSource) 
     [job] = [j for j in json.loads(listed.stdout) if j["environment"] == f"{source.name}-clone1"]
     assert (job["kind"], job["state"], job["requester"]) == ("clone", "succeeded", OWNER)
     assert isinstance(job["freeze_ms"], int)
+
+
+def test_a_bad_setting_stops_at_once_naming_it(settings: Settings) -> None:
+    bad = settings.model_copy(update={"admins": frozenset({"bob"})})
+    done = clonebot("envs", settings=bad)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "bad setting CLONEBOT_ADMINS: Value error, 'bob' is not a Slack user ID (like U012AB3CD)"
+    )
