@@ -13,7 +13,7 @@ from services.freeze import FreezeRecorder, ignore_freeze, snapshot_stateful
 from services.ledger import Ledger
 from services.naming import Rewrite
 from services.planning import ClonePlan, NodePlan, PortRemap
-from services.progress import EventSink, StepStarted, Warned, ignore_events, step
+from services.progress import Event, EventSink, StepStarted, Warned, ignore_events, step
 from services.settings import Settings
 
 
@@ -94,10 +94,10 @@ class _CurrentStep:
         self.name = "plan"
         self._emit = emit
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: Event) -> None:
         if isinstance(event, StepStarted):
             self.name = event.step
-        self._emit(event)  # type: ignore[arg-type]
+        self._emit(event)
 
 
 def _stateless(plan: ClonePlan) -> list[NodePlan]:

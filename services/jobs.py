@@ -200,7 +200,6 @@ async def run_job(svc: Services, job_id: str, *, emit: EventSink = ignore_events
 
 
 async def _dispatch(svc: Services, job: Job, progress: _Progress) -> CloneResult | None:
-    common = {"job": job.id, "emit": progress.emit, "on_freeze": progress.record_frozen}
     if job.kind == "clone":
         return await clone_environment(
             svc.docker,
@@ -208,14 +207,18 @@ async def _dispatch(svc: Services, job: Job, progress: _Progress) -> CloneResult
             source=job.source or "",
             name=job.environment,
             snapshot=bool(job.params.get("snapshot")),
-            **common,  # type: ignore[arg-type]
+            job=job.id,
+            emit=progress.emit,
+            on_freeze=progress.record_frozen,
         )
     if job.kind == "refresh":
         return await refresh_clone(
             svc.docker,
             svc.settings,
             name=job.environment,
-            **common,  # type: ignore[arg-type]
+            job=job.id,
+            emit=progress.emit,
+            on_freeze=progress.record_frozen,
         )
     await delete_environment(svc.docker, name=job.environment, force=bool(job.params.get("force")))
     return None
