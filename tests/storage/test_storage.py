@@ -237,6 +237,7 @@ async def test_jobs_round_trip_and_are_listed_newest_first(svc: Services) -> Non
     jobs = [_job(environment=f"env{i}", created_at=start + timedelta(minutes=i)) for i in range(3)]
     async with svc.sessions() as session, session.begin():
         session.add_all(jobs)
+    async with svc.sessions() as session, session.begin():
         session.add(IdempotencyKey(key="delivery-1", job_id=jobs[1].id))
         session.add(IdempotencyKey(key="delivery-without-job", job_id=None))
 
@@ -281,7 +282,9 @@ async def test_a_job_is_claimed_once_and_only_its_worker_renews_the_lease(svc: S
 async def test_an_idempotency_key_is_used_once(svc: Services) -> None:
     job = _job()
     async with svc.sessions() as session, session.begin():
-        session.add_all([job, IdempotencyKey(key="delivery-1", job_id=job.id)])
+        session.add(job)
+    async with svc.sessions() as session, session.begin():
+        session.add(IdempotencyKey(key="delivery-1", job_id=job.id))
     async with svc.sessions() as session:
         session.add(IdempotencyKey(key="delivery-1", job_id=None))
         with pytest.raises(IntegrityError):
