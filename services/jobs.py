@@ -127,9 +127,6 @@ def _new_job(request: Request, *, kind: str, environment: str, source: str | Non
 
 
 async def _record(session: AsyncSession, request: Request, job: Job, *, action: Action) -> Job:
-    session.add(job)
-    if request.key:
-        session.add(IdempotencyKey(key=request.key, job_id=job.id))
     repo.record_audit(
         session,
         actor=request.user,
@@ -140,6 +137,11 @@ async def _record(session: AsyncSession, request: Request, job: Job, *, action: 
         detail={"job": job.id, "source": job.source},
     )
     try:
+        session.add(job)
+        # the key refers to the job: the job's row must be written first
+        await session.flush()
+        if request.key:
+            session.add(IdempotencyKey(key=request.key, job_id=job.id))
         await session.commit()
     except IntegrityError:
         await session.rollback()
