@@ -13,10 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bot.progress_view import ProgressView
+from services.access import Request
 from services.context import Services, open_services
 from services.environments import Environment, list_environments
 from services.errors import ClonebotError, Refused
-from services.jobs import Request, run_job, submit_clone, submit_delete, submit_refresh
+from services.jobs import run_job, submit_clone, submit_delete, submit_refresh
 from services.progress import EventSink, ignore_events
 from services.settings import Settings, get_settings
 from storage import repositories as repo

@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from bot.cli import AsUser, JsonFlag, app, load_settings, out, run
+from services.access import Request
 from services.context import Services
-from services.jobs import Request
 from services.ownership import (
     adopt_environment,
     bind_channel,

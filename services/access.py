@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy.exc import IntegrityError
 
-from services.environments import Environment
+from services.context import Services
+from services.environments import Environment, get_environment
 from services.errors import Forbidden, InvalidUser
 from services.permissions import Access, Action, Decision, Role, decide
 from services.settings import SLACK_USER, Settings
@@ -45,6 +48,34 @@ def access_of(record: EnvironmentRecord) -> Access:
         collaborators={c.user: Role(c.role) for c in record.collaborators},
         channels=frozenset(b.channel for b in record.channels),
     )
+
+
+@dataclass(frozen=True)
+class Request:
+    """Who asks, from where, and the delivery key that makes a retry harmless."""
+
+    user: str
+    channel: str | None = None
+    key: str | None = None
+
+
+async def check_request(
+    svc: Services, session: AsyncSession, request: Request, *, name: str, action: Action
+) -> tuple[Environment, EnvironmentRecord]:
+    """The environment and its record, if ``request`` may do ``action`` to it; else raise."""
+    check_user(request.user)
+    env = await get_environment(svc.docker, name)
+    record = await ensure_record(session, env)
+    await session.commit()
+    await authorize(
+        session,
+        svc.settings,
+        user=request.user,
+        action=action,
+        record=record,
+        channel=request.channel,
+    )
+    return env, record
 
 
 async def authorize(

@@ -14,9 +14,10 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from services import access
+from services.access import Request
 from services.cloning import CloneResult
 from services.context import Services
-from services.environments import environment_exists, get_environment, list_environments
+from services.environments import environment_exists, list_environments
 from services.errors import ClonebotError, CloneFailed, NameTaken
 from services.lifecycle import clone_environment, delete_environment, refresh_clone
 from services.naming import default_clone_name, validate_name
@@ -32,15 +33,6 @@ HEARTBEAT_S = 5.0
 PROGRESS_EVERY_S = 1.0
 
 
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """Who asks, from where, and the delivery key that makes a retry harmless."""
-
-    user: str
-    channel: str | None = None
-    key: str | None = None
-
-
 async def submit_clone(
     svc: Services, request: Request, *, source: str, name: str | None, snapshot: bool = False
 ) -> Job:
@@ -51,17 +43,7 @@ async def submit_clone(
     async with svc.sessions() as session:
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
-        env = await get_environment(svc.docker, source)
-        record = await access.ensure_record(session, env)
-        await session.commit()
-        await access.authorize(
-            session,
-            svc.settings,
-            user=request.user,
-            action=Action.CLONE,
-            record=record,
-            channel=request.channel,
-        )
+        await access.check_request(svc, session, request, name=source, action=Action.CLONE)
         name = name or await _default_name(svc, session, source)
         await _release_stale(svc, session, name)
         session.add(
@@ -77,33 +59,27 @@ async def submit_refresh(svc: Services, request: Request, *, name: str) -> Job:
 
 
 async def submit_delete(svc: Services, request: Request, *, name: str, force: bool) -> Job:
-    job = await _submit_on(svc, request, name=name, kind="delete", action=Action.DELETE)
-    if force and not job.params.get("force"):
-        async with svc.sessions() as session, session.begin():
-            await repo.update_job(session, job.id, params={"force": True})
-        job.params = {"force": True}
-    return job
+    return await _submit_on(
+        svc, request, name=name, kind="delete", action=Action.DELETE, params={"force": force}
+    )
 
 
 async def _submit_on(
-    svc: Services, request: Request, *, name: str, kind: str, action: Action
+    svc: Services,
+    request: Request,
+    *,
+    name: str,
+    kind: str,
+    action: Action,
+    params: dict[str, Any] | None = None,
 ) -> Job:
     access.check_user(request.user)
     async with svc.sessions() as session:
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
-        env = await get_environment(svc.docker, name)
-        record = await access.ensure_record(session, env)
-        await session.commit()
-        await access.authorize(
-            session,
-            svc.settings,
-            user=request.user,
-            action=action,
-            record=record,
-            channel=request.channel,
-        )
+        env, _ = await access.check_request(svc, session, request, name=name, action=action)
         job = _new_job(request, kind=kind, environment=name, source=env.cloned_from)
+        job.params = params or {}
         return await _record(session, request, job, action=action)
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from services import access
+from services.access import Request
 from services.context import Services
-from services.environments import get_environment
 from services.errors import BadRequest
-from services.jobs import Request
 from services.permissions import Action, Role
 from storage import repositories as repo
 from storage.db import AsyncSession
@@ -65,18 +64,7 @@ async def bind_channel(svc: Services, request: Request, *, name: str, channel: s
 async def _checked(
     svc: Services, session: AsyncSession, request: Request, *, name: str, action: Action
 ) -> EnvironmentRecord:
-    access.check_user(request.user)
-    env = await get_environment(svc.docker, name)
-    record = await access.ensure_record(session, env)
-    await session.commit()
-    await access.authorize(
-        session,
-        svc.settings,
-        user=request.user,
-        action=action,
-        record=record,
-        channel=request.channel,
-    )
+    _, record = await access.check_request(svc, session, request, name=name, action=action)
     return record
 
 

@@ -11,11 +11,12 @@ from contextlib import AsyncExitStack
 import pytest
 from sqlalchemy import func, select
 
+from services.access import Request
 from services.context import Services, open_services
 from services.docker import DockerClient
 from services.environments import PROJECT, get_environment
 from services.errors import BadRequest, Forbidden, NameTaken, NotEnoughDisk
-from services.jobs import Request, run_job, submit_clone
+from services.jobs import run_job, submit_clone
 from services.ownership import adopt_environment, bind_channel, share_environment
 from services.settings import Settings
 from storage import repositories as repo
