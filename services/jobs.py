@@ -186,6 +186,7 @@ async def _dispatch(svc: Services, job: Job, progress: _Progress) -> CloneResult
             name=job.environment,
             snapshot=bool(job.params.get("snapshot")),
             job=job.id,
+            owner=job.requester,
             emit=progress.emit,
             on_freeze=progress.record_frozen,
         )

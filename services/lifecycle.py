@@ -24,11 +24,14 @@ async def clone_environment(
     name: str | None = None,
     snapshot: bool = False,
     job: str | None = None,
+    owner: str | None = None,
     emit: EventSink = ignore_events,
     on_freeze: FreezeRecorder = ignore_freeze,
 ) -> CloneResult:
     """Plan (refusing bad requests before anything is made), then make the clone."""
-    plan = await plan_clone(docker, settings, source=source, name=name, snapshot=snapshot, job=job)
+    plan = await plan_clone(
+        docker, settings, source=source, name=name, snapshot=snapshot, job=job, owner=owner
+    )
     return await execute_clone(docker, settings, plan, emit=emit, on_freeze=on_freeze)
 
 

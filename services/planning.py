@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from services.environments import (
     JOB,
     NUMBER,
     ONEOFF,
+    OWNER,
     PROJECT,
     SERVICE,
     Environment,
@@ -23,7 +25,7 @@ from services.environments import (
     get_environment,
     list_environments,
 )
-from services.errors import NameTaken, NotAClone, NotEnoughDisk
+from services.errors import DockerFailed, NameTaken, NotAClone, NotEnoughDisk
 from services.naming import NameRewriter, Rewrite, default_clone_name, node_name, twin_name
 from services.naming import validate_name as check_name
 from services.settings import Settings
@@ -77,6 +79,7 @@ class ClonePlan:
     name: str
     snapshot: bool
     base_domain: str
+    owner: str | None = None  # the clone's owner, written on its nodes' clonebot.owner label
     networks: list[NetworkPlan] = field(default_factory=list)
     volumes: list[VolumePlan] = field(default_factory=list)
     nodes: list[NodePlan] = field(default_factory=list)
@@ -85,6 +88,7 @@ class ClonePlan:
     warnings: list[str] = field(default_factory=list)
     twins: dict[str, str] = field(default_factory=dict)  # source network -> clone network
     copy_bytes: int = 0
+    host_ports: set[int] = field(default_factory=set)  # chosen for this clone so far
     only_stateful: bool = False  # a refresh re-creates only the stateful layers
 
     @property
@@ -108,6 +112,7 @@ async def plan_clone(
     name: str | None = None,
     snapshot: bool = False,
     job: str | None = None,
+    owner: str | None = None,
 ) -> ClonePlan:
     """Check the request and plan the clone; raise a ``Refused`` error before anything is made."""
     if name is not None:
@@ -117,7 +122,7 @@ async def plan_clone(
         name = default_clone_name(source, {e.name for e in await list_environments(docker)})
     elif await environment_exists(docker, name):
         raise NameTaken(name)
-    plan = ClonePlan(job or secrets.token_hex(6), env, name, snapshot, settings.base_domain)
+    plan = ClonePlan(job or secrets.token_hex(6), env, name, snapshot, settings.base_domain, owner)
     await _plan_networks(docker, plan)
     volumes = _plan_volumes(plan, existing={})
     _plan_nodes(plan, volumes)
@@ -132,7 +137,9 @@ async def plan_refresh(
     if clone.cloned_from is None:
         raise NotAClone(clone.name, "refresh")
     source = await get_environment(docker, clone.cloned_from)
-    plan = ClonePlan(job or secrets.token_hex(6), source, clone.name, False, settings.base_domain)
+    plan = ClonePlan(
+        job or secrets.token_hex(6), source, clone.name, False, settings.base_domain, clone.owner
+    )
     plan.only_stateful = True
     await _plan_networks(docker, plan, reuse=True)
     existing = {
@@ -276,6 +283,9 @@ def _container_config(plan: ClonePlan, node: Node, *, name: str, mounts_from: No
         **(config.get("Labels") or {}),
         **plan.labels({SERVICE: node.layer, NUMBER: str(node.number), ONEOFF: "False"}),
     }
+    if plan.owner:
+        # the clone is not the source's owner's: a record rebuilt from Docker must say so
+        config["Labels"][OWNER] = plan.owner
     for key in ("Image", "Volumes"):
         config.pop(key, None)
     host["Binds"] = [
@@ -339,18 +349,31 @@ def _remap_ports(plan: ClonePlan, name: str, bindings: JSON) -> JSON:
         for bind in binds or []:
             new = dict(bind)
             if bind.get("HostPort"):
-                new["HostPort"] = str(_free_port(port))
+                new["HostPort"] = str(_free_port(port, plan.host_ports))
                 plan.ports.append(PortRemap(name, port, bind["HostPort"], new["HostPort"]))
             out[port].append(new)
     return out
 
 
-def _free_port(port_spec: str) -> int:
+# Below Linux's ephemeral range (32768 and up): a port chosen there is not taken, between
+# planning and start, by the source port of some outgoing connection.
+PORT_RANGE = range(20000, 32768)
+
+
+def _free_port(port_spec: str, taken: set[int]) -> int:
     """A host port free now; the engine is on this host in the supported set-ups."""
     kind = socket.SOCK_DGRAM if port_spec.endswith("/udp") else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("0.0.0.0", 0))
-        return int(sock.getsockname()[1])
+    for port in random.sample(PORT_RANGE, 200):
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise DockerFailed(f"no free host port found for {port_spec} in {PORT_RANGE}")
 
 
 async def _check_disk(docker: DockerClient, settings: Settings, plan: ClonePlan) -> None:

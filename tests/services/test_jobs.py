@@ -247,6 +247,9 @@ async def test_a_clone_belongs_to_its_requester_without_the_sources_collaborator
     assert (clone.owner, clone.state, clone.cloned_from) == (ADMIN, "ready", source.name)
     assert clone.collaborators == []
     assert clone.channels == []
+    # Docker says the same, for a record rebuilt from the labels
+    nodes = (await get_environment(svc.docker, name)).nodes
+    assert {n.labels["clonebot.owner"] for n in nodes} == {ADMIN}
     with pytest.raises(Forbidden, match=f"{name} belongs to <@{ADMIN}>"):
         await submit_clone(svc, Request("UOPER1"), source=name, name=None)
     with pytest.raises(Forbidden, match=f"{name} belongs to <@{ADMIN}>"):
