@@ -10,9 +10,11 @@ import time
 
 import pytest
 
+from services.access import Request
 from services.context import open_services
 from services.docker import DockerClient
 from services.environments import JOB, PROJECT, get_environment
+from services.jobs import run_job, submit_clone
 from services.recovery import recover_jobs
 from services.settings import Settings
 from storage import repositories as repo
@@ -23,6 +25,13 @@ async def _clone_until(
     point: str, *, settings: Settings, source: str, name: str
 ) -> asyncio.subprocess.Process:
     """Start `clonebot clone` in a process of its own; return it once it hangs at ``point``."""
+    return await _run_until(point, settings=settings, args=["clone", source, name, "--as", OWNER])
+
+
+async def _run_until(
+    point: str, *, settings: Settings, args: list[str]
+) -> asyncio.subprocess.Process:
+    """Start clonebot with ``args`` in a process of its own; return it when it hangs at ``point``."""
     env = {
         **os.environ,
         "DOCKER_HOST": settings.docker_host,
@@ -30,7 +39,7 @@ async def _clone_until(
         "CLONEBOT_FAILPOINT": point,
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "clone", source, name, "--as", OWNER,
+        sys.executable, "-m", "bot", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -114,3 +123,27 @@ async def test_serve_recovers_at_start(
     finally:
         serving.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(serving.wait(), timeout=10) == 0
+
+
+async def test_a_killed_refresh_gives_the_clone_back(
+    docker: DockerClient, db_settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1)
+    async with open_services(db_settings) as svc:
+        job = await submit_clone(svc, Request(OWNER), source=source.name, name=None)
+        clone = (await run_job(svc, job.id)).environment
+    before = {n.name for n in (await get_environment(docker, clone)).nodes}
+
+    proc = await _run_until("freeze", settings=db_settings, args=["refresh", clone, "--as", OWNER])
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    assert "paused" in await _state(docker, source.name)
+
+    async with open_services(db_settings) as svc:
+        [recovered] = await recover_jobs(svc)
+    assert recovered.kind == "refresh"
+    assert await _state(docker, source.name) == {"running"}
+    after = await get_environment(docker, clone)
+    assert {n.name for n in after.nodes} == before, "the clone's nodes are back, under their names"
+    assert {n.state for n in after.nodes} == {"running"}
+    assert await docker.list_containers(labels=[f"{JOB}={recovered.id}"]) == []
