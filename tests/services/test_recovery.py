@@ -31,7 +31,7 @@ async def _clone_until(
 async def _run_until(
     point: str, *, settings: Settings, args: list[str]
 ) -> asyncio.subprocess.Process:
-    """Start clonebot with ``args`` in a process of its own; return it when it hangs at ``point``."""
+    """Start clonebot with ``args`` in a process of its own; return it once it hangs at a point."""
     env = {
         **os.environ,
         "DOCKER_HOST": settings.docker_host,
