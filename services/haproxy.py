@@ -1,0 +1,268 @@
+"""The HAProxy port: configuration rendered from routes, and changes made at run time.
+
+HAProxy runs in master-worker mode. Its runtime API (an admin socket) replaces the host map
+atomically (``prepare map`` / ``add map @ver`` / ``commit map``) and changes server weights;
+a structural change (a backend added or removed) is a seamless reload: the master starts a new
+worker that takes the listening sockets over (``expose-fd listeners``), so no request is refused.
+Every change is also written to the files, so a restart comes back the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.errors import ClonebotError
+
+
+class RouterFailed(ClonebotError):
+    """HAProxy refused a configuration or a runtime command, or did not start."""
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    address: str
+    port: int
+    weight: int = 100  # 0..256; 0 takes the server out of the rotation
+    backup: bool = False  # used only when every non-backup server is down
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    servers: tuple[Server, ...]
+    sticky: bool = False  # a cookie keeps each visitor on the server first chosen
+    health_check: bool = False
+
+
+@dataclass(frozen=True)
+class RouterFiles:
+    """Where one HAProxy keeps its configuration, host map, sockets and pid file."""
+
+    directory: Path
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "haproxy.cfg"
+
+    @property
+    def hosts(self) -> Path:
+        return self.directory / "hosts.map"
+
+    @property
+    def api(self) -> Path:
+        return self.directory / "api.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "haproxy.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "haproxy.log"
+
+
+NO_ROUTE = "no_route"
+
+
+def render_config(*, files: RouterFiles, bind: str, backends: Sequence[Backend]) -> str:
+    """The whole configuration: one frontend routing by Host through the map, the backends."""
+    lines = [
+        "global",
+        "    master-worker",
+        f"    stats socket {files.api} mode 600 level admin expose-fd listeners",
+        f"    pidfile {files.pidfile}",
+        "defaults",
+        "    mode http",
+        "    timeout connect 3s",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        "    option redispatch",
+        "    retries 2",
+        "frontend web",
+        f"    bind {bind}",
+        f"    use_backend %[req.hdr(host),field(1,:),lower,map({files.hosts},{NO_ROUTE})]",
+        f"backend {NO_ROUTE}",
+        '    http-request return status 404 content-type text/plain string "no environment here"',
+    ]
+    for backend in backends:
+        lines += _render_backend(backend)
+    return "\n".join(lines) + "\n"
+
+
+def _render_backend(backend: Backend) -> list[str]:
+    lines = [f"backend {backend.name}", "    balance roundrobin"]
+    if backend.sticky:
+        lines.append("    cookie CLONEBOT_SIDE insert indirect nocache")
+    for server in backend.servers:
+        line = f"    server {server.name} {server.address}:{server.port} weight {server.weight}"
+        if backend.health_check:
+            line += " check inter 1s fall 2 rise 2"
+        if backend.sticky:
+            line += f" cookie {server.name}"
+        if server.backup:
+            line += " backup"
+        lines.append(line)
+    return lines
+
+
+def render_map(hosts: Mapping[str, str]) -> str:
+    return "".join(f"{host} {backend}\n" for host, backend in sorted(hosts.items()))
+
+
+class RuntimeAPI:
+    """HAProxy's admin socket: one command a connection."""
+
+    def __init__(self, socket: Path) -> None:
+        self._socket = socket
+
+    async def command(self, line: str) -> str:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self._socket))
+        except OSError as exc:
+            raise RouterFailed(f"HAProxy's runtime API does not answer: {exc}") from exc
+        try:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            return (await reader.read()).decode()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def replace_map(self, path: Path, entries: Mapping[str, str]) -> None:
+        """Replace the whole map in one atomic step: readers see the old or the new, never a mix."""
+        answer = await self.command(f"prepare map {path}")
+        if "New version created:" not in answer:
+            raise RouterFailed(f"prepare map {path}: {answer.strip()}")
+        version = answer.split(":", 1)[1].strip()
+        for host, backend in sorted(entries.items()):
+            await self._ok(f"add map @{version} {path} {host} {backend}")
+        await self._ok(f"commit map @{version} {path}")
+
+    async def show_map(self, path: Path) -> dict[str, str]:
+        answer = await self.command(f"show map {path}")
+        pairs = (line.split()[1:3] for line in answer.splitlines() if line.strip())
+        return {host: backend for host, backend in pairs}
+
+    async def set_weight(self, *, backend: str, server: str, weight: int) -> None:
+        await self._ok(f"set server {backend}/{server} weight {weight}")
+
+    async def _ok(self, line: str) -> None:
+        answer = (await self.command(line)).strip()
+        if answer and not answer.startswith("New") and "done" not in answer.lower():
+            raise RouterFailed(f"{line}: {answer}")
+
+
+class EmbeddedHAProxy:
+    """An HAProxy of clonebot's own, started, reloaded and stopped by it."""
+
+    def __init__(self, *, files: RouterFiles, binary: str = "haproxy") -> None:
+        self.files = files
+        self.binary = binary
+        self.api = RuntimeAPI(files.api)
+        self._master: asyncio.subprocess.Process | None = None
+
+    async def start(self, *, config: str, hosts: Mapping[str, str]) -> None:
+        await self._write(config=config, hosts=hosts)
+        with self.files.log.open("ab") as log:
+            self._master = await asyncio.create_subprocess_exec(
+                self.binary, "-W", "-f", str(self.files.config),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,
+            )  # fmt: skip
+        await self._wait_for_worker(previous=None)
+
+    async def apply(self, *, config: str, hosts: Mapping[str, str]) -> bool:
+        """Bring HAProxy to this configuration and map; True when it had to reload."""
+        changed = await asyncio.to_thread(self.files.config.read_text) != config
+        await self._write(config=config, hosts=hosts)
+        if changed:
+            await self.reload()
+        else:
+            await self.api.replace_map(self.files.hosts, hosts)
+        return changed
+
+    async def set_hosts(self, hosts: Mapping[str, str]) -> None:
+        """Point hosts at backends: in the file (for a restart), then at once, atomically."""
+        await _atomic_write(self.files.hosts, render_map(hosts))
+        await self.api.replace_map(self.files.hosts, hosts)
+
+    async def reload(self) -> None:
+        """A seamless reload: the new worker takes the listening sockets from the old one."""
+        master = self._require_master()
+        previous = await self._worker_pid()
+        os.kill(master.pid, signal.SIGUSR2)
+        await self._wait_for_worker(previous=previous)
+
+    async def stop(self) -> None:
+        if self._master is None or self._master.returncode is not None:
+            return
+        self._master.terminate()
+        try:
+            await asyncio.wait_for(self._master.wait(), timeout=10)
+        except TimeoutError:
+            self._master.kill()
+            await self._master.wait()
+
+    @property
+    def master_pid(self) -> int | None:
+        return self._master.pid if self._master and self._master.returncode is None else None
+
+    async def _write(self, *, config: str, hosts: Mapping[str, str]) -> None:
+        """Write the configuration and the map, once HAProxy has accepted the configuration."""
+        await asyncio.to_thread(self.files.directory.mkdir, parents=True, exist_ok=True)
+        if not await asyncio.to_thread(self.files.hosts.exists):
+            await _atomic_write(self.files.hosts, render_map(hosts))  # the check needs one
+        candidate = self.files.config.with_suffix(".new")
+        await asyncio.to_thread(candidate.write_text, config)
+        check = await asyncio.create_subprocess_exec(
+            self.binary, "-c", "-q", "-f", str(candidate),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await check.communicate()
+        if check.returncode != 0:
+            raise RouterFailed(f"HAProxy refused the configuration: {out.decode().strip()}")
+        await _atomic_write(self.files.hosts, render_map(hosts))
+        await asyncio.to_thread(os.replace, candidate, self.files.config)
+
+    def _require_master(self) -> asyncio.subprocess.Process:
+        if self._master is None or self._master.returncode is not None:
+            raise RouterFailed("HAProxy is not running")
+        return self._master
+
+    async def _worker_pid(self) -> str | None:
+        try:
+            info = await self.api.command("show info")
+        except RouterFailed:
+            return None
+        return next(
+            (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Pid:")), None
+        )
+
+    async def _wait_for_worker(self, *, previous: str | None, timeout_s: float = 10) -> None:
+        """Until a worker other than ``previous`` answers on the runtime API."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._master is not None and self._master.returncode is not None:
+                raise RouterFailed(
+                    f"HAProxy exited with status {self._master.returncode}; see {self.files.log}"
+                )
+            pid = await self._worker_pid()
+            if pid is not None and pid != previous:
+                return
+            await asyncio.sleep(0.05)
+        raise RouterFailed(f"HAProxy did not answer within {timeout_s:g} s")
+
+
+async def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    await asyncio.to_thread(tmp.write_text, text)
+    await asyncio.to_thread(os.replace, tmp, path)
