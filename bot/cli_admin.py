@@ -118,7 +118,11 @@ def audit(
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    router: Annotated[
+        bool, typer.Option(help="Run clonebot's own HAProxy on CLONEBOT_ROUTER_BIND.")
+    ] = True,
+) -> None:
     """Run clonebot's worker: recover dead jobs at start, then run orphaned queued jobs.
 
     (The Slack app joins this process with the Slack issue.) Stops on SIGINT or SIGTERM.
@@ -130,7 +134,7 @@ def serve() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         out.print("clonebot serving; stop with Ctrl-C", highlight=False)
-        await supervise(svc, stop=stop, on_recovered=_print_recovered)
+        await supervise(svc, stop=stop, on_recovered=_print_recovered, router=router)
 
     run(work)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -217,21 +218,7 @@ class EmbeddedHAProxy:
         return self._master.pid if self._master and self._master.returncode is None else None
 
     async def _write(self, *, config: str, hosts: Mapping[str, str]) -> None:
-        """Write the configuration and the map, once HAProxy has accepted the configuration."""
-        await asyncio.to_thread(self.files.directory.mkdir, parents=True, exist_ok=True)
-        if not await asyncio.to_thread(self.files.hosts.exists):
-            await _atomic_write(self.files.hosts, render_map(hosts))  # the check needs one
-        candidate = self.files.config.with_suffix(".new")
-        await asyncio.to_thread(candidate.write_text, config)
-        check = await asyncio.create_subprocess_exec(
-            self.binary, "-c", "-q", "-f", str(candidate),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await check.communicate()
-        if check.returncode != 0:
-            raise RouterFailed(f"HAProxy refused the configuration: {out.decode().strip()}")
-        await _atomic_write(self.files.hosts, render_map(hosts))
-        await asyncio.to_thread(os.replace, candidate, self.files.config)
+        await write_files(self.files, config=config, hosts=hosts, binary=self.binary)
 
     def _require_master(self) -> asyncio.subprocess.Process:
         if self._master is None or self._master.returncode is not None:
@@ -260,6 +247,28 @@ class EmbeddedHAProxy:
                 return
             await asyncio.sleep(0.05)
         raise RouterFailed(f"HAProxy did not answer within {timeout_s:g} s")
+
+
+async def write_files(
+    files: RouterFiles, *, config: str, hosts: Mapping[str, str], binary: str = "haproxy"
+) -> None:
+    """Write the configuration and the map, once HAProxy has accepted the configuration."""
+    if shutil.which(binary) is None:
+        raise RouterFailed(f"HAProxy is not installed: no {binary!r} on PATH")
+    await asyncio.to_thread(files.directory.mkdir, parents=True, exist_ok=True)
+    if not await asyncio.to_thread(files.hosts.exists):
+        await _atomic_write(files.hosts, render_map(hosts))  # the check needs one
+    candidate = files.config.with_suffix(".new")
+    await asyncio.to_thread(candidate.write_text, config)
+    check = await asyncio.create_subprocess_exec(
+        binary, "-c", "-q", "-f", str(candidate),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await check.communicate()
+    if check.returncode != 0:
+        raise RouterFailed(f"HAProxy refused the configuration: {out.decode().strip()}")
+    await _atomic_write(files.hosts, render_map(hosts))
+    await asyncio.to_thread(os.replace, candidate, files.config)
 
 
 async def _atomic_write(path: Path, text: str) -> None:

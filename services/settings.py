@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     freeze_timeout_s: float = Field(default=30.0, gt=0, alias="CLONEBOT_FREEZE_TIMEOUT")
     data_dir: Path = Field(default=Path.home() / ".local/share/clonebot", alias="CLONEBOT_DATA_DIR")
     database_url: str = Field(default="", alias="DATABASE_URL")
+    router_bind: str = Field(default="127.0.0.1:8080", alias="CLONEBOT_ROUTER_BIND")
+    router_dir: Path | None = Field(default=None, alias="CLONEBOT_ROUTER_DIR")
     admins: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(), alias="CLONEBOT_ADMINS"
     )
@@ -46,10 +48,20 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _default_database(self) -> Settings:
+    def _defaults_in_data_dir(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'clonebot.db'}"
+        if self.router_dir is None:
+            self.router_dir = self.data_dir / "router"
         return self
+
+    @field_validator("router_bind")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("use HOST:PORT, like 127.0.0.1:8080")
+        return value
 
 
 @lru_cache(maxsize=1)

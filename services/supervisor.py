@@ -13,8 +13,10 @@ from sqlalchemy import select
 
 from services.context import Services
 from services.errors import ClonebotError
+from services.haproxy import EmbeddedHAProxy, RouterFiles, render_config
 from services.jobs import run_job
 from services.recovery import recover_jobs
+from services.router import RouterState, router_state
 from storage.models import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -29,21 +31,70 @@ async def serve(
     poll_s: float = 1.0,
     recover_every_s: float = 30.0,
     on_recovered: Callable[[list[Job]], None] = lambda jobs: None,
+    router: bool = True,
 ) -> None:
-    """Recover jobs of dead processes, then keep running orphaned queued jobs until ``stop``."""
+    """Recover jobs of dead processes, then keep running orphaned queued jobs until ``stop``.
+
+    With a router, HAProxy is started and kept equal to the database's routes (and restarted
+    with them if it dies).
+    """
     on_recovered(await recover_jobs(svc))
     last_recovery = time.monotonic()
-    while not stop.is_set():
-        for job in await _orphaned_queued(svc):
-            try:
-                await run_job(svc, job.id)
-            except ClonebotError as exc:  # recorded on the job; the worker goes on
-                log.warning("job %s ended: %s", job.id, exc.message)
-        if time.monotonic() - last_recovery >= recover_every_s:
-            on_recovered(await recover_jobs(svc))
-            last_recovery = time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=poll_s)
+    async with contextlib.AsyncExitStack() as stack:
+        keeper = await stack.enter_async_context(_RouterKeeper(svc)) if router else None
+        while not stop.is_set():
+            if keeper is not None:
+                await keeper.reconcile()
+            await _run_orphans(svc)
+            if time.monotonic() - last_recovery >= recover_every_s:
+                on_recovered(await recover_jobs(svc))
+                last_recovery = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=poll_s)
+
+
+async def _run_orphans(svc: Services) -> None:
+    for job in await _orphaned_queued(svc):
+        try:
+            await run_job(svc, job.id)
+        except ClonebotError as exc:  # recorded on the job; the worker goes on
+            log.warning("job %s ended: %s", job.id, exc.message)
+
+
+class _RouterKeeper:
+    """clonebot's own HAProxy, reconciled to the routes whenever they or HAProxy change."""
+
+    def __init__(self, svc: Services) -> None:
+        assert svc.settings.router_dir is not None
+        self._svc = svc
+        self._router = EmbeddedHAProxy(files=RouterFiles(svc.settings.router_dir))
+        self._applied: RouterState | None = None
+
+    async def __aenter__(self) -> _RouterKeeper:
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._router.stop()
+
+    async def _start(self) -> None:
+        state = await router_state(self._svc)
+        await self._router.start(config=self._config(state), hosts=state.hosts)
+        self._applied = state
+
+    async def reconcile(self) -> None:
+        if self._router.master_pid is None:
+            log.warning("HAProxy stopped: starting it again with every route")
+            await self._start()
+            return
+        state = await router_state(self._svc)
+        if state != self._applied:
+            await self._router.apply(config=self._config(state), hosts=state.hosts)
+            self._applied = state
+
+    def _config(self, state: RouterState) -> str:
+        files, bind = self._router.files, self._svc.settings.router_bind
+        return render_config(files=files, bind=bind, backends=state.backends)
 
 
 async def _orphaned_queued(svc: Services) -> list[Job]:

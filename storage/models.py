@@ -61,6 +61,32 @@ class EnvironmentRecord(Base):
     )
 
 
+class DomainBinding(Base):
+    """A custom domain bound to an environment (what *swap domains* exchanges)."""
+
+    __tablename__ = "domains"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Route(Base):
+    """How a domain's traffic is shared: a weighted split, or a primary with a backup."""
+
+    __tablename__ = "routes"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "split" or "failover"
+    primary_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"))
+    secondary_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"))
+    weight: Mapped[int] = mapped_column(Integer, default=100)  # the primary's share, 0..100
+    sticky: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Collaborator(Base):
     __tablename__ = "collaborators"
 

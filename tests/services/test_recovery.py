@@ -103,7 +103,7 @@ async def test_serve_recovers_at_start(
     env = {**os.environ, "DOCKER_HOST": db_settings.docker_host}
     env["DATABASE_URL"] = db_settings.database_url
     serving = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "serve",
+        sys.executable, "-m", "bot", "serve", "--no-router",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
     assert serving.stdout is not None

@@ -32,6 +32,8 @@ TABLES = {
     "jobs",
     "idempotency_keys",
     "audit_log",
+    "domains",
+    "routes",
     "alembic_version",
 }
 PARIS_SUMMER = timezone(timedelta(hours=2))

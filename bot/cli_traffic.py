@@ -1,0 +1,126 @@
+"""Command-line commands about traffic: domains, swap, split, failover, routes."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bot.cli import AsUser, JsonFlag, app, out, run
+from services.access import Request
+from services.context import Services
+from services.errors import BadRequest
+from services.haproxy import RouterFiles
+from services.router import apply_routes, router_state
+from services.routing import (
+    add_domain,
+    remove_domain,
+    set_failover,
+    set_split,
+    swap_domains,
+)
+
+domain_app = typer.Typer(help="Custom domains of an environment.")
+app.add_typer(domain_app, name="domain")
+
+
+async def _applied(svc: Services) -> str:
+    assert svc.settings.router_dir is not None
+    files = RouterFiles(svc.settings.router_dir)
+    if await apply_routes(svc, files=files, bind=svc.settings.router_bind):
+        return "applied to HAProxy"
+    return "HAProxy is not running: applied when `clonebot serve` starts"
+
+
+@domain_app.command("add")
+def domain_add(env: str, domain: str, user: AsUser) -> None:
+    """Bind a custom domain to an environment."""
+
+    async def work(svc: Services) -> str:
+        name = await add_domain(svc, Request(user), env=env, domain=domain)
+        return f"{name} -> {env}; {await _applied(svc)}"
+
+    out.print(run(work), highlight=False)
+
+
+@domain_app.command("remove")
+def domain_remove(env: str, domain: str, user: AsUser) -> None:
+    """Unbind a custom domain from an environment."""
+
+    async def work(svc: Services) -> str:
+        name = await remove_domain(svc, Request(user), env=env, domain=domain)
+        return f"{name} removed from {env}; {await _applied(svc)}"
+
+    out.print(run(work), highlight=False)
+
+
+@app.command()
+def swap(first: str, second: str, user: AsUser) -> None:
+    """Exchange the custom domains of two environments, in one atomic step."""
+
+    async def work(svc: Services) -> str:
+        await swap_domains(svc, Request(user), first=first, second=second)
+        return f"domains of {first} and {second} swapped; {await _applied(svc)}"
+
+    out.print(run(work), highlight=False)
+
+
+@app.command()
+def split(
+    domain: str,
+    weights: Annotated[list[str], typer.Argument(help="Two ENV=WEIGHT, like prod=90 dev=10.")],
+    user: AsUser,
+    sticky: Annotated[bool, typer.Option(help="Keep each visitor on one side (A/B).")] = False,
+) -> None:
+    """Share a domain's traffic by weight between two environments."""
+
+    async def work(svc: Services) -> str:
+        shares = _weights(weights)
+        await set_split(svc, Request(user), domain=domain, weights=shares, sticky=sticky)
+        return f"{domain} split {shares}; {await _applied(svc)}"
+
+    out.print(run(work), highlight=False)
+
+
+@app.command()
+def failover(domain: str, primary: str, backup: str, user: AsUser) -> None:
+    """Send a domain to PRIMARY, and to BACKUP while PRIMARY's web nodes fail."""
+
+    async def work(svc: Services) -> str:
+        await set_failover(svc, Request(user), domain=domain, primary=primary, backup=backup)
+        return f"{domain}: {primary}, failing over to {backup}; {await _applied(svc)}"
+
+    out.print(run(work), highlight=False)
+
+
+@app.command()
+def routes(as_json: JsonFlag = False) -> None:
+    """What every domain is routed to, as HAProxy is told."""
+
+    state = run(router_state)
+    backends = {b.name: b for b in state.backends}
+    rows = {
+        host: [(s.name, s.weight, s.backup) for s in backends[name].servers]
+        for host, name in state.hosts.items()
+    }
+    if as_json:
+        print(json.dumps({h: [list(s) for s in v] for h, v in rows.items()}, indent=2))
+        return
+    table = Table("domain", "servers (weight)")
+    for host, servers in sorted(rows.items()):
+        table.add_row(host, ", ".join(f"{n} ({w}{' backup' if b else ''})" for n, w, b in servers))
+    out.print(table)
+
+
+def _weights(items: list[str]) -> dict[str, int]:
+    shares: dict[str, int] = {}
+    for item in items:
+        env, _, weight = item.partition("=")
+        if not env or not weight.lstrip("-").isdigit():
+            raise BadRequest(f"{item!r} is not ENV=WEIGHT (like prod=90)")
+        if env in shares:
+            raise BadRequest(f"{env} is named twice: a split is between two environments")
+        shares[env] = int(weight)
+    return shares

@@ -1,0 +1,123 @@
+"""What HAProxy must serve, computed from the database and Docker, and applied to it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from services.context import Services
+from services.environments import Environment, Layer, list_environments
+from services.haproxy import (
+    Backend,
+    RouterFiles,
+    RuntimeAPI,
+    Server,
+    render_config,
+    write_files,
+)
+from storage.models import DomainBinding, EnvironmentRecord, Route
+
+# per-server weights are scaled so that a share of 100 split over many nodes stays in 1..256
+_WEIGHT_SCALE = 2
+
+
+@dataclass(frozen=True)
+class RouterState:
+    backends: tuple[Backend, ...]
+    hosts: dict[str, str]  # domain -> backend
+
+
+def env_backend(name: str) -> str:
+    return f"env_{name}"
+
+
+async def router_state(svc: Services) -> RouterState:
+    """Every environment with a web layer at its internal domain, plus bound domains and routes."""
+    envs = {e.name: e for e in await list_environments(svc.docker) if e.web_layer is not None}
+    backends = {env_backend(n): Backend(env_backend(n), _servers(e)) for n, e in envs.items()}
+    hosts = {f"{n}.{svc.settings.base_domain}": env_backend(n) for n in envs}
+    async with svc.sessions() as session:
+        names = {r.id: r.name for r in (await session.scalars(select(EnvironmentRecord))).all()}
+        bindings = (await session.scalars(select(DomainBinding))).all()
+        routes = (await session.scalars(select(Route))).all()
+    for binding in bindings:
+        if names.get(binding.environment_id) in envs:
+            hosts[binding.domain] = env_backend(names[binding.environment_id])
+    for route in routes:
+        primary, secondary = envs.get(names[route.primary_id]), envs.get(names[route.secondary_id])
+        if primary is not None and secondary is not None:
+            backend = _route_backend(route, primary, secondary)
+            backends[backend.name] = backend
+            hosts[route.domain] = backend.name
+    return RouterState(tuple(sorted(backends.values(), key=lambda b: b.name)), hosts)
+
+
+def _servers(env: Environment, *, share: int = 100, backup: bool = False) -> tuple[Server, ...]:
+    layer = env.web_layer
+    assert layer is not None
+    nodes = _reachable(layer)
+    weight = max(1, round(share * _WEIGHT_SCALE / max(len(nodes), 1))) if share else 0
+    return tuple(
+        Server(f"{env.name}-{number}", address, layer.http_port or 80, weight, backup)
+        for number, address in nodes
+    )
+
+
+def _reachable(layer: Layer) -> list[tuple[int, str]]:
+    """Each web node's number and an address the host reaches it at (its bridge address)."""
+    found = []
+    for node in layer.nodes:
+        address = next((n["IPAddress"] for n in node.networks.values() if n.get("IPAddress")), "")
+        if address:
+            found.append((node.number, address))
+    return found
+
+
+def _route_backend(route: Route, primary: Environment, secondary: Environment) -> Backend:
+    name = f"route_{route.domain}"
+    if route.kind == "failover":
+        servers = _servers(primary) + _servers(secondary, backup=True)
+        return Backend(name, servers, health_check=True)
+    servers = _servers(primary, share=route.weight) + _servers(secondary, share=100 - route.weight)
+    return Backend(name, servers, sticky=route.sticky)
+
+
+async def apply_routes(svc: Services, *, files: RouterFiles, bind: str) -> bool:
+    """Bring a running HAProxy to the database's routes; False when none is running.
+
+    Files are always written, so an HAProxy started later comes up right. A change in
+    backends or servers is a seamless reload; anything else a runtime change.
+    """
+    state = await router_state(svc)
+    config = render_config(files=files, bind=bind, backends=state.backends)
+    api = RuntimeAPI(files.api)
+    previous = await asyncio.to_thread(_read, files)
+    await write_files(files, config=config, hosts=state.hosts)
+    master = await asyncio.to_thread(_master_pid, files)
+    if master is None:
+        return False
+    if previous != config:
+        os.kill(master, signal.SIGUSR2)  # seamless: the new worker inherits the listeners
+    else:
+        await api.replace_map(files.hosts, state.hosts)
+        for backend in state.backends:
+            for server in backend.servers:
+                await api.set_weight(backend=backend.name, server=server.name, weight=server.weight)
+    return True
+
+
+def _read(files: RouterFiles) -> str:
+    return files.config.read_text() if files.config.exists() else ""
+
+
+def _master_pid(files: RouterFiles) -> int | None:
+    try:
+        pid = int(files.pidfile.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid

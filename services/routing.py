@@ -1,0 +1,173 @@
+"""Domains and routes: bound, swapped, split and failed over, checked and audited.
+
+The database is the source of truth; ``router_state`` turns it, with the web nodes Docker
+shows, into what HAProxy must serve (see ``services/router.py``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+
+from services import access
+from services.access import Request
+from services.context import Services
+from services.environments import Environment
+from services.errors import BadRequest
+from services.permissions import Action
+from storage import repositories as repo
+from storage.db import AsyncSession
+from storage.models import DomainBinding, EnvironmentRecord, Route
+
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def validate_domain(domain: str) -> str:
+    """The domain in its ASCII (IDNA) form, or ``BadRequest`` naming what is wrong."""
+    text = domain.strip().rstrip(".").lower()
+    try:
+        ascii_form = text.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise BadRequest(f"{domain!r} is not a valid domain name") from None
+    labels = ascii_form.split(".")
+    if len(labels) < 2 or len(ascii_form) > 253:
+        raise BadRequest(
+            f"{domain!r} is not a valid domain name: it needs a dot, at most 253 characters"
+        )
+    for label in labels:
+        if not _LABEL.fullmatch(label):
+            raise BadRequest(
+                f"{domain!r} is not a valid domain name: {label!r} must be 1-63 letters, digits "
+                "or hyphens, not starting or ending with a hyphen"
+            )
+    return ascii_form
+
+
+async def add_domain(svc: Services, request: Request, *, env: str, domain: str) -> str:
+    name = validate_domain(domain)
+    async with svc.sessions() as session:
+        _, record = await _web_env(svc, session, request, env)
+        bound = await _binding(session, name)
+        if bound is not None:
+            owner = await session.get(EnvironmentRecord, bound.environment_id)
+            raise BadRequest(
+                f"{name} is already bound to {owner.name if owner else 'another environment'}"
+            )
+        session.add(DomainBinding(domain=name, environment_id=record.id))
+        _audit(session, request, "domain add", env, {"domain": name})
+        await session.commit()
+    return name
+
+
+async def remove_domain(svc: Services, request: Request, *, env: str, domain: str) -> str:
+    name = validate_domain(domain)
+    async with svc.sessions() as session:
+        _, record = await _checked(svc, session, request, env)
+        bound = await _binding(session, name)
+        if bound is None or bound.environment_id != record.id:
+            raise BadRequest(f"{name} is not bound to {env}")
+        await session.delete(bound)
+        route = await session.get(Route, name)
+        if route is not None:
+            await session.delete(route)
+        _audit(session, request, "domain remove", env, {"domain": name})
+        await session.commit()
+    return name
+
+
+async def swap_domains(svc: Services, request: Request, *, first: str, second: str) -> None:
+    """Exchange the custom domains of two environments, in one transaction."""
+    if first == second:
+        raise BadRequest(f"swapping {first} with itself changes nothing: name two environments")
+    async with svc.sessions() as session:
+        _, a = await _web_env(svc, session, request, first)
+        _, b = await _web_env(svc, session, request, second)
+        bindings = (await session.scalars(select(DomainBinding))).all()
+        for binding in bindings:
+            if binding.environment_id in (a.id, b.id):
+                binding.environment_id = b.id if binding.environment_id == a.id else a.id
+        _audit(session, request, "swap", first, {"with": second})
+        await session.commit()
+
+
+async def set_split(
+    svc: Services, request: Request, *, domain: str, weights: dict[str, int], sticky: bool
+) -> None:
+    """Share a domain's traffic by weight (0-100) between two environments."""
+    if len(weights) != 2:
+        raise BadRequest("a split names two different environments, like A=90 B=10")
+    if any(not 0 <= w <= 100 for w in weights.values()):
+        raise BadRequest("weights are whole numbers from 0 to 100")
+    if sum(weights.values()) == 0:
+        raise BadRequest("at least one weight must be above 0")
+    (first, w1), (second, w2) = weights.items()
+    await _set_route(
+        svc, request, domain=domain, kind="split", envs=(first, second),
+        weight=round(100 * w1 / (w1 + w2)), sticky=sticky,
+    )  # fmt: skip
+
+
+async def set_failover(
+    svc: Services, request: Request, *, domain: str, primary: str, backup: str
+) -> None:
+    if primary == backup:
+        raise BadRequest("failover needs two different environments")
+    await _set_route(
+        svc, request, domain=domain, kind="failover", envs=(primary, backup), weight=100,
+        sticky=False,
+    )  # fmt: skip
+
+
+async def _set_route(
+    svc: Services,
+    request: Request,
+    *,
+    domain: str,
+    kind: str,
+    envs: tuple[str, str],
+    weight: int,
+    sticky: bool,
+) -> None:
+    name = validate_domain(domain)
+    async with svc.sessions() as session:
+        _, first = await _web_env(svc, session, request, envs[0])
+        _, second = await _web_env(svc, session, request, envs[1])
+        bound = await _binding(session, name)
+        if bound is None or bound.environment_id not in (first.id, second.id):
+            raise BadRequest(f"{name} must first be bound to {envs[0]} or {envs[1]}")
+        route = await session.get(Route, name) or Route(domain=name)
+        route.kind, route.primary_id, route.secondary_id = kind, first.id, second.id
+        route.weight, route.sticky = weight, sticky
+        session.add(route)
+        detail = {"domain": name, "primary": envs[0], "secondary": envs[1], "weight": str(weight)}
+        _audit(session, request, kind, envs[0], detail)
+        await session.commit()
+
+
+async def _checked(
+    svc: Services, session: AsyncSession, request: Request, env: str
+) -> tuple[Environment, EnvironmentRecord]:
+    return await access.check_request(svc, session, request, name=env, action=Action.MOVE_TRAFFIC)
+
+
+async def _web_env(
+    svc: Services, session: AsyncSession, request: Request, env: str
+) -> tuple[Environment, EnvironmentRecord]:
+    found, record = await _checked(svc, session, request, env)
+    if found.web_layer is None:
+        raise BadRequest(f"{env} has no web layer (no container carries clonebot.http.port)")
+    return found, record
+
+
+async def _binding(session: AsyncSession, domain: str) -> DomainBinding | None:
+    return await session.get(DomainBinding, domain)
+
+
+def _audit(
+    session: AsyncSession, request: Request, action: str, env: str, detail: dict[str, str]
+) -> None:
+    repo.record_audit(
+        session, actor=request.user, action=action, environment=env, channel=request.channel,
+        allowed=True, detail=dict(detail),
+    )  # fmt: skip
