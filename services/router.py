@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from services.context import Services
-from services.environments import Environment, Layer, list_environments
+from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT
 from services.haproxy import (
     Backend,
     RouterFiles,
@@ -36,9 +36,12 @@ def env_backend(name: str) -> str:
 
 
 async def router_state(svc: Services) -> RouterState:
-    """Every environment with a web layer at its internal domain, plus bound domains and routes."""
-    envs = {e.name: e for e in await list_environments(svc.docker) if e.web_layer is not None}
-    backends = {env_backend(n): Backend(env_backend(n), _servers(e)) for n, e in envs.items()}
+    """Every environment with a web layer at its internal domain, plus bound domains and routes.
+
+    One container listing, no inspection: a swap must reach HAProxy in milliseconds.
+    """
+    envs = await _web_nodes(svc)
+    backends = {env_backend(n): Backend(env_backend(n), _servers(n, e)) for n, e in envs.items()}
     hosts = {f"{n}.{svc.settings.base_domain}": env_backend(n) for n in envs}
     async with svc.sessions() as session:
         names = {r.id: r.name for r in (await session.scalars(select(EnvironmentRecord))).all()}
@@ -48,41 +51,57 @@ async def router_state(svc: Services) -> RouterState:
         if names.get(binding.environment_id) in envs:
             hosts[binding.domain] = env_backend(names[binding.environment_id])
     for route in routes:
-        primary, secondary = envs.get(names[route.primary_id]), envs.get(names[route.secondary_id])
-        if primary is not None and secondary is not None:
-            backend = _route_backend(route, primary, secondary)
+        first, second = names[route.primary_id], names[route.secondary_id]
+        if first in envs and second in envs:
+            backend = _route_backend(route, (first, envs[first]), (second, envs[second]))
             backends[backend.name] = backend
             hosts[route.domain] = backend.name
     return RouterState(tuple(sorted(backends.values(), key=lambda b: b.name)), hosts)
 
 
-def _servers(env: Environment, *, share: int = 100, backup: bool = False) -> tuple[Server, ...]:
-    layer = env.web_layer
-    assert layer is not None
-    nodes = _reachable(layer)
-    weight = max(1, round(share * _WEIGHT_SCALE / max(len(nodes), 1))) if share else 0
-    return tuple(
-        Server(f"{env.name}-{number}", address, layer.http_port or 80, weight, backup)
-        for number, address in nodes
-    )
+@dataclass(frozen=True)
+class WebNode:
+    number: int
+    address: str  # the bridge address the host reaches it at
+    port: int
 
 
-def _reachable(layer: Layer) -> list[tuple[int, str]]:
-    """Each web node's number and an address the host reaches it at (its bridge address)."""
-    found = []
-    for node in layer.nodes:
-        address = next((n["IPAddress"] for n in node.networks.values() if n.get("IPAddress")), "")
+async def _web_nodes(svc: Services) -> dict[str, list[WebNode]]:
+    """The web nodes of every environment, by environment, in node order."""
+    found: dict[str, list[WebNode]] = {}
+    for summary in await svc.docker.list_containers(labels=[PROJECT, HTTP_PORT]):
+        labels = summary.get("Labels") or {}
+        if labels.get(ONEOFF) == "True":
+            continue
+        networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
+        address = next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), "")
+        port = int(labels[HTTP_PORT]) if labels[HTTP_PORT].isdigit() else 80
+        number = int(labels.get(NUMBER, "1")) if labels.get(NUMBER, "1").isdigit() else 1
+        # a stopped node has no address: it is left out until it runs again
         if address:
-            found.append((node.number, address))
+            found.setdefault(labels[PROJECT], []).append(WebNode(number, address, port))
+    for nodes in found.values():
+        nodes.sort(key=lambda n: n.number)
     return found
 
 
-def _route_backend(route: Route, primary: Environment, secondary: Environment) -> Backend:
+def _servers(
+    env: str, nodes: list[WebNode], *, share: int = 100, backup: bool = False
+) -> tuple[Server, ...]:
+    weight = max(1, round(share * _WEIGHT_SCALE / max(len(nodes), 1))) if share else 0
+    return tuple(Server(f"{env}-{n.number}", n.address, n.port, weight, backup) for n in nodes)
+
+
+def _route_backend(
+    route: Route, primary: tuple[str, list[WebNode]], secondary: tuple[str, list[WebNode]]
+) -> Backend:
     name = f"route_{route.domain}"
     if route.kind == "failover":
-        servers = _servers(primary) + _servers(secondary, backup=True)
+        servers = _servers(*primary) + _servers(*secondary, backup=True)
         return Backend(name, servers, health_check=True)
-    servers = _servers(primary, share=route.weight) + _servers(secondary, share=100 - route.weight)
+    servers = _servers(*primary, share=route.weight) + _servers(
+        *secondary, share=100 - route.weight
+    )
     return Backend(name, servers, sticky=route.sticky)
 
 
