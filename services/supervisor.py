@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from services.context import Services
 from services.errors import ClonebotError
-from services.haproxy import EmbeddedHAProxy, RouterFiles, render_config
+from services.haproxy import EmbeddedHAProxy, RouterFailed, RouterFiles, render_config
 from services.jobs import run_job
 from services.recovery import recover_jobs
 from services.router import RouterState, router_state
@@ -44,7 +44,7 @@ async def serve(
         keeper = await stack.enter_async_context(_RouterKeeper(svc)) if router else None
         while not stop.is_set():
             if keeper is not None:
-                await keeper.reconcile()
+                await keeper.keep()
             await _run_orphans(svc)
             if time.monotonic() - last_recovery >= recover_every_s:
                 on_recovered(await recover_jobs(svc))
@@ -71,7 +71,7 @@ class _RouterKeeper:
         self._applied: RouterState | None = None
 
     async def __aenter__(self) -> _RouterKeeper:
-        await self._start()
+        await self.keep()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -81,6 +81,13 @@ class _RouterKeeper:
         state = await router_state(self._svc)
         await self._router.start(config=self._config(state), hosts=state.hosts)
         self._applied = state
+
+    async def keep(self) -> None:
+        """Reconcile; a failure (HAProxy refusing to start, say) is retried at the next poll."""
+        try:
+            await self.reconcile()
+        except RouterFailed as exc:
+            log.warning("router: %s; trying again", exc.message)
 
     async def reconcile(self) -> None:
         if self._router.master_pid is None:

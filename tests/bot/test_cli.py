@@ -21,6 +21,8 @@ def clonebot(*args: str, settings: Settings) -> subprocess.CompletedProcess[str]
         "DOCKER_HOST": settings.docker_host,
         "DATABASE_URL": settings.database_url,
         "CLONEBOT_ADMINS": ",".join(settings.admins),
+        "CLONEBOT_ROUTER_BIND": settings.router_bind,
+        "CLONEBOT_ROUTER_DIR": str(settings.router_dir),
         "COLUMNS": "200",
     }
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=300)

@@ -1,0 +1,136 @@
+"""Traffic from the command line, and `clonebot serve` keeping HAProxy on the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from services.settings import Settings
+from tests.bot.test_cli import clonebot
+from tests.conftest import OWNER, MakeSource
+
+
+@pytest.fixture
+def routed(settings: Settings, tmp_path: Path) -> Settings:
+    """Settings with a router of the test's own: a free port, files in the test's folder."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        bind = f"127.0.0.1:{sock.getsockname()[1]}"
+    return settings.model_copy(update={"router_bind": bind, "router_dir": tmp_path / "router"})
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DOCKER_HOST": settings.docker_host,
+        "DATABASE_URL": settings.database_url,
+        "CLONEBOT_ROUTER_BIND": settings.router_bind,
+        "CLONEBOT_ROUTER_DIR": str(settings.router_dir),
+    }
+
+
+def cli(settings: Settings, *args: str) -> str:
+    done = clonebot(*args, settings=settings)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout
+
+
+@pytest.fixture
+async def serving(routed: Settings) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=_env(routed),
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
+
+
+async def _page(settings: Settings, host: str, *, within_s: float = 15) -> str:
+    """The page HAProxy answers for ``host``, waiting for it to come up."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(int(within_s * 10)):
+            try:
+                url = f"http://{settings.router_bind}/"
+                async with session.get(url, headers={"Host": host}) as resp:
+                    if resp.status == 200:
+                        return (await resp.text()).strip()
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"no answer for {host} within {within_s} s")
+
+
+async def test_changes_made_while_haproxy_is_down_apply_when_serve_starts(
+    routed: Settings, make_source: MakeSource, tmp_path: Path
+) -> None:
+    blue = (await make_source(web_nodes=1)).name
+    out = cli(routed, "domain", "add", blue, "Shop.Test", "--as", OWNER)
+    assert "shop.test -> " in out and "applied when `clonebot serve` starts" in out
+    routes = json.loads(cli(routed, "routes", "--json"))
+    assert routes["shop.test"] == [[f"{blue}-1", 200, False]]
+
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "serve",
+            stdout=out_file, stderr=asyncio.subprocess.STDOUT, env=_env(routed),
+        )  # fmt: skip
+    try:
+        assert await _page(routed, "shop.test") == f"{blue} web 1", log.read_text()
+        # HAProxy killed: serve starts it again, with every route
+        assert routed.router_dir is not None
+        master = int((routed.router_dir / "haproxy.pid").read_text().split()[0])
+        os.kill(master, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        assert await _page(routed, "shop.test") == f"{blue} web 1"
+        assert await _page(routed, f"{blue}.clonebot.test") == f"{blue} web 1"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=15) == 0, log.read_text()
+
+
+async def test_swap_from_the_command_line_moves_served_traffic(
+    routed: Settings, make_source: MakeSource, serving: asyncio.subprocess.Process
+) -> None:
+    blue, green = (await make_source(web_nodes=1)).name, (await make_source(web_nodes=1)).name
+    cli(routed, "domain", "add", blue, "shop.test", "--as", OWNER)
+    assert await _page(routed, "shop.test") == f"{blue} web 1"
+    out = cli(routed, "swap", blue, green, "--as", OWNER)
+    assert "applied to HAProxy" in out
+    assert await _page(routed, "shop.test", within_s=2) == f"{green} web 1"
+
+
+async def test_bad_traffic_input_is_one_line(routed: Settings, make_source: MakeSource) -> None:
+    blue, green = (await make_source(web_nodes=1)).name, (await make_source(web_nodes=1)).name
+    cli(routed, "domain", "add", blue, "shop.test", "--as", OWNER)
+    for args, message in [
+        (("domain", "add", blue, "bad_domain!", "--as", OWNER), "is not a valid domain name"),
+        (
+            ("domain", "add", green, "shop.test", "--as", OWNER),
+            f"shop.test is already bound to {blue}",
+        ),
+        (("split", "shop.test", f"{blue}=150", f"{green}=0", "--as", OWNER), "from 0 to 100"),
+        (("split", "shop.test", f"{blue}=0", f"{green}=0", "--as", OWNER), "above 0"),
+        (("split", "shop.test", f"{blue}=50", f"{blue}=50", "--as", OWNER), "named twice"),
+        (("split", "shop.test", "nonsense", "--as", OWNER), "is not ENV=WEIGHT"),
+        (("swap", blue, blue, "--as", OWNER), "with itself"),
+        (("swap", blue, green, "--as", "USTRANGER"), f"{blue} belongs to <@{OWNER}>"),
+    ]:
+        done = clonebot(*args, settings=routed)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    routes = json.loads(cli(routed, "routes", "--json"))
+    assert routes["shop.test"] == [[f"{blue}-1", 200, False]]
