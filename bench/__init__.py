@@ -4,7 +4,9 @@
 * ``volume_copy`` — copying a 1 GiB volume: clonebot's pre-copy vs. ``docker run ... cp -a``,
   and clonebot's peak memory growth while it clones;
 * ``freeze``      — how long the source is frozen: clonebot's pre-copy + short final pass vs.
-  ``docker pause`` for the whole copy, and the longest stall of a process writing in the source.
+  ``docker pause`` for the whole copy, and the longest stall of a process writing in the source;
+* ``routing``     — 50 swaps, 50 weight changes and a seamless reload through clonebot's HAProxy
+  under 30 s of ``wrk`` load: failed requests, swap latency, HAProxy's added latency.
 
 Run ``python -m bench`` (all) or ``python -m bench stateless`` (one); ``BENCH_RUNS=1`` (or
 ``--runs 1``) for a quick smoke run. Needs ``DOCKER_HOST`` and the local image

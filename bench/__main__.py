@@ -9,13 +9,14 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import freeze, stateless, volume_copy
+from bench import freeze, routing, stateless, volume_copy
 from bench.harness import check_image
 
 BENCHMARKS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
     stateless.NAME: stateless.main,
     volume_copy.NAME: volume_copy.main,
     freeze.NAME: freeze.main,
+    routing.NAME: routing.main,
 }
 
 

@@ -7,6 +7,7 @@ carry their layer's name as DNS alias, and named volumes ``<env>_<short>``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from bench.harness import IMAGE, NO_NETWORK, cli, compose_labels
 from services.environments import PROJECT
@@ -48,12 +49,17 @@ async def run_node(
     command: str,
     volume: str | None = None,
     stateful: bool = False,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
-    """Start one node of ``env`` running ``sh -c command``; its volume (if any) is at /data."""
+    """Start one node of ``env`` running ``sh -c command``; its volume (if any) is at /data.
+
+    ``labels`` are added to the Compose ones (``clonebot.http.port``, ``clonebot.owner``...).
+    """
     name = f"{env}_{layer}_{number}"
     args = ["--name", name, "--network", f"{env}_default", "--network-alias", layer]
     args += compose_labels(env=env, layer=layer, number=number)
     args += [*STATEFUL] if stateful else []
+    args += [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
     args += ["-v", f"{volume}:/data"] if volume else []
     await cli("docker", "run", "-d", *args, IMAGE, "sh", "-c", command)
     return name
