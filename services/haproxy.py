@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import time
@@ -183,13 +184,11 @@ class EmbeddedHAProxy:
 
     async def apply(self, *, config: str, hosts: Mapping[str, str]) -> bool:
         """Bring HAProxy to this configuration and map; True when it had to reload."""
-        changed = await asyncio.to_thread(self.files.config.read_text) != config
-        await self._write(config=config, hosts=hosts)
-        if changed:
-            await self.reload()
-        else:
-            await self.api.replace_map(self.files.hosts, hosts)
-        return changed
+        master = self._require_master()
+        return await apply_to_running(
+            self.files, self.api, master=master.pid, config=config, hosts=hosts,
+            binary=self.binary,
+        )  # fmt: skip
 
     async def set_hosts(self, hosts: Mapping[str, str]) -> None:
         """Point hosts at backends: in the file (for a restart), then at once, atomically."""
@@ -198,10 +197,7 @@ class EmbeddedHAProxy:
 
     async def reload(self) -> None:
         """A seamless reload: the new worker takes the listening sockets from the old one."""
-        master = self._require_master()
-        previous = await self._worker_pid()
-        os.kill(master.pid, signal.SIGUSR2)
-        await self._wait_for_worker(previous=previous)
+        await reload_master(self._require_master().pid, self.api)
 
     async def stop(self) -> None:
         if self._master is None or self._master.returncode is not None:
@@ -226,13 +222,7 @@ class EmbeddedHAProxy:
         return self._master
 
     async def _worker_pid(self) -> str | None:
-        try:
-            info = await self.api.command("show info")
-        except RouterFailed:
-            return None
-        return next(
-            (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Pid:")), None
-        )
+        return await worker_pid(self.api)
 
     async def _wait_for_worker(self, *, previous: str | None, timeout_s: float = 10) -> None:
         """Until a worker other than ``previous`` answers on the runtime API."""
@@ -247,6 +237,93 @@ class EmbeddedHAProxy:
                 return
             await asyncio.sleep(0.05)
         raise RouterFailed(f"HAProxy did not answer within {timeout_s:g} s")
+
+
+_WEIGHT = re.compile(r" weight (\d+)")
+
+
+def structure_of(config: str) -> str:
+    """The configuration without server weights: what only a reload can change."""
+    return _WEIGHT.sub("", config)
+
+
+def weights_in(config: str) -> dict[tuple[str, str], int]:
+    """(backend, server) -> weight, as the configuration sets them."""
+    weights, backend = {}, ""
+    for line in config.splitlines():
+        words = line.split()
+        if words[:1] == ["backend"]:
+            backend = words[1]
+        elif words[:1] == ["server"] and (found := _WEIGHT.search(line)):
+            weights[(backend, words[1])] = int(found.group(1))
+    return weights
+
+
+async def apply_to_running(
+    files: RouterFiles,
+    api: RuntimeAPI,
+    *,
+    master: int,
+    config: str,
+    hosts: Mapping[str, str],
+    binary: str = "haproxy",
+) -> bool:
+    """Bring a running HAProxy to ``config`` and ``hosts``; True when it had to reload.
+
+    Only a change of structure (backends, servers, options) is a reload; a map or weight
+    change goes through the runtime API, in a few milliseconds, and to the files.
+    """
+    previous = await asyncio.to_thread(_read, files.config)
+    if structure_of(previous) != structure_of(config):
+        await write_files(files, config=config, hosts=hosts, binary=binary)
+        await reload_master(master, api)
+        return True
+    if await asyncio.to_thread(_read, files.hosts) != render_map(hosts):
+        await _atomic_write(files.hosts, render_map(hosts))
+        await api.replace_map(files.hosts, hosts)
+    before = weights_in(previous)
+    for (backend, server), weight in weights_in(config).items():
+        if before.get((backend, server)) != weight:
+            await api.set_weight(backend=backend, server=server, weight=weight)
+    # the same structure HAProxy accepted before, only other weights: no check needed
+    await _atomic_write(files.config, config)
+    return False
+
+
+async def worker_pid(api: RuntimeAPI) -> str | None:
+    """The pid of the worker answering the runtime API, or None when none answers."""
+    try:
+        info = await api.command("show info")
+    except RouterFailed:
+        return None
+    pids = (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Pid:"))
+    return next(pids, None)
+
+
+async def reload_master(master: int, api: RuntimeAPI, *, timeout_s: float = 10) -> None:
+    """Reload through the master and wait for the new worker to answer.
+
+    A signal sent while the master is still busy with the previous reload can be lost:
+    it is sent again every two seconds until a new worker answers.
+    """
+    previous = await worker_pid(api)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(master, signal.SIGUSR2)
+        except ProcessLookupError:
+            raise RouterFailed("HAProxy's master process is gone") from None
+        resend_at = min(time.monotonic() + 2, deadline)
+        while time.monotonic() < resend_at:
+            current = await worker_pid(api)
+            if current is not None and current != previous:
+                return
+            await asyncio.sleep(0.02)
+    raise RouterFailed(f"HAProxy did not reload within {timeout_s:g} s")
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 async def write_files(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -16,6 +15,7 @@ from services.haproxy import (
     RouterFiles,
     RuntimeAPI,
     Server,
+    apply_to_running,
     render_config,
     write_files,
 )
@@ -113,24 +113,13 @@ async def apply_routes(svc: Services, *, files: RouterFiles, bind: str) -> bool:
     """
     state = await router_state(svc)
     config = render_config(files=files, bind=bind, backends=state.backends)
-    api = RuntimeAPI(files.api)
-    previous = await asyncio.to_thread(_read, files)
-    await write_files(files, config=config, hosts=state.hosts)
     master = await asyncio.to_thread(_master_pid, files)
     if master is None:
+        await write_files(files, config=config, hosts=state.hosts)
         return False
-    if previous != config:
-        os.kill(master, signal.SIGUSR2)  # seamless: the new worker inherits the listeners
-    else:
-        await api.replace_map(files.hosts, state.hosts)
-        for backend in state.backends:
-            for server in backend.servers:
-                await api.set_weight(backend=backend.name, server=server.name, weight=server.weight)
+    api = RuntimeAPI(files.api)
+    await apply_to_running(files, api, master=master, config=config, hosts=state.hosts)
     return True
-
-
-def _read(files: RouterFiles) -> str:
-    return files.config.read_text() if files.config.exists() else ""
 
 
 def _master_pid(files: RouterFiles) -> int | None:

@@ -199,3 +199,30 @@ async def test_a_restart_comes_back_with_every_route(
             assert await _get(session, bind, "b.test") == (200, "A")
     finally:
         await again.stop()
+
+
+async def test_weights_and_hosts_change_without_a_reload(
+    haproxy: tuple[EmbeddedHAProxy, str], web_nodes: dict[str, str]
+) -> None:
+    router, bind = haproxy
+
+    def split(a: int, b: int) -> str:
+        servers = (
+            Server("a", web_nodes["A"], 80, weight=a),
+            Server("b", web_nodes["B"], 80, weight=b),
+        )
+        return render_config(files=router.files, bind=bind, backends=[Backend("route_1", servers)])
+
+    await router.start(config=split(100, 0), hosts={"shop.test": "route_1"})
+    worker = await router.api.command("show info")
+    assert not await router.apply(
+        config=split(0, 100), hosts={"shop.test": "route_1", "x.test": "route_1"}
+    )
+    assert _pid(worker) == _pid(await router.api.command("show info")), "the same worker"
+    async with aiohttp.ClientSession() as session:
+        assert {await _get(session, bind, "x.test") for _ in range(10)} == {(200, "B")}
+    assert router.files.config.read_text() == split(0, 100), "the file follows, for a restart"
+
+
+def _pid(info: str) -> str:
+    return next(line for line in info.splitlines() if line.startswith("Pid:"))
