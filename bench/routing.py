@@ -51,7 +51,7 @@ from services.access import Request
 from services.context import Services, open_services
 from services.docker import DockerClient
 from services.environments import HTTP_PORT, OWNER
-from services.haproxy import EmbeddedHAProxy, RouterFiles, render_config
+from services.haproxy import EmbeddedHAProxy, RouterFiles, render_config, structure_of
 from services.router import apply_routes, env_backend, router_state
 from services.routing import add_domain, set_split, swap_domains
 from services.settings import Settings
@@ -128,11 +128,11 @@ class Bench:
         return int(self.bind.rpartition(":")[2])
 
     async def apply(self) -> bool:
-        """``apply_routes``; True when it changed the configuration, so reloaded HAProxy."""
-        before = self.haproxy.files.config.read_text()
+        """``apply_routes``; True when it changed the structure, so reloaded HAProxy."""
+        before = structure_of(self.haproxy.files.config.read_text())
         if not await apply_routes(self.svc, files=self.haproxy.files, bind=self.bind):
             raise RuntimeError("apply_routes found no HAProxy running")
-        return self.haproxy.files.config.read_text() != before
+        return structure_of(self.haproxy.files.config.read_text()) != before
 
 
 class Swap(NamedTuple):
