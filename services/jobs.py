@@ -212,35 +212,36 @@ def _outcome(result: CloneResult | None) -> dict[str, Any]:
 async def _finish(
     svc: Services, job: Job, outcome: dict[str, Any], *, steps: list[dict[str, Any]]
 ) -> None:
-    ok = outcome["state"] == "succeeded"
     async with svc.sessions() as session, session.begin():
-        await repo.update_job(
-            session,
-            job.id,
-            **outcome,
-            steps=steps,
-            frozen=[],
-            finished_at=utcnow(),
-            lease_until=None,
+        await close_job(
+            session, job, action=f"{job.kind} {outcome['state']}", steps=steps, **outcome
         )
-        record = await repo.get_environment(session, job.environment)
-        if job.kind == "clone" and record is not None and record.state == "creating":
-            if ok:
-                record.state = "ready"
-            else:
-                await repo.delete_environment(session, job.environment)
-        if job.kind == "delete" and ok:
+
+
+async def close_job(session: AsyncSession, job: Job, *, action: str, **values: Any) -> None:
+    """Record how a job ended, settle the name it reserved, and audit it."""
+    ok = values["state"] == "succeeded"
+    await repo.update_job(
+        session, job.id, **values, frozen=[], finished_at=utcnow(), lease_until=None
+    )
+    record = await repo.get_environment(session, job.environment)
+    if job.kind == "clone" and record is not None and record.state == "creating":
+        if ok:
+            record.state = "ready"
+        else:
             await repo.delete_environment(session, job.environment)
-        repo.record_audit(
-            session,
-            actor=job.requester,
-            action=f"{job.kind} {outcome['state']}",
-            environment=job.environment,
-            channel=job.channel,
-            allowed=True,
-            reason=outcome.get("error", ""),
-            detail={"job": job.id},
-        )
+    if job.kind == "delete" and ok:
+        await repo.delete_environment(session, job.environment)
+    repo.record_audit(
+        session,
+        actor=job.requester,
+        action=action,
+        environment=job.environment,
+        channel=job.channel,
+        allowed=True,
+        reason=values.get("error") or "",
+        detail={"job": job.id},
+    )
 
 
 async def _reload(svc: Services, job_id: str) -> Job:

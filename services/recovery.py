@@ -10,6 +10,7 @@ from services.context import Services
 from services.docker import JSON, DockerClient
 from services.environments import JOB
 from services.errors import DockerFailed
+from services.jobs import close_job
 from services.workers import this_worker, worker_is_gone
 from storage import repositories as repo
 from storage.models import Job, utcnow
@@ -54,21 +55,8 @@ async def _recover(svc: Services, job: Job) -> Job:
         f"{resumed} source container(s) and removed {removed} resource(s) the job had made"
     )
     async with svc.sessions() as session, session.begin():
-        await repo.update_job(
-            session, job.id, state="rolled back", error=error, frozen=[], finished_at=utcnow()
-        )
-        record = await repo.get_environment(session, job.environment)
-        if job.kind == "clone" and record is not None and record.state == "creating":
-            await repo.delete_environment(session, job.environment)
-        repo.record_audit(
-            session,
-            actor=job.requester,
-            action=f"{job.kind} recovered",
-            environment=job.environment,
-            channel=job.channel,
-            allowed=True,
-            reason=error,
-            detail={"job": job.id},
+        await close_job(
+            session, job, action=f"{job.kind} recovered", state="rolled back", error=error
         )
     job.state, job.error = "rolled back", error
     return job
