@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import signal
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,10 @@ class RouterFiles:
     @property
     def hosts(self) -> Path:
         return self.directory / "hosts.map"
+
+    @property
+    def lock(self) -> Path:
+        return self.directory / "router.lock"
 
     @property
     def api(self) -> Path:
@@ -335,20 +341,59 @@ async def write_files(
     await asyncio.to_thread(files.directory.mkdir, parents=True, exist_ok=True)
     if not await asyncio.to_thread(files.hosts.exists):
         await _atomic_write(files.hosts, render_map(hosts))  # the check needs one
-    candidate = files.config.with_suffix(".new")
-    await asyncio.to_thread(candidate.write_text, config)
-    check = await asyncio.create_subprocess_exec(
-        binary, "-c", "-q", "-f", str(candidate),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await check.communicate()
-    if check.returncode != 0:
-        raise RouterFailed(f"HAProxy refused the configuration: {out.decode().strip()}")
-    await _atomic_write(files.hosts, render_map(hosts))
-    await asyncio.to_thread(os.replace, candidate, files.config)
+    candidate = await asyncio.to_thread(_write_beside, files.config, config)
+    try:
+        check = await asyncio.create_subprocess_exec(
+            binary, "-c", "-f", str(candidate),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await check.communicate()
+        if check.returncode != 0:
+            alerts = [ln for ln in out.decode().splitlines() if "[ALERT]" in ln]
+            reason = "; ".join(alerts) or out.decode().strip() or f"status {check.returncode}"
+            raise RouterFailed(f"HAProxy refused the configuration: {reason}")
+        await _atomic_write(files.hosts, render_map(hosts))
+        await asyncio.to_thread(os.replace, candidate, files.config)
+    finally:
+        await asyncio.to_thread(candidate.unlink, missing_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def locked(files: RouterFiles) -> AsyncIterator[None]:
+    """Hold the router's files for one change, against every other process and task.
+
+    `clonebot serve` and a command run beside it both bring HAProxy to the routes; each
+    reads the routes and writes the files under this lock, so the last to write wrote the
+    latest routes, and no one checks a half-written configuration.
+    """
+    await asyncio.to_thread(files.directory.mkdir, parents=True, exist_ok=True)
+    fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        # polled, not waited for in a thread: waiters must not use up the thread pool
+        # that the holder needs to write its files
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _write_beside(path: Path, text: str) -> Path:
+    """``text`` in a new file of its own next to ``path``: no other writer can touch it."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return Path(name)
 
 
 async def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    await asyncio.to_thread(tmp.write_text, text)
-    await asyncio.to_thread(os.replace, tmp, path)
+    tmp = await asyncio.to_thread(_write_beside, path, text)
+    try:
+        await asyncio.to_thread(os.replace, tmp, path)
+    except BaseException:
+        await asyncio.to_thread(tmp.unlink, missing_ok=True)
+        raise

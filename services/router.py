@@ -16,6 +16,7 @@ from services.haproxy import (
     RuntimeAPI,
     Server,
     apply_to_running,
+    locked,
     render_config,
     write_files,
 )
@@ -111,15 +112,16 @@ async def apply_routes(svc: Services, *, files: RouterFiles, bind: str) -> bool:
     Files are always written, so an HAProxy started later comes up right. A change in
     backends or servers is a seamless reload; anything else a runtime change.
     """
-    state = await router_state(svc)
-    config = render_config(files=files, bind=bind, backends=state.backends)
-    master = await asyncio.to_thread(_master_pid, files)
-    if master is None:
-        await write_files(files, config=config, hosts=state.hosts)
-        return False
-    api = RuntimeAPI(files.api)
-    await apply_to_running(files, api, master=master, config=config, hosts=state.hosts)
-    return True
+    async with locked(files):
+        state = await router_state(svc)
+        config = render_config(files=files, bind=bind, backends=state.backends)
+        master = await asyncio.to_thread(_master_pid, files)
+        if master is None:
+            await write_files(files, config=config, hosts=state.hosts)
+            return False
+        api = RuntimeAPI(files.api)
+        await apply_to_running(files, api, master=master, config=config, hosts=state.hosts)
+        return True
 
 
 def _master_pid(files: RouterFiles) -> int | None:

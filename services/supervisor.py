@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from services.context import Services
 from services.errors import ClonebotError
-from services.haproxy import EmbeddedHAProxy, RouterFailed, RouterFiles, render_config
+from services.haproxy import EmbeddedHAProxy, RouterFailed, RouterFiles, locked, render_config
 from services.jobs import run_job
 from services.recovery import recover_jobs
 from services.router import RouterState, router_state
@@ -90,14 +90,15 @@ class _RouterKeeper:
             log.warning("router: %s; trying again", exc.message)
 
     async def reconcile(self) -> None:
-        if self._router.master_pid is None:
-            log.warning("HAProxy stopped: starting it again with every route")
-            await self._start()
-            return
-        state = await router_state(self._svc)
-        if state != self._applied:
-            await self._router.apply(config=self._config(state), hosts=state.hosts)
-            self._applied = state
+        async with locked(self._router.files):
+            if self._router.master_pid is None:
+                log.warning("HAProxy stopped: starting it again with every route")
+                await self._start()
+                return
+            state = await router_state(self._svc)
+            if state != self._applied:
+                await self._router.apply(config=self._config(state), hosts=state.hosts)
+                self._applied = state
 
     def _config(self, state: RouterState) -> str:
         files, bind = self._router.files, self._svc.settings.router_bind

@@ -20,7 +20,9 @@ from services.haproxy import (
     RouterFailed,
     RouterFiles,
     Server,
+    locked,
     render_config,
+    write_files,
 )
 from tests.conftest import IMAGE, WEB
 
@@ -173,7 +175,7 @@ async def test_a_refused_configuration_changes_nothing(
     router, bind = haproxy
     good = render_config(files=router.files, bind=bind, backends=_backends(web_nodes, "a"))
     await router.start(config=good, hosts={"a.test": "env_a"})
-    with pytest.raises(RouterFailed, match="HAProxy refused the configuration"):
+    with pytest.raises(RouterFailed, match=r"HAProxy refused the configuration: .*nonsense"):
         await router.apply(config=good + "backend broken\n    nonsense here\n", hosts={})
     assert router.files.config.read_text() == good
     assert router.files.hosts.read_text() == "a.test env_a\n"
@@ -226,3 +228,27 @@ async def test_weights_and_hosts_change_without_a_reload(
 
 def _pid(info: str) -> str:
     return next(line for line in info.splitlines() if line.startswith("Pid:"))
+
+
+async def test_writers_side_by_side_each_check_their_own_configuration(
+    tmp_path: Path, web_nodes: dict[str, str]
+) -> None:
+    """`clonebot serve` and a command beside it write the same files at the same moment."""
+    files = RouterFiles(tmp_path / "router")
+    bind = f"127.0.0.1:{_free_port()}"
+    configs = [
+        render_config(files=files, bind=bind, backends=_backends(web_nodes, *names))
+        for names in (["a"], ["a", "b"], ["b", "c"], ["a", "b", "c"])
+    ] * 3
+    order: list[str] = []
+
+    async def write(config: str) -> None:
+        async with locked(files):
+            await write_files(files, config=config, hosts={"a.test": "env_a"})
+            order.append(config)
+
+    await asyncio.gather(*(write(config) for config in configs))
+    assert files.config.read_text() == order[-1], "the last writer's configuration stands"
+    assert sorted(p.name for p in files.directory.iterdir()) == [
+        "haproxy.cfg", "hosts.map", "router.lock",
+    ], "no candidate file is left behind"  # fmt: skip
