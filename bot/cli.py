@@ -17,7 +17,7 @@ from services.access import Request
 from services.context import Services, open_services
 from services.environments import Environment, list_environments
 from services.errors import ClonebotError, Refused
-from services.jobs import run_job, submit_clone, submit_delete, submit_refresh
+from services.jobs import run_job, submit_clone, submit_delete, submit_refresh, submit_rename
 from services.progress import EventSink, ignore_events
 from services.settings import Settings, get_settings
 from storage import repositories as repo
@@ -147,6 +147,31 @@ def delete(
     out.print(f"deleted {job.environment}")
 
 
+@app.command()
+def rename(
+    name: Annotated[str, typer.Argument(help="The environment to rename.")],
+    new_name: Annotated[str, typer.Argument(help="Its new name.")],
+    user: AsUser = ...,  # type: ignore[assignment]
+) -> None:
+    """Rename an environment: its nodes are re-created under the new name, on the same data.
+
+    Its nodes stop for the few seconds this takes; its internal domain moves with it, and
+    its custom domains, routes and people stay.
+    """
+    job = run(
+        lambda svc: _submit_and_run(
+            svc, submit_rename(svc, Request(user), name=name, new_name=new_name), ignore_events
+        )
+    )
+    result: dict[str, Any] = job.result or {}
+    out.print(
+        f"renamed {job.environment} to [green]{job.params['to']}[/] in "
+        f"{result.get('elapsed_ms', 0) / 1000:.1f} s (job {job.id})",
+        soft_wrap=True,
+    )
+    _print_details(result)
+
+
 def _job(submit: Callable[[Services], Awaitable[Job]], *, as_json: bool) -> None:
     if as_json:
         job = run(lambda svc: _submit_and_run(svc, submit(svc), ignore_events), as_json=True)
@@ -173,6 +198,11 @@ def _print_result(job: Job) -> None:
         f"{result.get('freeze_ms', 0)} ms at most (job {job.id})",
         soft_wrap=True,
     )
+    _print_details(result)
+
+
+def _print_details(result: dict[str, Any]) -> None:
+    """What the job changed that its user should know: rewrites, ports, warnings."""
     for rw in result.get("rewrites", []):
         line = f"  rewrote {rw['node']} {rw['variable']}: {rw['old']} -> {rw['new']}"
         out.print(line, highlight=False, soft_wrap=True)

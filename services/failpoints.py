@@ -11,7 +11,7 @@ import logging
 import os
 
 log = logging.getLogger(__name__)
-POINTS = ("pre-copy", "freeze", "start")
+POINTS = ("pre-copy", "freeze", "start", "rename", "rename-cleanup")
 
 
 async def failpoint(name: str) -> None:

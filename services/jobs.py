@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from services import access
@@ -18,8 +19,13 @@ from services.access import Request
 from services.cloning import CloneResult
 from services.context import Services
 from services.environments import environment_exists, list_environments
-from services.errors import ClonebotError, CloneFailed, NameTaken
-from services.lifecycle import clone_environment, delete_environment, refresh_clone
+from services.errors import BadRequest, ClonebotError, CloneFailed, NameTaken
+from services.lifecycle import (
+    clone_environment,
+    delete_environment,
+    refresh_clone,
+    rename_environment,
+)
 from services.naming import default_clone_name, validate_name
 from services.permissions import Action
 from services.progress import BytesCopied, Event, EventSink, StepDone, StepStarted, ignore_events
@@ -58,6 +64,23 @@ async def submit_refresh(svc: Services, request: Request, *, name: str) -> Job:
     return await _submit_on(svc, request, name=name, kind="refresh", action=Action.REFRESH)
 
 
+async def submit_rename(svc: Services, request: Request, *, name: str, new_name: str) -> Job:
+    """Check and record a rename, the new name reserved as a clone reserves its name."""
+    access.check_user(request.user)
+    validate_name(new_name)
+    async with svc.sessions() as session:
+        if (earlier := await _earlier(session, request)) is not None:
+            return earlier
+        await access.check_request(svc, session, request, name=name, action=Action.RENAME)
+        if new_name == name:
+            raise BadRequest(f"{name} is already called {new_name}")
+        await _release_stale(svc, session, new_name)
+        session.add(EnvironmentRecord(name=new_name, state="creating"))
+        job = _new_job(request, kind="rename", environment=name, source=None)
+        job.params = {"to": new_name}
+        return await _record(session, request, job, action=Action.RENAME)
+
+
 async def submit_delete(svc: Services, request: Request, *, name: str, force: bool) -> Job:
     return await _submit_on(
         svc, request, name=name, kind="delete", action=Action.DELETE, params={"force": force}
@@ -77,8 +100,10 @@ async def _submit_on(
     async with svc.sessions() as session:
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
-        env, _ = await access.check_request(svc, session, request, name=name, action=action)
-        job = _new_job(request, kind=kind, environment=name, source=env.cloned_from)
+        env, record = await access.check_request(svc, session, request, name=name, action=action)
+        # the record follows a source's rename; the clone's label keeps the name it was made from
+        source = record.cloned_from or env.cloned_from
+        job = _new_job(request, kind=kind, environment=name, source=source)
         job.params = params or {}
         return await _record(session, request, job, action=action)
 
@@ -195,6 +220,17 @@ async def _dispatch(svc: Services, job: Job, progress: _Progress) -> CloneResult
             svc.docker,
             svc.settings,
             name=job.environment,
+            source=job.source,
+            job=job.id,
+            emit=progress.emit,
+            on_freeze=progress.record_frozen,
+        )
+    if job.kind == "rename":
+        return await rename_environment(
+            svc.docker,
+            svc.settings,
+            name=job.environment,
+            new_name=job.params["to"],
             job=job.id,
             emit=progress.emit,
             on_freeze=progress.record_frozen,
@@ -232,6 +268,8 @@ async def close_job(session: AsyncSession, job: Job, *, action: str, **values: A
             await repo.delete_environment(session, job.environment)
     if job.kind == "delete" and ok:
         await repo.delete_environment(session, job.environment)
+    if job.kind == "rename":
+        await _settle_rename(session, job, ok=ok)
     repo.record_audit(
         session,
         actor=job.requester,
@@ -242,6 +280,25 @@ async def close_job(session: AsyncSession, job: Job, *, action: str, **values: A
         reason=values.get("error") or "",
         detail={"job": job.id},
     )
+
+
+async def _settle_rename(session: AsyncSession, job: Job, *, ok: bool) -> None:
+    """Give the record, with its domains, routes and people, the new name; or free it."""
+    new_name = job.params["to"]
+    reserved = await repo.get_environment(session, new_name)
+    if reserved is not None and reserved.state == "creating":
+        await repo.delete_environment(session, new_name)
+        await session.flush()
+    if not ok:
+        return
+    await session.execute(
+        update(EnvironmentRecord).where(EnvironmentRecord.name == job.environment)
+        .values(name=new_name)
+    )  # fmt: skip
+    await session.execute(
+        update(EnvironmentRecord).where(EnvironmentRecord.cloned_from == job.environment)
+        .values(cloned_from=new_name)
+    )  # fmt: skip
 
 
 async def _reload(svc: Services, job_id: str) -> Job:

@@ -8,10 +8,11 @@ import time
 from services.cloning import CloneResult, execute_clone
 from services.docker import DockerClient, gather_all
 from services.environments import JOB, PROJECT, Environment, Node, get_environment
-from services.errors import ClonebotError, CloneFailed, NotAClone
+from services.errors import ClonebotError, CloneFailed, DockerFailed, NotAClone
+from services.failpoints import failpoint
 from services.freeze import FreezeRecorder, ignore_freeze, snapshot_stateful
 from services.ledger import Ledger
-from services.planning import plan_clone, plan_refresh
+from services.planning import ClonePlan, NodePlan, plan_clone, plan_refresh, plan_rename
 from services.progress import EventSink, ignore_events, step
 from services.settings import Settings
 
@@ -40,18 +41,22 @@ async def refresh_clone(
     settings: Settings,
     *,
     name: str,
+    source: str | None = None,
     job: str | None = None,
     emit: EventSink = ignore_events,
     on_freeze: FreezeRecorder = ignore_freeze,
 ) -> CloneResult:
     """Re-copy a clone's stateful layers from its source, with the same short source freeze.
 
+    ``source`` names the source when it was renamed since (the clone's label keeps the
+    name it had).
+
     The clone's stateful nodes are stopped while their data is replaced, and come back
     as they were if the refresh fails.
     """
     started = time.monotonic()
     clone = await get_environment(docker, name)
-    plan = await plan_refresh(docker, settings, clone=clone, job=job)
+    plan = await plan_refresh(docker, settings, clone=clone, source=source, job=job)
     old = [n for n in clone.nodes if n.layer in {layer.name for layer in plan.layers}]
     ledger = Ledger(docker)
     async with step(emit, "stop", ", ".join(n.name for n in old)):
@@ -100,6 +105,113 @@ async def _restore(docker: DockerClient, ledger: Ledger, nodes: list[Node]) -> N
             await docker.start_container(node.id)
 
 
+async def rename_environment(
+    docker: DockerClient,
+    settings: Settings,
+    *,
+    name: str,
+    new_name: str,
+    job: str | None = None,
+    emit: EventSink = ignore_events,
+    on_freeze: FreezeRecorder = ignore_freeze,
+) -> CloneResult:
+    """Give an environment a new name: its nodes re-created under it, on the same data.
+
+    The nodes are stopped for the few seconds this takes: each is committed to an image (its
+    file system kept), then re-created under the new name with the same volumes and host
+    ports, on twin networks. The old nodes are removed only once the new ones run; until
+    then any failure brings the old ones back as they were. ``on_freeze`` is told every old
+    node before one is stopped, so that recovery knows what to start again, and told again
+    once the new ones run, so that recovery finishes the rename instead.
+    """
+    started = time.monotonic()
+    plan = await plan_rename(docker, settings, name=name, new_name=new_name, job=job)
+    old = list(plan.source.nodes)
+    was_running = {n.id for n in old if n.state in ("running", "paused", "restarting")}
+    await on_freeze({n.id: "stopped" if n.id in was_running else "kept" for n in old})
+    ledger = Ledger(docker)
+    try:
+        async with step(emit, "stop", name):
+            # the layers using the data stores first, then the stores
+            await gather_all(*(docker.stop_container(n.id) for n in old if not _stateful(plan, n)))
+            await gather_all(*(docker.stop_container(n.id) for n in old if _stateful(plan, n)))
+        async with step(emit, "commit", name):
+            images = await gather_all(*(_commit(docker, plan, ledger, n) for n in plan.nodes))
+        for node, image in zip(plan.nodes, images, strict=True):
+            node.config["Image"] = image
+        async with step(emit, "networks"):
+            for net in plan.networks:
+                ledger.add_network(await docker.create_network(net.config))
+        for node in plan.nodes:
+            async with step(emit, "create", node.name):
+                await ledger.create_container(
+                    name=node.name, config=node.config, networks=node.networks
+                )
+        await failpoint("rename")
+        again = [n for n in plan.nodes if n.source.id in was_running]
+        for stateful in (True, False):
+            await gather_all(*(_start(docker, n, emit) for n in again if n.stateful is stateful))
+    except (Exception, asyncio.CancelledError) as exc:
+        await asyncio.shield(_undo_rename(docker, ledger, old, was_running))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
+        raise CloneFailed(step="rename", cause=cause) from exc
+    # the point of no return, written down before the old nodes go: recovery completes it
+    await on_freeze({n.id: "replaced" for n in old})
+    await finish_rename(docker, name=name, old=[n.id for n in old])
+    return CloneResult(
+        job=plan.job,
+        environment=new_name,
+        source=name,
+        state="succeeded",
+        nodes=[n.name for n in plan.nodes],
+        rewrites=plan.rewrites,
+        elapsed_ms=int((time.monotonic() - started) * 1000),
+    )
+
+
+def _stateful(plan: ClonePlan, node: Node) -> bool:
+    return any(layer.name == node.layer for layer in plan.stateful_layers)
+
+
+async def _commit(docker: DockerClient, plan: ClonePlan, ledger: Ledger, node: NodePlan) -> str:
+    image = await docker.commit_container(
+        node.source.id, repo=f"clonebot/{plan.name}-{node.layer}", tag=plan.job,
+        labels=plan.labels(),
+    )  # fmt: skip
+    ledger.add_image(image)
+    return image
+
+
+async def _start(docker: DockerClient, node: NodePlan, emit: EventSink) -> None:
+    async with step(emit, "start", node.name):
+        await docker.start_container(node.name)
+
+
+async def _undo_rename(
+    docker: DockerClient, ledger: Ledger, old: list[Node], was_running: set[str]
+) -> None:
+    await ledger.rollback()
+    await gather_all(*(docker.start_container(n.id) for n in old if n.id in was_running))
+
+
+async def finish_rename(docker: DockerClient, *, name: str, old: list[str]) -> None:
+    """Remove the old nodes and networks, once the renamed environment runs."""
+    await failpoint("rename-cleanup")
+    await gather_all(*(_remove_if_there(docker, cid) for cid in old))
+    for net in await docker.list_networks(labels=[f"{PROJECT}={name}"]):
+        await docker.remove_network(net["Id"])
+
+
+async def _remove_if_there(docker: DockerClient, ref: str) -> None:
+    try:
+        await docker.remove_container(ref)
+    except DockerFailed as exc:
+        if exc.status != 404:
+            raise
+
+
 async def delete_environment(
     docker: DockerClient, *, name: str, force: bool = False
 ) -> Environment:
@@ -115,19 +227,38 @@ async def delete_environment(
     label = f"{PROJECT}={name}"
     for net in await docker.list_networks(labels=[label]):
         await docker.remove_network(net["Id"])
-    for vol in await docker.list_volumes(labels=[label]):
-        await docker.remove_volume(vol["Name"])
-    for image in await docker.list_images(labels=[label, JOB]):
-        await docker.remove_image(image["Id"])
+    # its own volumes, and those clonebot made for it under an earlier name (a rename keeps
+    # the volumes); never a volume it shares with its source
+    volumes = {vol["Name"] for vol in await docker.list_volumes(labels=[label])}
+    made = {vol["Name"] for vol in await docker.list_volumes(labels=[JOB])}
+    volumes |= made & {m.source for n in env.nodes for m in n.volumes}
+    for volume in sorted(volumes):
+        await docker.remove_volume(volume)
+    images = {image["Id"] for image in await docker.list_images(labels=[label, JOB])}
+    await _remove_snapshots(docker, images | {n.image_id for n in env.nodes})
     return env
 
 
 async def _remove_snapshots(docker: DockerClient, images: set[str]) -> None:
-    """Remove images clonebot committed for nodes that are gone."""
-    for image in images:
+    """Remove images clonebot committed for nodes that are gone, and their clonebot-made
+    parents (a renamed node's image is a commit on top of its earlier one).
+
+    An image something else still uses is kept.
+    """
+    pending = list(images)
+    while pending:
+        image = pending.pop()
         info = await docker.inspect_image(image)
-        if info and JOB in (info["Config"].get("Labels") or {}):
+        if not info or JOB not in (info["Config"].get("Labels") or {}):
+            continue
+        try:
             await docker.remove_image(image)
+        except DockerFailed as exc:
+            if exc.status == 409:  # a container or a child image uses it
+                continue
+            raise
+        if info.get("Parent"):
+            pending.append(info["Parent"])
 
 
 async def _remove_nodes(docker: DockerClient, nodes: list[Node]) -> None:

@@ -90,6 +90,7 @@ class ClonePlan:
     copy_bytes: int = 0
     host_ports: set[int] = field(default_factory=set)  # chosen for this clone so far
     only_stateful: bool = False  # a refresh re-creates only the stateful layers
+    in_place: bool = False  # a rename: the same volumes and host ports, nothing copied
 
     @property
     def layers(self) -> list[Layer]:
@@ -101,7 +102,12 @@ class ClonePlan:
         return [layer for layer in self.source.layers if layer.scaling == "stateful"]
 
     def labels(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {PROJECT: self.name, JOB: self.job, CLONED_FROM: self.source.name, **(extra or {})}
+        labels = {PROJECT: self.name, JOB: self.job, CLONED_FROM: self.source.name}
+        if self.in_place:  # renamed, not copied: still a clone of what it was a clone of
+            del labels[CLONED_FROM]
+            if self.source.cloned_from:
+                labels[CLONED_FROM] = self.source.cloned_from
+        return labels | (extra or {})
 
 
 async def plan_clone(
@@ -131,14 +137,19 @@ async def plan_clone(
 
 
 async def plan_refresh(
-    docker: DockerClient, settings: Settings, *, clone: Environment, job: str | None = None
+    docker: DockerClient,
+    settings: Settings,
+    *,
+    clone: Environment,
+    source: str | None = None,
+    job: str | None = None,
 ) -> ClonePlan:
     """Plan new stateful nodes for ``clone`` from its source, reusing its networks and volumes."""
     if clone.cloned_from is None:
         raise NotAClone(clone.name, "refresh")
-    source = await get_environment(docker, clone.cloned_from)
+    env = await get_environment(docker, source or clone.cloned_from)
     plan = ClonePlan(
-        job or secrets.token_hex(6), source, clone.name, False, settings.base_domain, clone.owner
+        job or secrets.token_hex(6), env, clone.name, False, settings.base_domain, clone.owner
     )
     plan.only_stateful = True
     await _plan_networks(docker, plan, reuse=True)
@@ -155,6 +166,26 @@ async def plan_refresh(
     return plan
 
 
+async def plan_rename(
+    docker: DockerClient, settings: Settings, *, name: str, new_name: str, job: str | None = None
+) -> ClonePlan:
+    """Plan ``name``'s nodes and networks again under ``new_name``, on the same volumes.
+
+    Docker cannot change a container's labels, and the labels are what make an environment:
+    a rename re-creates every node, from an image of itself, with the same volumes and host
+    ports; nothing is copied.
+    """
+    check_name(new_name)
+    env = await get_environment(docker, name)
+    if new_name == name or await environment_exists(docker, new_name):
+        raise NameTaken(new_name)
+    plan = ClonePlan(job or secrets.token_hex(6), env, new_name, False, settings.base_domain)
+    plan.owner, plan.in_place = env.owner, True
+    await _plan_networks(docker, plan)
+    _plan_nodes(plan, volumes={})
+    return plan
+
+
 async def _plan_networks(docker: DockerClient, plan: ClonePlan, *, reuse: bool = False) -> None:
     names = sorted({net for node in plan.source.nodes for net in node.networks})
     for net in names:
@@ -163,13 +194,16 @@ async def _plan_networks(docker: DockerClient, plan: ClonePlan, *, reuse: bool =
         info = await docker.inspect_network(net)
         if info is None:
             continue
+        labels = dict(info.get("Labels") or {})
+        if plan.in_place and labels.get(PROJECT) != plan.source.name:
+            plan.twins[net] = net  # not the environment's own: a renamed one stays on it
+            continue
         twin = twin_name(name=net, source=plan.source.name, clone=plan.name)
         plan.twins[net] = twin
         if await docker.inspect_network(twin) is not None:
             if reuse:
                 continue
             raise NameTaken(plan.name)
-        labels = dict(info.get("Labels") or {})
         if PROJECT in labels:
             labels[PROJECT] = plan.name
         ipam = info.get("IPAM") or {}
@@ -241,7 +275,7 @@ def _plan_nodes(plan: ClonePlan, volumes: dict[tuple[str, str], VolumePlan]) -> 
         stateful = layer.scaling == "stateful"
         for node in layer.nodes:
             name = node_name(env=plan.name, layer=layer.name, number=node.number)
-            mounts_from = layer.master if stateful else node
+            mounts_from = layer.master if stateful and not plan.in_place else node
             config = _container_config(plan, node, name=name, mounts_from=mounts_from)
             config["HostConfig"]["Mounts"] += _mounts(node.id, mounts_from.volumes, volumes)
             env, rewrites = rewriter.rewrite_env(node=name, env=config.get("Env") or [])
@@ -293,12 +327,13 @@ def _container_config(plan: ClonePlan, node: Node, *, name: str, mounts_from: No
         for m in mounts_from.mounts
         if m.kind == "bind"
     ]
-    if any(m.kind == "bind" for m in mounts_from.mounts):
+    if any(m.kind == "bind" for m in mounts_from.mounts) and not plan.in_place:
         plan.warnings.append(f"{name}: host directories (bind mounts) are shared with the source")
     host["Mounts"] = [m for m in host.get("Mounts") or [] if m.get("Type") == "tmpfs"]
     for key in ("Links", "VolumesFrom", "ContainerIDFile"):
         host.pop(key, None)
-    host["PortBindings"] = _remap_ports(plan, name, host.get("PortBindings") or {})
+    if not plan.in_place:
+        host["PortBindings"] = _remap_ports(plan, name, host.get("PortBindings") or {})
     config["HostConfig"] = host
     return config
 

@@ -11,6 +11,7 @@ from services.docker import JSON, DockerClient
 from services.environments import JOB
 from services.errors import DockerFailed
 from services.jobs import close_job
+from services.lifecycle import finish_rename
 from services.workers import this_worker, worker_is_gone
 from storage import repositories as repo
 from storage.models import Job, utcnow
@@ -46,8 +47,14 @@ async def _take_over(svc: Services, job: Job) -> bool:
 
 
 async def _recover(svc: Services, job: Job) -> Job:
-    resumed = await _resume_sources(svc.docker, job.frozen)
-    removed = await remove_job_resources(svc.docker, job.id)
+    if job.kind == "rename" and await _rename_went_through(svc, job):
+        return job
+    if job.kind == "rename":  # the new nodes hold the host ports: they go first
+        removed = await remove_job_resources(svc.docker, job.id)
+        resumed = await _resume_sources(svc.docker, job.frozen)
+    else:
+        resumed = await _resume_sources(svc.docker, job.frozen)
+        removed = await remove_job_resources(svc.docker, job.id)
     if job.kind == "refresh":
         await _restore_set_aside(svc.docker, job)
     error = (
@@ -60,6 +67,19 @@ async def _recover(svc: Services, job: Job) -> Job:
         )
     job.state, job.error = "rolled back", error
     return job
+
+
+async def _rename_went_through(svc: Services, job: Job) -> bool:
+    """Finish a rename whose new nodes all ran: only the old ones were left to remove."""
+    if not any(entry["how"] == "replaced" for entry in job.frozen):
+        return False
+    old = [entry["container"] for entry in job.frozen]
+    left = [cid for cid in old if await _inspect(svc.docker, cid) is not None]
+    await finish_rename(svc.docker, name=job.environment, old=left)
+    async with svc.sessions() as session, session.begin():
+        await close_job(session, job, action="rename recovered", state="succeeded")
+    job.state = "succeeded"
+    return True
 
 
 async def _resume_sources(docker: DockerClient, frozen: list[dict[str, str]]) -> int:

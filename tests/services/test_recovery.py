@@ -18,7 +18,7 @@ from services.jobs import run_job, submit_clone
 from services.recovery import recover_jobs
 from services.settings import Settings
 from storage import repositories as repo
-from tests.conftest import OWNER, MakeSource
+from tests.conftest import OWNER, MakeSource, exec_output
 
 
 async def _clone_until(
@@ -147,3 +147,35 @@ async def test_a_killed_refresh_gives_the_clone_back(
     assert {n.name for n in after.nodes} == before, "the clone's nodes are back, under their names"
     assert {n.state for n in after.nodes} == {"running"}
     assert await docker.list_containers(labels=[f"{JOB}={recovered.id}"]) == []
+
+
+@pytest.mark.parametrize("point", ["rename", "rename-cleanup"])
+async def test_a_killed_rename_ends_with_one_whole_environment(
+    docker: DockerClient, db_settings: Settings, make_source: MakeSource, point: str
+) -> None:
+    """Killed before the new nodes run: the old ones come back; after: the rename completes."""
+    source = await make_source(web_nodes=1)
+    old, new = source.name, f"{source.name}-renamed"
+    before = {n.id for n in (await get_environment(docker, old)).nodes}
+    proc = await _run_until(point, settings=db_settings, args=["rename", old, new, "--as", OWNER])
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+
+    async with open_services(db_settings) as svc:
+        [job] = await recover_jobs(svc)
+        async with svc.sessions() as session:
+            records = {n: await repo.get_environment(session, n) for n in (old, new)}
+
+    kept, gone = (old, new) if point == "rename" else (new, old)
+    env = await get_environment(docker, kept)
+    assert {n.state for n in env.nodes} == {"running"}
+    assert await exec_output(docker, env.layer("db").master.id, "cat /anon/file") == "anon"
+    for lister in (docker.list_containers, docker.list_networks):
+        assert await lister(labels=[f"{PROJECT}={gone}"]) == []
+    assert records[gone] is None
+    assert records[kept] is not None and records[kept].state == "ready"
+    if point == "rename":
+        assert {n.id for n in env.nodes} == before, "the very same containers"
+        assert job.state == "rolled back"
+    else:
+        assert job.state == "succeeded"
