@@ -61,7 +61,7 @@ USER = "UBENCH1"  # owns both environments (their clonebot.owner label): may mov
 SHOP, BETA = "shop.bench", "beta.bench"
 WEB = "mkdir -p /www && echo {page} > /www/index.html && exec httpd -f -p 80 -h /www"
 WRK = "/usr/bin/wrk"
-LOAD_S, THREADS, CONNECTIONS = 30, 2, 32
+LOAD_S, THREADS, CONNECTIONS = 30, 2, 8
 LATENCY_S = 5  # each side of the added-latency comparison, one connection
 SWAPS = WEIGHT_CHANGES = 50
 SPACING_S = (LOAD_S / 2 - 1) / SWAPS  # swaps in the first half, weight changes in the second

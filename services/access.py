@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from services.context import Services
-from services.environments import Environment, get_environment
+from services.environments import Environment, Glimpse, get_environment, glimpse_environments
 from services.errors import Forbidden, InvalidUser
 from services.permissions import Access, Action, Decision, Role, decide
 from services.settings import SLACK_USER, Settings
@@ -22,7 +24,7 @@ def check_user(user: str) -> str:
     return user
 
 
-async def ensure_record(session: AsyncSession, env: Environment) -> EnvironmentRecord:
+async def ensure_record(session: AsyncSession, env: Environment | Glimpse) -> EnvironmentRecord:
     """The environment's record; a newly seen one is owned by its ``clonebot.owner`` label."""
     record = await repo.get_environment(session, env.name)
     if record is not None:
@@ -65,6 +67,36 @@ async def check_request(
     """The environment and its record, if ``request`` may do ``action`` to it; else raise."""
     check_user(request.user)
     env = await get_environment(svc.docker, name)
+    return env, await _checked_record(svc, session, request, env, action)
+
+
+async def check_glimpses(
+    svc: Services, session: AsyncSession, request: Request, *, names: Sequence[str], action: Action
+) -> list[tuple[Glimpse, EnvironmentRecord]]:
+    """As ``check_request``, for each of ``names``, from one container listing and one query:
+    for changes that must be quick (a swap)."""
+    check_user(request.user)
+    envs = await glimpse_environments(svc.docker, names)
+    query = select(EnvironmentRecord).where(EnvironmentRecord.name.in_(names))
+    known = {r.name: r for r in (await session.scalars(query)).all()}
+    records = [known.get(env.name) or await ensure_record(session, env) for env in envs]
+    if len(known) < len(envs):
+        await session.commit()
+    for record in records:
+        await authorize(
+            session, svc.settings, user=request.user, action=action, record=record,
+            channel=request.channel,
+        )  # fmt: skip
+    return list(zip(envs, records, strict=True))
+
+
+async def _checked_record(
+    svc: Services,
+    session: AsyncSession,
+    request: Request,
+    env: Environment | Glimpse,
+    action: Action,
+) -> EnvironmentRecord:
     record = await ensure_record(session, env)
     await session.commit()
     await authorize(
@@ -75,7 +107,7 @@ async def check_request(
         record=record,
         channel=request.channel,
     )
-    return env, record
+    return record
 
 
 async def authorize(

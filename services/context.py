@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
     engine = create_engine(settings.database_url)
     try:
         async with DockerClient(settings.docker_host) as docker:
+            # what exists now (modules, SQLAlchemy's mappers, the engine) lives as long as
+            # the process: a full garbage collection need not walk it again. Measured: a
+            # gen-2 collection over it held a swap up for 75 ms (python -m bench routing).
+            gc.freeze()
             yield Services(settings=settings, docker=docker, sessions=sessionmaker(engine))
     finally:
         await engine.dispose()

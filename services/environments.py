@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -123,6 +124,40 @@ async def get_environment(docker: DockerClient, name: str) -> Environment:
     if not docs:
         raise EnvironmentNotFound(name)
     return _environment(name, docs)
+
+
+@dataclass(frozen=True)
+class Glimpse:
+    """An environment as one container listing shows it, without inspecting its containers:
+    enough to check a request in a few milliseconds (a swap must be quick)."""
+
+    name: str
+    owner: str | None
+    cloned_from: str | None
+    has_web_layer: bool
+
+
+async def glimpse_environments(docker: DockerClient, names: Sequence[str]) -> list[Glimpse]:
+    """The named environments from one container listing, in order; ``EnvironmentNotFound``
+    names the first that does not exist."""
+    by_project: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for summary in await docker.list_containers(labels=[PROJECT]):
+        labels = summary.get("Labels") or {}
+        if labels.get(PROJECT) in names and labels.get(ONEOFF, "False") != "True":
+            by_project[labels[PROJECT]].append(labels)
+    glimpses = []
+    for name in names:
+        if not (labels := by_project.get(name)):
+            raise EnvironmentNotFound(name)
+        glimpses.append(
+            Glimpse(
+                name=name,
+                owner=next((x[OWNER] for x in labels if x.get(OWNER)), None),
+                cloned_from=next((x[CLONED_FROM] for x in labels if CLONED_FROM in x), None),
+                has_web_layer=any(_int(x.get(HTTP_PORT), default=0) for x in labels),
+            )
+        )
+    return glimpses
 
 
 async def environment_exists(docker: DockerClient, name: str) -> bool:

@@ -87,8 +87,12 @@ def render_config(*, files: RouterFiles, bind: str, backends: Sequence[Backend])
         "    master-worker",
         f"    stats socket {files.api} mode 600 level admin expose-fd listeners",
         f"    pidfile {files.pidfile}",
+        "    hard-stop-after 30s",  # an old worker after a reload lives at most this long
         "defaults",
         "    mode http",
+        # on a reload, an idle keep-alive connection of the old worker answers its next
+        # request, with "Connection: close", instead of being closed under the client
+        "    option idle-close-on-response",
         "    timeout connect 3s",
         "    timeout client 30s",
         "    timeout server 30s",
@@ -125,8 +129,11 @@ def render_map(hosts: Mapping[str, str]) -> str:
     return "".join(f"{host} {backend}\n" for host, backend in sorted(hosts.items()))
 
 
+_COMMANDS_A_LINE = 50
+
+
 class RuntimeAPI:
-    """HAProxy's admin socket: one command a connection."""
+    """HAProxy's admin socket: one line of commands a connection."""
 
     def __init__(self, socket: Path) -> None:
         self._socket = socket
@@ -151,9 +158,15 @@ class RuntimeAPI:
         if "New version created:" not in answer:
             raise RouterFailed(f"prepare map {path}: {answer.strip()}")
         version = answer.split(":", 1)[1].strip()
-        for host, backend in sorted(entries.items()):
-            await self._ok(f"add map @{version} {path} {host} {backend}")
-        await self._ok(f"commit map @{version} {path}")
+        lines = [
+            f"add map @{version} {path} {host} {backend}"
+            for host, backend in sorted(entries.items())
+        ]
+        lines.append(f"commit map @{version} {path}")
+        # several commands a connection, separated by ";": a swap is two round trips, not one
+        # an entry (a line must stay well within HAProxy's buffer)
+        for start in range(0, len(lines), _COMMANDS_A_LINE):
+            await self._ok("; ".join(lines[start : start + _COMMANDS_A_LINE]))
 
     async def show_map(self, path: Path) -> dict[str, str]:
         answer = await self.command(f"show map {path}")

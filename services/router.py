@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -41,13 +42,9 @@ async def router_state(svc: Services) -> RouterState:
 
     One container listing, no inspection: a swap must reach HAProxy in milliseconds.
     """
-    envs = await _web_nodes(svc)
+    envs, (names, bindings, routes) = await asyncio.gather(_web_nodes(svc), _routes(svc))
     backends = {env_backend(n): Backend(env_backend(n), _servers(n, e)) for n, e in envs.items()}
     hosts = {f"{n}.{svc.settings.base_domain}": env_backend(n) for n in envs}
-    async with svc.sessions() as session:
-        names = {r.id: r.name for r in (await session.scalars(select(EnvironmentRecord))).all()}
-        bindings = (await session.scalars(select(DomainBinding))).all()
-        routes = (await session.scalars(select(Route))).all()
     for binding in bindings:
         if names.get(binding.environment_id) in envs:
             hosts[binding.domain] = env_backend(names[binding.environment_id])
@@ -58,6 +55,17 @@ async def router_state(svc: Services) -> RouterState:
             backends[backend.name] = backend
             hosts[route.domain] = backend.name
     return RouterState(tuple(sorted(backends.values(), key=lambda b: b.name)), hosts)
+
+
+async def _routes(
+    svc: Services,
+) -> tuple[dict[int, str], Sequence[DomainBinding], Sequence[Route]]:
+    """Environment names by id, domain bindings and routes, as the database has them."""
+    async with svc.sessions() as session:
+        names = {r.id: r.name for r in (await session.scalars(select(EnvironmentRecord))).all()}
+        bindings = (await session.scalars(select(DomainBinding))).all()
+        routes = (await session.scalars(select(Route))).all()
+    return names, bindings, routes
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from sqlalchemy import select
 from services import access
 from services.access import Request
 from services.context import Services
-from services.environments import Environment
 from services.errors import BadRequest
 from services.permissions import Action
 from storage import repositories as repo
@@ -47,7 +46,7 @@ def validate_domain(domain: str) -> str:
 async def add_domain(svc: Services, request: Request, *, env: str, domain: str) -> str:
     name = validate_domain(domain)
     async with svc.sessions() as session:
-        _, record = await _web_env(svc, session, request, env)
+        [record] = await _checked(svc, session, request, env, web=True)
         bound = await _binding(session, name)
         if bound is not None:
             owner = await session.get(EnvironmentRecord, bound.environment_id)
@@ -63,7 +62,7 @@ async def add_domain(svc: Services, request: Request, *, env: str, domain: str) 
 async def remove_domain(svc: Services, request: Request, *, env: str, domain: str) -> str:
     name = validate_domain(domain)
     async with svc.sessions() as session:
-        _, record = await _checked(svc, session, request, env)
+        [record] = await _checked(svc, session, request, env)
         bound = await _binding(session, name)
         if bound is None or bound.environment_id != record.id:
             raise BadRequest(f"{name} is not bound to {env}")
@@ -81,8 +80,7 @@ async def swap_domains(svc: Services, request: Request, *, first: str, second: s
     if first == second:
         raise BadRequest(f"swapping {first} with itself changes nothing: name two environments")
     async with svc.sessions() as session:
-        _, a = await _web_env(svc, session, request, first)
-        _, b = await _web_env(svc, session, request, second)
+        a, b = await _checked(svc, session, request, first, second, web=True)
         bindings = (await session.scalars(select(DomainBinding))).all()
         for binding in bindings:
             if binding.environment_id in (a.id, b.id):
@@ -131,8 +129,7 @@ async def _set_route(
 ) -> None:
     name = validate_domain(domain)
     async with svc.sessions() as session:
-        _, first = await _web_env(svc, session, request, envs[0])
-        _, second = await _web_env(svc, session, request, envs[1])
+        first, second = await _checked(svc, session, request, *envs, web=True)
         bound = await _binding(session, name)
         if bound is None or bound.environment_id not in (first.id, second.id):
             raise BadRequest(f"{name} must first be bound to {envs[0]} or {envs[1]}")
@@ -146,18 +143,21 @@ async def _set_route(
 
 
 async def _checked(
-    svc: Services, session: AsyncSession, request: Request, env: str
-) -> tuple[Environment, EnvironmentRecord]:
-    return await access.check_request(svc, session, request, name=env, action=Action.MOVE_TRAFFIC)
+    svc: Services, session: AsyncSession, request: Request, *names: str, web: bool = False
+) -> list[EnvironmentRecord]:
+    """The records of ``names``, if ``request`` may move their traffic; else raise.
 
-
-async def _web_env(
-    svc: Services, session: AsyncSession, request: Request, env: str
-) -> tuple[Environment, EnvironmentRecord]:
-    found, record = await _checked(svc, session, request, env)
-    if found.web_layer is None:
-        raise BadRequest(f"{env} has no web layer (no container carries clonebot.http.port)")
-    return found, record
+    With ``web``, an environment without a web layer (nothing to send traffic to) is refused.
+    """
+    checked = await access.check_glimpses(
+        svc, session, request, names=names, action=Action.MOVE_TRAFFIC
+    )
+    for env, _ in checked:
+        if web and not env.has_web_layer:
+            raise BadRequest(
+                f"{env.name} has no web layer (no container carries clonebot.http.port)"
+            )
+    return [record for _, record in checked]
 
 
 async def _binding(session: AsyncSession, domain: str) -> DomainBinding | None:
