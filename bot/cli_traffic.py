@@ -31,6 +31,8 @@ async def _applied(svc: Services) -> str:
     files = RouterFiles(svc.settings.router_dir)
     if await apply_routes(svc, files=files, bind=svc.settings.router_bind):
         return "applied to HAProxy"
+    if svc.settings.router_mode == "external":
+        return f"no HAProxy answers at {files.master}: applied when it starts"
     return "HAProxy is not running: applied when `clonebot serve` starts"
 
 

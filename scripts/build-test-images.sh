@@ -1,38 +1,67 @@
 #!/usr/bin/env bash
 # Build the images the tests and benchmarks use, only when missing (needs DOCKER_HOST).
-# Never pulls: the test engine has no network. The busybox image is imported from a
-# root filesystem made from the host's static busybox (package busybox-static).
+# Never pulls: the test engine has no network. Both are imported from root filesystems
+# made from the host's own files:
+#   clonebot-test/busybox  the static busybox (package busybox-static): shells, httpd
+#   clonebot-test/haproxy  that busybox plus the host's HAProxy and the libraries it links,
+#                          for the tests of an HAProxy that runs in a container
 set -euo pipefail
 
-IMAGE=clonebot-test/busybox:latest
+BUSYBOX=clonebot-test/busybox:latest
+HAPROXY=clonebot-test/haproxy:latest
 
 : "${DOCKER_HOST:?set DOCKER_HOST (see scripts/dockerd.sh env)}"
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    exit 0
-fi
 
-root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
-
-mkdir -p "$root"/{bin,etc,root,var/www,tmp}
-chmod 1777 "$root/tmp"
-cp /bin/busybox "$root/bin/busybox"
-# One symlink per applet (sh, httpd, wget, ...), all in /bin: PATH includes it.
-for applet in $(/bin/busybox --list); do
-    [[ $applet == busybox ]] || ln -s busybox "$root/bin/$applet"
-done
-cat >"$root/etc/passwd" <<'PASSWD'
+busybox_root() {
+    local root=$1
+    mkdir -p "$root"/{bin,etc,root,var/www,tmp}
+    chmod 1777 "$root/tmp"
+    cp /bin/busybox "$root/bin/busybox"
+    # One symlink per applet (sh, httpd, wget, ...), all in /bin: PATH includes it.
+    for applet in $(/bin/busybox --list); do
+        [[ $applet == busybox ]] || ln -s busybox "$root/bin/$applet"
+    done
+    cat >"$root/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/root:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false
 PASSWD
-cat >"$root/etc/group" <<'GROUP'
+    cat >"$root/etc/group" <<'GROUP'
 root:x:0:
 nogroup:x:65534:
 GROUP
+}
 
-echo "build-test-images.sh: importing $IMAGE" >&2
-tar -C "$root" --numeric-owner --owner=0 --group=0 -c . |
-    docker import \
-        -c 'ENV PATH=/bin:/usr/bin:/sbin:/usr/sbin' \
-        -c 'CMD ["/bin/sh"]' \
-        - "$IMAGE" >/dev/null
+haproxy_root() {
+    local root=$1 binary lib
+    binary=$(command -v haproxy)
+    mkdir -p "$root/usr/sbin"
+    cp "$binary" "$root/usr/sbin/haproxy"
+    # every library it links, at the path the loader looks for it (symlinks resolved)
+    for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+}
+
+import() {
+    local image=$1 root=$2 cmd=$3
+    echo "build-test-images.sh: importing $image" >&2
+    tar -C "$root" --numeric-owner --owner=0 --group=0 -c . |
+        docker import \
+            -c 'ENV PATH=/bin:/usr/bin:/sbin:/usr/sbin' \
+            -c "CMD $cmd" \
+            - "$image" >/dev/null
+}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+if ! docker image inspect "$BUSYBOX" >/dev/null 2>&1; then
+    busybox_root "$work/busybox"
+    import "$BUSYBOX" "$work/busybox" '["/bin/sh"]'
+fi
+if ! docker image inspect "$HAPROXY" >/dev/null 2>&1; then
+    busybox_root "$work/haproxy"
+    haproxy_root "$work/haproxy"
+    import "$HAPROXY" "$work/haproxy" '["/usr/sbin/haproxy", "-v"]'
+fi

@@ -118,6 +118,12 @@ class DockerClient:
         result: JSON = await _translate(f"inspect container {ref}", call)
         return result
 
+    async def find_container(self, ref: str) -> JSON | None:
+        """``inspect_container``, or None when there is no such container."""
+        return await _or_none(
+            f"inspect container {ref}", self.api._query_json(f"containers/{ref}/json")
+        )
+
     async def create_container(self, *, name: str | None, config: JSON) -> str:
         container = await _translate(
             f"create container {name}", self.api.containers.create(config, name=name)
@@ -257,6 +263,15 @@ class DockerClient:
         await _translate(f"connect {container} to {network}", call)
 
     async def remove_network(self, ref: str) -> None:
+        """Remove a network, disconnecting what is still on it first (an HAProxy container
+        clonebot connected to reach the environment)."""
+        info = await self.inspect_network(ref)
+        for container in (info or {}).get("Containers") or {}:
+            body = {"Container": container, "Force": True}
+            disconnect = self.api._query_json(
+                f"networks/{ref}/disconnect", method="POST", data=body
+            )
+            await _or_none(f"disconnect {container} from {ref}", disconnect)
         call = self.api._query(f"networks/{ref}", method="DELETE")
         await _translate(f"remove network {ref}", _drain(call))
 

@@ -15,7 +15,6 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -63,6 +62,11 @@ class RouterFiles:
     @property
     def lock(self) -> Path:
         return self.directory / "router.lock"
+
+    @property
+    def master(self) -> Path:
+        """The master CLI (``haproxy -W -S``): reloads, and whether HAProxy runs at all."""
+        return self.directory / "master.sock"
 
     @property
     def api(self) -> Path:
@@ -182,6 +186,54 @@ class RuntimeAPI:
             raise RouterFailed(f"{line}: {answer}")
 
 
+class MasterCLI:
+    """The master process's socket: the same for an HAProxy clonebot started and for one
+    run by others (on the host, or in a container with the router folder mounted)."""
+
+    def __init__(self, socket: Path) -> None:
+        self._socket = socket
+
+    async def alive(self) -> bool:
+        try:
+            return "master" in await self._command("show proc")
+        except OSError:
+            return False
+
+    async def reload(self, api: RuntimeAPI, *, timeout_s: float = 10) -> None:
+        """A seamless reload: the new worker takes the listening sockets from the old one.
+
+        Returns once a new worker answers on the runtime API. A reload asked while the master
+        is still busy with the previous one can be lost: it is asked again every two seconds.
+        """
+        previous = await worker_pid(api)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                await self._command("reload")  # the master answers by re-executing itself
+            except OSError as exc:
+                raise RouterFailed(f"HAProxy's master does not answer: {exc}") from exc
+            ask_again_at = min(time.monotonic() + 2, deadline)
+            while time.monotonic() < ask_again_at:
+                current = await worker_pid(api)
+                if current is not None and current != previous:
+                    return
+                await asyncio.sleep(0.02)
+        raise RouterFailed(f"HAProxy did not reload within {timeout_s:g} s")
+
+    async def _command(self, line: str) -> str:
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_unix_connection(str(self._socket))
+            try:
+                # the master keeps a connection open after a command unless told to quit
+                writer.write(f"{line}; quit\n".encode())
+                await writer.drain()
+                return (await reader.read()).decode()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+
 class EmbeddedHAProxy:
     """An HAProxy of clonebot's own, started, reloaded and stopped by it."""
 
@@ -189,13 +241,14 @@ class EmbeddedHAProxy:
         self.files = files
         self.binary = binary
         self.api = RuntimeAPI(files.api)
+        self.master = MasterCLI(files.master)
         self._master: asyncio.subprocess.Process | None = None
 
     async def start(self, *, config: str, hosts: Mapping[str, str]) -> None:
         await self._write(config=config, hosts=hosts)
         with self.files.log.open("ab") as log:
             self._master = await asyncio.create_subprocess_exec(
-                self.binary, "-W", "-f", str(self.files.config),
+                self.binary, "-W", "-S", str(self.files.master), "-f", str(self.files.config),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True,
             )  # fmt: skip
@@ -203,11 +256,10 @@ class EmbeddedHAProxy:
 
     async def apply(self, *, config: str, hosts: Mapping[str, str]) -> bool:
         """Bring HAProxy to this configuration and map; True when it had to reload."""
-        master = self._require_master()
+        self._require_master()
         return await apply_to_running(
-            self.files, self.api, master=master.pid, config=config, hosts=hosts,
-            binary=self.binary,
-        )  # fmt: skip
+            self.files, self.api, self.master, config=config, hosts=hosts, binary=self.binary
+        )
 
     async def set_hosts(self, hosts: Mapping[str, str]) -> None:
         """Point hosts at backends: in the file (for a restart), then at once, atomically."""
@@ -216,7 +268,8 @@ class EmbeddedHAProxy:
 
     async def reload(self) -> None:
         """A seamless reload: the new worker takes the listening sockets from the old one."""
-        await reload_master(self._require_master().pid, self.api)
+        self._require_master()
+        await self.master.reload(self.api)
 
     async def stop(self) -> None:
         if self._master is None or self._master.returncode is not None:
@@ -281,8 +334,8 @@ def weights_in(config: str) -> dict[tuple[str, str], int]:
 async def apply_to_running(
     files: RouterFiles,
     api: RuntimeAPI,
+    master: MasterCLI,
     *,
-    master: int,
     config: str,
     hosts: Mapping[str, str],
     binary: str = "haproxy",
@@ -295,7 +348,7 @@ async def apply_to_running(
     previous = await asyncio.to_thread(_read, files.config)
     if structure_of(previous) != structure_of(config):
         await write_files(files, config=config, hosts=hosts, binary=binary)
-        await reload_master(master, api)
+        await master.reload(api)
         return True
     if await asyncio.to_thread(_read, files.hosts) != render_map(hosts):
         await _atomic_write(files.hosts, render_map(hosts))
@@ -317,28 +370,6 @@ async def worker_pid(api: RuntimeAPI) -> str | None:
         return None
     pids = (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Pid:"))
     return next(pids, None)
-
-
-async def reload_master(master: int, api: RuntimeAPI, *, timeout_s: float = 10) -> None:
-    """Reload through the master and wait for the new worker to answer.
-
-    A signal sent while the master is still busy with the previous reload can be lost:
-    it is sent again every two seconds until a new worker answers.
-    """
-    previous = await worker_pid(api)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(master, signal.SIGUSR2)
-        except ProcessLookupError:
-            raise RouterFailed("HAProxy's master process is gone") from None
-        resend_at = min(time.monotonic() + 2, deadline)
-        while time.monotonic() < resend_at:
-            current = await worker_pid(api)
-            if current is not None and current != previous:
-                return
-            await asyncio.sleep(0.02)
-    raise RouterFailed(f"HAProxy did not reload within {timeout_s:g} s")
 
 
 def _read(path: Path) -> str:

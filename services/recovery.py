@@ -7,9 +7,8 @@ import logging
 from sqlalchemy import update
 
 from services.context import Services
-from services.docker import JSON, DockerClient
+from services.docker import DockerClient
 from services.environments import JOB
-from services.errors import DockerFailed
 from services.jobs import close_job
 from services.lifecycle import finish_rename
 from services.workers import this_worker, worker_is_gone
@@ -74,7 +73,7 @@ async def _rename_went_through(svc: Services, job: Job) -> bool:
     if not any(entry["how"] == "replaced" for entry in job.frozen):
         return False
     old = [entry["container"] for entry in job.frozen]
-    left = [cid for cid in old if await _inspect(svc.docker, cid) is not None]
+    left = [cid for cid in old if await svc.docker.find_container(cid) is not None]
     await finish_rename(svc.docker, name=job.environment, old=left)
     async with svc.sessions() as session, session.begin():
         await close_job(session, job, action="rename recovered", state="succeeded")
@@ -86,7 +85,7 @@ async def _resume_sources(docker: DockerClient, frozen: list[dict[str, str]]) ->
     resumed = 0
     for entry in frozen:
         cid, how = entry["container"], entry["how"]
-        info = await _inspect(docker, cid)
+        info = await docker.find_container(cid)
         if info is None:
             continue
         state = info["State"]
@@ -97,15 +96,6 @@ async def _resume_sources(docker: DockerClient, frozen: list[dict[str, str]]) ->
             await docker.start_container(cid)
             resumed += 1
     return resumed
-
-
-async def _inspect(docker: DockerClient, cid: str) -> JSON | None:
-    try:
-        return await docker.inspect_container(cid)
-    except DockerFailed as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 async def remove_job_resources(docker: DockerClient, job_id: str) -> int:

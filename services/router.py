@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +12,8 @@ from services.context import Services
 from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT
 from services.haproxy import (
     Backend,
+    MasterCLI,
+    RouterFailed,
     RouterFiles,
     RuntimeAPI,
     Server,
@@ -76,22 +77,55 @@ class WebNode:
 
 
 async def _web_nodes(svc: Services) -> dict[str, list[WebNode]]:
-    """The web nodes of every environment, by environment, in node order."""
+    """The web nodes of every environment, by environment, in node order.
+
+    HAProxy on the host reaches a node at any of its bridge addresses. HAProxy in a container
+    reaches it only on a network they share: the container is connected to each web node's
+    first network it is not on yet, and the node's address there is used.
+    """
+    summaries = await svc.docker.list_containers(labels=[PROJECT, HTTP_PORT])
+    joined = await _router_networks(svc)
     found: dict[str, list[WebNode]] = {}
-    for summary in await svc.docker.list_containers(labels=[PROJECT, HTTP_PORT]):
+    for summary in summaries:
         labels = summary.get("Labels") or {}
         if labels.get(ONEOFF) == "True":
             continue
-        networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
-        address = next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), "")
+        networks = {
+            name: net["IPAddress"]
+            for name, net in ((summary.get("NetworkSettings") or {}).get("Networks") or {}).items()
+            if net.get("IPAddress")
+        }
+        # a stopped node has no address: it is left out until it runs again
+        if not networks:
+            continue
+        if joined is not None and not joined & networks.keys():
+            await _connect_router(svc, next(iter(networks)), joined)
+        shared = [n for n in networks if joined is None or n in joined]
         port = int(labels[HTTP_PORT]) if labels[HTTP_PORT].isdigit() else 80
         number = int(labels.get(NUMBER, "1")) if labels.get(NUMBER, "1").isdigit() else 1
-        # a stopped node has no address: it is left out until it runs again
-        if address:
-            found.setdefault(labels[PROJECT], []).append(WebNode(number, address, port))
+        found.setdefault(labels[PROJECT], []).append(WebNode(number, networks[shared[0]], port))
     for nodes in found.values():
         nodes.sort(key=lambda n: n.number)
     return found
+
+
+async def _router_networks(svc: Services) -> set[str] | None:
+    """The networks of HAProxy's container; None when HAProxy runs on the host."""
+    name = svc.settings.router_container
+    if name is None:
+        return None
+    info = await svc.docker.find_container(name)
+    if info is None:
+        raise RouterFailed(f"HAProxy's container {name} does not exist (CLONEBOT_ROUTER_CONTAINER)")
+    return set((info["NetworkSettings"].get("Networks") or {}).keys())
+
+
+async def _connect_router(svc: Services, network: str, joined: set[str]) -> None:
+    assert svc.settings.router_container is not None
+    await svc.docker.connect_network(
+        network=network, container=svc.settings.router_container, aliases=[]
+    )
+    joined.add(network)
 
 
 def _servers(
@@ -123,19 +157,10 @@ async def apply_routes(svc: Services, *, files: RouterFiles, bind: str) -> bool:
     async with locked(files):
         state = await router_state(svc)
         config = render_config(files=files, bind=bind, backends=state.backends)
-        master = await asyncio.to_thread(_master_pid, files)
-        if master is None:
+        master = MasterCLI(files.master)
+        if not await master.alive():
             await write_files(files, config=config, hosts=state.hosts)
             return False
         api = RuntimeAPI(files.api)
-        await apply_to_running(files, api, master=master, config=config, hosts=state.hosts)
+        await apply_to_running(files, api, master, config=config, hosts=state.hosts)
         return True
-
-
-def _master_pid(files: RouterFiles) -> int | None:
-    try:
-        pid = int(files.pidfile.read_text().split()[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid

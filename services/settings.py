@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,15 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", alias="DATABASE_URL")
     router_bind: str = Field(default="127.0.0.1:8080", alias="CLONEBOT_ROUTER_BIND")
     router_dir: Path | None = Field(default=None, alias="CLONEBOT_ROUTER_DIR")
+    # "embedded": `clonebot serve` starts and keeps its own HAProxy; "external": an HAProxy
+    # run by others reads CLONEBOT_ROUTER_DIR (started with `haproxy -W -S DIR/master.sock
+    # -f DIR/haproxy.cfg`), and clonebot only writes the files and talks to its sockets
+    router_mode: Literal["embedded", "external"] = Field(
+        default="embedded", alias="CLONEBOT_ROUTER_MODE"
+    )
+    # the external HAProxy's container, when it runs in one: clonebot connects it to the
+    # environments' networks and routes to the web nodes' addresses there
+    router_container: str | None = Field(default=None, alias="CLONEBOT_ROUTER_CONTAINER")
     admins: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(), alias="CLONEBOT_ADMINS"
     )
@@ -53,6 +62,15 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'clonebot.db'}"
         if self.router_dir is None:
             self.router_dir = self.data_dir / "router"
+        return self
+
+    @model_validator(mode="after")
+    def _container_is_external(self) -> Settings:
+        if self.router_container and self.router_mode != "external":
+            raise ValueError(
+                "CLONEBOT_ROUTER_CONTAINER names an HAProxy run by others: "
+                "set CLONEBOT_ROUTER_MODE=external too"
+            )
         return self
 
     @field_validator("router_bind")

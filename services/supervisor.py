@@ -16,7 +16,7 @@ from services.errors import ClonebotError
 from services.haproxy import EmbeddedHAProxy, RouterFailed, RouterFiles, locked, render_config
 from services.jobs import run_job
 from services.recovery import recover_jobs
-from services.router import RouterState, router_state
+from services.router import RouterState, apply_routes, router_state
 from storage.models import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -62,25 +62,29 @@ async def _run_orphans(svc: Services) -> None:
 
 
 class _RouterKeeper:
-    """clonebot's own HAProxy, reconciled to the routes whenever they or HAProxy change."""
+    """HAProxy reconciled to the routes whenever they or HAProxy change.
+
+    Embedded: clonebot's own HAProxy, started, restarted if it dies, and stopped with serve.
+    External: an HAProxy run by others, reading the router folder; clonebot writes the
+    files and, while it answers, brings it to the routes.
+    """
 
     def __init__(self, svc: Services) -> None:
         assert svc.settings.router_dir is not None
         self._svc = svc
-        self._router = EmbeddedHAProxy(files=RouterFiles(svc.settings.router_dir))
+        self._files = RouterFiles(svc.settings.router_dir)
+        embedded = svc.settings.router_mode == "embedded"
+        self._router = EmbeddedHAProxy(files=self._files) if embedded else None
         self._applied: RouterState | None = None
+        self._answered: bool | None = None
 
     async def __aenter__(self) -> _RouterKeeper:
         await self.keep()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._router.stop()
-
-    async def _start(self) -> None:
-        state = await router_state(self._svc)
-        await self._router.start(config=self._config(state), hosts=state.hosts)
-        self._applied = state
+        if self._router is not None:
+            await self._router.stop()
 
     async def keep(self) -> None:
         """Reconcile; a failure (HAProxy refusing to start, say) is retried at the next poll."""
@@ -90,19 +94,40 @@ class _RouterKeeper:
             log.warning("router: %s; trying again", exc.message)
 
     async def reconcile(self) -> None:
-        async with locked(self._router.files):
+        if self._router is None:
+            await self._reconcile_external()
+            return
+        async with locked(self._files):
             if self._router.master_pid is None:
                 log.warning("HAProxy stopped: starting it again with every route")
-                await self._start()
+                await self._start(self._router)
                 return
             state = await router_state(self._svc)
             if state != self._applied:
                 await self._router.apply(config=self._config(state), hosts=state.hosts)
                 self._applied = state
 
+    async def _start(self, router: EmbeddedHAProxy) -> None:
+        state = await router_state(self._svc)
+        await router.start(config=self._config(state), hosts=state.hosts)
+        self._applied = state
+
+    async def _reconcile_external(self) -> None:
+        bind = self._svc.settings.router_bind
+        answered = await apply_routes(self._svc, files=self._files, bind=bind)
+        if answered != self._answered:
+            if answered:
+                log.info("router: the external HAProxy answers; it serves every route")
+            else:
+                log.warning(
+                    "router: no HAProxy answers at %s; the files in %s are kept up to date",
+                    self._files.master, self._files.directory,
+                )  # fmt: skip
+            self._answered = answered
+
     def _config(self, state: RouterState) -> str:
-        files, bind = self._router.files, self._svc.settings.router_bind
-        return render_config(files=files, bind=bind, backends=state.backends)
+        bind = self._svc.settings.router_bind
+        return render_config(files=self._files, bind=bind, backends=state.backends)
 
 
 async def _orphaned_queued(svc: Services) -> list[Job]:

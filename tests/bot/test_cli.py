@@ -23,6 +23,7 @@ def clonebot(*args: str, settings: Settings) -> subprocess.CompletedProcess[str]
         "CLONEBOT_ADMINS": ",".join(settings.admins),
         "CLONEBOT_ROUTER_BIND": settings.router_bind,
         "CLONEBOT_ROUTER_DIR": str(settings.router_dir),
+        "CLONEBOT_ROUTER_MODE": settings.router_mode,
         "COLUMNS": "200",
     }
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=300)

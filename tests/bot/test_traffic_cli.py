@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from services.haproxy import RouterFiles
 from services.settings import Settings
 from tests.bot.test_cli import clonebot
 from tests.conftest import OWNER, MakeSource
@@ -35,6 +36,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "DATABASE_URL": settings.database_url,
         "CLONEBOT_ROUTER_BIND": settings.router_bind,
         "CLONEBOT_ROUTER_DIR": str(settings.router_dir),
+        "CLONEBOT_ROUTER_MODE": settings.router_mode,
     }
 
 
@@ -134,3 +136,38 @@ async def test_bad_traffic_input_is_one_line(routed: Settings, make_source: Make
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     routes = json.loads(cli(routed, "routes", "--json"))
     assert routes["shop.test"] == [[f"{blue}-1", 200, False]]
+
+
+async def test_serve_keeps_an_external_haproxy_on_the_routes(
+    routed: Settings, make_source: MakeSource
+) -> None:
+    """CLONEBOT_ROUTER_MODE=external: serve writes the files and drives an HAProxy it did not
+    start (here one on the host, as its operator would run it)."""
+    external = routed.model_copy(update={"router_mode": "external"})
+    assert external.router_dir is not None
+    files = RouterFiles(external.router_dir)
+    blue, green = (await make_source(web_nodes=1)).name, (await make_source(web_nodes=1)).name
+    cli(external, "domain", "add", blue, "shop.test", "--as", OWNER)
+    serve = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=_env(external),
+    )  # fmt: skip
+    haproxy = None
+    try:
+        async with asyncio.timeout(15):
+            while not files.config.exists():  # noqa: ASYNC110 (polling the file system)
+                await asyncio.sleep(0.1)
+        haproxy = await asyncio.create_subprocess_exec(
+            "haproxy", "-W", "-S", str(files.master), "-f", str(files.config),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert await _page(external, "shop.test") == f"{blue} web 1"
+        out = cli(external, "swap", blue, green, "--as", OWNER)
+        assert "applied to HAProxy" in out
+        assert await _page(external, "shop.test", within_s=2) == f"{green} web 1"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(serve.wait(), timeout=15) == 0
+        if haproxy is not None:
+            haproxy.terminate()
+            await haproxy.wait()
