@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
@@ -19,12 +19,14 @@ def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
-    # WAL lets readers work beside one writer; foreign keys are off by default in SQLite.
+    # WAL lets readers see the last commit while a writer works; foreign keys are off by
+    # default in SQLite.
     # In WAL mode synchronous=NORMAL syncs at checkpoints, not at every commit: a commit
     # survives a crash of clonebot (never a corrupt file), though the last ones may not
     # survive a power cut; a swap is not held up by a disk flush.
@@ -33,6 +35,17 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # transactions are begun by _sqlite_begin, not by the driver
+    dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # A transaction that reads, then writes, after another connection wrote in between fails
+    # at once with "database is locked" (SQLite cannot move its snapshot forward): two
+    # deliveries of one Slack request racing did, under load. BEGIN IMMEDIATE takes the write
+    # lock first: the other waits (up to the 30 s timeout), then sees the first one's rows.
+    # Transactions here are short, so holding the lock from the start costs little.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -14,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.context import Services
 from storage import repositories as repo
-from storage.db import AsyncSession, alembic_config, upgrade
+from storage.db import AsyncSession, alembic_config, create_engine, sessionmaker, upgrade
 from storage.models import (
     AuditEntry,
     Base,
@@ -309,3 +311,31 @@ async def test_audit_entries_outlive_their_environment(svc: Services) -> None:
     async with svc.sessions() as session:
         assert [e.action for e in await repo.list_audit(session, environment="shop")] == ["delete"]
         assert await _count(session, AuditEntry) == 1
+
+
+async def test_on_sqlite_a_read_then_write_waits_for_a_racing_writer(tmp_path: Path) -> None:
+    """Two deliveries of one Slack request: each reads, then writes. On SQLite the one that
+    read first must not fail with "database is locked" when the other commits in between."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'race.db'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    sessions = sessionmaker(engine)
+    try:
+
+        async def second_writes() -> None:
+            async with sessions() as second:
+                second.add(EnvironmentRecord(name="second"))
+                await second.commit()
+
+        # a savepoint (ensure_record's) makes SQLite itself open the transaction
+        async with sessions() as first, first.begin(), first.begin_nested():
+            await first.scalars(select(EnvironmentRecord))
+            racing = asyncio.create_task(second_writes())
+            await asyncio.sleep(0.3)  # time for the second to commit, were it not held back
+            first.add(EnvironmentRecord(name="first"))
+        await racing
+        async with sessions() as session:
+            names = {r.name for r in await repo.list_environments(session)}
+        assert names == {"first", "second"}
+    finally:
+        await engine.dispose()
