@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import signal
 from typing import Annotated
 
@@ -123,9 +125,8 @@ def serve(
         bool, typer.Option(help="Run clonebot's own HAProxy on CLONEBOT_ROUTER_BIND.")
     ] = True,
 ) -> None:
-    """Run clonebot's worker: recover dead jobs at start, then run orphaned queued jobs.
-
-    (The Slack app joins this process with the Slack issue.) Stops on SIGINT or SIGTERM.
+    """Run clonebot: the Slack app (when SLACK_BOT_TOKEN is set), the router, and the worker
+    that recovers dead jobs at start and runs orphaned queued ones. Stops on SIGINT or SIGTERM.
     """
 
     async def work(svc: Services) -> None:
@@ -133,8 +134,24 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        out.print("clonebot serving; stop with Ctrl-C", highlight=False)
-        await supervise(svc, stop=stop, on_recovered=_print_recovered, router=router)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            settings = svc.settings
+            if settings.slack_bot_token is None:
+                how = "Slack is off (set SLACK_BOT_TOKEN to turn it on)"
+            else:
+                from bot.slack.app import running_app  # Bolt loads only where it serves
+
+                await stack.enter_async_context(running_app(svc))
+                how = (
+                    "Slack over Socket Mode"
+                    if settings.slack_app_token
+                    else f"Slack at http://{settings.http_host}:{settings.port}/slack/events"
+                )
+            out.print(f"clonebot serving; {how}; stop with Ctrl-C", highlight=False)
+            await supervise(svc, stop=stop, on_recovered=_print_recovered, router=router)
 
     run(work)
 

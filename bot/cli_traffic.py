@@ -13,7 +13,7 @@ from services.access import Request
 from services.context import Services
 from services.errors import BadRequest
 from services.haproxy import RouterFiles
-from services.router import apply_routes, router_state
+from services.router import apply_now, router_state
 from services.routing import (
     add_domain,
     remove_domain,
@@ -27,12 +27,12 @@ app.add_typer(domain_app, name="domain")
 
 
 async def _applied(svc: Services) -> str:
-    assert svc.settings.router_dir is not None
-    files = RouterFiles(svc.settings.router_dir)
-    if await apply_routes(svc, files=files, bind=svc.settings.router_bind):
+    if await apply_now(svc):
         return "applied to HAProxy"
     if svc.settings.router_mode == "external":
-        return f"no HAProxy answers at {files.master}: applied when it starts"
+        assert svc.settings.router_dir is not None
+        master = RouterFiles(svc.settings.router_dir).master
+        return f"no HAProxy answers at {master}: applied when it starts"
     return "HAProxy is not running: applied when `clonebot serve` starts"
 
 

@@ -40,9 +40,17 @@ PROGRESS_EVERY_S = 1.0
 
 
 async def submit_clone(
-    svc: Services, request: Request, *, source: str, name: str | None, snapshot: bool = False
+    svc: Services,
+    request: Request,
+    *,
+    source: str,
+    name: str | None,
+    snapshot: bool = False,
+    notify: str | None = None,
 ) -> Job:
-    """Check, reserve the name and record a clone job; refusals raise before anything is kept."""
+    """Check, reserve the name and record a clone job; refusals raise before anything is kept.
+
+    ``notify`` is the clone's notify channel, if it should have its own."""
     access.check_user(request.user)
     if name is not None:
         validate_name(name)
@@ -53,8 +61,11 @@ async def submit_clone(
         name = name or await _default_name(svc, session, source)
         await _release_stale(svc, session, name)
         session.add(
-            EnvironmentRecord(name=name, owner=request.user, cloned_from=source, state="creating")
-        )
+            EnvironmentRecord(
+                name=name, owner=request.user, cloned_from=source, state="creating",
+                notify_channel=notify,
+            )
+        )  # fmt: skip
         job = _new_job(request, kind="clone", environment=name, source=source)
         job.params = {"snapshot": snapshot}
         return await _record(session, request, job, action=Action.CLONE)
@@ -374,7 +385,7 @@ class _Progress:
         if isinstance(event, StepStarted | StepDone | BytesCopied):
             row = self._row(event.step, event.node)
             if isinstance(event, StepStarted):
-                row["state"] = "running"
+                row["state"], row["since"] = "running", utcnow().isoformat()
                 return event.step
             if isinstance(event, StepDone):
                 row["state"], row["ms"] = "done", event.elapsed_ms

@@ -43,7 +43,8 @@ async def share_environment(
 
 async def hand_over_environment(
     svc: Services, request: Request, *, name: str, new_owner: str
-) -> None:
+) -> str | None:
+    """Make ``new_owner`` the owner; the previous owner is returned."""
     access.check_user(new_owner)
     async with svc.sessions() as session:
         record = await _checked(svc, session, request, name=name, action=Action.HAND_OVER)
@@ -51,6 +52,7 @@ async def hand_over_environment(
         detail = {"from": previous, "to": new_owner}
         _audit(session, request, Action.HAND_OVER, name, detail=detail)
         await session.commit()
+    return previous
 
 
 async def bind_channel(svc: Services, request: Request, *, name: str, channel: str) -> None:
@@ -58,6 +60,15 @@ async def bind_channel(svc: Services, request: Request, *, name: str, channel: s
         record = await _checked(svc, session, request, name=name, action=Action.BIND_CHANNEL)
         repo.bind_channel(record, channel=channel)
         _audit(session, request, Action.BIND_CHANNEL, name, detail={"bound": channel})
+        await session.commit()
+
+
+async def set_notify_channel(svc: Services, request: Request, *, name: str, channel: str) -> None:
+    """Where the team hears about the environment (its clones, swaps, splits, deletion)."""
+    async with svc.sessions() as session:
+        record = await _checked(svc, session, request, name=name, action=Action.NOTIFY)
+        record.notify_channel = channel
+        _audit(session, request, Action.NOTIFY, name, detail={"channel": channel})
         await session.commit()
 
 

@@ -15,6 +15,7 @@ class Action(StrEnum):
     SHARE = "share"
     HAND_OVER = "hand over"
     BIND_CHANNEL = "bind channel"
+    NOTIFY = "set notify channel"
     MOVE_TRAFFIC = "move traffic"
     ADOPT = "adopt"
 

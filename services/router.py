@@ -148,6 +148,14 @@ def _route_backend(
     return Backend(name, servers, sticky=route.sticky)
 
 
+async def apply_now(svc: Services) -> bool:
+    """``apply_routes`` with the router of the settings: for a front door that just changed a
+    route. False when no HAProxy runs (it gets the routes when it starts)."""
+    assert svc.settings.router_dir is not None
+    files = RouterFiles(svc.settings.router_dir)
+    return await apply_routes(svc, files=files, bind=svc.settings.router_bind)
+
+
 async def apply_routes(svc: Services, *, files: RouterFiles, bind: str) -> bool:
     """Bring a running HAProxy to the database's routes; False when none is running.
 

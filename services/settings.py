@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     # the external HAProxy's container, when it runs in one: clonebot connects it to the
     # environments' networks and routes to the web nodes' addresses there
     router_container: str | None = Field(default=None, alias="CLONEBOT_ROUTER_CONTAINER")
+    # Slack: the bot's token and signing secret; with an app-level token, Socket Mode
+    slack_bot_token: str | None = Field(default=None, alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: str | None = Field(default=None, alias="SLACK_SIGNING_SECRET")
+    slack_app_token: str | None = Field(default=None, alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field(default="https://slack.com/api/", alias="SLACK_API_URL")
+    port: int = Field(default=3000, gt=0, lt=65536, alias="PORT")
+    http_host: str = Field(default="0.0.0.0", alias="CLONEBOT_HTTP_HOST")
+    notify_channel: str | None = Field(default=None, alias="CLONEBOT_NOTIFY_CHANNEL")
+    # a job that took this long also ends with a direct message to whoever asked for it
+    dm_after_s: float = Field(default=60.0, ge=0, alias="CLONEBOT_DM_AFTER")
     admins: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(), alias="CLONEBOT_ADMINS"
     )
@@ -63,6 +73,37 @@ class Settings(BaseSettings):
         if self.router_dir is None:
             self.router_dir = self.data_dir / "router"
         return self
+
+    @model_validator(mode="after")
+    def _slack_complete(self) -> Settings:
+        if self.slack_bot_token is None:
+            if self.slack_app_token or self.slack_signing_secret:
+                raise ValueError("SLACK_BOT_TOKEN is missing: the bot cannot answer without it")
+            return self
+        if not self.slack_bot_token.startswith("xoxb-"):
+            raise ValueError("SLACK_BOT_TOKEN is the bot token, starting with xoxb-")
+        if self.slack_app_token is not None and not self.slack_app_token.startswith("xapp-"):
+            raise ValueError("SLACK_APP_TOKEN is the app-level token, starting with xapp-")
+        if self.slack_app_token is None and not self.slack_signing_secret:
+            raise ValueError(
+                "SLACK_SIGNING_SECRET is missing: over HTTP every request's signature is "
+                "checked (or set SLACK_APP_TOKEN for Socket Mode)"
+            )
+        return self
+
+    @field_validator("notify_channel")
+    @classmethod
+    def _channel_id(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"[CG][A-Z0-9]{2,20}", value):
+            raise ValueError(f"{value!r} is not a Slack channel ID (like C012AB3CD)")
+        return value or None
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("use the Web API's address, like https://slack.com/api/")
+        return value if value.endswith("/") else value + "/"
 
     @model_validator(mode="after")
     def _container_is_external(self) -> Settings:

@@ -90,6 +90,16 @@ async def update_job(session: AsyncSession, job_id: str, **values: Any) -> None:
     await session.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
+async def claim_message(session: AsyncSession, job_id: str, *, channel: str) -> bool:
+    """True for the one caller that gets to post the job's Slack message."""
+    claim = (
+        update(Job)
+        .where(Job.id == job_id, Job.slack_channel.is_(None))
+        .values(slack_channel=channel)
+    )
+    return bool((await session.execute(claim)).rowcount)  # type: ignore[attr-defined]
+
+
 async def job_for_key(session: AsyncSession, key: str) -> Job | None:
     found = await session.get(IdempotencyKey, key)
     if found is None or found.job_id is None:

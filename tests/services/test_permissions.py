@@ -29,6 +29,7 @@ rename        | YY-Y  | ----     | ----   | ----     | YY-Y
 share         | YY-Y  | ----     | ----   | ----     | YY-Y
 hand over     | YY-Y  | ----     | ----   | ----     | YY-Y
 bind channel  | YY-Y  | ----     | ----   | ----     | YY-Y
+set notify channel | YY-Y | ----   | ----   | ----     | YY-Y
 move traffic  | YY-Y  | YY-Y     | ----   | ----     | YY-Y
 adopt         | ----  | ----     | ----   | ----     | YY-Y
 """

@@ -1,0 +1,1 @@
+"""The Slack front door: Block Kit messages, modals and the App Home, built with slack_sdk."""

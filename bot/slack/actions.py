@@ -1,0 +1,74 @@
+"""Clicks on a finished job's buttons. Each is authorized again for the user who clicked:
+a message in a channel is seen by everyone. A refusal is told to that user alone, and the
+message stays as it was."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+
+from bot.slack import ids
+from bot.slack.bot import Respond, SlackBot, slack_request
+from bot.slack.commands import start_delete, swap
+from bot.slack.views import split_modal
+from services import access, catalog
+from services.permissions import Action
+
+
+def register(app: AsyncApp, bot: SlackBot) -> None:
+    @app.action(ids.SWAP)
+    async def swap_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
+        await ack()
+        await bot.answer(respond, _swap(bot, body))
+
+    @app.action(ids.SPLIT)
+    async def split_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
+        await ack()
+        await bot.answer(respond, _open_split(bot, body))
+
+    @app.action(ids.DELETE)
+    async def delete_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
+        await ack()
+        await bot.answer(respond, _delete(bot, body))
+
+    @app.action(ids.OPEN)
+    async def open_clicked(ack: AsyncAck) -> None:
+        await ack()  # a link button: Slack opens the link; the click only needs an ack
+
+
+def _clicked(body: dict[str, Any]) -> tuple[ids.Target, str, str | None, str | None]:
+    """What was clicked on (the button's value), by whom, in which channel, and its trigger."""
+    target = ids.decode_target(body["actions"][0]["value"])
+    channel = (body.get("channel") or {}).get("id")
+    return target, body["user"]["id"], channel, body.get("trigger_id")
+
+
+async def _swap(bot: SlackBot, body: dict[str, Any]) -> str | None:
+    target, user, channel, trigger_id = _clicked(body)
+    if not await bot.first_delivery(trigger_id):
+        return None
+    assert target.other is not None
+    return await swap(bot, slack_request(user, channel, None), target.env, target.other)
+
+
+async def _delete(bot: SlackBot, body: dict[str, Any]) -> None:
+    target, user, channel, trigger_id = _clicked(body)
+    request = slack_request(user, channel, trigger_id)
+    await start_delete(bot, request, name=target.env, channel=channel)
+
+
+async def _open_split(bot: SlackBot, body: dict[str, Any]) -> None:
+    """The split form, for a user who may move the clone's traffic."""
+    target, user, channel, trigger_id = _clicked(body)
+    request = slack_request(user, channel, None)
+    async with bot.svc.sessions() as session:
+        await access.check_request(
+            bot.svc, session, request, name=target.env, action=Action.MOVE_TRAFFIC
+        )
+    views = await catalog.visible_environments(bot.svc, user=user, channel=channel)
+    webbed = [v for v in views if v.env.web_layer is not None and v.name != target.env]
+    others = sorted((v.name for v in webbed), key=lambda n: (n != target.other, n))
+    domains = [d for v in views if v.name == target.env or v.name in others for d in v.domains]
+    modal = split_modal(target.env, others=others, domains=domains, channel=channel)
+    await bot.client.views_open(trigger_id=trigger_id or "", view=modal)

@@ -1,0 +1,148 @@
+"""The Slack app: Bolt's AsyncApp with clonebot's listeners, reached over HTTP or Socket Mode.
+
+HTTP: ``POST /slack/events`` on PORT, every request's signature checked by Bolt (a forged or
+stale one gets 401). Socket Mode when SLACK_APP_TOKEN is set: no public address needed. Either
+way ``GET /healthz`` and ``GET /metrics`` answer on PORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import func, select, text
+
+from bot.slack import actions, commands, home, submissions
+from bot.slack.bot import SlackBot
+from bot.slack.notices import Notices
+from bot.slack.progress import JobMessages
+from services.context import Services
+from storage.models import Job
+
+log = logging.getLogger(__name__)
+
+
+def create_app(svc: Services) -> tuple[AsyncApp, SlackBot]:
+    """The app with every listener registered, and what they share."""
+    settings = svc.settings
+    client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    app = AsyncApp(
+        client=client,
+        signing_secret=settings.slack_signing_secret or "",
+        # over Socket Mode nothing is signed: the socket itself is authenticated
+        request_verification_enabled=settings.slack_app_token is None,
+        logger=logging.getLogger("slack_bolt"),
+    )
+    notices = Notices(svc, client)
+    bot = SlackBot(svc=svc, client=client, notices=notices, jobs=JobMessages(svc, client, notices))
+    for listeners in (commands, actions, submissions, home):
+        listeners.register(app, bot)
+
+    @app.error
+    async def failed(error: Exception, body: dict[str, Any]) -> None:
+        log.error("Slack request %s failed: %r", body.get("type"), error, exc_info=error)
+
+    return app, bot
+
+
+@contextlib.asynccontextmanager
+async def running_app(svc: Services) -> AsyncIterator[SlackBot]:
+    """The app serving Slack until the block ends; then its jobs are stopped (rolled back)."""
+    settings = svc.settings
+    app, bot = create_app(svc)
+    stats = _Stats()
+    web_app = web.Application()
+    web_app.router.add_get("/healthz", _healthz(svc))
+    web_app.router.add_get("/metrics", _metrics(svc, bot, stats))
+    if settings.slack_app_token is None:
+        web_app.router.add_post("/slack/events", _events(app, stats))
+    runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    socket_mode: AsyncSocketModeHandler | None = None
+    try:
+        await web.TCPSite(runner, settings.http_host, settings.port).start()
+        if settings.slack_app_token is not None:
+            socket_mode = AsyncSocketModeHandler(app, settings.slack_app_token)
+            await socket_mode.connect_async()  # type: ignore[no-untyped-call]
+            log.info("Slack: Socket Mode connected; /healthz on port %s", settings.port)
+        else:
+            log.info("Slack: POST /slack/events on %s:%s", settings.http_host, settings.port)
+        yield bot
+    finally:
+        if socket_mode is not None:
+            await socket_mode.close_async()  # type: ignore[no-untyped-call]
+        await bot.jobs.close()
+        await runner.cleanup()
+
+
+@dataclass
+class _Stats:
+    by_status: Counter[int] = field(default_factory=Counter)
+    answer_s: float = 0.0  # time spent answering Slack's requests, in all
+
+
+def _events(app: AsyncApp, stats: _Stats) -> Any:
+    async def events(request: web.Request) -> web.Response:
+        started = time.monotonic()
+        response = await app.async_dispatch(await to_bolt_request(request))
+        stats.by_status[response.status] += 1
+        stats.answer_s += time.monotonic() - started
+        return await to_aiohttp_response(response)
+
+    return events
+
+
+def _healthz(svc: Services) -> Any:
+    async def healthz(request: web.Request) -> web.Response:
+        problems = []
+        try:
+            async with asyncio.timeout(2):
+                await svc.docker.ping()
+        except Exception as exc:  # any failure is the answer
+            problems.append(f"docker: {exc}")
+        try:
+            async with asyncio.timeout(2), svc.sessions() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception as exc:
+            problems.append(f"database: {exc}")
+        if problems:
+            return web.json_response({"ok": False, "problems": problems}, status=503)
+        return web.json_response({"ok": True})
+
+    return healthz
+
+
+def _metrics(svc: Services, bot: SlackBot, stats: _Stats) -> Any:
+    async def metrics(request: web.Request) -> web.Response:
+        """Prometheus text format: requests served, jobs by state, jobs followed now."""
+        async with svc.sessions() as session:
+            rows = (
+                await session.execute(select(Job.state, func.count()).group_by(Job.state))
+            ).all()
+        lines = [
+            "# TYPE clonebot_slack_requests_total counter",
+            *(
+                f'clonebot_slack_requests_total{{status="{status}"}} {n}'
+                for status, n in sorted(stats.by_status.items())
+            ),
+            "# TYPE clonebot_slack_answer_seconds_total counter",
+            f"clonebot_slack_answer_seconds_total {stats.answer_s:.6f}",
+            "# TYPE clonebot_jobs gauge",
+            *(f'clonebot_jobs{{state="{state}"}} {n}' for state, n in rows),
+            "# TYPE clonebot_slack_jobs_followed gauge",
+            f"clonebot_slack_jobs_followed {bot.jobs.following}",
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    return metrics

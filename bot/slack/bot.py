@@ -1,0 +1,87 @@
+"""What every listener shares: the services, the Web API client, jobs, notices; and the one
+way a listener's work ends (done, refused with a reason, or failed without a stack trace)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.exc import IntegrityError
+
+from bot.slack.messages import refusal
+from bot.slack.notices import Notices
+from bot.slack.progress import JobMessages
+from services.access import Request
+from services.context import Services
+from services.errors import ClonebotError
+from services.router import apply_now
+from storage.models import IdempotencyKey
+
+log = logging.getLogger(__name__)
+
+
+class Respond(Protocol):
+    async def __call__(self, text: str = ..., **kwargs: Any) -> Any: ...
+
+
+class Usage(Exception):
+    """Input that fits no command: answered with how to use it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+@dataclass
+class SlackBot:
+    svc: Services
+    client: AsyncWebClient
+    notices: Notices
+    jobs: JobMessages
+
+    @property
+    def base_domain(self) -> str:
+        return self.svc.settings.base_domain
+
+    async def first_delivery(self, trigger_id: str | None) -> bool:
+        """True the first time a request's trigger_id is seen: Slack may deliver a request
+        again, and an action that is not a job must not run twice."""
+        if not trigger_id:
+            return True
+        async with self.svc.sessions() as session:
+            session.add(IdempotencyKey(key=f"slack-action:{trigger_id}"))
+            try:
+                await session.commit()
+            except IntegrityError:
+                return False
+        return True
+
+    async def apply_routes(self) -> None:
+        """The database's routes to HAProxy now, rather than at the router keeper's next poll."""
+        try:
+            await apply_now(self.svc)
+        except ClonebotError as exc:
+            log.warning("routes not applied yet: %s", exc.message)
+
+    async def answer(self, respond: Respond, work: Awaitable[str | None]) -> None:
+        """Run ``work``; tell the user (only them) what it says, why it was refused, or that
+        it failed."""
+        try:
+            text = await work
+        except Usage as exc:
+            text = exc.text
+        except ClonebotError as exc:
+            text = refusal(exc.message)
+        except Exception:
+            log.exception("a Slack request failed")
+            text = ":warning: That failed on clonebot's side; the error is in its log."
+        if text:
+            await respond(text=text, response_type="ephemeral", replace_original=False)
+
+
+def slack_request(user: str, channel: str | None, trigger_id: str | None) -> Request:
+    """A request from Slack; its trigger_id makes a second delivery find the first's job."""
+    return Request(user=user, channel=channel, key=f"slack:{trigger_id}" if trigger_id else None)

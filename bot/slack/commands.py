@@ -1,0 +1,322 @@
+"""The slash commands: ``/clone`` and ``/env …``.
+
+Each is acknowledged at once, empty; the work runs after the ack and answers the user alone
+(``respond``, ephemeral). Jobs get their progress message in the channel; changes of traffic
+and ownership are told to the team.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+
+from bot.slack import messages
+from bot.slack.bot import Respond, SlackBot, Usage, slack_request
+from bot.slack.messages import escape, usage
+from bot.slack.views import clone_modal
+from services import catalog, jobs, ownership, routing
+from services.access import Request
+from services.errors import BadRequest, EnvironmentNotFound
+from services.naming import default_clone_name
+
+_USER = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>|([UW][A-Z0-9]{2,20})")
+_CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)(?:\|[^>]*)?>|([CG][A-Z0-9]{2,20})")
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One slash command: who, where, the words after the command, the delivery's trigger."""
+
+    user: str
+    channel: str | None
+    words: list[str]
+    trigger_id: str | None
+
+    @property
+    def request(self) -> Request:
+        return slack_request(self.user, self.channel, self.trigger_id)
+
+
+Handler = Callable[[SlackBot, Asked], Awaitable[str | None]]
+
+
+def register(app: AsyncApp, bot: SlackBot) -> None:
+    @app.command("/clone")
+    async def clone(ack: AsyncAck, command: dict[str, Any], respond: Respond) -> None:
+        await ack()
+        await bot.answer(respond, _clone(bot, _asked(command)))
+
+    @app.command("/env")
+    async def env(ack: AsyncAck, command: dict[str, Any], respond: Respond) -> None:
+        await ack()
+        await bot.answer(respond, _env(bot, _asked(command)))
+
+
+def _asked(command: dict[str, Any]) -> Asked:
+    return Asked(
+        user=command["user_id"],
+        channel=command.get("channel_id"),
+        words=str(command.get("text") or "").split(),
+        trigger_id=command.get("trigger_id"),
+    )
+
+
+async def _clone(bot: SlackBot, asked: Asked) -> str | None:
+    if not asked.words:
+        await open_clone_modal(bot, asked)
+        return None
+    if len(asked.words) > 2:
+        raise Usage(usage("/clone"))
+    source, name = asked.words[0], (asked.words[1] if len(asked.words) == 2 else None)
+    job = await jobs.submit_clone(bot.svc, asked.request, source=source, name=name)
+    bot.jobs.start(job, channel=asked.channel or asked.user)
+    return None
+
+
+async def open_clone_modal(bot: SlackBot, asked: Asked) -> None:
+    """The /clone form, offering the environments the user may clone."""
+    views = await catalog.visible_environments(bot.svc, user=asked.user, channel=asked.channel)
+    # the user's own environments first, and originals before their clones
+    mine = sorted(
+        (v for v in views if v.may_clone),
+        key=lambda v: (v.owner != asked.user, v.cloned_from is not None, v.name),
+    )
+    sources = [v.name for v in mine]
+    taken = {v.name for v in views}
+    default = default_clone_name(sources[0], taken) if sources else ""
+    view = clone_modal(sources, default_name=default, channel=asked.channel)
+    await bot.client.views_open(trigger_id=asked.trigger_id or "", view=view)
+
+
+async def _env(bot: SlackBot, asked: Asked) -> str | None:
+    if not asked.words or asked.words[0] not in _ENV:
+        return usage("")
+    sub, args = asked.words[0], asked.words[1:]
+    arity, handler = _ENV[sub]
+    if len(args) not in arity:
+        raise Usage(usage(sub))
+    if sub not in _READS and sub not in _JOBS and not await bot.first_delivery(asked.trigger_id):
+        return None  # Slack delivered this command again: it was acted on the first time
+    return await handler(bot, Asked(asked.user, asked.channel, args, asked.trigger_id))
+
+
+async def _list(bot: SlackBot, asked: Asked) -> str:
+    views = await catalog.visible_environments(bot.svc, user=asked.user, channel=asked.channel)
+    if not views:
+        return "You may see no environment yet. `/env help` lists the commands."
+    lines = [f"*Environments you may see* ({len(views)})"]
+    for v in views:
+        owner = f"<@{v.owner}>" if v.owner else "nobody"
+        origin = f", cloned from {v.cloned_from}" if v.cloned_from else ""
+        running = sum(n.state == "running" for n in v.env.nodes)
+        domains = f" · {', '.join(v.domains)}" if v.domains else ""
+        lines.append(
+            f"• *{v.name}* ({v.role}{origin}) · {running}/{len(v.env.nodes)} nodes running"
+            f" · owner {owner}{domains}"
+        )
+    return messages.fit(lines)
+
+
+async def _info(bot: SlackBot, asked: Asked) -> str:
+    name = asked.words[0]
+    views = await catalog.visible_environments(bot.svc, user=asked.user, channel=asked.channel)
+    view = next((v for v in views if v.name == name), None)
+    if view is None:
+        raise EnvironmentNotFound(name)
+    env = view.env
+    lines = [
+        f"*{env.name}* · owner {f'<@{view.owner}>' if view.owner else 'nobody'} · you: {view.role}",
+        f"<{messages.env_url(env.name, base_domain=bot.base_domain)}|{env.name}.{bot.base_domain}>",
+    ]
+    if view.cloned_from:
+        lines.append(f"Cloned from *{view.cloned_from}*")
+    for layer in env.layers:
+        nodes = ", ".join(f"`{escape(n.name)}` {n.state}" for n in layer.nodes)
+        lines.append(f"• layer *{layer.name}* ({layer.scaling}): {nodes}")
+    if view.domains:
+        lines.append("Domains: " + ", ".join(view.domains))
+    for route in view.routes:
+        if route.kind == "failover":
+            lines.append(f"↪ {route.domain}: {route.primary}, failing over to {route.secondary}")
+        else:
+            sticky = ", sticky" if route.sticky else ""
+            lines.append(
+                f"↪ {route.domain}: {route.primary} {route.weight} %, "
+                f"{route.secondary} {100 - route.weight} %{sticky}"
+            )
+    if view.notify_channel:
+        lines.append(f"Notifications go to <#{view.notify_channel}>")
+    return messages.fit(lines)
+
+
+async def _delete(bot: SlackBot, asked: Asked) -> None:
+    await start_delete(bot, asked.request, name=asked.words[0], channel=asked.channel)
+
+
+async def start_delete(bot: SlackBot, request: Request, *, name: str, channel: str | None) -> None:
+    job = await jobs.submit_delete(bot.svc, request, name=name, force=False)
+
+    async def deleted(ended: Any) -> None:
+        if ended.state == "succeeded":
+            note = messages.environment_deleted(name, by=request.user)
+            await bot.notices.send(note, about=(name, ended.source))
+
+    bot.jobs.start(job, channel=channel or request.user, after=deleted)
+
+
+async def _rename(bot: SlackBot, asked: Asked) -> None:
+    name, new_name = asked.words
+    job = await jobs.submit_rename(bot.svc, asked.request, name=name, new_name=new_name)
+    bot.jobs.start(job, channel=asked.channel or asked.user)
+
+
+async def _refresh(bot: SlackBot, asked: Asked) -> None:
+    job = await jobs.submit_refresh(bot.svc, asked.request, name=asked.words[0])
+    bot.jobs.start(job, channel=asked.channel or asked.user)
+
+
+async def _share(bot: SlackBot, asked: Asked) -> str:
+    name, who, role = asked.words
+    user = _user(who)
+    await ownership.share_environment(bot.svc, asked.request, name=name, user=user, role=role)
+    return f"<@{user}> is now {role} of *{name}*."
+
+
+async def _owner(bot: SlackBot, asked: Asked) -> str:
+    name, who = asked.words
+    new_owner = _user(who)
+    previous = await ownership.hand_over_environment(
+        bot.svc, asked.request, name=name, new_owner=new_owner
+    )
+    note = messages.handed_over(name, previous, new_owner, by=asked.user)
+    await bot.notices.send(note, about=(name,))
+    return f"*{name}* now belongs to <@{new_owner}>."
+
+
+async def _adopt(bot: SlackBot, asked: Asked) -> str:
+    name, who = asked.words
+    owner = _user(who)
+    await ownership.adopt_environment(bot.svc, asked.request, name=name, owner=owner)
+    await bot.notices.send(messages.handed_over(name, None, owner, by=asked.user), about=(name,))
+    return f"*{name}* now belongs to <@{owner}>."
+
+
+async def _domain(bot: SlackBot, asked: Asked) -> str:
+    what, name, domain = asked.words
+    if what == "add":
+        bound = await routing.add_domain(bot.svc, asked.request, env=name, domain=domain)
+        await bot.apply_routes()
+        return f"{bound} now leads to *{name}*."
+    if what == "remove":
+        unbound = await routing.remove_domain(bot.svc, asked.request, env=name, domain=domain)
+        await bot.apply_routes()
+        return f"{unbound} no longer leads to *{name}*."
+    raise Usage(usage("domain"))
+
+
+async def _swap(bot: SlackBot, asked: Asked) -> str:
+    first, second = asked.words
+    return await swap(bot, asked.request, first, second)
+
+
+async def swap(bot: SlackBot, request: Request, first: str, second: str) -> str:
+    await routing.swap_domains(bot.svc, request, first=first, second=second)
+    note = messages.domains_swapped(first, second, by=request.user)
+    await traffic_changed(bot, note, about=(first, second))
+    return note.text
+
+
+async def traffic_changed(bot: SlackBot, note: messages.Message, *, about: tuple[str, ...]) -> None:
+    """HAProxy told at once, then the team."""
+    await bot.apply_routes()
+    await bot.notices.send(note, about=about)
+
+
+async def _split(bot: SlackBot, asked: Asked) -> str:
+    domain, *rest = asked.words
+    sticky = bool(rest) and rest[-1] == "sticky"
+    weights = _weights(rest[:-1] if sticky else rest)
+    return await split(bot, asked.request, domain=domain, weights=weights, sticky=sticky)
+
+
+async def split(
+    bot: SlackBot, request: Request, *, domain: str, weights: dict[str, int], sticky: bool
+) -> str:
+    await routing.set_split(bot.svc, request, domain=domain, weights=weights, sticky=sticky)
+    note = messages.split_changed(domain, weights, sticky, by=request.user)
+    await traffic_changed(bot, note, about=tuple(weights))
+    return note.text
+
+
+async def _failover(bot: SlackBot, asked: Asked) -> str:
+    domain, primary, backup = asked.words
+    return await failover(bot, asked.request, domain=domain, primary=primary, backup=backup)
+
+
+async def failover(
+    bot: SlackBot, request: Request, *, domain: str, primary: str, backup: str
+) -> str:
+    await routing.set_failover(bot.svc, request, domain=domain, primary=primary, backup=backup)
+    note = messages.failover_set(domain, primary, backup, by=request.user)
+    await traffic_changed(bot, note, about=(primary, backup))
+    return note.text
+
+
+async def _notify(bot: SlackBot, asked: Asked) -> str:
+    name, where = asked.words
+    channel = _channel(where)
+    await ownership.set_notify_channel(bot.svc, asked.request, name=name, channel=channel)
+    return f"Notifications about *{name}* now go to <#{channel}>."
+
+
+async def _help(bot: SlackBot, asked: Asked) -> str:
+    return usage("")
+
+
+def _user(word: str) -> str:
+    if (match := _USER.fullmatch(word)) is None:
+        raise BadRequest(f"{word!r} is not a Slack user: mention them, like @someone")
+    return match.group(1) or match.group(2)
+
+
+def _channel(word: str) -> str:
+    if (match := _CHANNEL.fullmatch(word)) is None:
+        raise BadRequest(f"{word!r} is not a channel: name it, like #team")
+    return match.group(1) or match.group(2)
+
+
+def _weights(items: Sequence[str]) -> dict[str, int]:
+    shares: dict[str, int] = {}
+    for item in items:
+        env, _, weight = item.partition("=")
+        if not env or not weight.isdigit():
+            raise BadRequest(f"{item!r} is not ENV=WEIGHT (like prod=90)")
+        if env in shares:
+            raise BadRequest(f"{env} is named twice: a split is between two environments")
+        shares[env] = int(weight)
+    return shares
+
+
+# subcommand -> (the numbers of words it takes, its handler)
+_ENV: dict[str, tuple[range | tuple[int, ...], Handler]] = {
+    "list": ((0,), _list),
+    "info": ((1,), _info),
+    "delete": ((1,), _delete),
+    "rename": ((2,), _rename),
+    "refresh": ((1,), _refresh),
+    "share": ((3,), _share),
+    "owner": ((2,), _owner),
+    "adopt": ((2,), _adopt),
+    "domain": ((3,), _domain),
+    "swap": ((2,), _swap),
+    "split": ((3, 4), _split),
+    "failover": ((3,), _failover),
+    "notify": ((2,), _notify),
+    "help": (range(0, 100), _help),
+}
+_READS = {"list", "info", "help"}  # change nothing: a second delivery answers again
+_JOBS = {"delete", "rename", "refresh"}  # a job's own key makes a second delivery find it

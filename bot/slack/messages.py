@@ -1,0 +1,386 @@
+"""Slack messages: a job's live progress and its result, team notifications, short replies.
+
+Built with slack_sdk's Block Kit models, which check Slack's limits when the caller sends them
+(``to_dict()``). Every message has a plain ``text`` beside its blocks: Slack shows it in
+notifications, and warns without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    HeaderBlock,
+    LinkButtonElement,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from bot.progress_view import human
+from bot.slack import ids
+from storage.models import Job
+
+SECTION_LIMIT = 3000  # characters of a section's text
+RUNNING, DONE = ":hourglass_flowing_sand:", ":white_check_mark:"
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str
+    blocks: list[Block]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``text`` and ``blocks`` arguments of chat.postMessage and chat.update."""
+        return {"text": self.text, "blocks": [block.to_dict() for block in self.blocks]}
+
+
+def progress_message(job: Job, *, now: datetime) -> Message:
+    """A running job: one line per node with its current step and copy, elapsed, freeze."""
+    title = job_title(job)
+    lines = _node_lines(job.steps or [], now=now)
+    rendered = [line.render() for line in lines]
+    if len("\n".join(rendered)) > SECTION_LIMIT:
+        # what still runs matters most when not every line fits
+        rendered = [r for line, r in zip(lines, rendered, strict=True) if line.running] + [
+            r for line, r in zip(lines, rendered, strict=True) if not line.running
+        ]
+    done = sum(not line.running for line in lines)
+    facts = [f"Asked by <@{job.requester}>"]
+    if job.state == "queued":
+        facts.append("waiting for a worker")
+    elif (since := job.started_at or job.created_at) is not None:
+        facts.append(f"{duration(int((now - since).total_seconds() * 1000))} elapsed")
+    if lines:
+        facts.append(f"{done}/{len(lines)} done")
+    if (freeze := _freeze_note(job)) is not None:
+        facts.append(freeze)
+    blocks: list[Block] = [HeaderBlock(text=title), context_block(" · ".join(facts))]
+    if rendered:
+        blocks.append(SectionBlock(text=fit(rendered)))
+    return Message(text=f"{title}: {done}/{len(lines)} done", blocks=blocks)
+
+
+def result_message(job: Job, *, base_domain: str) -> Message:
+    """A finished job: what it made and the buttons to use it, or what failed."""
+    asked = context_block(f"Asked by <@{job.requester}> · job {job.id}")
+    if job.state != "succeeded":
+        failed = HeaderBlock(text=f"{job_title(job)} failed")
+        what = SectionBlock(text=":x: " + "\n".join(_failure(job)))
+        return Message(text=failure_text(job), blocks=[failed, what, asked])
+    summary = success_text(job, base_domain=base_domain)
+    blocks: list[Block] = [HeaderBlock(text=job_title(job, done=True)), SectionBlock(text=summary)]
+    if details := _details(job.result or {}):
+        blocks.append(SectionBlock(text=details))
+    blocks.append(asked)
+    if buttons := _buttons(job, base_domain=base_domain):
+        blocks.append(ActionsBlock(elements=buttons))
+    return Message(text=summary, blocks=blocks)
+
+
+def job_title(job: Job, *, done: bool = False) -> str:
+    """Like "Cloning prod → dev-copy" or "Refreshing dev-copy from prod"; "Cloned …" when done."""
+    return f"{_VERBS[job.kind][done]} {_what(job)}"
+
+
+def success_text(job: Job, *, base_domain: str) -> str:
+    """What a job that succeeded made, in one sentence."""
+    env = result_environment(job)
+    if job.kind == "delete":
+        return f":wastebasket: *{env}* was deleted."
+    result = job.result or {}
+    took = f"{len(result.get('nodes', []))} nodes in {duration(result.get('elapsed_ms', 0))}"
+    link = f"<{env_url(env, base_domain=base_domain)}|{env}.{base_domain}>"
+    if job.kind == "rename":
+        return f"{DONE} *{job.environment}* is now *{env}* ({took}), at {link}."
+    freeze = job.freeze_ms or result.get("freeze_ms", 0)
+    frozen = f"*{job.source}* was frozen {freeze} ms at most" if freeze else "nothing was frozen"
+    if job.kind == "refresh":
+        return f"{DONE} *{env}* has fresh data from *{job.source}* ({took}); {frozen}."
+    if not result.get("started", True):
+        return f"{DONE} *{env}* was created, not started (a snapshot): {took}; {frozen}."
+    return f"{DONE} *{env}* is running at {link}: {took}; {frozen}."
+
+
+def failure_text(job: Job) -> str:
+    error, after = _failure(job)
+    return f":x: {job_title(job)} failed: {error}\n{after}"
+
+
+def _failure(job: Job) -> tuple[str, str]:
+    """What failed, and what that left: a failed clone leaves nothing behind."""
+    after = {
+        "clone": "Nothing was left behind: all the job had created was removed.",
+        "refresh": f"*{job.environment}* was put back as it was.",
+        "rename": f"*{job.environment}* keeps its name.",
+        "delete": f"Run `/env delete {job.environment}` again to remove what is left.",
+    }[job.kind]
+    return escape(clip(job.error or "unknown error")), after
+
+
+def clone_started(job: Job) -> Message:
+    """Team notifications, here and below: one sentence, then who and which job."""
+    return _notice(f"{RUNNING} {job_title(job)}", by=job.requester, job=job.id)
+
+
+def clone_done(job: Job, *, base_domain: str) -> Message:
+    return _notice(success_text(job, base_domain=base_domain), by=job.requester, job=job.id)
+
+
+def clone_failed(job: Job) -> Message:
+    return _notice(failure_text(job), by=job.requester, job=job.id)
+
+
+def domains_swapped(a: str, b: str, by: str) -> Message:
+    return _notice(f":twisted_rightwards_arrows: *{a}* and *{b}* swapped their domains", by=by)
+
+
+def split_changed(domain: str, weights: Mapping[str, int], sticky: bool, by: str) -> Message:
+    total = sum(weights.values()) or 1
+    shares = ", ".join(f"*{env}* {round(100 * w / total)} %" for env, w in weights.items())
+    how = "; each visitor stays on one side" if sticky else ""
+    return _notice(f":scales: {domain} now splits its traffic: {shares}{how}", by=by)
+
+
+def failover_set(domain: str, primary: str, backup: str, by: str) -> Message:
+    sentence = f":shield: {domain} is served by *{primary}*; *{backup}* takes over if it fails"
+    return _notice(sentence, by=by)
+
+
+def environment_deleted(name: str, by: str) -> Message:
+    return _notice(f":wastebasket: *{name}* was deleted", by=by)
+
+
+def handed_over(name: str, old: str | None, new: str, by: str) -> Message:
+    was = f"<@{old}>" if old else "nobody"
+    return _notice(f":handshake: *{name}* now belongs to <@{new}> (was {was})", by=by)
+
+
+def refusal(reason: str) -> str:
+    """The ephemeral answer to a request that was refused: nothing was done, and why."""
+    return f":no_entry: Nothing was done: {reason}"
+
+
+_CLONE_USAGE = "`/clone SOURCE [NAME]` clones SOURCE now; `/clone` alone opens a form"
+_ENV_USAGE = {
+    "list": "`/env list`: the environments you may see",
+    "info": "`/env info ENV`: its layers, nodes, domains, routes and people",
+    "delete": "`/env delete ENV`: delete a clone",
+    "rename": "`/env rename ENV NEW-NAME`: a new name and internal domain",
+    "refresh": "`/env refresh CLONE`: copy its source's data again",
+    "share": "`/env share ENV @someone viewer|operator`: let someone see it, or move its traffic",
+    "owner": "`/env owner ENV @someone`: hand it over",
+    "adopt": "`/env adopt ENV @someone`: give an environment nobody owns an owner (admins)",
+    "domain": "`/env domain add|remove ENV DOMAIN`: bind or unbind a custom domain",
+    "swap": "`/env swap ENV OTHER`: exchange their custom domains",
+    "split": "`/env split DOMAIN ENV=90 OTHER=10 [sticky]`: share a domain's traffic by weight",
+    "failover": "`/env failover DOMAIN PRIMARY BACKUP`: BACKUP serves when PRIMARY fails",
+    "notify": "`/env notify ENV #channel`: where its team notifications go",
+    "help": "`/env help`: this list",
+}
+
+
+def usage(command: str) -> str:
+    """How to use ``/clone``, one ``/env`` subcommand, or (for anything else) all of ``/env``."""
+    if command == "/clone":
+        return f"Usage: {_CLONE_USAGE}"
+    if command in _ENV_USAGE:
+        return f"Usage: {_ENV_USAGE[command]} (`/env help` lists every command)"
+    return "\n".join(["*/env* commands:", *_ENV_USAGE.values(), _CLONE_USAGE])
+
+
+def _notice(sentence: str, *, by: str, job: str | None = None) -> Message:
+    who = f"by <@{by}>" + (f" · job {job}" if job else "")
+    return Message(text=sentence, blocks=[SectionBlock(text=sentence), context_block(who)])
+
+
+def result_environment(job: Job) -> str:
+    """The environment a finished job leaves: a rename's new name, else the job's."""
+    return str((job.params or {}).get("to", job.environment))
+
+
+def env_url(env: str, *, base_domain: str) -> str:
+    return f"http://{env}.{base_domain}/"
+
+
+_VERBS = {
+    "clone": ("Cloning", "Cloned"),
+    "refresh": ("Refreshing", "Refreshed"),
+    "rename": ("Renaming", "Renamed"),
+    "delete": ("Deleting", "Deleted"),
+}
+
+
+def _what(job: Job) -> str:
+    if job.kind == "clone":
+        return f"{job.source} → {job.environment}"
+    if job.kind == "rename":
+        return f"{job.environment} → {result_environment(job)}"
+    if job.kind == "refresh" and job.source:
+        return f"{job.environment} from {job.source}"
+    return job.environment
+
+
+def _buttons(job: Job, *, base_domain: str) -> list[ButtonElement | LinkButtonElement]:
+    """Swap and split with the source, open, delete: only what makes sense for the result."""
+    env = result_environment(job)
+    running = job.kind != "delete" and (job.result or {}).get("started", True)
+    is_clone = job.kind in ("clone", "refresh") and job.source is not None
+    buttons: list[ButtonElement | LinkButtonElement] = []
+    if running and is_clone:
+        pair = ids.encode_target(ids.Target(env, job.source))
+        swap = ConfirmObject(
+            title="Swap domains?",
+            text=f"Swap the domains of *{env}* and *{job.source}*? Their custom domains are "
+            "exchanged in one step.",
+            confirm="Swap",
+            deny="Cancel",
+        )
+        buttons.append(
+            ButtonElement(
+                text="Swap domains", action_id=ids.SWAP, value=pair, style="primary", confirm=swap
+            )
+        )
+        buttons.append(ButtonElement(text="Split traffic…", action_id=ids.SPLIT, value=pair))
+    if running:
+        url = env_url(env, base_domain=base_domain)
+        buttons.append(LinkButtonElement(text="Open", url=url, action_id=ids.OPEN))
+    if is_clone:
+        delete = ConfirmObject(
+            title="Delete the clone?",
+            text=f"Delete *{env}* with its containers, networks and volumes? Its data is lost.",
+            confirm="Delete",
+            deny="Keep it",
+            style="danger",
+        )
+        value = ids.encode_target(ids.Target(env))
+        buttons.append(
+            ButtonElement(
+                text="Delete clone",
+                action_id=ids.DELETE,
+                value=value,
+                style="danger",
+                confirm=delete,
+            )
+        )
+    return buttons
+
+
+def _details(result: Mapping[str, Any]) -> str:
+    """The rewrites, re-mapped ports and warnings of a result, a dozen lines at most."""
+    lines = [
+        f"• {escape(rw['node'])}: {escape(rw['variable'])} `{escape(clip(rw['old'], 120))}` → "
+        f"`{escape(clip(rw['new'], 120))}`"
+        for rw in result.get("rewrites", [])
+    ]
+    lines += [
+        f"• {escape(p['node'])}: port {escape(p['container_port'])} is on host port {p['new']} "
+        f"(not {p['old']})"
+        for p in result.get("ports", [])
+    ]
+    lines += [f"• :warning: {escape(clip(w))}" for w in result.get("warnings", [])]
+    return fit(lines, most=12)
+
+
+@dataclass
+class _NodeLine:
+    """A node's current step; its copy's figures stay on it through its later steps."""
+
+    node: str | None  # None for a step of the whole job (networks, volumes)
+    step: str
+    running: bool
+    copied: int = 0
+    total: int = 0
+    copy_ms: int = 0
+
+    def render(self) -> str:
+        what = f"`{self.node}` {self.step}" if self.node else self.step
+        text = f"{RUNNING if self.running else DONE} {what}"
+        if not self.total:
+            return text
+        copied = min(self.copied, self.total)  # du counts directory blocks too
+        text += f" · {human(copied)} / {human(self.total)}"
+        if self.copy_ms:
+            return text + f" at {human(copied * 1000 // self.copy_ms)}/s"
+        return text + f" ({copied * 100 // self.total} %)"
+
+
+def _node_lines(steps: Sequence[Mapping[str, Any]], *, now: datetime) -> list[_NodeLine]:
+    """One line per node (or per step without a node), in the order they first appeared."""
+    lines: dict[str, _NodeLine] = {}
+    for row in steps:
+        if row["step"] == "freeze":  # the source's freeze is shown apart
+            continue
+        running = row.get("state") != "done"
+        node = row.get("node")
+        line = lines.setdefault(node or row["step"], _NodeLine(node, row["step"], running))
+        if running or not line.running:  # a running step shows over a finished one
+            line.step, line.running = row["step"], running
+        if row.get("total"):
+            line.copied, line.total = row.get("copied", 0), row["total"]
+            line.copy_ms = _running_ms(row, now) if running else row.get("ms", 0)
+    return list(lines.values())
+
+
+def _running_ms(row: Mapping[str, Any], now: datetime) -> int:
+    """How long a running step has run, for its copy's rate (0 when unknown)."""
+    if not row.get("since"):
+        return 0
+    return max(0, int((now - datetime.fromisoformat(row["since"])).total_seconds() * 1000))
+
+
+def _freeze_note(job: Job) -> str | None:
+    if job.freeze_ms is not None:
+        return f"source frozen {job.freeze_ms} ms"
+    row = next((r for r in job.steps or [] if r["step"] == "freeze"), None)
+    if row is None:
+        return None
+    if row.get("state") == "done":
+        return f"source frozen {row.get('ms', 0)} ms"
+    return "source frozen for the final copy"
+
+
+def fit(lines: Sequence[str], *, limit: int = SECTION_LIMIT, most: int | None = None) -> str:
+    """The lines, one per row, cut with "… and N more" before they pass ``limit`` characters
+    or ``most`` lines."""
+    most = len(lines) if most is None else most
+    if len(lines) <= most and len(text := "\n".join(lines)) <= limit:
+        return text
+    room = limit - len(f"… and {len(lines)} more")
+    kept: list[str] = []
+    for line in lines[:most]:
+        room -= len(line) + 1
+        if room < 0:
+            break
+        kept.append(line)
+    return "\n".join([*kept, f"… and {len(lines) - len(kept)} more"])
+
+
+def escape(text: str) -> str:
+    """Text from Docker or a user, shown as it is: Slack reads &, < and > as markup."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, most: int = 500) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+def duration(ms: int) -> str:
+    """12.3 s, 4 min 5 s, 1 h 2 min."""
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    minutes, seconds = divmod(ms // 1000, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def context_block(text: str) -> ContextBlock:
+    return ContextBlock(elements=[MarkdownTextObject(text=text)])

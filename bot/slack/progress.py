@@ -1,0 +1,162 @@
+"""A job's one Slack message: posted when the job starts, edited as it runs, its result at the end.
+
+The job runs in this process (``run_job``) and writes its steps to the database; the message
+follows them from there, edited at most once a second and no sooner than a 429's
+``Retry-After``. A delivery Slack sent twice finds the job's message claimed and does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.slack import messages
+from bot.slack.messages import Message
+from bot.slack.notices import Notices
+from services.context import Services
+from services.errors import ClonebotError
+from services.jobs import run_job
+from storage import repositories as repo
+from storage.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+EDIT_EVERY_S = 1.0  # Slack allows about one chat.update a second per message
+RateLimited = Callable[[float], Awaitable[None]]
+
+
+class JobMessages:
+    """Runs jobs asked for in Slack, each with its progress message; keeps them until done."""
+
+    def __init__(self, svc: Services, client: AsyncWebClient, notices: Notices) -> None:
+        self._svc, self._client, self._notices = svc, client, notices
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.edit_every_s = EDIT_EVERY_S
+
+    @property
+    def following(self) -> int:
+        return len(self._tasks)
+
+    def start(
+        self, job: Job, *, channel: str, after: Callable[[Job], Awaitable[None]] | None = None
+    ) -> None:
+        """Follow ``job`` in ``channel`` in the background; ``after`` runs once it has ended."""
+        task = asyncio.create_task(self._follow(job, channel=channel, after=after))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop following: running jobs are cancelled, and so rolled back."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until every job followed so far has ended (for tests and a graceful stop)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _follow(
+        self, job: Job, *, channel: str, after: Callable[[Job], Awaitable[None]] | None
+    ) -> None:
+        async with self._svc.sessions() as session, session.begin():
+            if not await repo.claim_message(session, job.id, channel=channel):
+                return  # a second delivery of the request: the first one follows the job
+        try:
+            ts = await self._post(job, channel)
+            await self._notices.send(messages.clone_started(job), about=_about(job))
+            runner = asyncio.create_task(_run(self._svc, job.id))
+            editor = _Editor(self._client, channel, ts, every_s=self.edit_every_s)
+            while not runner.done():
+                current = await _reload(self._svc, job.id)
+                await editor.show(messages.progress_message(current, now=utcnow()))
+                await asyncio.wait({runner}, timeout=self.edit_every_s)
+            ended = await _reload(self._svc, job.id)
+            await editor.show(messages.result_message(ended, base_domain=self._base), last=True)
+            await self._tell_team(ended)
+            if after is not None:
+                await after(ended)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("following job %s", job.id)
+
+    @property
+    def _base(self) -> str:
+        return self._svc.settings.base_domain
+
+    async def _post(self, job: Job, channel: str) -> str:
+        message = messages.progress_message(job, now=utcnow())
+        answer = await self._client.chat_postMessage(channel=channel, **message.to_dict())
+        ts = str(answer["ts"])
+        async with self._svc.sessions() as session, session.begin():
+            await repo.update_job(
+                session, job.id, slack_channel=str(answer["channel"]), slack_ts=ts
+            )
+        return ts
+
+    async def _tell_team(self, job: Job) -> None:
+        if job.state == "succeeded":
+            note = messages.clone_done(job, base_domain=self._base)
+        else:
+            note = messages.clone_failed(job)
+        await self._notices.send(note, about=_about(job))
+        took = (job.finished_at or utcnow()) - (job.started_at or job.created_at)
+        if took.total_seconds() >= self._svc.settings.dm_after_s:
+            await self._notices.direct(job.requester, note)
+
+
+def _about(job: Job) -> tuple[str | None, ...]:
+    """Whose notify channel hears of a job: the environment's, else its source's."""
+    return (messages.result_environment(job), job.environment, job.source)
+
+
+async def _run(svc: Services, job_id: str) -> None:
+    with contextlib.suppress(ClonebotError):  # recorded on the job, shown in its message
+        await run_job(svc, job_id)
+
+
+async def _reload(svc: Services, job_id: str) -> Job:
+    async with svc.sessions() as session:
+        job = await repo.get_job(session, job_id)
+    assert job is not None
+    return job
+
+
+class _Editor:
+    """Edits one message: only when it changed, at most once per ``every_s``, and never
+    before a 429's ``Retry-After`` has passed. The last edit waits for its turn; the others
+    are dropped for a newer one."""
+
+    def __init__(self, client: AsyncWebClient, channel: str, ts: str, *, every_s: float) -> None:
+        self._client, self._channel, self._ts, self._every_s = client, channel, ts, every_s
+        self._shown: dict[str, Any] | None = None
+        self._next = time.monotonic() + every_s
+
+    async def show(self, message: Message, *, last: bool = False) -> None:
+        content = message.to_dict()
+        if content == self._shown:
+            return
+        while True:
+            wait = self._next - time.monotonic()
+            if wait > 0 and not last:
+                return
+            await asyncio.sleep(max(wait, 0))
+            try:
+                await self._client.chat_update(channel=self._channel, ts=self._ts, **content)
+            except SlackApiError as exc:
+                if exc.response.status_code != 429:
+                    raise
+                retry_after = float(exc.response.headers.get("Retry-After", 1))
+                self._next = time.monotonic() + retry_after
+                if not last:
+                    return
+                continue
+            self._shown, self._next = content, time.monotonic() + self._every_s
+            return
