@@ -3,7 +3,8 @@
 Two environments, blue and green, each with one busybox httpd web node whose page is the
 environment's name. clonebot's own HAProxy (``EmbeddedHAProxy`` started from ``router_state``,
 bound to 127.0.0.1) serves ``shop.bench`` from blue and ``beta.bench`` from green. While
-``wrk`` (a second process) loads ``shop.bench`` for 30 s over 32 connections, clonebot:
+``wrk`` (a second process) loads ``shop.bench`` for 30 s over 8 connections (enough for the
+``wrk`` rate the target asks, without queueing in HAProxy), clonebot:
 
 * in the first half, swaps blue and green 50 times (``swap_domains``, then ``apply_routes``),
   each timed from the call until a request on a fresh connection gets the other page;

@@ -17,6 +17,8 @@ from services.environments import OWNER as OWNER_LABEL
 from services.environments import PROJECT
 from services.settings import Settings
 
+pytest_plugins = ["tests.slack.emulator"]  # the `slack` fixture
+
 IMAGE = os.environ.get("CLONEBOT_TEST_IMAGE", "clonebot-test/busybox:latest")
 BASE_DOMAIN = "clonebot.test"
 OWNER = "UOWNER1"  # every test source is owned by this Slack user (its clonebot.owner label)

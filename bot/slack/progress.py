@@ -68,21 +68,27 @@ class JobMessages:
         async with self._svc.sessions() as session, session.begin():
             if not await repo.claim_message(session, job.id, channel=channel):
                 return  # a second delivery of the request: the first one follows the job
+        runner: asyncio.Task[None] | None = None
         try:
-            ts = await self._post(job, channel)
+            editor = await self._post(job, channel)
             await self._notices.send(messages.clone_started(job), about=_about(job))
             runner = asyncio.create_task(_run(self._svc, job.id))
-            editor = _Editor(self._client, channel, ts, every_s=self.edit_every_s)
             while not runner.done():
                 current = await _reload(self._svc, job.id)
-                await editor.show(messages.progress_message(current, now=utcnow()))
+                if editor is not None:
+                    await editor.show(messages.progress_message(current, now=utcnow()))
                 await asyncio.wait({runner}, timeout=self.edit_every_s)
             ended = await _reload(self._svc, job.id)
-            await editor.show(messages.result_message(ended, base_domain=self._base), last=True)
+            if editor is not None:
+                result = messages.result_message(ended, base_domain=self._base)
+                await editor.show(result, last=True)
             await self._tell_team(ended)
             if after is not None:
                 await after(ended)
         except asyncio.CancelledError:
+            if runner is not None:  # the job stops too, and so rolls back
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
             raise
         except Exception:
             log.exception("following job %s", job.id)
@@ -91,15 +97,23 @@ class JobMessages:
     def _base(self) -> str:
         return self._svc.settings.base_domain
 
-    async def _post(self, job: Job, channel: str) -> str:
-        message = messages.progress_message(job, now=utcnow())
-        answer = await self._client.chat_postMessage(channel=channel, **message.to_dict())
-        ts = str(answer["ts"])
-        async with self._svc.sessions() as session, session.begin():
-            await repo.update_job(
-                session, job.id, slack_channel=str(answer["channel"]), slack_ts=ts
-            )
-        return ts
+    async def _post(self, job: Job, channel: str) -> _Editor | None:
+        """The job's message, in ``channel`` or, where the bot may not post, in a direct
+        message to whoever asked; None if neither could be posted (the job runs anyway)."""
+        message = messages.progress_message(job, now=utcnow()).to_dict()
+        for where in dict.fromkeys((channel, job.requester)):
+            try:
+                answer = await self._client.chat_postMessage(channel=where, **message)
+            except SlackApiError as exc:
+                log.warning(
+                    "job %s: no message in %s: %s", job.id, where, exc.response.get("error")
+                )
+                continue
+            posted, ts = str(answer["channel"]), str(answer["ts"])
+            async with self._svc.sessions() as session, session.begin():
+                await repo.update_job(session, job.id, slack_channel=posted, slack_ts=ts)
+            return _Editor(self._client, posted, ts, every_s=self.edit_every_s)
+        return None
 
     async def _tell_team(self, job: Job) -> None:
         if job.state == "succeeded":
@@ -153,7 +167,8 @@ class _Editor:
             except SlackApiError as exc:
                 if exc.response.status_code != 429:
                     raise
-                retry_after = float(exc.response.headers.get("Retry-After", 1))
+                headers = {k.lower(): v for k, v in exc.response.headers.items()}
+                retry_after = float(headers.get("retry-after", 1))
                 self._next = time.monotonic() + retry_after
                 if not last:
                     return

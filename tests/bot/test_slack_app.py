@@ -1,0 +1,420 @@
+"""The Slack app end to end: `clonebot serve` as a real process, its HTTP endpoint sent requests
+signed as Slack signs them, Slack's Web API a local emulator that checks every call, and a
+real Docker engine and HAProxy behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from services.docker import DockerClient
+from services.environments import list_environments
+from services.settings import Settings
+from tests.bot.test_traffic_cli import _env, _page, cli, routed  # noqa: F401 (a fixture)
+from tests.conftest import ADMIN, OWNER, MakeSource, _free_port, exec_output
+from tests.slack.emulator import SlackEmulator
+from tests.slack.signing import (
+    CHANNEL_ID,
+    Reply,
+    SlackRequest,
+    SlackSender,
+    block_actions,
+    command_request,
+    event_callback,
+    event_request,
+    interaction_request,
+    slash_command,
+    view_submission,
+)
+
+STRANGER = "USTRANGER1"
+TEAM_CHANNEL = "CTEAM0001"
+SECRET = "test-signing-secret"
+
+
+@dataclass
+class Bot:
+    """A running `clonebot serve` with Slack on, and what talks to it."""
+
+    slack: SlackEmulator
+    sender: SlackSender
+    settings: Settings
+    log: Path
+
+    async def command(self, user: str, command: str, text: str, **signing: Any) -> Reply:
+        payload = slash_command(
+            command=command, user_id=user, text=text, response_url=self.slack.response_url
+        )
+        return await self.sender.send(command_request(payload), **signing)
+
+    async def click(self, user: str, message: dict[str, Any], action_id: str) -> Reply:
+        """``user`` clicks the button ``action_id`` of a message the bot posted."""
+        payload = block_actions(
+            user_id=user,
+            message=message,
+            action_id=action_id,
+            value=_button(message, action_id)["value"],
+            response_url=self.slack.response_url,
+        )
+        return await self.sender.send(interaction_request(payload))
+
+    async def submit(self, user: str, view: dict[str, Any], values: dict[str, Any]) -> Reply:
+        payload = view_submission(user_id=user, view=view, values=values)
+        return await self.sender.send(interaction_request(payload))
+
+    async def final_message(self, *, timeout_s: float = 60) -> dict[str, Any]:
+        """The first job message that reached its end (it has buttons, or says it failed)."""
+        call = await self.slack.wait_for("chat.update", _is_final, timeout_s=timeout_s)
+        return self.slack.workspace.message(call.params["channel"], call.params["ts"])
+
+
+def _is_final(params: dict[str, Any]) -> bool:
+    text = str(params.get("text", ""))
+    return text.startswith(":white_check_mark:") or text.startswith(":x:")
+
+
+def _button(message: dict[str, Any], action_id: str) -> dict[str, Any]:
+    for block in message["blocks"]:
+        for element in block.get("elements", []):
+            if element.get("action_id") == action_id:
+                return element  # type: ignore[no-any-return]
+    raise AssertionError(f"no button {action_id} in {message['blocks']}")
+
+
+@pytest.fixture
+async def bot(
+    routed: Settings,  # noqa: F811
+    slack: SlackEmulator,
+    tmp_path: Path,
+) -> AsyncIterator[Bot]:
+    async with _serving(routed, slack, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def slack_env() -> dict[str, str]:
+    """Settings of the bot beyond the router's (a test may add SLACK_APP_TOKEN)."""
+    return {}
+
+
+def _read(log: Path) -> str:
+    return log.read_text()
+
+
+async def _wait_healthy(port: int, proc: asyncio.subprocess.Process, log: Path) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            assert proc.returncode is None, _read(log)
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"/healthz never answered: {_read(log)}")
+
+
+class _serving:
+    """`clonebot serve` with Slack at the emulator, from start until its clean stop."""
+
+    def __init__(self, settings: Settings, slack: SlackEmulator, tmp: Path, **extra: str) -> None:
+        self.settings, self.slack, self.tmp, self.extra = settings, slack, tmp, extra
+        self.port = _free_port()
+        self.log = tmp / "serve.log"
+
+    async def __aenter__(self) -> Bot:
+        env = (
+            _env(self.settings)
+            | {
+                "CLONEBOT_ADMINS": ADMIN,
+                "SLACK_BOT_TOKEN": self.slack.bot_token,
+                "SLACK_SIGNING_SECRET": SECRET,
+                "SLACK_API_URL": self.slack.api_url,
+                "PORT": str(self.port),
+                "CLONEBOT_HTTP_HOST": "127.0.0.1",
+                "CLONEBOT_NOTIFY_CHANNEL": TEAM_CHANNEL,
+                "CLONEBOT_DM_AFTER": "0",
+            }
+            | self.extra
+        )
+        with self.log.open("wb") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", "serve",
+                stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        await _wait_healthy(self.port, self.proc, self.log)
+        url = f"http://127.0.0.1:{self.port}/slack/events"
+        self.sender = await SlackSender(url=url, signing_secret=SECRET).__aenter__()
+        return Bot(self.slack, self.sender, self.settings, self.log)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sender.__aexit__(None, None, None)
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), timeout=30)
+        assert code == 0, _read(self.log)
+        assert "Traceback" not in _read(self.log), _read(self.log)
+
+
+async def _names(settings: Settings) -> set[str]:
+    async with DockerClient(settings.docker_host) as docker:
+        return {e.name for e in await list_environments(docker)}
+
+
+def _texts(slack: SlackEmulator, method: str, channel: str) -> list[str]:
+    return [
+        str(c.params.get("text", ""))
+        for c in slack.calls_to(method)
+        if c.params.get("channel") == channel and c.answer.get("ok")
+    ]
+
+
+async def _until(check: Callable[[], bool], *, what: str, timeout_s: float = 10) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not check():  # noqa: ASYNC110 (polling what another process does)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout_s:g} s: {what}") from None
+
+
+async def test_clone_from_slack_then_swap_moves_real_traffic(
+    bot: Bot, make_source: MakeSource, docker: DockerClient
+) -> None:
+    """The owner clones prod from Slack and swaps domains with a click; a stranger's same
+    command and click are refused and change nothing."""
+    prod = (await make_source(web_nodes=1)).name
+    copy = f"{prod}-dev"
+    cli(bot.settings, "domain", "add", prod, "shop.test", "--as", OWNER)
+
+    # a stranger may not clone it: told why, alone; nothing is created
+    reply = await bot.command(STRANGER, "/clone", f"{prod} {copy}")
+    assert reply.status == 200 and reply.elapsed_s < 3
+    refused = await bot.slack.wait_for_response(lambda r: "Nothing was done" in r.get("text", ""))
+    assert f"{prod} belongs to <@{OWNER}>" in refused["text"]
+    assert refused["response_type"] == "ephemeral"
+    assert copy not in await _names(bot.settings)
+
+    reply = await bot.command(OWNER, "/clone", f"{prod} {copy}")
+    assert reply.status == 200 and reply.elapsed_s < 3
+    posted = await bot.slack.wait_for("chat.postMessage", lambda p: p["channel"] == CHANNEL_ID)
+    assert posted.params["text"].startswith(f"Cloning {prod} → {copy}")
+    final = await bot.final_message()
+    assert final["text"].startswith(f":white_check_mark: *{copy}* is running at")
+    edits = [c for c in bot.slack.calls_to("chat.update") if c.params["ts"] == posted.answer["ts"]]
+    assert len(edits) >= 2  # progress, then the result
+    assert copy in await _names(bot.settings)
+    assert await _page(bot.settings, f"{copy}.clonebot.test") == f"{prod} web 1"
+    # the team channel heard of it, start and end
+    await _until(
+        lambda: len(_texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)) >= 2,
+        what="the clone's start and end told to the team",
+    )
+    team = _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)
+    assert team[0].startswith(f":hourglass_flowing_sand: Cloning {prod} → {copy}")
+    assert team[1].startswith(f":white_check_mark: *{copy}* is running")
+
+    # the clone serves something of its own, to tell the two apart
+    await exec_output(docker, f"{copy}-web-1", "echo copy > /www/index.html")
+    assert await _page(bot.settings, "shop.test") == f"{prod} web 1"
+
+    # a stranger clicking Swap: refused, alone; the traffic stays
+    await bot.click(STRANGER, final, "swap_domains")
+    refused = await bot.slack.wait_for_response(
+        lambda r: "Nothing was done" in r.get("text", "") and copy in r.get("text", "")
+    )
+    assert refused["replace_original"] is False
+    assert await _page(bot.settings, "shop.test") == f"{prod} web 1"
+
+    # the owner's click moves the real traffic
+    reply = await bot.click(OWNER, final, "swap_domains")
+    assert reply.status == 200
+    await bot.slack.wait_for_response(lambda r: "swapped their domains" in r.get("text", ""))
+    assert await _page(bot.settings, "shop.test", within_s=2) == "copy"
+    await _until(
+        lambda: any("swapped" in t for t in _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)),
+        what="the swap told to the team",
+    )
+
+
+async def test_forged_or_stale_requests_are_refused_with_401(
+    bot: Bot, make_source: MakeSource
+) -> None:
+    prod = (await make_source(web_nodes=1)).name
+    forged = await bot.command(OWNER, "/clone", f"{prod} {prod}-x", forged=True)
+    stale = await bot.command(OWNER, "/clone", f"{prod} {prod}-y", age_s=6 * 60)
+    assert (forged.status, stale.status) == (401, 401)
+    await asyncio.sleep(1)
+    assert bot.slack.calls_to("chat.postMessage") == [] and bot.slack.responses == []
+    assert json.loads(cli(bot.settings, "jobs", "--json")) == []
+    assert {f"{prod}-x", f"{prod}-y"}.isdisjoint(await _names(bot.settings))
+
+
+async def test_a_command_delivered_three_times_starts_one_job(
+    bot: Bot, make_source: MakeSource
+) -> None:
+    prod = (await make_source(web_nodes=1, db_nodes=0)).name
+    payload = slash_command(
+        command="/clone", user_id=OWNER, text=f"{prod} {prod}-once",
+        response_url=bot.slack.response_url,
+    )  # fmt: skip
+    request = command_request(payload)
+    replies = [await bot.sender.send(request)]
+    replies += await asyncio.gather(
+        bot.sender.send(request, retry_num=1), bot.sender.send(request, retry_num=2)
+    )
+    assert [r.status for r in replies] == [200, 200, 200]
+    await bot.final_message()
+    await asyncio.sleep(1)  # a second job would have posted by now
+    jobs = json.loads(cli(bot.settings, "jobs", "--json"))
+    assert [(j["kind"], j["environment"], j["state"]) for j in jobs] == [
+        ("clone", f"{prod}-once", "succeeded")
+    ]
+    progress = _texts(bot.slack, "chat.postMessage", CHANNEL_ID)
+    assert len(progress) == 1, progress
+
+
+async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_a_weight(
+    bot: Bot, make_source: MakeSource, docker: DockerClient
+) -> None:
+    prod = (await make_source(web_nodes=1, db_nodes=0)).name
+    copy = f"{prod}-form"
+    cli(bot.settings, "domain", "add", prod, "shop.test", "--as", OWNER)
+    # Slack limits edits: the first is answered 429, and the bot waits as it is told
+    bot.slack.rate_limit("chat.update", times=1, retry_after=1)
+
+    await bot.command(OWNER, "/clone", "")
+    opened = await bot.slack.wait_for("views.open")
+    view = opened.answer["view"]
+    source_field = _select(view, "clone_source")
+    assert source_field["initial_option"]["value"] == prod
+
+    def values(name: str) -> dict[str, Any]:
+        return {
+            "clone_source": {"clone_source": {"type": "static_select",
+                                              "selected_option": {"value": prod}}},
+            "clone_name": {"clone_name": {"type": "plain_text_input", "value": name}},
+            "clone_options": {"clone_options": {"type": "checkboxes", "selected_options": []}},
+            "clone_notify": {"clone_notify": {"type": "conversations_select",
+                                              "selected_conversation": None}},
+        }  # fmt: skip
+
+    bad = await bot.submit(OWNER, view, values("Bad_Name"))
+    assert bad.status == 200
+    errors = bad.json()
+    assert errors["response_action"] == "errors"
+    assert "Bad_Name" in errors["errors"]["clone_name"]
+    assert copy not in await _names(bot.settings)
+
+    good = await bot.submit(OWNER, view, values(copy))
+    assert good.status == 200 and good.text == ""
+    final = await bot.final_message()
+    assert final["text"].startswith(f":white_check_mark: *{copy}* is running")
+    rate_limited = [c for c in bot.slack.calls_to("chat.update") if c.answer.get("error")]
+    assert rate_limited, "the emulator answered no edit with 429"
+    await exec_output(docker, f"{copy}-web-1", "echo copy > /www/index.html")
+
+    # Split traffic…: all of shop.test to the clone
+    await bot.click(OWNER, final, "split_traffic")
+    split = await bot.slack.wait_for("views.open", lambda p: "split_modal" in str(p["view"]))
+    split_view = split.answer["view"]
+    assert _select(split_view, "split_other")["initial_option"]["value"] == prod
+    reply = await bot.submit(
+        OWNER,
+        split_view,
+        {
+            "split_domain": {"split_domain": {"type": "static_select",
+                                              "selected_option": {"value": "shop.test"}}},
+            "split_other": {"split_other": {"type": "static_select",
+                                            "selected_option": {"value": prod}}},
+            "split_weight": {"split_weight": {"type": "number_input", "value": "100"}},
+            "split_sticky": {"split_sticky": {"type": "checkboxes", "selected_options": []}},
+            "split_mode": {"split_mode": {"type": "radio_buttons",
+                                          "selected_option": {"value": "split"}}},
+        },
+    )  # fmt: skip
+    assert reply.status == 200 and reply.text == ""
+    # HAProxy is told after the ack
+    await _until_page(bot.settings, "shop.test", "copy", within_s=3)
+    routes = json.loads(cli(bot.settings, "routes", "--json"))
+    assert [s[0] for s in routes["shop.test"] if s[1] > 0] == [f"{copy}-1"]
+
+
+async def _until_page(settings: Settings, host: str, page: str, *, within_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while (served := await _page(settings, host)) != page:
+        assert asyncio.get_running_loop().time() < deadline, f"{host} still serves {served!r}"
+        await asyncio.sleep(0.05)
+
+
+def _select(view: dict[str, Any], block_id: str) -> dict[str, Any]:
+    block = next(b for b in view["blocks"] if b.get("block_id") == block_id)
+    return block["element"]  # type: ignore[no-any-return]
+
+
+async def test_env_commands_answer_the_user_and_bad_input_gets_usage(
+    bot: Bot, make_source: MakeSource
+) -> None:
+    prod = (await make_source(web_nodes=1, db_nodes=0)).name
+    await bot.command(OWNER, "/env", "list")
+    listed = await bot.slack.wait_for_response(lambda r: "Environments you may see" in r["text"])
+    assert f"*{prod}* (owner)" in listed["text"]
+    await bot.command(OWNER, "/env", "frobnicate")
+    help_text = await bot.slack.wait_for_response(lambda r: "*/env* commands:" in r["text"])
+    assert "`/env swap ENV OTHER`" in help_text["text"]
+    await bot.command(OWNER, "/env", "split shop.test")
+    usage = await bot.slack.wait_for_response(lambda r: r["text"].startswith("Usage: `/env split"))
+    assert usage["response_type"] == "ephemeral"
+    await bot.command(OWNER, "/env", f"domain add {prod} bad_domain!")
+    refused = await bot.slack.wait_for_response(lambda r: "not a valid domain" in r["text"])
+    assert refused["text"].startswith(":no_entry: Nothing was done:")
+    await bot.command(OWNER, "/env", f"share {prod} <@{STRANGER}|stranger> operator")
+    await bot.slack.wait_for_response(lambda r: f"<@{STRANGER}> is now operator" in r["text"])
+    await bot.command(STRANGER, "/env", "list")
+    theirs = await bot.slack.wait_for_response(lambda r: f"*{prod}* (operator)" in r["text"])
+    assert theirs["response_type"] == "ephemeral"
+    # App Home: the user's environments
+    await bot.sender.send(
+        _event({"type": "app_home_opened", "user": OWNER, "channel": "D1", "tab": "home"})
+    )
+    await bot.slack.wait_for("views.publish", lambda p: p["user_id"] == OWNER)
+    home = bot.slack.workspace.home(OWNER)
+    assert home is not None
+    sections = [b["text"]["text"] for b in home["blocks"] if b["type"] == "section"]
+    assert any(s.startswith(f"*{prod}* · yours") for s in sections), sections
+
+
+def _event(event: dict[str, Any]) -> SlackRequest:
+    return event_request(event_callback(event))
+
+
+async def test_the_same_clone_over_socket_mode(
+    routed: Settings,  # noqa: F811
+    slack: SlackEmulator,
+    make_source: MakeSource,
+    tmp_path: Path,
+) -> None:
+    prod = (await make_source(web_nodes=1, db_nodes=0)).name
+    serving = _serving(routed, slack, tmp_path, SLACK_APP_TOKEN=slack.app_token)
+    async with serving:
+        payload = slash_command(
+            command="/clone", user_id=OWNER, text=f"{prod} {prod}-sock",
+            response_url=slack.response_url,
+        )  # fmt: skip
+        ack = await slack.socket_send("slash_commands", payload, timeout_s=15)
+        assert not ack  # an empty ack: the answer is the progress message
+        posted = await slack.wait_for("chat.postMessage", lambda p: p["channel"] == CHANNEL_ID)
+        assert posted.params["text"].startswith(f"Cloning {prod} → {prod}-sock")
+        call = await slack.wait_for("chat.update", _is_final, timeout_s=60)
+        assert call.params["text"].startswith(f":white_check_mark: *{prod}-sock* is running")
+    assert f"{prod}-sock" in await _names(routed)
