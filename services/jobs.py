@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services import access
@@ -32,7 +32,7 @@ from services.progress import BytesCopied, Event, EventSink, StepDone, StepStart
 from services.workers import this_worker
 from storage import repositories as repo
 from storage.db import AsyncSession
-from storage.models import EnvironmentRecord, IdempotencyKey, Job, utcnow
+from storage.models import DomainBinding, EnvironmentRecord, IdempotencyKey, Job, Route, utcnow
 
 LEASE = timedelta(seconds=30)
 HEARTBEAT_S = 5.0
@@ -93,9 +93,33 @@ async def submit_rename(svc: Services, request: Request, *, name: str, new_name:
 
 
 async def submit_delete(svc: Services, request: Request, *, name: str, force: bool) -> Job:
+    """Record a delete; refused while the environment serves a custom domain or a route, as
+    deleting it would take that traffic down (swap back, or remove the domain, first)."""
+    async with svc.sessions() as session:
+        if (serving := await _serving(session, name)) is not None:
+            raise BadRequest(serving)
     return await _submit_on(
         svc, request, name=name, kind="delete", action=Action.DELETE, params={"force": force}
     )
+
+
+async def _serving(session: AsyncSession, name: str) -> str | None:
+    """Why deleting ``name`` would break traffic, if it would."""
+    record = await repo.get_environment(session, name)
+    if record is None:
+        return None
+    query = select(DomainBinding.domain).where(DomainBinding.environment_id == record.id)
+    if domains := sorted((await session.scalars(query)).all()):
+        return (
+            f"{name} serves {', '.join(domains)}: swap the domains back or remove them "
+            f"before deleting it"
+        )
+    query = select(Route.domain).where(
+        or_(Route.primary_id == record.id, Route.secondary_id == record.id)
+    )
+    if routes := sorted((await session.scalars(query)).all()):
+        return f"{name} takes part in the route of {', '.join(routes)}: change it first"
+    return None
 
 
 async def _submit_on(

@@ -49,6 +49,7 @@ class Bot:
     sender: SlackSender
     settings: Settings
     log: Path
+    port: int
 
     async def command(self, user: str, command: str, text: str, **signing: Any) -> Reply:
         payload = slash_command(
@@ -155,7 +156,7 @@ class _serving:
         await _wait_healthy(self.port, self.proc, self.log)
         url = f"http://127.0.0.1:{self.port}/slack/events"
         self.sender = await SlackSender(url=url, signing_secret=SECRET).__aenter__()
-        return Bot(self.slack, self.sender, self.settings, self.log)
+        return Bot(self.slack, self.sender, self.settings, self.log, self.port)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.sender.__aexit__(None, None, None)
@@ -245,6 +246,68 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
         lambda: any("swapped" in t for t in _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)),
         what="the swap told to the team",
     )
+    # the job's end was also a direct message to the owner (CLONEBOT_DM_AFTER=0 here)
+    assert any(t.startswith(f":white_check_mark: *{copy}*") for t in _direct(bot.slack, OWNER))
+
+    # Delete clone (Slack asked the owner to confirm): a job of its own, then the team hears
+    await bot.click(STRANGER, final, "delete_clone")
+    await bot.slack.wait_for_response(
+        lambda r: "Nothing was done" in r["text"] and f"{copy} belongs to" in r["text"]
+    )
+    # it serves the shop now: deleting it would take the shop down
+    await bot.click(OWNER, final, "delete_clone")
+    await bot.slack.wait_for_response(lambda r: f"{copy} serves shop.test: swap" in r["text"])
+    assert copy in await _names(bot.settings)
+    await bot.command(OWNER, "/env", f"swap {copy} {prod}")
+    await _until_page(bot.settings, "shop.test", f"{prod} web 1", within_s=3)
+    await bot.click(OWNER, final, "delete_clone")
+    await bot.slack.wait_for("chat.update", lambda p: "was deleted" in p["text"], timeout_s=30)
+    assert copy not in await _names(bot.settings)
+    await _until(
+        lambda: any(
+            f"*{copy}* was deleted" in t
+            for t in _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)
+        ),
+        what="the deletion told to the team",
+    )
+    assert await _page(bot.settings, "shop.test") == f"{prod} web 1"
+
+
+def _direct(slack: SlackEmulator, user: str) -> list[str]:
+    return [
+        str(c.params.get("text", ""))
+        for c in slack.calls_to("chat.postMessage")
+        if c.params.get("channel") == user and c.answer.get("ok")
+    ]
+
+
+async def test_a_failed_clone_says_what_failed_and_that_nothing_was_left(
+    routed: Settings,  # noqa: F811
+    slack: SlackEmulator,
+    make_source: MakeSource,
+    tmp_path: Path,
+) -> None:
+    prod = (await make_source(web_nodes=1)).name
+    # a disk reserve no host has: the clone's plan finds too little free space
+    async with _serving(routed, slack, tmp_path, CLONEBOT_DISK_RESERVE=str(10**18)) as bot:
+        await bot.command(OWNER, "/clone", f"{prod} {prod}-big")
+        final = await bot.final_message()
+        assert final["text"].startswith(f":x: Cloning {prod} → {prod}-big failed: ")
+        assert "not enough" in final["text"].lower()
+        assert "Nothing was left behind" in final["text"]
+        assert "actions" not in {b["type"] for b in final["blocks"]}
+        await _until(
+            lambda: any(
+                t.startswith(":x:") for t in _texts(slack, "chat.postMessage", TEAM_CHANNEL)
+            ),
+            what="the failure told to the team",
+        )
+        url = f"http://127.0.0.1:{bot.port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            metrics = await resp.text()
+        assert 'clonebot_jobs{state="failed"} 1' in metrics
+        assert 'clonebot_slack_requests_total{status="200"} 1' in metrics
+    assert f"{prod}-big" not in await _names(routed)
 
 
 async def test_forged_or_stale_requests_are_refused_with_401(
@@ -293,8 +356,13 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
     # Slack limits edits: the first is answered 429, and the bot waits as it is told
     bot.slack.rate_limit("chat.update", times=1, retry_after=1)
 
+    # the form offers only what the user may clone: a stranger is told there is nothing
+    await bot.command(STRANGER, "/clone", "")
+    nothing = await bot.slack.wait_for("views.open")
+    assert "You may clone no environment" in json.dumps(nothing.answer["view"]["blocks"])
+
     await bot.command(OWNER, "/clone", "")
-    opened = await bot.slack.wait_for("views.open")
+    opened = await bot.slack.wait_for("views.open", lambda p: "clone_modal" in str(p["view"]))
     view = opened.answer["view"]
     source_field = _select(view, "clone_source")
     assert source_field["initial_option"]["value"] == prod
