@@ -1,14 +1,14 @@
 # Developer and CI entry points; the work is in scripts/*.sh.
 #   make test                  lint, type-check and tests (what CI runs: .ci/run)
 #   make lint                  ruff and mypy only
-#   make run ARGS="clone prod" run the clonebot CLI (default: `clonebot envs`)
+#   make run ARGS="clone prod" run the clonebot CLI (default: `clonebot serve`, the bot)
 #   make bench                 benchmarks (python -m bench)
 #   make clean-docker          stop the private Docker engine that `make run` leaves up
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .PHONY: test lint run bench clean-docker deps
 
-ARGS ?= envs
+ARGS ?= serve
 
 test:
 	bash scripts/test.sh
