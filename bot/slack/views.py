@@ -51,7 +51,7 @@ class FieldError(ValueError):
 @dataclass(frozen=True)
 class CloneForm:
     source: str
-    name: str
+    name: str | None  # None: the source's default clone name
     snapshot: bool
     notify: str | None  # the channel to notify, if one was chosen
     channel: str | None  # where /clone was typed
@@ -126,7 +126,10 @@ def clone_modal(sources: Sequence[str], *, default_name: str, channel: str | Non
     ]
     return View(
         type="modal", callback_id=ids.CLONE_MODAL, title="Clone an environment",
-        submit="Clone", close="Cancel", blocks=blocks, private_metadata=channel or "",
+        submit="Clone", close="Cancel", blocks=blocks,
+        private_metadata=json.dumps(
+            {"channel": channel, "source": sources[0], "default": default_name}
+        ),
     )  # fmt: skip
 
 
@@ -205,12 +208,17 @@ def read_clone_modal(view: Mapping[str, Any]) -> CloneForm:
     name = (_field(values, ids.CLONE_NAME).get("value") or "").strip()
     if not name:
         raise FieldError(ids.CLONE_NAME, "Give the clone a name.")
+    asked = json.loads(view.get("private_metadata") or "{}")
+    source = _selected(values, ids.CLONE_SOURCE)
+    if name == asked.get("default") and source != asked.get("source"):
+        # the name filled in was the first source's default; another source has its own
+        name = None
     return CloneForm(
-        source=_selected(values, ids.CLONE_SOURCE),
+        source=source,
         name=name,
         snapshot=ids.SNAPSHOT in _checked(values, ids.CLONE_OPTIONS),
         notify=_field(values, ids.CLONE_NOTIFY).get("selected_conversation"),
-        channel=view.get("private_metadata") or None,
+        channel=asked.get("channel"),
     )
 
 

@@ -388,6 +388,9 @@ def test_the_clone_modal_offers_the_sources_and_reads_back_what_was_chosen() -> 
     assert read_clone_modal(changed) == CloneForm(
         source="shop", name="shop-test", snapshot=True, notify="C0TEAM1", channel="C0CHAN1"
     )
+    # another source, the name left as filled in: that source's own default name
+    other = submitted(view, clone_source={"selected_option": option("shop")})
+    assert read_clone_modal(other).name is None
     with pytest.raises(FieldError) as error:
         read_clone_modal(submitted(view, clone_name={"value": "  "}))
     assert error.value.block_id == ids.CLONE_NAME
