@@ -4,8 +4,8 @@ clonebot's Slack app (``running_app``: Bolt's AsyncApp behind aiohttp, POST /sla
 against a minimal Bolt app whose ``/clone`` listener only calls ``ack()``, served by the same
 aiohttp adapter. Each runs in a child process of its own (``python -m bench.slack_ack KIND``)
 on 127.0.0.1, so that the load does not share its event loop; clonebot gets a fresh SQLite
-database per run, the Docker engine of DOCKER_HOST, and both the local Slack Web API emulator
-(``tests/slack/emulator.py``), run here.
+database per run and the Docker engine of DOCKER_HOST. Both call the local Slack Web API
+emulator (``tests/slack/emulator.py``), which runs in this process.
 
 What is measured is the ack path only. The requests are signed as Slack signs them, each with
 a fresh trigger_id, and name a source that does not exist (``/clone nosuchenv copy1``), so that
@@ -16,14 +16,16 @@ ack did run, partly while later requests of the same round were being acked.
 Load: one aiohttp session with room for 50 connections; a warm-up round of 50 requests sent at
 once, then 10 timed rounds of 50; each request timed in this process from the POST to the end
 of its answer. Who goes first alternates between runs. Bolt polls for the ack every 10 ms, so
-neither app can answer much faster than that. Target: clonebot's p99 < 100 ms and at most 1.5x
-the minimal app's.
+neither app can answer much faster than that. A round's answers arrive together, so p99 is in
+effect the slowest of the 10 rounds. Target: clonebot's p99 < 100 ms and at most 1.5x the
+minimal app's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -128,9 +130,17 @@ async def _measure(slack: SlackEmulator, *, kind: str, secret: str) -> dict[str,
 async def _round(
     session: aiohttp.ClientSession, *, url: str, slack: SlackEmulator, secret: str
 ) -> list[tuple[float, int]]:
-    """50 requests at once, signed before the clock starts: (ms, HTTP status) of each."""
+    """50 requests at once, signed before the clock starts: (ms, HTTP status) of each.
+
+    This process collects no garbage meanwhile: a gen-2 collection here took 87 ms, which
+    delayed a whole round of answers of either app (the collection runs after the round).
+    """
     signed = [_signed(slack, secret=secret) for _ in range(CONCURRENCY)]
-    return await asyncio.gather(*(_post(session, url=url, request=r) for r in signed))
+    gc.disable()
+    try:
+        return await asyncio.gather(*(_post(session, url=url, request=r) for r in signed))
+    finally:
+        gc.enable()
 
 
 def _signed(slack: SlackEmulator, *, secret: str) -> Signed:
@@ -260,8 +270,12 @@ def _report(samples: list[dict[str, float]]) -> dict[str, Any]:
             ("minimal Bolt app p50 (ms)", mid["minimal_p50_ms"], ""),
             ("minimal Bolt app p99 (ms)", mid["minimal_p99_ms"], ""),
             ("minimal Bolt app max (ms)", mid["minimal_max_ms"], ""),
-            ("ratio p50 clonebot/minimal", mid["ratio_p50"], ""),
-            ("ratio p99 clonebot/minimal", mid["ratio_p99"], f"target <= {MAX_RATIO}"),
+            ("ratio p50 clonebot/minimal (median of runs)", mid["ratio_p50"], ""),
+            (
+                "ratio p99 clonebot/minimal (median of runs)",
+                mid["ratio_p99"],
+                f"target <= {MAX_RATIO}",
+            ),
             ("failed requests (non-200, no answer)", int(failed), "target 0"),
             ("clonebot's refusals missing on response_url", int(missing), "target 0"),
         ],
@@ -290,6 +304,9 @@ async def _serve(kind: str) -> None:
             await stop.wait()
     else:
         async with _minimal_app(settings):
+            # as clonebot's open_services does: and what this file imports for clonebot's
+            # sake then costs the minimal app no collection time
+            gc.freeze()
             print(READY, flush=True)
             await stop.wait()
 
