@@ -20,17 +20,17 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
     @app.action(ids.SWAP)
     async def swap_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
         await ack()
-        await bot.answer(respond, _swap(bot, body))
+        bot.after_ack(respond, lambda: _swap(bot, body))
 
     @app.action(ids.SPLIT)
     async def split_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
         await ack()
-        await bot.answer(respond, _open_split(bot, body))
+        bot.after_ack(respond, lambda: _open_split(bot, body))
 
     @app.action(ids.DELETE)
     async def delete_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
         await ack()
-        await bot.answer(respond, _delete(bot, body))
+        bot.after_ack(respond, lambda: _delete(bot, body))
 
     @app.action(ids.OPEN)
     async def open_clicked(ack: AsyncAck) -> None:

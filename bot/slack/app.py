@@ -70,6 +70,7 @@ async def running_app(svc: Services) -> AsyncIterator[SlackBot]:
     runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     socket_mode: AsyncSocketModeHandler | None = None
+    bot.start()
     try:
         await web.TCPSite(runner, settings.http_host, settings.port).start()
         if settings.slack_app_token is not None:
@@ -82,6 +83,7 @@ async def running_app(svc: Services) -> AsyncIterator[SlackBot]:
     finally:
         if socket_mode is not None:
             await socket_mode.close_async()  # type: ignore[no-untyped-call]
+        await bot.stop()
         await bot.jobs.close()
         await runner.cleanup()
 

@@ -3,9 +3,10 @@ way a listener's work ends (done, refused with a reason, or failed without a sta
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from slack_sdk.web.async_client import AsyncWebClient
@@ -35,12 +36,42 @@ class Usage(Exception):
         self.text = text
 
 
+# Work after an ack runs on a few workers, not a task per request: in a burst, the acks of
+# the requests still arriving are not held up by the work of those already answered.
+WORKERS = 4
+Work = tuple["Respond", Callable[[], Awaitable[str | None]]]
+
+
 @dataclass
 class SlackBot:
     svc: Services
     client: AsyncWebClient
     notices: Notices
     jobs: JobMessages
+    _queue: asyncio.Queue[Work] = field(default_factory=asyncio.Queue)
+    _workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._workers = [asyncio.create_task(self._work()) for _ in range(WORKERS)]
+
+    async def stop(self) -> None:
+        """Finish the work already acknowledged, then stop the workers."""
+        await self._queue.join()
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    def after_ack(self, respond: Respond, work: Callable[[], Awaitable[str | None]]) -> None:
+        """Run ``work`` once a worker is free, and answer the user with what it says."""
+        self._queue.put_nowait((respond, work))
+
+    async def _work(self) -> None:
+        while True:
+            respond, work = await self._queue.get()
+            try:
+                await self.answer(respond, work())
+            finally:
+                self._queue.task_done()
 
     @property
     def base_domain(self) -> str:

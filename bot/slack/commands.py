@@ -48,12 +48,12 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
     @app.command("/clone")
     async def clone(ack: AsyncAck, command: dict[str, Any], respond: Respond) -> None:
         await ack()
-        await bot.answer(respond, _clone(bot, _asked(command)))
+        bot.after_ack(respond, lambda: _clone(bot, _asked(command)))
 
     @app.command("/env")
     async def env(ack: AsyncAck, command: dict[str, Any], respond: Respond) -> None:
         await ack()
-        await bot.answer(respond, _env(bot, _asked(command)))
+        bot.after_ack(respond, lambda: _env(bot, _asked(command)))
 
 
 def _asked(command: dict[str, Any]) -> Asked:
