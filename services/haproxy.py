@@ -193,11 +193,21 @@ class MasterCLI:
     def __init__(self, socket: Path) -> None:
         self._socket = socket
 
-    async def alive(self) -> bool:
-        try:
-            return "master" in await self._command("show proc")
-        except OSError:
-            return False
+    async def alive(self, *, patience_s: float = 0.5) -> bool:
+        """Whether a master answers. One re-executing itself for a reload does not, for a
+        moment: it is asked again for ``patience_s`` before the answer is no (measured: a
+        swap landing just after a reload found "no HAProxy", python -m bench routing)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                if "master" in await self._command("show proc"):
+                    return True
+            except OSError:
+                if not self._socket.exists():
+                    return False
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
 
     async def reload(self, api: RuntimeAPI, *, timeout_s: float = 10) -> None:
         """A seamless reload: the new worker takes the listening sockets from the old one.
