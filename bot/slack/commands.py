@@ -93,8 +93,10 @@ async def open_clone_modal(bot: SlackBot, asked: Asked) -> None:
 
 
 async def _env(bot: SlackBot, asked: Asked) -> str | None:
-    if not asked.words or asked.words[0] not in _ENV:
+    if not asked.words:
         return usage("")
+    if asked.words[0] not in _ENV:
+        return f"`{escape(asked.words[0][:40])}` is not an /env command: `/env help` lists them."
     sub, args = asked.words[0], asked.words[1:]
     arity, handler = _ENV[sub]
     if len(args) not in arity:

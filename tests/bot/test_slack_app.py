@@ -438,6 +438,9 @@ async def test_env_commands_answer_the_user_and_bad_input_gets_usage(
     listed = await bot.slack.wait_for_response(lambda r: "Environments you may see" in r["text"])
     assert f"*{prod}* (owner)" in listed["text"]
     await bot.command(OWNER, "/env", "frobnicate")
+    unknown = await bot.slack.wait_for_response(lambda r: "frobnicate" in r["text"])
+    assert unknown["text"] == "`frobnicate` is not an /env command: `/env help` lists them."
+    await bot.command(OWNER, "/env", "help")
     help_text = await bot.slack.wait_for_response(lambda r: "*/env* commands:" in r["text"])
     assert "`/env swap ENV OTHER`" in help_text["text"]
     await bot.command(OWNER, "/env", "split shop.test")
@@ -486,3 +489,51 @@ async def test_the_same_clone_over_socket_mode(
         call = await slack.wait_for("chat.update", _is_final, timeout_s=60)
         assert call.params["text"].startswith(f":white_check_mark: *{prod}-sock* is running")
     assert f"{prod}-sock" in await _names(routed)
+
+
+async def test_env_traffic_and_ownership_commands_reach_haproxy_and_the_right_channels(
+    bot: Bot, make_source: MakeSource
+) -> None:
+    blue = (await make_source(web_nodes=1, db_nodes=0)).name
+    green = (await make_source(web_nodes=1, db_nodes=0)).name
+
+    async def env(text: str, expect: str, *, user: str = OWNER) -> str:
+        await bot.command(user, "/env", text)
+        reply = await bot.slack.wait_for_response(lambda r: expect in r["text"])
+        return str(reply["text"])
+
+    await env(f"notify {blue} <#CBLUE0001|blue-team>", f"about *{blue}* now go to <#CBLUE0001>")
+    await env(f"domain add {blue} www.test", f"www.test now leads to *{blue}*")
+    await env(f"domain add {blue} shop.test", f"shop.test now leads to *{blue}*")
+    assert await _page(bot.settings, "www.test") == f"{blue} web 1"
+
+    # a swap delivered twice (Slack retried it) swaps once
+    payload = slash_command(
+        command="/env", user_id=OWNER, text=f"swap {blue} {green}",
+        response_url=bot.slack.response_url,
+    )  # fmt: skip
+    await bot.sender.send(command_request(payload))
+    await bot.sender.send(command_request(payload), retry_num=1)
+    await bot.slack.wait_for_response(lambda r: "swapped their domains" in r["text"])
+    await _until_page(bot.settings, "www.test", f"{green} web 1", within_s=3)
+    await asyncio.sleep(1)  # a second swap would have swapped back by now
+    assert await _page(bot.settings, "www.test") == f"{green} web 1"
+    swapped = [t for t in _texts(bot.slack, "chat.postMessage", "CBLUE0001") if "swapped" in t]
+    assert len(swapped) == 1, swapped  # blue's own channel, once
+
+    said = await env(f"failover shop.test {green} {blue}", ":shield:")
+    assert said.startswith(f":shield: shop.test is served by *{green}*")
+    assert await _page(bot.settings, "shop.test", within_s=3) == f"{green} web 1"
+
+    await env(f"owner {green} <@{STRANGER}|stranger>", f"*{green}* now belongs to <@{STRANGER}>")
+    await _until(
+        lambda: any(
+            f"*{green}* now belongs to <@{STRANGER}> (was <@{OWNER}>)" in t
+            for t in _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)
+        ),
+        what="the hand-over told to the team channel (green has no channel of its own)",
+    )
+    info = await env(f"info {green}", f"*{green}* · owner <@{STRANGER}>", user=STRANGER)
+    assert "you: owner" in info and f"↪ shop.test: {green}, failing over to {blue}" in info
+    refused = await env(f"swap {blue} {green}", "Nothing was done")
+    assert f"{green} belongs to <@{STRANGER}>" in refused
