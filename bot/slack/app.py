@@ -48,6 +48,7 @@ def create_app(svc: Services) -> tuple[AsyncApp, SlackBot]:
     bot = SlackBot(svc=svc, client=client, notices=notices, jobs=JobMessages(svc, client, notices))
     for listeners in (commands, actions, submissions, home):
         listeners.register(app, bot)
+    bot.jobs.on_change = lambda user: home.publish_home(bot, user)
 
     @app.error
     async def failed(error: Exception, body: dict[str, Any]) -> None:

@@ -38,6 +38,8 @@ class JobMessages:
         self._svc, self._client, self._notices = svc, client, notices
         self._tasks: set[asyncio.Task[None]] = set()
         self.edit_every_s = EDIT_EVERY_S
+        # told a user's jobs changed (one started or ended): their App Home shows them
+        self.on_change: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def following(self) -> int:
@@ -72,6 +74,7 @@ class JobMessages:
         try:
             editor = await self._post(job, channel)
             await self._notices.send(messages.clone_started(job), about=_about(job))
+            await self._changed(job.requester)
             runner = asyncio.create_task(_run(self._svc, job.id))
             while not runner.done():
                 current = await _reload(self._svc, job.id)
@@ -83,6 +86,7 @@ class JobMessages:
                 result = messages.result_message(ended, base_domain=self._base)
                 await editor.show(result, last=True)
             await self._tell_team(ended)
+            await self._changed(job.requester)
             if after is not None:
                 await after(ended)
         except asyncio.CancelledError:
@@ -92,6 +96,14 @@ class JobMessages:
             raise
         except Exception:
             log.exception("following job %s", job.id)
+
+    async def _changed(self, user: str) -> None:
+        if self.on_change is None:
+            return
+        try:
+            await self.on_change(user)
+        except Exception:  # the Home tab is a view of the jobs, not part of them
+            log.exception("App Home of %s not refreshed", user)
 
     @property
     def _base(self) -> str:

@@ -246,6 +246,11 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
         lambda: any("swapped" in t for t in _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)),
         what="the swap told to the team",
     )
+    # the owner's App Home follows their jobs: the clone listed, no job left running
+    home = bot.slack.workspace.home(OWNER)
+    assert home is not None
+    shown = json.dumps(home["blocks"], ensure_ascii=False)
+    assert f"*{copy}* · yours · cloned from *{prod}*" in shown and "No job is running." in shown
     # the job's end was also a direct message to the owner (CLONEBOT_DM_AFTER=0 here)
     assert any(t.startswith(f":white_check_mark: *{copy}*") for t in _direct(bot.slack, OWNER))
 
