@@ -355,21 +355,38 @@ async def apply_to_running(
     Only a change of structure (backends, servers, options) is a reload; a map or weight
     change goes through the runtime API, in a few milliseconds, and to the files.
     """
-    previous = await asyncio.to_thread(_read, files.config)
+    previous, previous_map = await asyncio.to_thread(
+        lambda: (_read(files.config), _read(files.hosts))
+    )
     if structure_of(previous) != structure_of(config):
         await write_files(files, config=config, hosts=hosts, binary=binary)
         await master.reload(api)
         return True
-    if await asyncio.to_thread(_read, files.hosts) != render_map(hosts):
-        await _atomic_write(files.hosts, render_map(hosts))
+    # HAProxy first, the files right after (under the same lock): a swap is seen sooner, and
+    # a reload can only come once the files are written
+    new_map = render_map(hosts)
+    if previous_map != new_map:
         await api.replace_map(files.hosts, hosts)
     before = weights_in(previous)
     for (backend, server), weight in weights_in(config).items():
         if before.get((backend, server)) != weight:
             await api.set_weight(backend=backend, server=server, weight=weight)
     # the same structure HAProxy accepted before, only other weights: no check needed
-    await _atomic_write(files.config, config)
+    await asyncio.to_thread(_write_all, {files.hosts: new_map, files.config: config})
     return False
+
+
+def _write_all(texts: Mapping[Path, str]) -> None:
+    """Each file replaced by its text, atomically; those that have it already left alone."""
+    for path, text in texts.items():
+        if _read(path) == text:
+            continue
+        tmp = _write_beside(path, text)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 async def worker_pid(api: RuntimeAPI) -> str | None:
