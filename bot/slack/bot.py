@@ -39,7 +39,7 @@ class Usage(Exception):
 # Work after an ack runs on a few workers, not a task per request: in a burst, the acks of
 # the requests still arriving are not held up by the work of those already answered.
 WORKERS = 4
-Work = tuple["Respond", Callable[[], Awaitable[str | None]]]
+Work = tuple[Respond, Callable[[], Awaitable[str | None]]]
 
 
 @dataclass
