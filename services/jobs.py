@@ -95,9 +95,6 @@ async def submit_rename(svc: Services, request: Request, *, name: str, new_name:
 async def submit_delete(svc: Services, request: Request, *, name: str, force: bool) -> Job:
     """Record a delete; refused while the environment serves a custom domain or a route, as
     deleting it would take that traffic down (swap back, or remove the domain, first)."""
-    async with svc.sessions() as session:
-        if (serving := await _serving(session, name)) is not None:
-            raise BadRequest(serving)
     return await _submit_on(
         svc, request, name=name, kind="delete", action=Action.DELETE, params={"force": force}
     )
@@ -136,6 +133,9 @@ async def _submit_on(
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
         env, record = await access.check_request(svc, session, request, name=name, action=action)
+        # only once allowed: a refusal must not tell a stranger what the environment serves
+        if kind == "delete" and (serving := await _serving(session, name)) is not None:
+            raise BadRequest(serving)
         # the record follows a source's rename; the clone's label keeps the name it was made from
         source = record.cloned_from or env.cloned_from
         job = _new_job(request, kind=kind, environment=name, source=source)

@@ -25,7 +25,7 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
     @app.action(ids.SPLIT)
     async def split_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
         await ack()
-        bot.after_ack(respond, lambda: _open_split(bot, body))
+        await bot.answer(respond, _open_split(bot, body))  # at once: the trigger expires
 
     @app.action(ids.DELETE)
     async def delete_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:

@@ -71,9 +71,10 @@ async def running_app(svc: Services) -> AsyncIterator[SlackBot]:
     runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     socket_mode: AsyncSocketModeHandler | None = None
+    site = web.TCPSite(runner, settings.http_host, settings.port)
     bot.start()
     try:
-        await web.TCPSite(runner, settings.http_host, settings.port).start()
+        await site.start()
         if settings.slack_app_token is not None:
             socket_mode = AsyncSocketModeHandler(app, settings.slack_app_token)
             await socket_mode.connect_async()  # type: ignore[no-untyped-call]
@@ -84,6 +85,8 @@ async def running_app(svc: Services) -> AsyncIterator[SlackBot]:
     finally:
         if socket_mode is not None:
             await socket_mode.close_async()  # type: ignore[no-untyped-call]
+        if site in runner.sites:
+            await site.stop()  # no new request while the work in hand ends
         await bot.stop()
         await bot.jobs.close()
         await runner.cleanup()

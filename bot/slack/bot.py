@@ -54,9 +54,13 @@ class SlackBot:
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work()) for _ in range(WORKERS)]
 
-    async def stop(self) -> None:
-        """Finish the work already acknowledged, then stop the workers."""
-        await self._queue.join()
+    async def stop(self, *, within_s: float = 10) -> None:
+        """Finish the work already acknowledged (for ``within_s`` at most), then stop."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._queue.join()
+        except TimeoutError:
+            log.warning("stopping with %d Slack requests unanswered", self._queue.qsize())
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -70,6 +74,8 @@ class SlackBot:
             respond, work = await self._queue.get()
             try:
                 await self.answer(respond, work())
+            except Exception:  # answer() tells the user; nothing may stop a worker
+                log.exception("a Slack request's work failed")
             finally:
                 self._queue.task_done()
 
@@ -96,6 +102,8 @@ class SlackBot:
             await apply_now(self.svc)
         except ClonebotError as exc:
             log.warning("routes not applied yet: %s", exc.message)
+        except Exception:  # the change is in the database: the router keeper applies it
+            log.exception("routes not applied yet")
 
     async def answer(self, respond: Respond, work: Awaitable[str | None]) -> None:
         """Run ``work``; tell the user (only them) what it says, why it was refused, or that
@@ -109,8 +117,12 @@ class SlackBot:
         except Exception:
             log.exception("a Slack request failed")
             text = ":warning: That failed on clonebot's side; the error is in its log."
-        if text:
+        if not text:
+            return
+        try:
             await respond(text=text, response_type="ephemeral", replace_original=False)
+        except Exception:
+            log.exception("answer not sent: %s", text)
 
 
 def slack_request(user: str, channel: str | None, trigger_id: str | None) -> Request:

@@ -48,7 +48,11 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
     @app.command("/clone")
     async def clone(ack: AsyncAck, command: dict[str, Any], respond: Respond) -> None:
         await ack()
-        bot.after_ack(respond, lambda: _clone(bot, _asked(command)))
+        asked = _asked(command)
+        if not asked.words:  # a form, opened at once: its trigger lasts three seconds
+            await bot.answer(respond, open_clone_modal(bot, asked))
+            return
+        bot.after_ack(respond, lambda: _clone(bot, asked))
 
     @app.command("/env")
     async def env(ack: AsyncAck, command: dict[str, Any], respond: Respond) -> None:
@@ -66,9 +70,6 @@ def _asked(command: dict[str, Any]) -> Asked:
 
 
 async def _clone(bot: SlackBot, asked: Asked) -> str | None:
-    if not asked.words:
-        await open_clone_modal(bot, asked)
-        return None
     if len(asked.words) > 2:
         raise Usage(usage("/clone"))
     source, name = asked.words[0], (asked.words[1] if len(asked.words) == 2 else None)
@@ -160,14 +161,9 @@ async def _delete(bot: SlackBot, asked: Asked) -> None:
 
 
 async def start_delete(bot: SlackBot, request: Request, *, name: str, channel: str | None) -> None:
+    """A delete job, followed like a clone: its end is told to the team ("was deleted")."""
     job = await jobs.submit_delete(bot.svc, request, name=name, force=False)
-
-    async def deleted(ended: Any) -> None:
-        if ended.state == "succeeded":
-            note = messages.environment_deleted(name, by=request.user)
-            await bot.notices.send(note, about=(name, ended.source))
-
-    bot.jobs.start(job, channel=channel or request.user, after=deleted)
+    bot.jobs.start(job, channel=channel or request.user)
 
 
 async def _rename(bot: SlackBot, asked: Asked) -> None:

@@ -126,7 +126,8 @@ def _failure(job: Job) -> tuple[str, str]:
 
 
 def clone_started(job: Job) -> Message:
-    """Team notifications, here and below: one sentence, then who and which job."""
+    """Team notifications, here and below: one sentence, then who and which job. (A job's
+    are named for clones; a delete or rename job is told with them too.)"""
     return _notice(f"{RUNNING} {job_title(job)}", by=job.requester, job=job.id)
 
 
@@ -152,10 +153,6 @@ def split_changed(domain: str, weights: Mapping[str, int], sticky: bool, by: str
 def failover_set(domain: str, primary: str, backup: str, by: str) -> Message:
     sentence = f":shield: {domain} is served by *{primary}*; *{backup}* takes over if it fails"
     return _notice(sentence, by=by)
-
-
-def environment_deleted(name: str, by: str) -> Message:
-    return _notice(f":wastebasket: *{name}* was deleted", by=by)
 
 
 def handed_over(name: str, old: str | None, new: str, by: str) -> Message:

@@ -32,17 +32,25 @@ class Notices:
 
     async def send(self, message: Message, *, about: tuple[str | None, ...]) -> None:
         """Tell the team of the first environment of ``about`` that has a notify channel."""
-        channel = await self.channel_for(*about)
-        if channel is None:
+        try:
+            channel = await self.channel_for(*about)
+        except Exception:
+            log.exception("no notify channel found for %s", about)
             return
+        await self.send_to(channel, message)
+
+    async def send_to(self, channel: str | None, message: Message) -> None:
+        if channel is not None:
+            await self._post(channel, message)
+
+    async def direct(self, user: str, message: Message) -> None:
+        """A direct message (in the app's Messages tab of ``user``)."""
+        await self._post(user, message)
+
+    async def _post(self, channel: str, message: Message) -> None:
         try:
             await self._client.chat_postMessage(channel=channel, **message.to_dict())
         except SlackApiError as exc:
             log.warning("notification to %s not sent: %s", channel, exc.response.get("error"))
-
-    async def direct(self, user: str, message: Message) -> None:
-        """A direct message (in the app's Messages tab of ``user``)."""
-        try:
-            await self._client.chat_postMessage(channel=user, **message.to_dict())
-        except SlackApiError as exc:
-            log.warning("direct message to %s not sent: %s", user, exc.response.get("error"))
+        except Exception:
+            log.exception("notification to %s not sent", channel)

@@ -40,21 +40,24 @@ class JobMessages:
         self.edit_every_s = EDIT_EVERY_S
         # told a user's jobs changed (one started or ended): their App Home shows them
         self.on_change: Callable[[str], Awaitable[None]] | None = None
+        self._closed = False
 
     @property
     def following(self) -> int:
         return len(self._tasks)
 
-    def start(
-        self, job: Job, *, channel: str, after: Callable[[Job], Awaitable[None]] | None = None
-    ) -> None:
-        """Follow ``job`` in ``channel`` in the background; ``after`` runs once it has ended."""
-        task = asyncio.create_task(self._follow(job, channel=channel, after=after))
+    def start(self, job: Job, *, channel: str) -> None:
+        """Run ``job`` and follow it in ``channel``, in the background."""
+        if self._closed:  # stopping: the job stays queued, for the next worker to run
+            log.warning("job %s not started: clonebot is stopping", job.id)
+            return
+        task = asyncio.create_task(self._follow(job, channel=channel))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """Stop following: running jobs are cancelled, and so rolled back."""
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -64,38 +67,34 @@ class JobMessages:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _follow(
-        self, job: Job, *, channel: str, after: Callable[[Job], Awaitable[None]] | None
-    ) -> None:
+    async def _follow(self, job: Job, *, channel: str) -> None:
         async with self._svc.sessions() as session, session.begin():
             if not await repo.claim_message(session, job.id, channel=channel):
                 return  # a second delivery of the request: the first one follows the job
-        runner: asyncio.Task[None] | None = None
+        # the team's channel is read now: a delete removes the record that names it
+        team = await self._notices.channel_for(*_about(job))
+        # the job first: nothing Slack does (slow, refusing) may hold it up or lose it
+        runner = asyncio.create_task(_run(self._svc, job.id))
         try:
             editor = await self._post(job, channel)
-            await self._notices.send(messages.clone_started(job), about=_about(job))
+            await self._notices.send_to(team, messages.clone_started(job))
             await self._changed(job.requester)
-            runner = asyncio.create_task(_run(self._svc, job.id))
-            while not runner.done():
-                current = await _reload(self._svc, job.id)
+            # the job may have been claimed by another worker: its state is what ends it
+            while (current := await _reload(self._svc, job.id)).state in ("queued", "running"):
                 if editor is not None:
-                    await editor.show(messages.progress_message(current, now=utcnow()))
+                    editor = await editor.shown(messages.progress_message(current, now=utcnow()))
                 await asyncio.wait({runner}, timeout=self.edit_every_s)
-            ended = await _reload(self._svc, job.id)
             if editor is not None:
-                result = messages.result_message(ended, base_domain=self._base)
-                await editor.show(result, last=True)
-            await self._tell_team(ended)
+                result = messages.result_message(current, base_domain=self._base)
+                await editor.shown(result, last=True)
+            await self._tell_team(current, team)
             await self._changed(job.requester)
-            if after is not None:
-                await after(ended)
-        except asyncio.CancelledError:
-            if runner is not None:  # the job stops too, and so rolls back
-                runner.cancel()
-                await asyncio.gather(runner, return_exceptions=True)
-            raise
         except Exception:
             log.exception("following job %s", job.id)
+        finally:
+            if not runner.done():  # cancelled (clonebot stopping): the job rolls back
+                runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
 
     async def _changed(self, user: str) -> None:
         if self.on_change is None:
@@ -121,18 +120,21 @@ class JobMessages:
                     "job %s: no message in %s: %s", job.id, where, exc.response.get("error")
                 )
                 continue
+            except (OSError, TimeoutError) as exc:
+                log.warning("job %s: no message in %s: %r", job.id, where, exc)
+                continue
             posted, ts = str(answer["channel"]), str(answer["ts"])
             async with self._svc.sessions() as session, session.begin():
                 await repo.update_job(session, job.id, slack_channel=posted, slack_ts=ts)
             return _Editor(self._client, posted, ts, every_s=self.edit_every_s)
         return None
 
-    async def _tell_team(self, job: Job) -> None:
+    async def _tell_team(self, job: Job, team: str | None) -> None:
         if job.state == "succeeded":
             note = messages.clone_done(job, base_domain=self._base)
         else:
             note = messages.clone_failed(job)
-        await self._notices.send(note, about=_about(job))
+        await self._notices.send_to(team, note)
         took = (job.finished_at or utcnow()) - (job.started_at or job.created_at)
         if took.total_seconds() >= self._svc.settings.dm_after_s:
             await self._notices.direct(job.requester, note)
@@ -165,25 +167,32 @@ class _Editor:
         self._shown: dict[str, Any] | None = None
         self._next = time.monotonic() + every_s
 
-    async def show(self, message: Message, *, last: bool = False) -> None:
+    async def shown(self, message: Message, *, last: bool = False) -> _Editor | None:
+        """Show ``message`` if its turn has come (the last one waits for its turn); this
+        editor again, or None once Slack refused an edit for good (the message was deleted,
+        say): the job goes on without it."""
         content = message.to_dict()
         if content == self._shown:
-            return
+            return self
         while True:
             wait = self._next - time.monotonic()
             if wait > 0 and not last:
-                return
+                return self
             await asyncio.sleep(max(wait, 0))
             try:
                 await self._client.chat_update(channel=self._channel, ts=self._ts, **content)
             except SlackApiError as exc:
                 if exc.response.status_code != 429:
-                    raise
+                    log.warning("message %s not edited: %s", self._ts, exc.response.get("error"))
+                    return None
                 headers = {k.lower(): v for k, v in exc.response.headers.items()}
                 retry_after = float(headers.get("retry-after", 1))
                 self._next = time.monotonic() + retry_after
                 if not last:
-                    return
+                    return self
                 continue
+            except (OSError, TimeoutError) as exc:  # Slack unreachable: try the next one
+                log.warning("message %s not edited: %r", self._ts, exc)
+                return self
             self._shown, self._next = content, time.monotonic() + self._every_s
-            return
+            return self

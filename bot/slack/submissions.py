@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -13,6 +14,9 @@ from bot.slack.commands import traffic_changed
 from bot.slack.views import FieldError, field_errors, read_clone_modal, read_split_modal
 from services import jobs, routing
 from services.errors import ClonebotError, EnvironmentNotFound, Forbidden, InvalidName, NameTaken
+
+log = logging.getLogger(__name__)
+_FAILED = "That failed on clonebot's side; the error is in its log."
 
 
 def register(app: AsyncApp, bot: SlackBot) -> None:
@@ -34,6 +38,10 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
             return
         except ClonebotError as exc:  # the source: gone, or not the user's to clone
             await ack(**field_errors(**{ids.CLONE_SOURCE: exc.message}))
+            return
+        except Exception:
+            log.exception("clone form of %s", user)
+            await ack(**field_errors(**{ids.CLONE_NAME: _FAILED}))
             return
         await ack()
         bot.jobs.start(job, channel=form.channel or user)
@@ -63,6 +71,10 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
             return
         except ClonebotError as exc:
             await ack(**field_errors(**{ids.SPLIT_DOMAIN: exc.message}))
+            return
+        except Exception:
+            log.exception("split form of %s", user)
+            await ack(**field_errors(**{ids.SPLIT_DOMAIN: _FAILED}))
             return
         await ack()
         await traffic_changed(bot, note, about=(form.env, form.other))

@@ -50,8 +50,18 @@ class Bot:
     settings: Settings
     log: Path
     port: int
+    seen: int = 0  # answers given before the last command or click
+
+    async def reply(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first answer to the user (through response_url) that matches, of those given
+        since the last command or click: never one an earlier request got."""
+        seen = self.slack.responses[: self.seen]
+        return await self.slack.wait_for_response(
+            lambda r: predicate(r) and not any(r is old for old in seen)
+        )
 
     async def command(self, user: str, command: str, text: str, **signing: Any) -> Reply:
+        self.seen = len(self.slack.responses)
         payload = slash_command(
             command=command, user_id=user, text=text, response_url=self.slack.response_url
         )
@@ -59,6 +69,7 @@ class Bot:
 
     async def click(self, user: str, message: dict[str, Any], action_id: str) -> Reply:
         """``user`` clicks the button ``action_id`` of a message the bot posted."""
+        self.seen = len(self.slack.responses)
         payload = block_actions(
             user_id=user,
             message=message,
@@ -201,7 +212,7 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
     # a stranger may not clone it: told why, alone; nothing is created
     reply = await bot.command(STRANGER, "/clone", f"{prod} {copy}")
     assert reply.status == 200 and reply.elapsed_s < 3
-    refused = await bot.slack.wait_for_response(lambda r: "Nothing was done" in r.get("text", ""))
+    refused = await bot.reply(lambda r: "Nothing was done" in r.get("text", ""))
     assert f"{prod} belongs to <@{OWNER}>" in refused["text"]
     assert refused["response_type"] == "ephemeral"
     assert copy not in await _names(bot.settings)
@@ -231,7 +242,7 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
 
     # a stranger clicking Swap: refused, alone; the traffic stays
     await bot.click(STRANGER, final, "swap_domains")
-    refused = await bot.slack.wait_for_response(
+    refused = await bot.reply(
         lambda r: "Nothing was done" in r.get("text", "") and copy in r.get("text", "")
     )
     assert refused["replace_original"] is False
@@ -240,7 +251,7 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
     # the owner's click moves the real traffic
     reply = await bot.click(OWNER, final, "swap_domains")
     assert reply.status == 200
-    await bot.slack.wait_for_response(lambda r: "swapped their domains" in r.get("text", ""))
+    await bot.reply(lambda r: "swapped their domains" in r.get("text", ""))
     assert await _page(bot.settings, "shop.test", within_s=2) == "copy"
     await _until(
         lambda: any("swapped" in t for t in _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)),
@@ -256,12 +267,12 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
 
     # Delete clone (Slack asked the owner to confirm): a job of its own, then the team hears
     await bot.click(STRANGER, final, "delete_clone")
-    await bot.slack.wait_for_response(
-        lambda r: "Nothing was done" in r["text"] and f"{copy} belongs to" in r["text"]
-    )
+    refused = await bot.reply(lambda r: "Nothing was done" in r["text"])
+    # refused for who they are, before anything about the clone is told
+    assert f"{copy} belongs to" in refused["text"] and "shop.test" not in refused["text"]
     # it serves the shop now: deleting it would take the shop down
     await bot.click(OWNER, final, "delete_clone")
-    await bot.slack.wait_for_response(lambda r: f"{copy} serves shop.test: swap" in r["text"])
+    await bot.reply(lambda r: f"{copy} serves shop.test: swap" in r["text"])
     assert copy in await _names(bot.settings)
     await bot.command(OWNER, "/env", f"swap {copy} {prod}")
     await _until_page(bot.settings, "shop.test", f"{prod} web 1", within_s=3)
@@ -440,24 +451,24 @@ async def test_env_commands_answer_the_user_and_bad_input_gets_usage(
 ) -> None:
     prod = (await make_source(web_nodes=1, db_nodes=0)).name
     await bot.command(OWNER, "/env", "list")
-    listed = await bot.slack.wait_for_response(lambda r: "Environments you may see" in r["text"])
+    listed = await bot.reply(lambda r: "Environments you may see" in r["text"])
     assert f"*{prod}* (owner)" in listed["text"]
     await bot.command(OWNER, "/env", "frobnicate")
-    unknown = await bot.slack.wait_for_response(lambda r: "frobnicate" in r["text"])
+    unknown = await bot.reply(lambda r: "frobnicate" in r["text"])
     assert unknown["text"] == "`frobnicate` is not an /env command: `/env help` lists them."
     await bot.command(OWNER, "/env", "help")
-    help_text = await bot.slack.wait_for_response(lambda r: "*/env* commands:" in r["text"])
+    help_text = await bot.reply(lambda r: "*/env* commands:" in r["text"])
     assert "`/env swap ENV OTHER`" in help_text["text"]
     await bot.command(OWNER, "/env", "split shop.test")
-    usage = await bot.slack.wait_for_response(lambda r: r["text"].startswith("Usage: `/env split"))
+    usage = await bot.reply(lambda r: r["text"].startswith("Usage: `/env split"))
     assert usage["response_type"] == "ephemeral"
     await bot.command(OWNER, "/env", f"domain add {prod} bad_domain!")
-    refused = await bot.slack.wait_for_response(lambda r: "not a valid domain" in r["text"])
+    refused = await bot.reply(lambda r: "not a valid domain" in r["text"])
     assert refused["text"].startswith(":no_entry: Nothing was done:")
     await bot.command(OWNER, "/env", f"share {prod} <@{STRANGER}|stranger> operator")
-    await bot.slack.wait_for_response(lambda r: f"<@{STRANGER}> is now operator" in r["text"])
+    await bot.reply(lambda r: f"<@{STRANGER}> is now operator" in r["text"])
     await bot.command(STRANGER, "/env", "list")
-    theirs = await bot.slack.wait_for_response(lambda r: f"*{prod}* (operator)" in r["text"])
+    theirs = await bot.reply(lambda r: f"*{prod}* (operator)" in r["text"])
     assert theirs["response_type"] == "ephemeral"
     # App Home: the user's environments
     await bot.sender.send(
@@ -504,7 +515,7 @@ async def test_env_traffic_and_ownership_commands_reach_haproxy_and_the_right_ch
 
     async def env(text: str, expect: str, *, user: str = OWNER) -> str:
         await bot.command(user, "/env", text)
-        reply = await bot.slack.wait_for_response(lambda r: expect in r["text"])
+        reply = await bot.reply(lambda r: expect in r["text"])
         return str(reply["text"])
 
     await env(f"notify {blue} <#CBLUE0001|blue-team>", f"about *{blue}* now go to <#CBLUE0001>")
@@ -519,7 +530,7 @@ async def test_env_traffic_and_ownership_commands_reach_haproxy_and_the_right_ch
     )  # fmt: skip
     await bot.sender.send(command_request(payload))
     await bot.sender.send(command_request(payload), retry_num=1)
-    await bot.slack.wait_for_response(lambda r: "swapped their domains" in r["text"])
+    await bot.reply(lambda r: "swapped their domains" in r["text"])
     await _until_page(bot.settings, "www.test", f"{green} web 1", within_s=3)
     await asyncio.sleep(1)  # a second swap would have swapped back by now
     assert await _page(bot.settings, "www.test") == f"{green} web 1"

@@ -19,7 +19,6 @@ from bot.slack.messages import (
     clone_failed,
     clone_started,
     domains_swapped,
-    environment_deleted,
     failover_set,
     handed_over,
     progress_message,
@@ -294,7 +293,7 @@ def test_team_notifications_are_one_sentence_and_who() -> None:
         "swapped": domains_swapped("prod", "dev-copy", "UOWNER1"),
         "split": split_changed("shop.example.com", {"prod": 9, "dev-copy": 1}, True, "UOWNER1"),
         "failover": failover_set("shop.example.com", "prod", "dev-copy", "UOWNER1"),
-        "deleted": environment_deleted("dev-copy", "UOWNER1"),
+        "deleted": clone_done(job(kind="delete", state="succeeded", result={}), base_domain=BASE),
         "handed": handed_over("dev-copy", "UOWNER1", "UBOB0001", "UADMIN1"),
     }
     docs = {name: sent(message) for name, message in notes.items()}
