@@ -24,15 +24,20 @@ def check_user(user: str) -> str:
     return user
 
 
+def label_owner(env: Environment | Glimpse) -> str | None:
+    """The owner an environment's ``clonebot.owner`` label names, if it names a Slack user."""
+    return env.owner if env.owner and SLACK_USER.fullmatch(env.owner) else None
+
+
 async def ensure_record(session: AsyncSession, env: Environment | Glimpse) -> EnvironmentRecord:
     """The environment's record; a newly seen one is owned by its ``clonebot.owner`` label."""
     record = await repo.get_environment(session, env.name)
     if record is not None:
         return record
-    owner = env.owner if env.owner and SLACK_USER.fullmatch(env.owner) else None
     record = EnvironmentRecord(
-        name=env.name, owner=owner, cloned_from=env.cloned_from, collaborators=[], channels=[]
-    )
+        name=env.name, owner=label_owner(env), cloned_from=env.cloned_from, collaborators=[],
+        channels=[],
+    )  # fmt: skip
     try:
         async with session.begin_nested():
             session.add(record)

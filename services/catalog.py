@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
-from services.access import access_of, check_user
+from services.access import access_of, check_user, label_owner
 from services.context import Services
 from services.environments import Environment, list_environments
 from services.permissions import Action, decide
@@ -70,7 +70,10 @@ async def visible_environments(
     ]
     views = []
     for env in envs:
-        record = records.get(env.name) or EnvironmentRecord(name=env.name, owner=env.owner)
+        # one never seen yet is owned as its first check will record it
+        record = records.get(env.name) or EnvironmentRecord(
+            name=env.name, owner=label_owner(env), cloned_from=env.cloned_from
+        )
         view = _view(svc, env, record, user=user, channel=channel)
         if view is None:
             continue
