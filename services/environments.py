@@ -108,9 +108,8 @@ class Environment:
 async def list_environments(docker: DockerClient) -> list[Environment]:
     """Every Compose project on the engine, as an environment, sorted by name."""
     summaries = await docker.list_containers(labels=[PROJECT])
-    attrs = await gather_all(*(docker.inspect_container(s["Id"]) for s in summaries))
     by_project: dict[str, list[JSON]] = defaultdict(list)
-    for doc in attrs:
+    for doc in await _inspected(docker, summaries):
         labels = doc["Config"].get("Labels") or {}
         if labels.get(ONEOFF, "False") != "True":
             by_project[labels[PROJECT]].append(doc)
@@ -119,11 +118,18 @@ async def list_environments(docker: DockerClient) -> list[Environment]:
 
 async def get_environment(docker: DockerClient, name: str) -> Environment:
     summaries = await docker.list_containers(labels=[f"{PROJECT}={name}"])
-    attrs = await gather_all(*(docker.inspect_container(s["Id"]) for s in summaries))
+    attrs = await _inspected(docker, summaries)
     docs = [d for d in attrs if (d["Config"].get("Labels") or {}).get(ONEOFF, "False") != "True"]
     if not docs:
         raise EnvironmentNotFound(name)
     return _environment(name, docs)
+
+
+async def _inspected(docker: DockerClient, summaries: list[JSON]) -> list[JSON]:
+    """The listed containers inspected; one removed since the listing (a job's helper, a
+    clone rolled back) is left out rather than failing the whole listing."""
+    found = await gather_all(*(docker.find_container(s["Id"]) for s in summaries))
+    return [doc for doc in found if doc is not None]
 
 
 @dataclass(frozen=True)
