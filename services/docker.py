@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -233,7 +234,7 @@ class DockerClient:
             "images/create",
             method="POST",
             params=params,
-            data=tar,
+            data=io.BytesIO(tar),  # a file: aiohttp streams it (raw bytes would block the loop)
             headers={"Content-Type": "application/x-tar"},
         )
         await _translate(f"import image {repo}:{tag}", _drain(call))

@@ -22,6 +22,8 @@ from pathlib import Path
 from services.docker import JSON, DockerClient, ExecSession
 from services.errors import DockerFailed
 
+# A change here needs a new tag for the helper image (CLONEBOT_HELPER_IMAGE's default): an
+# engine keeps the image it built once.
 APPLETS = [
     "sh",
     "cp",
@@ -30,11 +32,12 @@ APPLETS = [
     "mkdir",
     "find",
     "sort",
-    "comm",
+    "awk",
     "du",
     "df",
     "cut",
     "touch",
+    "date",
     "usleep",
     "sleep",
     "kill",
@@ -50,8 +53,13 @@ APPLETS = [
     "ls",
 ]
 
+# Every script writes its errors to stdout too: stdout and stderr arrive as two streams, and a
+# line of one could land in the middle of the other's "done".
 _PRE_COPY = r"""
-touch /marker && usleep 50000
+exec 2>&1
+# busybox find -newer compares whole seconds: the marker is set a second back, so that a
+# file changed in the second the copy starts is seen (one changed just before is copied twice)
+touch -d "@$(($(date +%s) - 1))" /marker
 ( while :; do echo "progress $(du -sk /to | cut -f1)"; usleep 400000; done ) & ticker=$!
 for i in $(seq 0 $(($1 - 1))); do
   # a refresh copies into a used volume: start it empty
@@ -67,13 +75,16 @@ echo done
 # newer than the pre-copy marker are copied again. The target listing is taken before the
 # freeze: only this job writes there.
 _FINAL_PASS = r"""
+exec 2>&1
 for i in $(seq 0 $(($1 - 1))); do (cd /to/$i && find . | sort) > /tmp/to.$i; done
 echo ready
 read go
 for i in $(seq 0 $(($1 - 1))); do
   cd /from/$i || exit 1
   find . | sort > /tmp/from.$i
-  comm -13 /tmp/from.$i /tmp/to.$i | while IFS= read -r p; do rm -rf "/to/$i/$p"; done
+  # what the target has and the source no longer has (busybox-static has no comm)
+  awk 'NR == FNR { kept[$0] = 1; next } !($0 in kept)' /tmp/from.$i /tmp/to.$i |
+    while IFS= read -r p; do rm -rf "/to/$i/$p"; done
   find . -newer /marker | while IFS= read -r p; do
     t="/to/$i/$p"
     if [ -d "$p" ] && [ ! -L "$p" ]; then
