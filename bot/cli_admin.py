@@ -153,7 +153,14 @@ def serve(
             out.print(f"clonebot serving; {how}; stop with Ctrl-C", highlight=False)
             await supervise(svc, stop=stop, on_recovered=_print_recovered, router=router)
 
+    # a SIGTERM while starting (before the loop's own handler) stops at once, as asked: it
+    # finds nothing started yet that would need stopping
+    signal.signal(signal.SIGTERM, _exit_now)
     run(work)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _print_recovered(recovered: list[Job]) -> None:

@@ -139,7 +139,7 @@ async def test_bad_traffic_input_is_one_line(routed: Settings, make_source: Make
 
 
 async def test_serve_keeps_an_external_haproxy_on_the_routes(
-    routed: Settings, make_source: MakeSource
+    routed: Settings, make_source: MakeSource, tmp_path: Path
 ) -> None:
     """CLONEBOT_ROUTER_MODE=external: serve writes the files and drives an HAProxy it did not
     start (here one on the host, as its operator would run it)."""
@@ -148,15 +148,19 @@ async def test_serve_keeps_an_external_haproxy_on_the_routes(
     files = RouterFiles(external.router_dir)
     blue, green = (await make_source(web_nodes=1)).name, (await make_source(web_nodes=1)).name
     cli(external, "domain", "add", blue, "shop.test", "--as", OWNER)
-    serve = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "serve",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=_env(external),
-    )  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out_file:
+        serve = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "serve",
+            stdout=out_file, stderr=asyncio.subprocess.STDOUT, env=_env(external),
+        )  # fmt: skip
     haproxy = None
     try:
+        # serve is up (and so stops cleanly on SIGTERM) once it says so
         async with asyncio.timeout(15):
-            while not files.config.exists():  # noqa: ASYNC110 (polling the file system)
+            while b"clonebot serving" not in log.read_bytes():  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
+        assert files.config.exists()
         haproxy = await asyncio.create_subprocess_exec(
             "haproxy", "-W", "-S", str(files.master), "-f", str(files.config),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
