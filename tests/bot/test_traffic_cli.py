@@ -170,8 +170,8 @@ async def test_serve_keeps_an_external_haproxy_on_the_routes(
         assert "applied to HAProxy" in out
         assert await _page(external, "shop.test", within_s=2) == f"{green} web 1"
     finally:
-        serve.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(serve.wait(), timeout=15) == 0
-        if haproxy is not None:
+        if haproxy is not None:  # first: a failing assertion below must not leave it running
             haproxy.terminate()
             await haproxy.wait()
+        serve.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(serve.wait(), timeout=15) == 0
