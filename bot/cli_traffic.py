@@ -11,11 +11,11 @@ from rich.table import Table
 from bot.cli import AsUser, JsonFlag, app, out, run
 from services.access import Request
 from services.context import Services
-from services.errors import BadRequest
 from services.haproxy import RouterFiles
 from services.router import apply_now, router_state
 from services.routing import (
     add_domain,
+    parse_weights,
     remove_domain,
     set_failover,
     set_split,
@@ -79,7 +79,7 @@ def split(
     """Share a domain's traffic by weight between two environments."""
 
     async def work(svc: Services) -> str:
-        shares = _weights(weights)
+        shares = parse_weights(weights)
         await set_split(svc, Request(user), domain=domain, weights=shares, sticky=sticky)
         return f"{domain} split {shares}; {await _applied(svc)}"
 
@@ -114,15 +114,3 @@ def routes(as_json: JsonFlag = False) -> None:
     for host, servers in sorted(rows.items()):
         table.add_row(host, ", ".join(f"{n} ({w}{' backup' if b else ''})" for n, w, b in servers))
     out.print(table)
-
-
-def _weights(items: list[str]) -> dict[str, int]:
-    shares: dict[str, int] = {}
-    for item in items:
-        env, _, weight = item.partition("=")
-        if not env or not weight.lstrip("-").isdigit():
-            raise BadRequest(f"{item!r} is not ENV=WEIGHT (like prod=90)")
-        if env in shares:
-            raise BadRequest(f"{env} is named twice: a split is between two environments")
-        shares[env] = int(weight)
-    return shares

@@ -7,6 +7,7 @@ shows, into what HAProxy must serve (see ``services/router.py``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from sqlalchemy import select
 
@@ -87,6 +88,19 @@ async def swap_domains(svc: Services, request: Request, *, first: str, second: s
                 binding.environment_id = b.id if binding.environment_id == a.id else a.id
         _audit(session, request, "swap", first, {"with": second})
         await session.commit()
+
+
+def parse_weights(items: Sequence[str]) -> dict[str, int]:
+    """``["prod=90", "dev=10"]`` as ``{"prod": 90, "dev": 10}``, for a front door's words."""
+    shares: dict[str, int] = {}
+    for item in items:
+        env, _, weight = item.partition("=")
+        if not env or not weight.isdigit():
+            raise BadRequest(f"{item!r} is not ENV=WEIGHT (like prod=90)")
+        if env in shares:
+            raise BadRequest(f"{env} is named twice: a split is between two environments")
+        shares[env] = int(weight)
+    return shares
 
 
 async def set_split(

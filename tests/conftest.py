@@ -259,19 +259,20 @@ async def read_volume(docker: DockerClient, volume: str, path: str) -> str:
     return await in_volume(docker, volume, f"cat /v/{path}")
 
 
-async def in_volume(docker: DockerClient, volume: str, script: str) -> str:
-    """The output of a script run beside a volume mounted read-only at /v."""
+async def in_volume(docker: DockerClient, volume: str, script: str, *, write: bool = False) -> str:
+    """The output of a script run beside a volume mounted at /v (read-only unless ``write``)."""
+    mode = "rw" if write else "ro"
     cid = await docker.create_container(
         name=None,
         config={
             "Image": IMAGE,
             "Cmd": ["sh", "-c", script],
-            "HostConfig": {"Binds": [f"{volume}:/v:ro"], "NetworkMode": "none"},
+            "HostConfig": {"Binds": [f"{volume}:/v:{mode}"], "NetworkMode": "none"},
         },
     )
     try:
         await docker.start_container(cid)
-        assert await docker.wait_container(cid) == 0
+        assert await docker.wait_container(cid) == 0, await docker.container_logs(cid)
         return await docker.container_logs(cid)
     finally:
         await docker.remove_container(cid)

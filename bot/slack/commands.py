@@ -8,7 +8,7 @@ and ownership are told to the team.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,7 +237,7 @@ async def traffic_changed(bot: SlackBot, note: messages.Message, *, about: tuple
 async def _split(bot: SlackBot, asked: Asked) -> str:
     domain, *rest = asked.words
     sticky = bool(rest) and rest[-1] == "sticky"
-    weights = _weights(rest[:-1] if sticky else rest)
+    weights = routing.parse_weights(rest[:-1] if sticky else rest)
     return await split(bot, asked.request, domain=domain, weights=weights, sticky=sticky)
 
 
@@ -285,18 +285,6 @@ def _channel(word: str) -> str:
     if (match := _CHANNEL.fullmatch(word)) is None:
         raise BadRequest(f"{word!r} is not a channel: name it, like #team")
     return match.group(1) or match.group(2)
-
-
-def _weights(items: Sequence[str]) -> dict[str, int]:
-    shares: dict[str, int] = {}
-    for item in items:
-        env, _, weight = item.partition("=")
-        if not env or not weight.isdigit():
-            raise BadRequest(f"{item!r} is not ENV=WEIGHT (like prod=90)")
-        if env in shares:
-            raise BadRequest(f"{env} is named twice: a split is between two environments")
-        shares[env] = int(weight)
-    return shares
 
 
 # subcommand -> (the numbers of words it takes, its handler)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.slack.commands import _channel, _user, _weights
+from bot.slack.commands import _channel, _user
 from services.errors import BadRequest
+from services.routing import parse_weights as _weights
 
 
 @pytest.mark.parametrize(

@@ -10,23 +10,11 @@ import pytest
 from services.docker import DockerClient
 from services.settings import Settings
 from services.volumes import FinalPass, copy_helper, ensure_helper_image, pre_copy
-from tests.conftest import IMAGE, in_volume
+from tests.conftest import in_volume
 
 
 async def _write(docker: DockerClient, volume: str, script: str) -> None:
-    cid = await docker.create_container(
-        name=None,
-        config={
-            "Image": IMAGE,
-            "Cmd": ["sh", "-c", script],
-            "HostConfig": {"Binds": [f"{volume}:/v"], "NetworkMode": "none"},
-        },
-    )
-    try:
-        await docker.start_container(cid)
-        assert await docker.wait_container(cid) == 0, await docker.container_logs(cid)
-    finally:
-        await docker.remove_container(cid)
+    await in_volume(docker, volume, script, write=True)
 
 
 @pytest.fixture
