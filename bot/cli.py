@@ -18,6 +18,7 @@ from services.context import Services, open_services
 from services.environments import Environment, list_environments
 from services.errors import ClonebotError, Refused
 from services.jobs import run_job, submit_clone, submit_delete, submit_refresh, submit_rename
+from services.naming import Rewrite
 from services.progress import EventSink, ignore_events
 from services.settings import Settings, get_settings
 from storage import repositories as repo
@@ -203,9 +204,9 @@ def _print_result(job: Job) -> None:
 
 def _print_details(result: dict[str, Any]) -> None:
     """What the job changed that its user should know: rewrites, ports, warnings."""
-    for rw in result.get("rewrites", []):
-        line = f"  rewrote {rw['node']} {rw['variable']}: {rw['old']} -> {rw['new']}"
-        out.print(line, highlight=False, soft_wrap=True)
+    for rw in map(Rewrite.from_record, result.get("rewrites", [])):
+        # which hosts changed, never the value: it may hold a password
+        out.print(f"  rewrote {rw.node} {rw.describe()}", highlight=False, soft_wrap=True)
     for port in result.get("ports", []):
         line = (
             f"  port {port['node']} {port['container_port']}: host {port['old']} -> {port['new']}"

@@ -26,6 +26,7 @@ from slack_sdk.models.blocks import (
 
 from bot.progress_view import human
 from bot.slack import ids
+from services.naming import Rewrite
 from storage.models import Job
 
 SECTION_LIMIT = 3000  # characters of a section's text
@@ -272,11 +273,9 @@ def _buttons(job: Job, *, base_domain: str) -> list[ButtonElement | LinkButtonEl
 
 def _details(result: Mapping[str, Any]) -> str:
     """The rewrites, re-mapped ports and warnings of a result, a dozen lines at most."""
-    lines = [
-        f"• {escape(rw['node'])}: {escape(rw['variable'])} `{escape(clip(rw['old'], 120))}` → "
-        f"`{escape(clip(rw['new'], 120))}`"
-        for rw in result.get("rewrites", [])
-    ]
+    # names and the hosts that changed, never a value: values hold passwords
+    rewrites = [Rewrite.from_record(rw) for rw in result.get("rewrites", [])]
+    lines = [f"• {escape(rw.node)}: `{escape(clip(rw.describe(), 300))}`" for rw in rewrites]
     lines += [
         f"• {escape(p['node'])}: port {escape(p['container_port'])} is on host port {p['new']} "
         f"(not {p['old']})"

@@ -6,6 +6,7 @@ slack_sdk's own (``to_dict()`` validates), as it would before being sent.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -74,7 +75,9 @@ def succeeded(**fields: Any) -> Job:
         "freeze_ms": 42,
         "warnings": ["db-1 could not be paused: it was stopped and restarted"],
         "rewrites": [
-            {"node": "dev-copy-web-1", "variable": "DB_HOST", "old": "prod-db-1", "new": "x-db-1"}
+            {"node": "dev-copy-web-1", "variable": "DB_HOST", "hosts": [["prod-db-1", "x-db-1"]]},
+            # a record written before rewrites lost their values: the values are not shown
+            {"node": "dev-copy-web-2", "variable": "DB_URL", "old": "pg://a:PASS@h", "new": "…"},
         ],
         "ports": [
             {"node": "dev-copy-web-1", "container_port": "80/tcp", "old": "8080", "new": "32768"}
@@ -212,7 +215,8 @@ def test_a_finished_clone_offers_swap_split_open_and_delete() -> None:
     )
     assert "2 nodes in 12.3 s" in seen
     assert "*prod* was frozen 42 ms at most" in seen
-    assert "DB_HOST `prod-db-1` → `x-db-1`" in seen
+    assert "dev-copy-web-1: `DB_HOST: prod-db-1 → x-db-1`" in seen
+    assert "dev-copy-web-2: `DB_URL`" in seen and "PASS" not in json.dumps(doc)
     assert "port 80/tcp is on host port 32768 (not 8080)" in seen
     assert ":warning: db-1 could not be paused" in seen
     assert list(actions) == [ids.SWAP, ids.SPLIT, ids.OPEN, ids.DELETE]

@@ -56,10 +56,12 @@ def test_rewriter_replaces_whole_names_only() -> None:
         "D=myprod_db_1",
         "FLAG",
     ]
-    assert [(r.variable, r.new) for r in rewrites] == [
-        ("A", "postgres://dev-db-1:5432/x"),
-        ("C", "http://dev.example/path"),
+    # the names that changed, never the values (they may hold passwords)
+    assert [(r.variable, r.hosts) for r in rewrites] == [
+        ("A", (("prod_db_1", "dev-db-1"),)),
+        ("C", (("prod.example", "dev.example"),)),
     ]
+    assert rewrites[0].describe() == "A: prod_db_1 → dev-db-1"
 
 
 def test_final_pass_copies_top_most_changes_only() -> None:
