@@ -9,7 +9,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -111,13 +120,17 @@ class ChannelBinding(Base):
 
 
 class Job(Base):
-    """A clone, refresh or delete, recorded before it starts."""
+    """A clone, refresh, rename or delete, recorded before it starts.
+
+    While unfinished (queued, running, recovering) a job holds the environments it works on
+    (see ``services/job_locks.py``): its rows are the locks, shared by every process.
+    """
 
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "clone", "refresh" or "delete"
-    # queued, running, succeeded, failed, rolled back
+    kind: Mapped[str] = mapped_column(String(16))  # services.job_locks.JobKind
+    # queued, running, recovering, succeeded, failed, rolled back
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     environment: Mapped[str] = mapped_column(String(63))
     source: Mapped[str | None] = mapped_column(String(63))
@@ -138,6 +151,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    # disk the job's copy will still take: other jobs' disk checks count it as used
+    reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class IdempotencyKey(Base):
@@ -147,7 +162,8 @@ class IdempotencyKey(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # kept for a day (Slack retries within minutes), then removed by the supervisor
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class AuditEntry(Base):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -337,5 +339,33 @@ async def test_on_sqlite_a_read_then_write_waits_for_a_racing_writer(tmp_path: P
         async with sessions() as session:
             names = {r.name for r in await repo.list_environments(session)}
         assert names == {"first", "second"}
+    finally:
+        await engine.dispose()
+
+
+async def test_several_processes_starting_on_a_new_database_all_migrate_it(
+    database_url: str,
+) -> None:
+    """Five `clonebot` processes started at once on a database nobody created the schema of
+    (a new SQLite file, a new PostgreSQL database): each must start, and the schema is whole."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "db", "upgrade",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        for _ in range(5)
+    ]
+    async with asyncio.timeout(120):
+        outputs = [(await p.communicate())[0].decode() for p in procs]
+    failed = [out[-800:] for p, out in zip(procs, outputs, strict=True) if p.returncode != 0]
+    assert failed == [], failed
+    engine = create_engine(database_url)
+    try:
+        async with sessionmaker(engine)() as session:
+            assert await _table_names(session) == TABLES
+            versions = (await session.execute(text("SELECT version_num FROM alembic_version"))).all()
+        head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+        assert [v for (v,) in versions] == [head]
     finally:
         await engine.dispose()
