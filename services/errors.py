@@ -3,7 +3,7 @@
 ClonebotError                 base: ``message`` is what a person reads
 ├── Refused                   nothing was done; the request itself is wrong
 │   ├── InvalidName           not a valid environment name
-│   ├── NameTaken             an environment of that name exists
+│   ├── NameTaken             an environment, or what is left of one, holds the name
 │   ├── EnvironmentNotFound   no environment of that name
 │   ├── NotEnoughDisk         the Docker host lacks space for the copy
 │   └── NotAClone             an operation meant for clones was asked of a source
@@ -35,9 +35,15 @@ class InvalidName(Refused):
 
 
 class NameTaken(Refused):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"an environment named {name!r} already exists")
+    """``holder`` says what holds the name when it is not a running environment."""
+
+    def __init__(self, name: str, holder: str | None = None) -> None:
+        if holder is None:
+            super().__init__(f"an environment named {name!r} already exists")
+        else:
+            super().__init__(f"{name} is taken: {holder}")
         self.name = name
+        self.holder = holder
 
 
 class EnvironmentNotFound(Refused):
