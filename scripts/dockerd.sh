@@ -7,22 +7,27 @@
 #   dockerd.sh stop    stop our dockerd, but only if a `start` launched it.
 #   dockerd.sh env     print `export DOCKER_HOST=...` for the engine in use.
 #
-# Our engine has its own data root, exec root, socket, pid file and containerd, so it
-# can run next to another engine (e.g. a developer's) without sharing state with it.
+# Our engine has its own data root, exec root, socket, pid file, containerd namespace,
+# config file and identity key, so it can run next to another engine (e.g. a developer's
+# own Docker) without sharing state with it or changing it.
 set -euo pipefail
 
-NAME=clonebot-docker
+# The names can be changed (another private engine beside this one: a test of this script).
+NAME=${CLONEBOT_DOCKERD_NAME:-clonebot-docker}
 SOCK=unix:///run/$NAME.sock
 PIDFILE=/run/$NAME.pid
 STATE=/run/$NAME.started-by-us   # exists while an engine launched by `start` may run
 LOG=/run/$NAME.log
+# Our own daemon.json: without --config-file dockerd would read the host engine's
+# /etc/docker/daemon.json (its bip, pools, hosts...) and write its key beside it.
+CONF=/run/$NAME.json
 # Networking: another engine on the host may own docker0 and the DOCKER iptables chains
 # (dockerd flushes those chains when it starts with iptables on). So ours gets its own
 # bridge and address pool and adds no iptables rules of its own: published ports still
 # work through docker-proxy, and without NAT containers cannot reach the outside.
-BRIDGE=clonebot0
-BRIDGE_IP=10.213.0.1/24
-POOL=10.213.0.0/16   # the bridge and every network our engine creates
+BRIDGE=${CLONEBOT_DOCKERD_BRIDGE:-clonebot0}
+BRIDGE_IP=${CLONEBOT_DOCKERD_BRIDGE_IP:-10.213.0.1/24}
+POOL=${CLONEBOT_DOCKERD_POOL:-10.213.0.0/16}   # the bridge and every network our engine creates
 # ...except this one: with another engine's FORWARD policy DROP (and br_netfilter),
 # our containers could not talk to each other. It only matches our pool.
 FWD_RULE=(FORWARD -s "$POOL" -d "$POOL" -m comment --comment "$NAME" -j ACCEPT)
@@ -52,6 +57,7 @@ launch() {
     ip link set "$BRIDGE" up
     iptables -C "${FWD_RULE[@]}" 2>/dev/null || iptables -I "${FWD_RULE[@]}"
     rm -f "$PIDFILE"   # stale (it names no live dockerd), and dockerd would refuse it
+    write_config true
     touch "$STATE"
     # setsid: own session, so it outlives this shell and a ^C in the terminal.
     # The proxies point at a closed port, so an image pull fails at once instead of
@@ -59,7 +65,7 @@ launch() {
     # The containerd namespaces matter only if dockerd finds a system containerd.
     env -u http_proxy -u https_proxy -u no_proxy -u all_proxy -u ALL_PROXY \
         HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
-        setsid /usr/sbin/dockerd \
+        setsid /usr/sbin/dockerd --config-file "$CONF" \
         --data-root /var/lib/$NAME --exec-root /run/$NAME \
         -H "$SOCK" --pidfile "$PIDFILE" \
         --containerd-namespace $NAME --containerd-plugins-namespace $NAME-plugins \
@@ -67,6 +73,34 @@ launch() {
         </dev/null >>"$LOG" 2>&1 &
     LAUNCHED_PID=$!
 }
+
+# The host's docker0: dockerd 20.10 deletes the interface named docker0, whatever
+# --bridge says, when it starts with address pools set and finds the "bridge" network
+# of its previous run in its store (daemon/daemon_unix.go initNetworkController,
+# removeDefaultBridgeInterface): every start but the first removed the host engine's
+# docker0, and that engine could start no container ("could not find bridge docker0").
+# It does not when live-restore is on: so our engine starts with it on, and turns it off
+# (a reload) once it answers, so that a stop still stops its containers as before.
+write_config() {
+    printf '{"live-restore": %s, "deprecated-key-path": "/var/lib/%s/key.json"}\n' \
+        "$1" "$NAME" >"$CONF"
+}
+
+# Once our engine answers, live-restore off (see above): a reload (SIGHUP) of $CONF.
+settle() {
+    local pid=$1
+    [[ $(live_restore) == true ]] || return 0
+    write_config false
+    kill -HUP "$pid"
+    for _ in $(seq 20); do   # up to about 10 s
+        [[ $(live_restore) == false ]] && return 0
+        sleep 0.5
+    done
+    say "dockerd (pid $pid) kept live-restore on after a reload of $CONF"
+    return 1
+}
+
+live_restore() { timeout 10 docker -H "$SOCK" info --format '{{.LiveRestoreEnabled}}' 2>/dev/null; }
 
 cmd_start() {
     if [[ -n ${DOCKER_HOST:-} ]]; then
@@ -87,6 +121,7 @@ cmd_start() {
     fi
     for _ in $(seq 60); do   # up to about 30 s
         if answers "$SOCK"; then
+            settle "${LAUNCHED_PID:-$pid}" || break
             echo "export DOCKER_HOST=$SOCK"
             [[ -z $started ]] || echo "CLONEBOT_DOCKER_STARTED=1"
             return
@@ -124,7 +159,7 @@ cmd_stop() {
     fi
     iptables -D "${FWD_RULE[@]}" 2>/dev/null || true
     ip link del "$BRIDGE" 2>/dev/null || true
-    rm -f "$STATE"
+    rm -f "$STATE" "$CONF"
 }
 
 cmd_env() {
