@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ OWNER = "clonebot.owner"
 CLONED_FROM = "clonebot.cloned-from"
 JOB = "clonebot.job"
 VOLUME_POLICY = "clonebot.volume."
+BIND_POLICY = "clonebot.bind."  # + a container path: what a clone does with that host directory
 COMPOSE_VOLUME = "com.docker.compose.volume"
 
 Scaling = Literal["stateful", "stateless"]
@@ -55,6 +57,11 @@ class Node:
         return tuple(m for m in self.mounts if m.kind == "volume")
 
     @property
+    def binds(self) -> tuple[Mount, ...]:
+        """Host directories (or files) mounted into the node."""
+        return tuple(m for m in self.mounts if m.kind == "bind")
+
+    @property
     def networks(self) -> dict[str, JSON]:
         nets: dict[str, JSON] = self.attrs["NetworkSettings"].get("Networks") or {}
         return nets
@@ -67,10 +74,15 @@ class Layer:
     scaling: Scaling
     http_port: int | None
     volume_policies: dict[str, VolumePolicy]
+    bind_policies: dict[str, VolumePolicy] = field(default_factory=dict)  # by container path
+    label_errors: tuple[str, ...] = ()  # bad clonebot.bind.* labels: a clone is refused
 
     @property
     def master(self) -> Node:
         return self.nodes[0]
+
+    def bind_policy(self, mount: Mount) -> VolumePolicy:
+        return _bind_policy(self.bind_policies, mount)
 
     def policy_for(self, mount: Mount) -> VolumePolicy:
         """The policy of a volume, by its full name or its Compose short name."""
@@ -211,15 +223,61 @@ def _layer(name: str, nodes: list[Node]) -> Layer:
     labels: dict[str, str] = {}
     for node in reversed(nodes):  # the master's labels win
         labels.update(node.labels)
-    scaling: Scaling = "stateful" if any(node.volumes for node in nodes) else "stateless"
-    if labels.get(SCALING) in ("stateful", "stateless"):
-        scaling = "stateful" if labels[SCALING] == "stateful" else "stateless"
     policies: dict[str, VolumePolicy] = {}
     for key, value in labels.items():
         if key.startswith(VOLUME_POLICY) and value in VOLUME_POLICIES:
             policies[key.removeprefix(VOLUME_POLICY)] = value
+    binds = {m.destination for node in nodes for m in node.binds}
+    bind_policies, errors = _bind_policies(name, labels, binds)
+    # a host directory to copy holds data like a volume does: the layer is snapshotted
+    copies = any(_bind_policy(bind_policies, m) == "copy" for node in nodes for m in node.binds)
+    scaling: Scaling = "stateful" if copies or any(node.volumes for node in nodes) else "stateless"
+    if labels.get(SCALING) in ("stateful", "stateless"):
+        scaling = "stateful" if labels[SCALING] == "stateful" else "stateless"
     port = _int(labels.get(HTTP_PORT), default=0) or None
-    return Layer(name, tuple(nodes), scaling, port, policies)
+    return Layer(name, tuple(nodes), scaling, port, policies, bind_policies, errors)
+
+
+def _bind_policy(policies: dict[str, VolumePolicy], mount: Mount) -> VolumePolicy:
+    """A host directory's policy: its label's, else ``copy`` when the node may write it (a
+    database's data directory) and ``share`` when it is mounted read-only."""
+    return policies.get(mount.destination) or ("copy" if mount.read_write else "share")
+
+
+def _bind_policies(
+    layer: str, labels: dict[str, str], binds: set[str]
+) -> tuple[dict[str, VolumePolicy], tuple[str, ...]]:
+    """The layer's ``clonebot.bind.<container path>`` labels, and what is wrong with the bad
+    ones (labels are anyone's input: listing never fails on them, a clone is refused)."""
+    policies: dict[str, VolumePolicy] = {}
+    errors: list[str] = []
+    for key, value in sorted(labels.items()):
+        if not key.startswith(BIND_POLICY):
+            continue
+        path = bind_label_path(key.removeprefix(BIND_POLICY))
+        policy = next((p for p in VOLUME_POLICIES if p == value), None)
+        if policy is None:
+            problem = f"its value must be copy, share or empty, not {value[:40]!r}"
+        elif path is None:
+            problem = "it must name an absolute container path, like clonebot.bind./var/lib/data"
+        elif path not in binds:
+            problem = f"layer {layer} mounts no host directory at {path}"
+        else:
+            policies[path] = policy
+            continue
+        errors.append(f"label {key[:120]!r} of layer {layer}: {problem}")
+    return policies, tuple(errors)
+
+
+def bind_label_path(text: str) -> str | None:
+    """The container path a ``clonebot.bind.`` label names, or None when it is not a plain
+    absolute path (relative, ``.``/``..`` parts, control characters)."""
+    if not text.startswith("/") or len(text) > 4096 or not text.isprintable():
+        return None
+    parts = text.rstrip("/").split("/")[1:]
+    if text != "/" and any(part in ("", ".", "..") for part in parts):
+        return None
+    return posixpath.normpath(text)
 
 
 def _short_volume_name(layer: Layer, volume: str) -> str | None:

@@ -148,7 +148,8 @@ class _MasterCopy:
         self.docker, self.settings, self.plan, self.layer = docker, settings, plan, layer
         self.ledger, self.emit = ledger, emit
         self.nodes = [n for n in plan.nodes if n.layer == layer.name]
-        master_volumes = {m.source for m in layer.master.volumes}
+        # host directories are copied into the clone's volumes like volumes (see planning)
+        master_volumes = {m.source for m in layer.master.volumes + layer.master.binds}
         self.volumes = [v for v in plan.volumes if v.source in master_volumes - claimed]
         claimed.update(v.source for v in self.volumes if v.source)
         self.first: NodePlan = self.nodes[0]

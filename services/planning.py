@@ -8,6 +8,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
+from services.binds import BIND_PATH, BindUnusable, HostKind, bind_volume_name, probe_host_paths
 from services.docker import JSON, DockerClient
 from services.environments import (
     CLONED_FROM,
@@ -21,11 +22,12 @@ from services.environments import (
     Layer,
     Mount,
     Node,
+    VolumePolicy,
     environment_exists,
     get_environment,
     list_environments,
 )
-from services.errors import DockerFailed, NameTaken, NotAClone, NotEnoughDisk
+from services.errors import BadRequest, DockerFailed, NameTaken, NotAClone, NotEnoughDisk
 from services.naming import NameRewriter, Rewrite, default_clone_name, node_name, twin_name
 from services.naming import validate_name as check_name
 from services.settings import Settings
@@ -91,6 +93,7 @@ class ClonePlan:
     host_ports: set[int] = field(default_factory=set)  # chosen for this clone so far
     only_stateful: bool = False  # a refresh re-creates only the stateful layers
     in_place: bool = False  # a rename: the same volumes and host ports, nothing copied
+    host_kinds: dict[str, HostKind] = field(default_factory=dict)  # host paths to copy, probed
 
     @property
     def layers(self) -> list[Layer]:
@@ -129,10 +132,12 @@ async def plan_clone(
     elif await environment_exists(docker, name):
         raise NameTaken(name)
     plan = ClonePlan(job or secrets.token_hex(6), env, name, snapshot, settings.base_domain, owner)
+    _check_bind_labels(plan)
     await _plan_networks(docker, plan)
+    await _probe_binds(docker, settings, plan)
     volumes = _plan_volumes(plan, existing={})
     _plan_nodes(plan, volumes)
-    await _check_disk(docker, settings, plan)
+    await _check_disk_for_binds(docker, settings, plan)
     return plan
 
 
@@ -152,17 +157,22 @@ async def plan_refresh(
         job or secrets.token_hex(6), env, clone.name, False, settings.base_domain, clone.owner
     )
     plan.only_stateful = True
+    _check_bind_labels(plan)
     await _plan_networks(docker, plan, reuse=True)
+    await _probe_binds(docker, settings, plan)
+    # the clone's copies of host directories are re-filled, under whatever name they have
+    copies = {v["Name"] for v in await docker.list_volumes(labels=[BIND_PATH])}
     existing = {
         (node.layer, node.number, m.destination): m.source
         for node in clone.nodes
         for m in node.volumes
+        if m.anonymous or m.source in copies
     }
     volumes = _plan_volumes(plan, existing=existing)
     for vol in plan.volumes:
         vol.exists = vol.exists or await docker.inspect_volume(vol.name) is not None
     _plan_nodes(plan, volumes)
-    await _check_disk(docker, settings, plan)
+    await _check_disk_for_binds(docker, settings, plan)
     return plan
 
 
@@ -257,7 +267,102 @@ def _plan_volumes(
                         named[mount.source] = vol
                     plan.volumes.append(vol)
                 mapping[(node.id, mount.destination)] = vol
+            for mount in layer.master.binds if stateful else node.binds:
+                key = (layer.name, node.number, mount.destination)
+                if bind := _plan_bind(
+                    plan, layer, mount, planned=named, existing=existing.get(key)
+                ):
+                    mapping[(node.id, mount.destination)] = bind
     return mapping
+
+
+def _plan_bind(
+    plan: ClonePlan,
+    layer: Layer,
+    mount: Mount,
+    *,
+    planned: dict[str, VolumePlan],
+    existing: str | None,
+) -> VolumePlan | None:
+    """The clone's own volume for a source's host directory, or None where the clone shares
+    the directory. ``planned`` holds the volumes planned so far: one per host directory,
+    shared by the clone's nodes as the directory is by the source's."""
+    policy = _bind_policy(plan, layer, mount)
+    if policy == "share":
+        if mount.read_write and mount.destination in layer.bind_policies:
+            _warn(plan, f"{layer.name}: the host directory at {mount.destination} is shared "
+                  "with the source, as its clonebot.bind label asks")  # fmt: skip
+        return None
+    key = f"{policy}:{mount.source}"  # never a volume's name: those do not hold a colon
+    if key in planned:
+        return planned[key]
+    name = existing or bind_volume_name(
+        clone=plan.name, layer=layer.name, destination=mount.destination, host_path=mount.source
+    )
+    vol = VolumePlan(name=name, labels=plan.labels({BIND_PATH: mount.destination}))
+    if policy == "copy" and layer.scaling == "stateful":
+        vol.source = mount.source  # copied like a volume, in the same freeze
+    elif policy == "copy":
+        path = mount.destination
+        _warn(plan, f"{layer.name}: {path} is a host directory of a stateless layer: the clone "
+              f"gets an empty volume there (label clonebot.bind.{path}=share to share it, or "
+              "clonebot.scaling=stateful to copy it)")  # fmt: skip
+    planned[key] = vol
+    plan.volumes.append(vol)
+    return vol
+
+
+def _bind_policy(plan: ClonePlan, layer: Layer, mount: Mount) -> VolumePolicy:
+    policy = layer.bind_policy(mount)
+    if (
+        policy == "copy"
+        and mount.destination not in layer.bind_policies
+        and plan.host_kinds.get(mount.source) == "special"
+    ):
+        return "share"  # a socket or device of the host (docker.sock) is a door, not data
+    return policy
+
+
+def _warn(plan: ClonePlan, warning: str) -> None:
+    if warning not in plan.warnings:
+        plan.warnings.append(warning)
+
+
+def _check_bind_labels(plan: ClonePlan) -> None:
+    errors = [error for layer in plan.layers for error in layer.label_errors]
+    if errors:
+        raise BadRequest(f"cannot clone {plan.source.name}: {'; '.join(errors[:5])}")
+
+
+async def _probe_binds(docker: DockerClient, settings: Settings, plan: ClonePlan) -> None:
+    """Look at every host directory the clone would copy; refuse, by path, one it cannot."""
+    wanted: dict[str, tuple[Layer, Mount]] = {}
+    for layer in plan.layers:
+        for node in [layer.master] if layer.scaling == "stateful" else layer.nodes:
+            for mount in node.binds:
+                if layer.bind_policy(mount) == "copy":
+                    wanted.setdefault(mount.source, (layer, mount))
+    if not wanted:
+        return
+    where = {
+        path: f"mounted at {m.destination} in layer {x.name}" for path, (x, m) in wanted.items()
+    }
+    await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
+    plan.host_kinds = await probe_host_paths(
+        docker, image=settings.helper_image, paths=where, labels={JOB: plan.job}
+    )
+    for path, kind in sorted(plan.host_kinds.items()):
+        layer, mount = wanted[path]
+        share = f"label the layer clonebot.bind.{mount.destination}=share to share it instead"
+        if kind == "unreadable":
+            reason = "it cannot be read on the Docker host"
+        elif kind == "file":
+            reason = f"it is a file, and a clone copies only host directories: {share}"
+        elif kind == "special" and mount.destination in layer.bind_policies:
+            reason = f"it is a socket or a device, not a directory: {share}"
+        else:
+            continue
+        raise BindUnusable(path=path, where=where[path], reason=reason)
 
 
 def _new_volume(plan: ClonePlan, mount: Mount) -> VolumePlan:
@@ -277,7 +382,8 @@ def _plan_nodes(plan: ClonePlan, volumes: dict[tuple[str, str], VolumePlan]) -> 
             name = node_name(env=plan.name, layer=layer.name, number=node.number)
             mounts_from = layer.master if stateful and not plan.in_place else node
             config = _container_config(plan, node, name=name, mounts_from=mounts_from)
-            config["HostConfig"]["Mounts"] += _mounts(node.id, mounts_from.volumes, volumes)
+            wanted = mounts_from.volumes + mounts_from.binds
+            config["HostConfig"]["Mounts"] += _mounts(node.id, wanted, volumes)
             env, rewrites = rewriter.rewrite_env(node=name, env=config.get("Env") or [])
             config["Env"] = env
             plan.rewrites += rewrites
@@ -322,13 +428,8 @@ def _container_config(plan: ClonePlan, node: Node, *, name: str, mounts_from: No
         config["Labels"][OWNER] = plan.owner
     for key in ("Image", "Volumes"):
         config.pop(key, None)
-    host["Binds"] = [
-        f"{m.source}:{m.destination}{'' if m.read_write else ':ro'}"
-        for m in mounts_from.mounts
-        if m.kind == "bind"
-    ]
-    if any(m.kind == "bind" for m in mounts_from.mounts) and not plan.in_place:
-        plan.warnings.append(f"{name}: host directories (bind mounts) are shared with the source")
+    # host directories are mounted by _mounts: as binds where shared, else as the clone's volumes
+    host["Binds"] = []
     host["Mounts"] = [m for m in host.get("Mounts") or [] if m.get("Type") == "tmpfs"]
     for key in ("Links", "VolumesFrom", "ContainerIDFile"):
         host.pop(key, None)
@@ -341,14 +442,16 @@ def _container_config(plan: ClonePlan, node: Node, *, name: str, mounts_from: No
 def _mounts(
     node_id: str, wanted: tuple[Mount, ...], volumes: dict[tuple[str, str], VolumePlan]
 ) -> list[JSON]:
-    """The volume mounts of the clone of node ``node_id`` (a stateful node takes its master's)."""
+    """The volume and bind mounts of the clone of node ``node_id`` (a stateful node takes its
+    master's). Where no clone volume is planned, the volume or host directory is shared with
+    the source; a bind is a ``Mounts`` entry, so that a missing directory is an error, never
+    made on the host."""
     mounts = []
     for mount in wanted:
         vol = volumes.get((node_id, mount.destination))
         mounts.append(
             {
-                "Type": "volume",
-                # no clone volume planned: the volume is shared with the source
+                "Type": "bind" if mount.kind == "bind" and vol is None else "volume",
                 "Source": vol.name if vol else mount.source,
                 "Target": mount.destination,
                 "ReadOnly": not mount.read_write,
@@ -409,6 +512,18 @@ def _free_port(port_spec: str, taken: set[int]) -> int:
         taken.add(port)
         return port
     raise DockerFailed(f"no free host port found for {port_spec} in {PORT_RANGE}")
+
+
+async def _check_disk_for_binds(docker: DockerClient, settings: Settings, plan: ClonePlan) -> None:
+    """``_check_disk``; its refusal names the host directories the copy counts."""
+    try:
+        await _check_disk(docker, settings, plan)
+    except NotEnoughDisk as exc:
+        paths = sorted({v.source for v in plan.volumes if v.source and v.source.startswith("/")})
+        if paths:
+            exc.message += f"; the copy includes the host directories {', '.join(paths)}"
+            exc.args = (exc.message,)
+        raise
 
 
 async def _check_disk(docker: DockerClient, settings: Settings, plan: ClonePlan) -> None:
