@@ -19,10 +19,12 @@ class Settings(BaseSettings):
     docker_host: str = Field(default="unix:///var/run/docker.sock", alias="DOCKER_HOST")
     base_domain: str = Field(default="clonebot.localhost", alias="CLONEBOT_BASE_DOMAIN")
     # the tag names the helper's applets: an engine keeps an older helper image, built once
-    helper_image: str = Field(default="clonebot/helper:busybox-3", alias="CLONEBOT_HELPER_IMAGE")
+    helper_image: str = Field(default="clonebot/helper:rsync-1", alias="CLONEBOT_HELPER_IMAGE")
     busybox: Path = Field(default=Path("/bin/busybox"), alias="CLONEBOT_BUSYBOX")
     disk_reserve_bytes: int = Field(default=512 * 1024 * 1024, ge=0, alias="CLONEBOT_DISK_RESERVE")
     freeze_timeout_s: float = Field(default=30.0, gt=0, alias="CLONEBOT_FREEZE_TIMEOUT")
+    # jobs run at once by every process sharing the database; more wait, saying so
+    max_jobs: int = Field(default=4, ge=1, alias="CLONEBOT_MAX_JOBS")
     data_dir: Path = Field(default=Path.home() / ".local/share/clonebot", alias="CLONEBOT_DATA_DIR")
     database_url: str = Field(default="", alias="DATABASE_URL")
     router_bind: str = Field(default="127.0.0.1:8080", alias="CLONEBOT_ROUTER_BIND")

@@ -1,26 +1,37 @@
 """Copying volume data with a helper container, so no data passes through clonebot.
 
-The helper image is built locally from the host's busybox-static (never pulled). A helper
-container mounts the source volumes read-only at ``/from/<i>`` and the targets at ``/to/<i>``:
+The helper image is built locally from the host's busybox-static, rsync, inotifywait and perl
+(never pulled). A helper container mounts the sources read-only at ``/from/<i>`` and the targets
+at ``/to/<i>``:
 
-* ``pre_copy`` runs while the source works: it touches ``/marker`` then copies everything;
-* ``FinalPass`` is started *before* the source is frozen and waits on its stdin, so the freeze
-  costs only the copy of what changed since ``/marker`` (mtime) plus the removal of what vanished.
+* ``pre_copy`` runs while the source works: it starts recording every change (inotify), then
+  copies everything with ``rsync -aHAXS`` (holes, hard links, ACLs, xattrs, times in ns); a file
+  that vanishes meanwhile is normal;
+* ``FinalPass`` is entered *before* the source is frozen: it copies what changed during the
+  pre-copy, again while it changes less, and waits; fired during the freeze it copies only the
+  paths changed since, so the freeze does not scan every file (see ``copy_plan.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import secrets
+import shutil
+import subprocess
 import tarfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from services.copy_plan import PLAN
 from services.docker import JSON, DockerClient, ExecSession
 from services.errors import DockerFailed
+
+log = logging.getLogger(__name__)
 
 # A change here needs a new tag for the helper image (CLONEBOT_HELPER_IMAGE's default): an
 # engine keeps the image it built once.
@@ -51,50 +62,55 @@ APPLETS = [
     "true",
     "wc",
     "ls",
+    "tr",
+    "head",
+    "tail",
+    "ln",
 ]
+# Host programs copied into the helper with the libraries they link (Debian packages rsync,
+# inotify-tools, acl, attr, findutils, perl-base). getfattr/getfacl/find also let a test list
+# a volume exactly with the same image.
+TOOLS = ["rsync", "inotifywait", "perl", "getfattr", "setfattr", "getfacl", "setfacl", "find"]
+PLAN_PATH = "usr/lib/clonebot/plan.pl"
+# How changes during the pre-copy are followed: inotify (the default), a comparison of every
+# file's stat during the freeze (what inotify's limits leave), or not at all (no final pass)
+Watch = Literal["inotify", "scan", "off"]
 
 # Every script writes its errors to stdout too: stdout and stderr arrive as two streams, and a
-# line of one could land in the middle of the other's "done".
+# line of one could land in the middle of the other's "done". rsync exit 24 is "some source
+# files vanished": normal while the source runs.
 _PRE_COPY = r"""
 exec 2>&1
-# busybox find -newer compares whole seconds: the marker is set a second back, so that a
-# file changed in the second the copy starts is seen (one changed just before is copied twice)
-touch -d "@$(($(date +%s) - 1))" /marker
-( while :; do echo "progress $(du -sk /to | cut -f1)"; usleep 400000; done ) & ticker=$!
+perl /usr/lib/clonebot/plan.pl start "$1" "$2" || exit 1
+total=0
 for i in $(seq 0 $(($1 - 1))); do
-  # a refresh copies into a used volume: start it empty
-  rm -rf /to/$i/* /to/$i/.[!.]* /to/$i/..?*
-  cp -a /from/$i/. /to/$i/ || { kill $ticker; echo "error copying volume $i"; exit 1; }
+  # rsync exit 23 while the source runs: a file changed under its feet (an xattr read of a
+  # file just deleted); a second run copies what the first could not
+  for attempt in 1 2 3; do
+    # --delete: a refresh copies into a used volume; progress2 prints bytes sent so far
+    { rsync -aHAXS --numeric-ids --modify-window=-1 --delete --info=progress2 \
+        /from/$i/ /to/$i/ 2>&1; echo "rc $?"; } | tr "\r" "\n" | awk -v base="$total" '
+      /^rc [0-9]+$/ { rc = $2; next }
+      /^ *[0-9,]+ +[0-9]+% / { b = $1; gsub(",", "", b); last = b + 0
+        print "progress " int((base + last) / 1024); fflush(); next }
+      NF { print; fflush() }
+      END { print base + last > "/tmp/cb/total"; exit rc == 24 ? 0 : rc }
+    '
+    rc=$?
+    [ $rc = 23 ] || break
+  done
+  [ $rc = 0 ] || { echo "error copying volume $i (rsync exit $rc)"; exit 1; }
+  total=$(cat /tmp/cb/total)
 done
-kill $ticker
-echo "progress $(du -sk /to | cut -f1)"
 echo done
 """
 
-# Directories first (find lists a parent before its children); only files whose mtime is
-# newer than the pre-copy marker are copied again. The target listing is taken before the
-# freeze: only this job writes there.
 _FINAL_PASS = r"""
 exec 2>&1
-for i in $(seq 0 $(($1 - 1))); do (cd /to/$i && find . | sort) > /tmp/to.$i; done
+perl /usr/lib/clonebot/plan.pl pass "$1" || exit 1
 echo ready
 read go
-for i in $(seq 0 $(($1 - 1))); do
-  cd /from/$i || exit 1
-  find . | sort > /tmp/from.$i
-  # what the target has and the source no longer has (busybox-static has no comm)
-  awk 'NR == FNR { kept[$0] = 1; next } !($0 in kept)' /tmp/from.$i /tmp/to.$i |
-    while IFS= read -r p; do rm -rf "/to/$i/$p"; done
-  find . -newer /marker | while IFS= read -r p; do
-    t="/to/$i/$p"
-    if [ -d "$p" ] && [ ! -L "$p" ]; then
-      [ -d "$t" ] && [ ! -L "$t" ] || { rm -rf "$t"; mkdir "$t"; }
-      chown "$(stat -c %u:%g "$p")" "$t"; chmod "$(stat -c %a "$p")" "$t"
-    else
-      rm -rf "$t"; cp -a "$p" "$t" || { echo "error copying $p"; exit 1; }
-    fi
-  done || exit 1
-done
+perl /usr/lib/clonebot/plan.pl final "$1" || exit 1
 echo done
 """
 
@@ -106,7 +122,7 @@ class VolumeSizes:
 
 
 async def ensure_helper_image(docker: DockerClient, *, image: str, busybox: Path) -> None:
-    """Build the helper image from the host's busybox-static when the engine lacks it."""
+    """Build the helper image from the host's programs when the engine lacks it."""
     if await docker.inspect_image(image) is not None:
         return
     if not await asyncio.to_thread(busybox.is_file):
@@ -114,15 +130,29 @@ async def ensure_helper_image(docker: DockerClient, *, image: str, busybox: Path
             f"the helper image {image} is missing and {busybox} (busybox-static) is not there "
             "to build it; install busybox-static or set CLONEBOT_BUSYBOX"
         )
+    tools = {name: shutil.which(name) for name in TOOLS}
+    if missing := sorted(name for name, path in tools.items() if path is None):
+        raise DockerFailed(
+            f"the helper image {image} is missing and {', '.join(missing)} not installed to "
+            "build it; install rsync inotify-tools acl attr (scripts/ensure-deps.sh)"
+        )
     repo, _, tag = image.rpartition(":")
-    tar = await asyncio.to_thread(_helper_rootfs, busybox)
+    paths = [Path(p) for p in tools.values() if p]
+    tar = await asyncio.to_thread(_helper_rootfs, busybox, paths)
     await docker.import_image(tar=tar, repo=repo or image, tag=tag or "latest")
 
 
-def _helper_rootfs(busybox: Path) -> bytes:
-    buf = io.BytesIO()  # about 2 MB: busybox-static and its links
+def _helper_rootfs(busybox: Path, tools: list[Path]) -> bytes:
+    buf = io.BytesIO()  # about 20 MB: busybox, the tools and the libraries they link
+    files = {f"usr/bin/{tool.name}": tool for tool in tools}
+    for tool in tools:
+        files.update({lib.lstrip("/"): Path(lib) for lib in _linked_libraries(tool)})
+    folders = {"bin", "tmp", "from", "to", "usr/lib/clonebot"}
+    for path in files:
+        parent = Path(path).parent
+        folders.update(str(p) for p in [parent, *parent.parents] if str(p) != ".")
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for folder in ("bin", "tmp", "from", "to"):
+        for folder in sorted(folders):
             info = tarfile.TarInfo(folder)
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
             tar.addfile(info)
@@ -131,7 +161,22 @@ def _helper_rootfs(busybox: Path) -> bytes:
             link = tarfile.TarInfo(f"bin/{applet}")
             link.type, link.linkname = tarfile.SYMTYPE, "busybox"
             tar.addfile(link)
+        for arcname, source in sorted(files.items()):
+            data = source.resolve().read_bytes()  # a library's name is often a symlink
+            info = tarfile.TarInfo(arcname)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+        script = PLAN.encode()
+        info = tarfile.TarInfo(PLAN_PATH)
+        info.size, info.mode = len(script), 0o644
+        tar.addfile(info, io.BytesIO(script))
     return buf.getvalue()
+
+
+def _linked_libraries(binary: Path) -> list[str]:
+    """The absolute paths ``ldd`` names for a dynamically linked program (the loader too)."""
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    return [w for line in out.stdout.splitlines() for w in line.split() if w.startswith("/")]
 
 
 async def measure_volumes(
@@ -139,7 +184,9 @@ async def measure_volumes(
 ) -> VolumeSizes:
     """Bytes used by each volume and bytes free beside them, measured on the Docker host."""
     binds = [f"{v}:/from/{i}:ro" for i, v in enumerate(volumes)]
-    script = 'for d in /from/*/; do du -sk "$d"; done; df -Pk /from | tail -n 1'
+    # in the volumes' order: a glob of /from/*/ sorts 10 before 2
+    script = f"for i in $(seq 0 {len(volumes) - 1}); do du -sk /from/$i; done; df -Pk /from"
+    script += " | tail -n 1"
     cid = await docker.create_container(
         name=f"clonebot-measure-{secrets.token_hex(4)}",
         config=_helper_config(image, ["sh", "-c", script], binds, labels=labels),
@@ -179,17 +226,39 @@ async def copy_helper(
 
 
 async def pre_copy(
-    docker: DockerClient, *, helper: str, count: int, on_bytes: Callable[[int], None]
+    docker: DockerClient,
+    *,
+    helper: str,
+    count: int,
+    on_bytes: Callable[[int], None],
+    watch: Watch = "inotify",
+    on_warning: Callable[[str], None] | None = None,
 ) -> None:
-    """Copy every pair in full; mark the instant it started for the final pass."""
-    async with docker.exec_session(helper, ["sh", "-c", _PRE_COPY, "pre-copy", str(count)]) as ex:
-        await _follow(ex, on_bytes=on_bytes, what="pre-copy")
+    """Copy every pair in full, recording the changes made meanwhile for ``FinalPass``.
+
+    ``watch="off"`` is for a source that holds still (no final pass follows).
+    """
+    cmd = ["sh", "-c", _PRE_COPY, "pre-copy", str(count), watch]
+    async with docker.exec_session(helper, cmd) as ex:
+        await _follow(ex, on_bytes=on_bytes, what="pre-copy", on_warning=on_warning)
 
 
 class FinalPass:
-    """The last, incremental pass: armed on entry (before the freeze), fired during it."""
+    """The last, incremental pass: armed on entry (before the freeze), fired during it.
 
-    def __init__(self, docker: DockerClient, *, helper: str, count: int) -> None:
+    Entering copies what changed during the pre-copy (repeatedly, until little is left)
+    while the source runs; ``fire`` copies only the paths changed since.
+    """
+
+    def __init__(
+        self,
+        docker: DockerClient,
+        *,
+        helper: str,
+        count: int,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        self._on_warning = on_warning
         self._session = docker.exec_session(helper, ["sh", "-c", _FINAL_PASS, "final", str(count)])
         self._exec: ExecSession | None = None
         self._lines: AsyncIterator[str] | None = None
@@ -197,11 +266,14 @@ class FinalPass:
     async def __aenter__(self) -> FinalPass:
         self._exec = await self._session.__aenter__()
         self._lines = self._exec.lines()
+        tail: list[str] = []
         async for line in self._lines:
             if line == "ready":
                 return self
+            if not _warned(line, self._on_warning):
+                tail = [*tail[-4:], line]
         await self._session.__aexit__(None, None, None)
-        raise DockerFailed("the final copy pass ended before it was ready")
+        raise DockerFailed(f"the copy of the changes failed: {' / '.join(tail) or 'no output'}")
 
     async def __aexit__(self, *exc: object) -> None:
         await self._session.__aexit__(None, None, None)
@@ -209,7 +281,13 @@ class FinalPass:
     async def fire(self) -> None:
         assert self._exec is not None and self._lines is not None
         await self._exec.send(b"go\n")
-        await _follow(self._exec, on_bytes=lambda _: None, what="final pass", lines=self._lines)
+        await _follow(
+            self._exec,
+            on_bytes=lambda _: None,
+            what="final pass",
+            lines=self._lines,
+            on_warning=self._on_warning,
+        )
 
 
 async def _follow(
@@ -218,6 +296,7 @@ async def _follow(
     on_bytes: Callable[[int], None],
     what: str,
     lines: AsyncIterator[str] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> None:
     tail: list[str] = []
     async for line in lines if lines is not None else ex.lines():
@@ -225,9 +304,20 @@ async def _follow(
             on_bytes(int(line.split()[1] or 0) * 1024)
         elif line == "done":
             return
-        else:
+        elif not _warned(line, on_warning):
             tail = [*tail[-4:], line]
     raise DockerFailed(f"{what} failed: {' / '.join(tail) or 'the helper stopped'}")
+
+
+def _warned(line: str, on_warning: Callable[[str], None] | None) -> bool:
+    """Pass on a helper's ``warning …`` line; False for any other line."""
+    if not line.startswith("warning "):
+        return False
+    warning = line.removeprefix("warning ")
+    log.warning("copy helper: %s", warning)
+    if on_warning is not None:
+        on_warning(warning)
+    return True
 
 
 def _helper_config(image: str, cmd: list[str], binds: list[str], *, labels: dict[str, str]) -> JSON:
