@@ -140,6 +140,9 @@ def serve(
         async with contextlib.AsyncExitStack() as stack:
             settings = svc.settings
             if settings.slack_bot_token is None:
+                from bot.health import serving_health
+
+                await stack.enter_async_context(serving_health(svc))  # /healthz says "off"
                 how = "Slack is off (set SLACK_BOT_TOKEN to turn it on)"
             else:
                 from bot.slack.app import running_app  # Bolt loads only where it serves

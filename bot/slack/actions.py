@@ -11,6 +11,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from bot.slack import ids
 from bot.slack.bot import Respond, SlackBot, slack_request
 from bot.slack.commands import start_delete, swap
+from bot.slack.payloads import Unreadable, read_click
 from bot.slack.views import split_modal
 from services import access, catalog
 from services.permissions import Action
@@ -38,17 +39,19 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
 
 
 def _clicked(body: dict[str, Any]) -> tuple[ids.Target, str, str | None, str | None]:
-    """What was clicked on (the button's value), by whom, in which channel, and its trigger."""
-    target = ids.decode_target(body["actions"][0]["value"])
-    channel = (body.get("channel") or {}).get("id")
-    return target, body["user"]["id"], channel, body.get("trigger_id")
+    """What was clicked on (the button's value), by whom, in which channel, and its trigger;
+    ``Unreadable`` for a click no message of ours has."""
+    click, target = read_click(body)
+    channel = click.channel.id if click.channel else None
+    return target, click.user.id, channel, click.trigger_id
 
 
 async def _swap(bot: SlackBot, body: dict[str, Any]) -> str | None:
     target, user, channel, trigger_id = _clicked(body)
+    if target.other is None:
+        raise Unreadable("a swap button names two environments")
     if not await bot.first_delivery(trigger_id):
         return None
-    assert target.other is not None
     return await swap(bot, slack_request(user, channel, None), target.env, target.other)
 
 

@@ -65,6 +65,10 @@ class SlackBot:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
 
+    async def idle(self) -> None:
+        """Return once every request acknowledged so far has been answered."""
+        await self._queue.join()
+
     def after_ack(self, respond: Respond, work: Callable[[], Awaitable[str | None]]) -> None:
         """Run ``work`` once a worker is free, and answer the user with what it says."""
         self._queue.put_nowait((respond, work))

@@ -17,6 +17,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from bot.slack import messages
 from bot.slack.bot import Respond, SlackBot, Usage, slack_request
 from bot.slack.messages import escape, usage
+from bot.slack.payloads import read_command
 from bot.slack.views import clone_modal
 from services import catalog, jobs, ownership, routing
 from services.access import Request
@@ -48,11 +49,7 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
     @app.command("/clone")
     async def clone(ack: AsyncAck, command: dict[str, Any], respond: Respond) -> None:
         await ack()
-        asked = _asked(command)
-        if not asked.words:  # a form, opened at once: its trigger lasts three seconds
-            await bot.answer(respond, open_clone_modal(bot, asked))
-            return
-        bot.after_ack(respond, lambda: _clone(bot, asked))
+        await bot.answer(respond, _clone_asked(bot, command, respond))
 
     @app.command("/env")
     async def env(ack: AsyncAck, command: dict[str, Any], respond: Respond) -> None:
@@ -61,12 +58,22 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
 
 
 def _asked(command: dict[str, Any]) -> Asked:
+    """The command's checked fields (``Unreadable`` when they are not Slack's)."""
+    checked = read_command(command)
     return Asked(
-        user=command["user_id"],
-        channel=command.get("channel_id"),
-        words=str(command.get("text") or "").split(),
-        trigger_id=command.get("trigger_id"),
+        user=checked.user_id,
+        channel=checked.channel_id,
+        words=checked.text.split(),
+        trigger_id=checked.trigger_id,
     )
+
+
+async def _clone_asked(bot: SlackBot, command: dict[str, Any], respond: Respond) -> None:
+    asked = _asked(command)
+    if not asked.words:  # a form, opened at once: its trigger lasts three seconds
+        await open_clone_modal(bot, asked)
+        return
+    bot.after_ack(respond, lambda: _clone(bot, asked))
 
 
 async def _clone(bot: SlackBot, asked: Asked) -> str | None:

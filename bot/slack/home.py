@@ -8,6 +8,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 
 from bot.slack.bot import SlackBot
+from bot.slack.payloads import Unreadable, read_event
 from bot.slack.views import EnvironmentSummary, RouteSummary, home_view
 from services import catalog
 
@@ -17,8 +18,13 @@ log = logging.getLogger(__name__)
 def register(app: AsyncApp, bot: SlackBot) -> None:
     @app.event("app_home_opened")
     async def home_opened(event: dict[str, Any]) -> None:
-        if event.get("tab", "home") == "home":
-            await publish_home(bot, event["user"])
+        try:
+            opened = read_event(event)
+        except Unreadable as exc:  # an event has no one to answer: the log says why
+            log.info("app_home_opened not read: %s", exc.reason)
+            return
+        if opened.tab in (None, "home") and opened.user is not None:
+            await publish_home(bot, opened.user)
 
 
 async def publish_home(bot: SlackBot, user: str) -> None:

@@ -11,6 +11,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from bot.slack import ids, messages
 from bot.slack.bot import SlackBot, slack_request
 from bot.slack.commands import traffic_changed
+from bot.slack.payloads import Unreadable, read_submission
 from bot.slack.views import FieldError, field_errors, read_clone_modal, read_split_modal
 from services import jobs, routing
 from services.errors import ClonebotError, EnvironmentNotFound, Forbidden, InvalidName, NameTaken
@@ -22,8 +23,9 @@ _FAILED = "That failed on clonebot's side; the error is in its log."
 def register(app: AsyncApp, bot: SlackBot) -> None:
     @app.view(ids.CLONE_MODAL)
     async def clone_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
-        user = body["user"]["id"]
+        user = "someone"
         try:
+            user = read_submission(body).user.id
             form = read_clone_modal(view)
             request = slack_request(user, form.channel, body.get("trigger_id"))
             job = await jobs.submit_clone(
@@ -32,6 +34,9 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
             )  # fmt: skip
         except FieldError as exc:
             await ack(**field_errors(**{exc.block_id: exc.message}))
+            return
+        except Unreadable as exc:
+            await ack(**field_errors(**{ids.CLONE_NAME: exc.message}))
             return
         except (InvalidName, NameTaken) as exc:
             await ack(**field_errors(**{ids.CLONE_NAME: exc.message}))
@@ -48,11 +53,14 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
 
     @app.view(ids.SPLIT_MODAL)
     async def split_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
-        user = body["user"]["id"]
         try:
+            user = read_submission(body).user.id
             form = read_split_modal(view)
         except FieldError as exc:
             await ack(**field_errors(**{exc.block_id: exc.message}))
+            return
+        except Unreadable as exc:
+            await ack(**field_errors(**{ids.SPLIT_DOMAIN: exc.message}))
             return
         request = slack_request(user, form.channel, None)
         try:

@@ -31,6 +31,7 @@ from slack_sdk.models.views import View
 
 from bot.slack import ids
 from bot.slack.messages import RUNNING, clip, context_block, env_url, fit, job_title
+from bot.slack.payloads import InputValue, Unreadable, read_metadata, read_view
 from storage.models import Job
 
 OPTIONS_LIMIT = 100  # options of one select menu
@@ -203,41 +204,46 @@ def split_modal(
 
 def read_clone_modal(view: Mapping[str, Any]) -> CloneForm:
     """The clone form of a ``view_submission``'s ``view``; ``FieldError`` for a field not
-    filled in as the form asks."""
-    values = view["state"]["values"]
-    name = (_field(values, ids.CLONE_NAME).get("value") or "").strip()
-    if not name:
+    filled in as the form asks, ``Unreadable`` for a view that is not our form's shape."""
+    checked = read_view(view)
+    values = checked.state.values
+    field = _field(values, ids.CLONE_NAME)
+    typed = ((field.value if field else None) or "").strip()
+    if not typed:
         raise FieldError(ids.CLONE_NAME, "Give the clone a name.")
-    asked = json.loads(view.get("private_metadata") or "{}")
+    asked = read_metadata(checked)
     source = _selected(values, ids.CLONE_SOURCE)
-    if name == asked.get("default") and source != asked.get("source"):
-        # the name filled in was the first source's default; another source has its own
-        name = None
+    # the name filled in was the first source's default: another source has its own
+    name = None if typed == asked.default and source != asked.source else typed
+    notify = _field(values, ids.CLONE_NOTIFY)
     return CloneForm(
         source=source,
         name=name,
         snapshot=ids.SNAPSHOT in _checked(values, ids.CLONE_OPTIONS),
-        notify=_field(values, ids.CLONE_NOTIFY).get("selected_conversation"),
-        channel=asked.get("channel"),
+        notify=notify.selected_conversation if notify else None,
+        channel=asked.channel,
     )
 
 
 def read_split_modal(view: Mapping[str, Any]) -> SplitForm:
-    """The split form of a ``view_submission``'s ``view``; ``FieldError`` as above."""
-    values = view["state"]["values"]
-    try:
-        weight = int(_field(values, ids.SPLIT_WEIGHT).get("value") or "")
-    except ValueError:
-        weight = -1
+    """The split form of a ``view_submission``'s ``view``; ``FieldError`` and ``Unreadable``
+    as above."""
+    checked = read_view(view)
+    values = checked.state.values
+    weight_field = _field(values, ids.SPLIT_WEIGHT)
+    weight_text = (weight_field.value if weight_field else None) or ""
+    weight = int(weight_text) if weight_text.isascii() and weight_text.isdigit() else -1
     if not 0 <= weight <= 100:
         raise FieldError(ids.SPLIT_WEIGHT, "A whole number from 0 to 100.")
     mode = _MODES.get(_selected(values, ids.SPLIT_MODE))
     if mode is None:
         raise FieldError(ids.SPLIT_MODE, "Choose a mode.")
-    asked = json.loads(view["private_metadata"])
+    asked = read_metadata(checked)
+    if not asked.env:
+        raise Unreadable("the form does not say which environment it is about")
     return SplitForm(
-        env=asked["env"],
-        channel=asked.get("channel"),
+        env=asked.env,
+        channel=asked.channel,
         other=_selected(values, ids.SPLIT_OTHER),
         domain=_selected(values, ids.SPLIT_DOMAIN),
         weight=weight,
@@ -357,17 +363,18 @@ def _option(value: str, text: str, description: str) -> Option:
     return Option(value=value, text=text, description=description)
 
 
-def _field(values: Mapping[str, Any], block_id: str) -> Mapping[str, Any]:
-    field: Mapping[str, Any] = (values.get(block_id) or {}).get(block_id) or {}
-    return field
+def _field(values: Mapping[str, Mapping[str, InputValue]], block_id: str) -> InputValue | None:
+    return (values.get(block_id) or {}).get(block_id)
 
 
-def _selected(values: Mapping[str, Any], block_id: str) -> str:
-    option = _field(values, block_id).get("selected_option")
-    if not option or not option.get("value"):
+def _selected(values: Mapping[str, Mapping[str, InputValue]], block_id: str) -> str:
+    field = _field(values, block_id)
+    option = field.selected_option if field else None
+    if option is None or not option.value:
         raise FieldError(block_id, "Choose one.")
-    return str(option["value"])
+    return option.value
 
 
-def _checked(values: Mapping[str, Any], block_id: str) -> set[str]:
-    return {o["value"] for o in _field(values, block_id).get("selected_options") or []}
+def _checked(values: Mapping[str, Mapping[str, InputValue]], block_id: str) -> set[str]:
+    field = _field(values, block_id)
+    return {o.value for o in (field.selected_options or [])} if field else set()
