@@ -107,10 +107,19 @@ def routes(as_json: JsonFlag = False) -> None:
         host: [(s.name, s.weight, s.backup) for s in backends[name].servers]
         for host, name in state.hosts.items()
     }
+    stopped = {s.name for b in state.backends for s in b.servers if not s.running}
+    for env, reason in sorted(state.left_out.items()):  # on stderr: --json stays parseable
+        typer.echo(f"warning: {env} is left out of routing: {reason}", err=True)
     if as_json:
         print(json.dumps({h: [list(s) for s in v] for h, v in rows.items()}, indent=2))
         return
     table = Table("domain", "servers (weight)")
     for host, servers in sorted(rows.items()):
-        table.add_row(host, ", ".join(f"{n} ({w}{' backup' if b else ''})" for n, w, b in servers))
+        table.add_row(
+            host,
+            ", ".join(
+                f"{n} ({w}{' backup' if b else ''}{' stopped' if n in stopped else ''})"
+                for n, w, b in servers
+            ),
+        )
     out.print(table)

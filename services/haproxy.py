@@ -35,6 +35,9 @@ class Server:
     port: int
     weight: int = 100  # 0..256; 0 takes the server out of the rotation
     backup: bool = False  # used only when every non-backup server is down
+    # a stopped node has no address: it stays listed, in maintenance (``disabled``), so its
+    # backend and the route through it stay, and a failover backend sends to its backup
+    running: bool = True
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,10 @@ class Backend:
     name: str
     servers: tuple[Server, ...]
     sticky: bool = False  # a cookie keeps each visitor on the server first chosen
+    # failover: HTTP checks (GET / with this Host) and what real traffic shows move the
+    # traffic to the backup servers within seconds, requests in flight with it
     health_check: bool = False
+    check_host: str = "localhost"
 
 
 @dataclass(frozen=True)
@@ -117,16 +123,61 @@ def _render_backend(backend: Backend) -> list[str]:
     lines = [f"backend {backend.name}", "    balance roundrobin"]
     if backend.sticky:
         lines.append("    cookie CLONEBOT_SIDE insert indirect nocache")
+    if backend.health_check:
+        lines += _failover_lines(backend.check_host)
     for server in backend.servers:
-        line = f"    server {server.name} {server.address}:{server.port} weight {server.weight}"
-        if backend.health_check:
-            line += " check inter 1s fall 2 rise 2"
-        if backend.sticky:
-            line += f" cookie {server.name}"
-        if server.backup:
-            line += " backup"
-        lines.append(line)
+        lines.append(_render_server(server, backend))
     return lines
+
+
+def _failover_lines(host: str) -> list[str]:
+    """What makes a failover fail over (measured: python -m bench failover).
+
+    A stopped node refuses or drops connections, a paused one accepts them and never
+    answers, a broken one answers 5xx: an HTTP check catches all three within
+    ``fall`` x ``inter``; ``observe layer7`` marks a server down on the errors real requests
+    meet, sooner; a GET that met one is sent again (``retry-on``), to another server
+    (``redispatch 1``): once the primary is down, that is the backup.
+    """
+    return [
+        "    option httpchk",
+        f"    http-check send meth GET uri / ver HTTP/1.1 hdr Host {host}",
+        "    http-check expect status 200-399",
+        "    option redispatch 1",
+        "    retries 3",
+        "    retry-on conn-failure empty-response response-timeout 500 502 503 504",
+        # a POST may have done its work before failing: only a GET is sent twice
+        "    http-request disable-l7-retry unless METH_GET",
+        "    timeout connect 1s",
+        # a hung node holds a request this long before it is sent elsewhere
+        "    timeout server 5s",
+        "    timeout check 1s",
+        "    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 2"
+        " observe layer7 error-limit 3 on-error mark-down",
+    ]
+
+
+def _render_server(server: Server, backend: Backend) -> str:
+    address = server.address if server.running else "0.0.0.0"  # never used: disabled
+    line = f"    server {server.name} {address}:{server.port} weight {server.weight}"
+    if not server.running:
+        line += " disabled"
+    elif backend.health_check:
+        line += " check"
+    if backend.sticky:
+        line += f" cookie {server.name}"
+    if server.backup:
+        line += " backup"
+    return line
+
+
+def bind_of(config: str) -> str | None:
+    """The address a configuration listens on (its ``bind`` line); None without one."""
+    for line in config.splitlines():
+        words = line.split()
+        if words[:1] == ["bind"] and len(words) == 2:
+            return words[1]
+    return None
 
 
 def render_map(hosts: Mapping[str, str]) -> str:

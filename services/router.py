@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from sqlalchemy import select
 
 from services.context import Services
-from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT
+from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT, SERVICE
 from services.haproxy import (
     Backend,
     MasterCLI,
@@ -18,20 +22,32 @@ from services.haproxy import (
     RuntimeAPI,
     Server,
     apply_to_running,
+    bind_of,
     locked,
     render_config,
     write_files,
 )
+from services.routing import is_internal, routable_domain
 from storage.models import DomainBinding, EnvironmentRecord, Route
+
+log = logging.getLogger(__name__)
 
 # per-server weights are scaled so that a share of 100 split over many nodes stays in 1..256
 _WEIGHT_SCALE = 2
+# names that reach HAProxy's configuration and runtime commands: Compose's own rules for a
+# project and a service, so a label can never carry a space, a newline or a "#" into them
+_PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_NUMBER = re.compile(r"[1-9][0-9]{0,5}")
+_PORT = re.compile(r"[1-9][0-9]{0,4}")
 
 
 @dataclass(frozen=True)
 class RouterState:
     backends: tuple[Backend, ...]
     hosts: dict[str, str]  # domain -> backend
+    # environments HAProxy cannot be given, and why; every other one is routed
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 def env_backend(name: str) -> str:
@@ -41,21 +57,51 @@ def env_backend(name: str) -> str:
 async def router_state(svc: Services) -> RouterState:
     """Every environment with a web layer at its internal domain, plus bound domains and routes.
 
-    One container listing, no inspection: a swap must reach HAProxy in milliseconds.
+    One container listing, no inspection: a swap must reach HAProxy in milliseconds. An
+    environment whose labels HAProxy cannot be given is left out, with a warning; the others
+    are routed all the same.
     """
-    envs, (names, bindings, routes) = await asyncio.gather(_web_nodes(svc), _routes(svc))
-    backends = {env_backend(n): Backend(env_backend(n), _servers(n, e)) for n, e in envs.items()}
-    hosts = {f"{n}.{svc.settings.base_domain}": env_backend(n) for n in envs}
+    (envs, left_out), (names, bindings, routes) = await asyncio.gather(
+        _web_nodes(svc), _routes(svc)
+    )
+    base = svc.settings.base_domain
+    backends = {env_backend(n): Backend(env_backend(n), _servers(e)) for n, e in envs.items()}
+    hosts = {f"{n}.{base}": env_backend(n) for n in envs}
     for binding in bindings:
-        if names.get(binding.environment_id) in envs:
-            hosts[binding.domain] = env_backend(names[binding.environment_id])
+        domain = binding.domain
+        if _bound(domain, base) and names.get(binding.environment_id) in envs:
+            hosts[domain] = env_backend(names[binding.environment_id])
     for route in routes:
-        first, second = names[route.primary_id], names[route.secondary_id]
-        if first in envs and second in envs:
-            backend = _route_backend(route, (first, envs[first]), (second, envs[second]))
+        if not _bound(route.domain, base) or not _well_formed(route):
+            continue
+        sides = [envs.get(names.get(i, ""), []) for i in (route.primary_id, route.secondary_id)]
+        if any(sides):
+            backend = _route_backend(route, sides[0], sides[1])
             backends[backend.name] = backend
             hosts[route.domain] = backend.name
-    return RouterState(tuple(sorted(backends.values(), key=lambda b: b.name)), hosts)
+    _warn(left_out)
+    return RouterState(tuple(sorted(backends.values(), key=lambda b: b.name)), hosts, left_out)
+
+
+def _bound(domain: str, base: str) -> bool:
+    """Whether a domain of the database may reach HAProxy: well formed, and not under the
+    base domain (one bound there before that was refused would hide an environment)."""
+    return routable_domain(domain) and not is_internal(domain, base_domain=base)
+
+
+def _well_formed(route: Route) -> bool:
+    return route.kind in ("split", "failover") and 0 <= route.weight <= 100
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn(left_out: dict[str, str]) -> None:
+    """Each reason once a process: the router keeper asks for the state every second."""
+    for env, reason in left_out.items():
+        if (env, reason) not in _warned:
+            _warned.add((env, reason))
+            log.warning("router: %s is left out of routing: %s", env, reason)
 
 
 async def _routes(
@@ -71,42 +117,91 @@ async def _routes(
 
 @dataclass(frozen=True)
 class WebNode:
+    layer: str
     number: int
-    address: str  # the bridge address the host reaches it at
+    address: str | None  # the bridge address the host reaches it at; None: not running
     port: int
+    server: str = ""  # its name in HAProxy, unique in its environment
 
 
-async def _web_nodes(svc: Services) -> dict[str, list[WebNode]]:
-    """The web nodes of every environment, by environment, in node order.
+class _BadLabels(ValueError):
+    pass
 
-    HAProxy on the host reaches a node at any of its bridge addresses. HAProxy in a container
-    reaches it only on a network they share: the container is connected to each web node's
-    first network it is not on yet, and the node's address there is used.
+
+def _web_node(labels: dict[str, str], networks: dict[str, str], shared: list[str]) -> WebNode:
+    """A node as its labels describe it, or ``_BadLabels`` saying which one is wrong."""
+    layer, number, port = labels.get(SERVICE, ""), labels.get(NUMBER, "1"), labels[HTTP_PORT]
+    if not _SERVICE_NAME.fullmatch(layer):
+        raise _BadLabels(f"{SERVICE}={layer!r} is not a Compose service name")
+    if not _NUMBER.fullmatch(number):
+        raise _BadLabels(f"{NUMBER}={number!r} is not a container number")
+    if not _PORT.fullmatch(port) or int(port) > 65535:
+        raise _BadLabels(f"{HTTP_PORT}={port!r} is not a port (1-65535)")
+    address = networks[shared[0]] if shared else None
+    if address is not None:
+        ipaddress.ip_address(address)  # Docker's own; a ValueError if ever not
+    return WebNode(layer, int(number), address, int(port))
+
+
+async def _web_nodes(svc: Services) -> tuple[dict[str, list[WebNode]], dict[str, str]]:
+    """The web nodes of every environment, by environment, in node order; and the
+    environments left out, with why.
+
+    A stopped node has no address: it is kept, not running, so that its environment's routes
+    stay (served by the other side of a split or failover). HAProxy on the host reaches a
+    node at any of its bridge addresses. HAProxy in a container reaches it only on a network
+    they share: the container is connected to each web node's first network it is not on
+    yet, and the node's address there is used.
     """
     summaries = await svc.docker.list_containers(labels=[PROJECT, HTTP_PORT])
     joined = await _router_networks(svc)
     found: dict[str, list[WebNode]] = {}
+    left_out: dict[str, str] = {}
     for summary in summaries:
         labels = summary.get("Labels") or {}
         if labels.get(ONEOFF) == "True":
+            continue
+        env = labels[PROJECT]
+        if not _PROJECT_NAME.fullmatch(env):
+            left_out[repr(env)] = f"{PROJECT}={env!r} is not a Compose project name"
             continue
         networks = {
             name: net["IPAddress"]
             for name, net in ((summary.get("NetworkSettings") or {}).get("Networks") or {}).items()
             if net.get("IPAddress")
         }
-        # a stopped node has no address: it is left out until it runs again
-        if not networks:
-            continue
-        if joined is not None and not joined & networks.keys():
+        if networks and joined is not None and not joined & networks.keys():
             await _connect_router(svc, next(iter(networks)), joined)
         shared = [n for n in networks if joined is None or n in joined]
-        port = int(labels[HTTP_PORT]) if labels[HTTP_PORT].isdigit() else 80
-        number = int(labels.get(NUMBER, "1")) if labels.get(NUMBER, "1").isdigit() else 1
-        found.setdefault(labels[PROJECT], []).append(WebNode(number, networks[shared[0]], port))
-    for nodes in found.values():
-        nodes.sort(key=lambda n: n.number)
-    return found
+        try:
+            found.setdefault(env, []).append(_web_node(labels, networks, shared))
+        except (_BadLabels, ValueError) as exc:
+            left_out[env] = str(exc)
+    for env in left_out:
+        found.pop(env, None)
+    for env, nodes in list(found.items()):
+        try:
+            found[env] = _named(env, nodes)
+        except _BadLabels as exc:
+            left_out[env] = str(exc)
+            del found[env]
+    return found, left_out
+
+
+def _named(env: str, nodes: list[WebNode]) -> list[WebNode]:
+    """The nodes in order, each with a server name unique in its environment: the layer is
+    in it only where the environment has more than one web layer."""
+    seen: set[tuple[str, int]] = set()
+    for node in nodes:
+        if (node.layer, node.number) in seen:
+            raise _BadLabels(f"two {node.layer} nodes are numbered {node.number} ({NUMBER})")
+        seen.add((node.layer, node.number))
+    several = len({n.layer for n in nodes}) > 1
+    ordered = sorted(nodes, key=lambda n: (n.number, n.layer))
+    return [
+        replace(n, server=f"{env}-{n.layer}-{n.number}" if several else f"{env}-{n.number}")
+        for n in ordered
+    ]
 
 
 async def _router_networks(svc: Services) -> set[str] | None:
@@ -128,41 +223,46 @@ async def _connect_router(svc: Services, network: str, joined: set[str]) -> None
     joined.add(network)
 
 
-def _servers(
-    env: str, nodes: list[WebNode], *, share: int = 100, backup: bool = False
-) -> tuple[Server, ...]:
+def _servers(nodes: list[WebNode], *, share: int = 100, backup: bool = False) -> tuple[Server, ...]:
     weight = max(1, round(share * _WEIGHT_SCALE / max(len(nodes), 1))) if share else 0
-    return tuple(Server(f"{env}-{n.number}", n.address, n.port, weight, backup) for n in nodes)
+    return tuple(
+        Server(n.server, n.address or "", n.port, weight, backup, running=n.address is not None)
+        for n in nodes
+    )
 
 
-def _route_backend(
-    route: Route, primary: tuple[str, list[WebNode]], secondary: tuple[str, list[WebNode]]
-) -> Backend:
+def _route_backend(route: Route, primary: list[WebNode], secondary: list[WebNode]) -> Backend:
     name = f"route_{route.domain}"
     if route.kind == "failover":
-        servers = _servers(*primary) + _servers(*secondary, backup=True)
-        return Backend(name, servers, health_check=True)
-    servers = _servers(*primary, share=route.weight) + _servers(
-        *secondary, share=100 - route.weight
-    )
+        servers = _servers(primary) + _servers(secondary, backup=True)
+        return Backend(name, servers, health_check=True, check_host=route.domain)
+    servers = _servers(primary, share=route.weight) + _servers(secondary, share=100 - route.weight)
     return Backend(name, servers, sticky=route.sticky)
 
 
 async def apply_now(svc: Services) -> bool:
     """``apply_routes`` with the router of the settings: for a front door that just changed a
-    route. False when no HAProxy runs (it gets the routes when it starts)."""
+    route. False when no HAProxy runs (it gets the routes when it starts).
+
+    How HAProxy listens is kept as the process that runs it set it: this process's
+    ``CLONEBOT_ROUTER_BIND`` (a shell's may be unset, or another) is used only where no
+    configuration says it yet.
+    """
     assert svc.settings.router_dir is not None
-    files = RouterFiles(svc.settings.router_dir)
-    return await apply_routes(svc, files=files, bind=svc.settings.router_bind)
+    return await apply_routes(svc, files=RouterFiles(svc.settings.router_dir))
 
 
-async def apply_routes(svc: Services, *, files: RouterFiles, bind: str) -> bool:
+async def apply_routes(svc: Services, *, files: RouterFiles, bind: str | None = None) -> bool:
     """Bring a running HAProxy to the database's routes; False when none is running.
 
-    Files are always written, so an HAProxy started later comes up right. A change in
-    backends or servers is a seamless reload; anything else a runtime change.
+    ``bind``: how it listens, for the process that runs it; None keeps what the current
+    configuration says. Files are always written, so an HAProxy started later comes up right.
+    A change in backends or servers is a seamless reload; anything else a runtime change.
     """
     async with locked(files):
+        if bind is None:
+            current = await asyncio.to_thread(_read, files.config)
+            bind = bind_of(current) or svc.settings.router_bind
         state = await router_state(svc)
         config = render_config(files=files, bind=bind, backends=state.backends)
         master = MasterCLI(files.master)
@@ -172,3 +272,7 @@ async def apply_routes(svc: Services, *, files: RouterFiles, bind: str) -> bool:
         api = RuntimeAPI(files.api)
         await apply_to_running(files, api, master, config=config, hosts=state.hosts)
         return True
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""

@@ -44,8 +44,43 @@ def validate_domain(domain: str) -> str:
     return ascii_form
 
 
-async def add_domain(svc: Services, request: Request, *, env: str, domain: str) -> str:
+def routable_domain(domain: str) -> bool:
+    """Whether a domain (as stored) is exactly as ``validate_domain`` returns it."""
+    try:
+        return validate_domain(domain) == domain
+    except BadRequest:
+        return False
+
+
+def _plain(domain: str) -> str:
+    text = domain.strip().rstrip(".").lower()
+    try:
+        return text.encode("idna").decode("ascii")
+    except UnicodeError:
+        return text
+
+
+def is_internal(domain: str, *, base_domain: str) -> bool:
+    """Whether ``domain`` is the base domain or under it, where internal domains live."""
+    name, base = _plain(domain), _plain(base_domain)
+    return name == base or name.endswith(f".{base}")
+
+
+def custom_domain(domain: str, *, base_domain: str) -> str:
+    """``validate_domain``, and refused when under the base domain: every environment's
+    internal domain ``<env>.<base domain>`` is derived from its name, never bound by hand."""
     name = validate_domain(domain)
+    if is_internal(name, base_domain=base_domain):
+        base = _plain(base_domain)
+        raise BadRequest(
+            f"{name} is under {base}, where clonebot gives every environment its internal "
+            f"domain (<env>.{base}): bind a domain of your own"
+        )
+    return name
+
+
+async def add_domain(svc: Services, request: Request, *, env: str, domain: str) -> str:
+    name = custom_domain(domain, base_domain=svc.settings.base_domain)
     async with svc.sessions() as session:
         [record] = await _checked(svc, session, request, env, web=True)
         bound = await _binding(session, name)
@@ -141,7 +176,7 @@ async def _set_route(
     weight: int,
     sticky: bool,
 ) -> None:
-    name = validate_domain(domain)
+    name = custom_domain(domain, base_domain=svc.settings.base_domain)
     async with svc.sessions() as session:
         first, second = await _checked(svc, session, request, *envs, web=True)
         bound = await _binding(session, name)

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -129,6 +130,10 @@ async def test_bad_traffic_input_is_one_line(routed: Settings, make_source: Make
         (("split", "shop.test", f"{blue}=50", f"{blue}=50", "--as", OWNER), "named twice"),
         (("split", "shop.test", "nonsense", "--as", OWNER), "is not ENV=WEIGHT"),
         (("swap", blue, blue, "--as", OWNER), "with itself"),
+        (
+            ("domain", "add", green, f"www.{blue}.Clonebot.Test.", "--as", OWNER),
+            f"www.{blue}.clonebot.test is under clonebot.test, where clonebot gives every",
+        ),
         (("swap", blue, green, "--as", "USTRANGER"), f"{blue} belongs to <@{OWNER}>"),
     ]:
         done = clonebot(*args, settings=routed)
@@ -175,3 +180,57 @@ async def test_serve_keeps_an_external_haproxy_on_the_routes(
             await haproxy.wait()
         serve.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(serve.wait(), timeout=15) == 0
+
+
+async def _shell(settings: Settings, *args: str) -> str:
+    """The command line from a shell that has the router's folder but not its bind."""
+    env = {k: v for k, v in _env(settings).items() if k != "CLONEBOT_ROUTER_BIND"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, (args, out, err)
+    return out.decode()
+
+
+async def _requests(bind: str, *, stop: asyncio.Event) -> Counter[str]:
+    """Requests to shop.test one after another until ``stop`` (at most 60 s): each outcome."""
+    seen: Counter[str] = Counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with asyncio.timeout(60):
+            while not stop.is_set():
+                try:
+                    url = f"http://{bind}/"
+                    async with session.get(url, headers={"Host": "shop.test"}) as resp:
+                        seen[f"{resp.status} {(await resp.text()).strip()}"] += 1
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    seen[type(exc).__name__] += 1
+                await asyncio.sleep(0.005)
+    return seen
+
+
+@pytest.mark.slow
+async def test_a_swap_from_a_shell_without_the_routers_bind_leaves_it_listening(
+    routed: Settings, make_source: MakeSource, serving: asyncio.subprocess.Process
+) -> None:
+    """serve listens where its CLONEBOT_ROUTER_BIND says; a command run from a shell without
+    that setting (so with the default 127.0.0.1:8080) only changes the routes."""
+    blue, green = [(await make_source(web_nodes=1, db_nodes=0)).name for _ in range(2)]
+    await _shell(routed, "domain", "add", blue, "shop.test", "--as", OWNER)
+    assert await _page(routed, "shop.test") == f"{blue} web 1"
+    stop = asyncio.Event()
+    load = asyncio.create_task(_requests(routed.router_bind, stop=stop))
+    for turn in range(2):
+        out = await _shell(routed, "swap", blue, green, "--as", OWNER)
+        assert "applied to HAProxy" in out
+        assert await _page(routed, "shop.test", within_s=2) == (
+            f"{green} web 1" if turn % 2 == 0 else f"{blue} web 1"
+        )
+    await asyncio.sleep(1.5)  # serve's keeper has had its turn too
+    stop.set()
+    seen = await load
+    assert set(seen) == {f"200 {blue} web 1", f"200 {green} web 1"}, seen
+    assert sum(seen.values()) >= 50, seen
+    assert routed.router_dir is not None
+    assert f"bind {routed.router_bind}\n" in (routed.router_dir / "haproxy.cfg").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,12 +15,15 @@ import pytest
 
 from services.access import Request
 from services.context import Services, open_services
+from services.environments import HTTP_PORT, NUMBER, PROJECT, SERVICE
 from services.errors import BadRequest, Forbidden
 from services.haproxy import EmbeddedHAProxy, RouterFiles, render_config
 from services.router import apply_routes, router_state
 from services.routing import add_domain, set_failover, set_split, swap_domains, validate_domain
 from services.settings import Settings
-from tests.conftest import OWNER, MakeSource
+from storage import repositories as repo
+from storage.models import DomainBinding
+from tests.conftest import IMAGE, OWNER, WEB, MakeSource, compose_labels, exec_output
 
 
 @pytest.mark.parametrize(
@@ -111,32 +115,77 @@ async def test_swap_split_and_stickiness_move_real_traffic(
     assert len(sides) == 2, "new visitors are shared between both sides (round robin)"
 
 
-async def test_failover_follows_the_primarys_health(
+# the web node answers 500 to every request, then its page again (busybox httpd runs
+# cgi-bin/index.cgi for a directory without index.html)
+BREAK = (
+    "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho \"Status: 500 Broken\"\\necho\\n' "
+    "> /www/cgi-bin/index.cgi && chmod +x /www/cgi-bin/index.cgi && rm /www/index.html"
+)
+MEND = 'echo "$PAGE" > /www/index.html && rm /www/cgi-bin/index.cgi'
+
+
+@pytest.mark.slow
+async def test_failover_moves_traffic_when_the_primary_stops_hangs_or_answers_5xx(
     router: Router, make_source: MakeSource
 ) -> None:
-    primary, backup = (await make_source(web_nodes=1)).name, (await make_source(web_nodes=1)).name
+    primary, backup = [(await make_source(web_nodes=1, db_nodes=0)).name for _ in range(2)]
     me = Request(OWNER)
     await add_domain(router.svc, me, env=primary, domain="app.test")
     await set_failover(router.svc, me, domain="app.test", primary=primary, backup=backup)
     await router.apply()
-    docker = router.svc.docker
-    async with aiohttp.ClientSession() as session:
-        assert await router.get(session, "app.test") == f"{primary} web 1"
-        await docker.stop_container(f"{primary}_web_1", timeout_s=1)
-        assert await _eventually(router, session, "app.test", f"{backup} web 1")
-        await docker.start_container(f"{primary}_web_1")
-        assert await _eventually(router, session, "app.test", f"{primary} web 1")
+    docker, node = router.svc.docker, f"{primary}_web_1"
+    on_primary, on_backup = f"{primary} web 1", f"{backup} web 1"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=8)) as session:
+        assert await _served_within(router, session, on_primary)
 
+        # stopped, and the router told so (as serve's keeper does at once): still a server,
+        # down, so the route stays and its backup serves
+        await docker.stop_container(node, timeout_s=1)
+        await router.apply()
+        assert await _served_within(router, session, on_backup)
+        state = await router_state(router.svc)
+        [route] = [b for b in state.backends if b.name.endswith("app.test")]
+        assert [(s.name, s.running) for s in route.servers] == [
+            (f"{primary}-1", False), (f"{backup}-1", True),
+        ]  # fmt: skip
+        await docker.start_container(node)
+        await router.apply()
+        assert await _served_within(router, session, on_primary)
 
-async def _eventually(router: Router, session: aiohttp.ClientSession, host: str, page: str) -> bool:
-    """The page is served within 15 s (health checks run every second)."""
-    for _ in range(150):
+        # hung: a paused node accepts connections and never answers
+        await docker.pause_container(node)
         try:
-            if await router.get(session, host) == page:
-                return True
-        except (AssertionError, aiohttp.ClientError):
-            pass
-        await asyncio.sleep(0.1)
+            assert await _served_within(router, session, on_backup)
+        finally:
+            await docker.unpause_container(node)
+        assert await _served_within(router, session, on_primary)
+
+        # broken: every answer a 500
+        await exec_output(docker, node, BREAK)
+        assert await _served_within(router, session, on_backup)
+        await exec_output(docker, node, MEND)
+        assert await _served_within(router, session, on_primary)
+
+
+async def _served_within(
+    router: Router, session: aiohttp.ClientSession, page: str, *, within_s: float = 10
+) -> bool:
+    """app.test answers ``page`` within ``within_s``, 20 times in a row, never with a 404
+    (the route is there all along): requests one after another, at most 400."""
+    deadline, in_a_row = time.monotonic() + within_s, 0
+    for _ in range(400):
+        try:
+            async with session.get(f"http://{router.bind}/", headers={"Host": "app.test"}) as resp:
+                status, text = resp.status, (await resp.text()).strip()
+        except (aiohttp.ClientError, TimeoutError):
+            status, text = 0, ""
+        assert status != 404, "the route disappeared"
+        in_a_row = in_a_row + 1 if (status, text) == (200, page) else 0
+        if in_a_row == 20:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05 if in_a_row else 0.1)
     return False
 
 
@@ -162,3 +211,95 @@ async def test_bad_traffic_requests_change_nothing(router: Router, make_source: 
         await swap_domains(router.svc, Request("USTRANGER"), first=blue, second=green)
 
     assert await router_state(router.svc) == before
+
+
+@pytest.mark.parametrize(
+    "domain", ["{env}.clonebot.test", "X.{env}.Clonebot.Test.", "clonebot.test", "CLONEBOT.TEST."]
+)
+async def test_nothing_under_the_base_domain_can_be_bound(
+    router: Router, make_source: MakeSource, domain: str
+) -> None:
+    prod, mine = [(await make_source(web_nodes=1, db_nodes=0)).name for _ in range(2)]
+    before = await router_state(router.svc)
+    with pytest.raises(BadRequest, match=r"is under clonebot\.test, where clonebot gives every"):
+        await add_domain(router.svc, Request(OWNER), env=mine, domain=domain.format(env=prod))
+    assert await router_state(router.svc) == before
+
+
+async def test_a_binding_under_the_base_domain_already_stored_is_not_served(
+    router: Router, make_source: MakeSource
+) -> None:
+    """One bound before the refusal existed: it never hides the environment it names."""
+    prod, mine = [(await make_source(web_nodes=1, db_nodes=0)).name for _ in range(2)]
+    await add_domain(router.svc, Request(OWNER), env=mine, domain="mine.test")  # recorded
+    async with router.svc.sessions() as session:
+        record = await repo.get_environment(session, mine)
+        assert record is not None
+        session.add(DomainBinding(domain=f"{prod}.clonebot.test", environment_id=record.id))
+        await session.commit()
+    with pytest.raises(BadRequest, match=r"is under clonebot\.test"):
+        await set_failover(
+            router.svc, Request(OWNER), domain=f"{prod}.clonebot.test", primary=mine, backup=prod
+        )
+    await router.apply()
+    async with aiohttp.ClientSession() as session:
+        assert await router.get(session, f"{prod}.clonebot.test") == f"{prod} web 1"
+
+
+@pytest.mark.slow
+async def test_a_hostile_environment_is_left_out_and_the_others_still_swap(
+    router: Router, make_source: MakeSource
+) -> None:
+    """Labels are anyone's to write: a newline must not become a directive, two nodes with
+    one number must not stop every other route."""
+    blue, green = [(await make_source(web_nodes=1, db_nodes=0)).name for _ in range(2)]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        injected = f"127.0.0.1:{sock.getsockname()[1]}"
+    evil = f"{blue}x"
+    hostile = {
+        "dup-1": compose_labels(f"{evil}1", "web", 1),
+        "dup-2": compose_labels(f"{evil}1", "web", 1),
+        "project": compose_labels(f"{evil}2\n    bind {injected}", "web", 1),
+        "service": compose_labels(f"{evil}3", f"web\n    bind {injected}", 1),
+        "number": compose_labels(f"{evil}4", "web", 1) | {NUMBER: "1 #"},
+        "port": {
+            **compose_labels(f"{evil}5", "web", 1),
+            HTTP_PORT: f"80\nfrontend x\n bind {injected}",
+        },
+    }
+    docker, made = router.svc.docker, []
+    try:
+        for key, labels in hostile.items():
+            config = {
+                "Image": IMAGE,
+                "Cmd": ["sh", "-c", WEB],
+                "Labels": {HTTP_PORT: "80", **labels},
+            }
+            made.append(await docker.create_container(name=f"{evil}-{key}", config=config))
+            await docker.start_container(made[-1])
+        me = Request(OWNER)
+        await add_domain(router.svc, me, env=blue, domain="shop.test")
+        await router.apply()
+        await swap_domains(router.svc, me, first=blue, second=green)
+        await router.apply()
+        async with aiohttp.ClientSession() as session:
+            assert await router.get(session, "shop.test") == f"{green} web 1"
+            assert await router.get(session, f"{blue}.clonebot.test") == f"{blue} web 1"
+        left_out = (await router_state(router.svc)).left_out
+        assert left_out == {
+            f"{evil}1": f"two web nodes are numbered 1 ({NUMBER})",
+            repr(f"{evil}2\n    bind {injected}"): (
+                f"{PROJECT}='{evil}2\\n    bind {injected}' is not a Compose project name"
+            ),
+            f"{evil}3": f"{SERVICE}='web\\n    bind {injected}' is not a Compose service name",
+            f"{evil}4": f"{NUMBER}='1 #' is not a container number",
+            f"{evil}5": f"{HTTP_PORT}='80\\nfrontend x\\n bind {injected}' is not a port (1-65535)",
+        }
+        assert f"bind {injected}" not in router.files.config.read_text()
+        host, port = injected.split(":")
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(host, int(port))
+    finally:
+        for cid in made:
+            await docker.remove_container(cid)
