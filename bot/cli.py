@@ -83,12 +83,16 @@ def load_settings() -> Settings:
 
 @app.command()
 def envs(as_json: JsonFlag = False) -> None:
-    """List the environments on the Docker engine, with their owners."""
+    """List the environments on the Docker engine, with their owners; those that are down
+    (recorded, with no container) too."""
 
     async def work(svc: Services) -> list[tuple[Environment, str | None]]:
         async with svc.sessions() as session:
             records = {r.name: r for r in await repo.list_environments(session)}
         found = await list_environments(svc.docker)
+        up = {e.name for e in found}
+        down = [n for n, r in records.items() if r.state == "ready" and n not in up]
+        found = sorted([*found, *(Environment(n, layers=()) for n in down)], key=lambda e: e.name)
         return [(e, records[e.name].owner if e.name in records else e.owner) for e in found]
 
     environments = run(work)
@@ -99,7 +103,7 @@ def envs(as_json: JsonFlag = False) -> None:
     for env, owner in environments:
         layers = ", ".join(f"{layer.name} ({layer.scaling})" for layer in env.layers)
         running = sum(n.state == "running" for n in env.nodes)
-        nodes = f"{running}/{len(env.nodes)} running"
+        nodes = f"{running}/{len(env.nodes)} running" if env.nodes else "[yellow]down[/]"
         table.add_row(env.name, layers, nodes, env.cloned_from or "", owner or "(unowned)")
     out.print(table)
 
@@ -136,7 +140,11 @@ def delete(
     name: Annotated[str, typer.Argument(help="The environment to delete.")],
     user: AsUser = ...,  # type: ignore[assignment]
     force: Annotated[
-        bool, typer.Option(help="Also delete an environment that is not a clone.")
+        bool,
+        typer.Option(
+            help="Also delete an environment that is not a clone, or the volumes one that is "
+            "down left."
+        ),
     ] = False,
 ) -> None:
     """Delete an environment: its containers, networks, volumes and snapshot images."""
@@ -221,6 +229,7 @@ def _env_json(env: Environment, owner: str | None) -> dict[str, Any]:
         "name": env.name,
         "owner": owner,
         "cloned_from": env.cloned_from,
+        "state": "up" if env.nodes else "down",
         "layers": [
             {
                 "name": layer.name,

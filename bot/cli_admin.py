@@ -1,4 +1,5 @@
-"""Command-line commands about people and records: adopt, share, owner, jobs, audit, recover, db."""
+"""Command-line commands about people and records: adopt, share, owner, forget, jobs, audit,
+recover, db."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from services.context import Services
 from services.ownership import (
     adopt_environment,
     bind_channel,
+    forget_environment,
     hand_over_environment,
     share_environment,
 )
@@ -73,6 +75,21 @@ def bind(
     """Accept commands about an environment only from this channel (and others bound)."""
     run(lambda svc: bind_channel(svc, Request(user), name=name, channel=channel))
     out.print(f"{name} now takes commands in {channel}")
+
+
+@app.command()
+def forget(name: Env, user: AsUser) -> None:
+    """Forget an environment that is down (admins only): its record goes, with its owner,
+    people, channels, domains and routes, and its name is free unless volumes still hold it."""
+    left = run(lambda svc: forget_environment(svc, Request(user), name=name))
+    out.print(f"forgot {name}", highlight=False)
+    if left:
+        out.print(
+            f"  its {', '.join(left)} still hold the name: remove them with `docker` if "
+            "nothing needs them",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.context import Services
 from services.environments import Environment, Glimpse, get_environment, glimpse_environments
-from services.errors import Forbidden, InvalidUser
+from services.errors import EnvironmentNotFound, Forbidden, InvalidUser
 from services.permissions import Access, Action, Decision, Role, decide
 from services.settings import SLACK_USER, Settings
 from storage import repositories as repo
@@ -73,6 +73,25 @@ async def check_request(
     check_user(request.user)
     env = await get_environment(svc.docker, name)
     return env, await _checked_record(svc, session, request, env, action)
+
+
+async def check_recorded(
+    svc: Services, session: AsyncSession, request: Request, *, name: str, action: Action
+) -> tuple[Environment | None, EnvironmentRecord]:
+    """As ``check_request``, for an environment that may be down: recorded, with no container
+    (``docker compose down``). Its record keeps its owner, people and channels, and decides;
+    the environment is then None."""
+    try:
+        return await check_request(svc, session, request, name=name, action=action)
+    except EnvironmentNotFound:
+        record = await repo.get_environment(session, name)
+        if record is None or record.state != "ready":
+            raise
+    await authorize(
+        session, svc.settings, user=request.user, action=action, record=record,
+        channel=request.channel,
+    )  # fmt: skip
+    return None, record
 
 
 async def check_glimpses(

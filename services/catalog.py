@@ -46,12 +46,18 @@ class EnvironmentView:
     def name(self) -> str:
         return self.env.name
 
+    @property
+    def down(self) -> bool:
+        """Recorded, with no container: it keeps its owner, people and domains meanwhile."""
+        return not self.env.nodes
+
 
 async def visible_environments(
     svc: Services, *, user: str, channel: str | None = None
 ) -> list[EnvironmentView]:
     """The environments ``user`` may view (asked from ``channel``), by name, with their
-    custom domains and the routes they take part in."""
+    custom domains and the routes they take part in; those that are down (recorded, with no
+    container) without layers."""
     check_user(user)
     envs = await list_environments(svc.docker)
     async with svc.sessions() as session:
@@ -67,6 +73,12 @@ async def visible_environments(
         RouteView(r.domain, r.kind, names[r.primary_id], names[r.secondary_id], r.weight, r.sticky)
         for r in routes
         if r.primary_id in names and r.secondary_id in names
+    ]
+    running = {env.name for env in envs}
+    envs += [
+        Environment(name=r.name, layers=())
+        for r in records.values()
+        if r.state == "ready" and r.name not in running
     ]
     views = []
     for env in envs:
@@ -112,7 +124,7 @@ def _view(
         owner=record.owner,
         role=role,
         cloned_from=record.cloned_from or env.cloned_from,
-        may_clone=allowed(Action.CLONE),
+        may_clone=allowed(Action.CLONE) and bool(env.nodes),  # one that is down has nothing
     )
 
 

@@ -8,10 +8,24 @@ import time
 from services.cloning import CloneResult, execute_clone
 from services.docker import DockerClient, gather_all
 from services.environments import JOB, PROJECT, Environment, Node, get_environment
-from services.errors import ClonebotError, CloneFailed, DockerFailed, NotAClone
+from services.errors import (
+    BadRequest,
+    ClonebotError,
+    CloneFailed,
+    DockerFailed,
+    EnvironmentNotFound,
+    NotAClone,
+)
 from services.failpoints import failpoint
 from services.freeze import FreezeRecorder, ignore_freeze, snapshot_stateful
 from services.ledger import Ledger
+from services.naming import (
+    Holder,
+    check_name_free,
+    default_clone_name,
+    describe_holders,
+    held_names,
+)
 from services.planning import ClonePlan, NodePlan, plan_clone, plan_refresh, plan_rename
 from services.progress import EventSink, ignore_events, step
 from services.settings import Settings
@@ -30,9 +44,13 @@ async def clone_environment(
     on_freeze: FreezeRecorder = ignore_freeze,
 ) -> CloneResult:
     """Plan (refusing bad requests before anything is made), then make the clone."""
+    name = name or default_clone_name(source, await held_names(docker))
     plan = await plan_clone(
         docker, settings, source=source, name=name, snapshot=snapshot, job=job, owner=owner
     )
+    # again just before anything is made: a volume of that name may have come meanwhile, and
+    # creating a volume that exists returns it (its data would be overwritten)
+    await check_name_free(docker, name=plan.name)
     return await execute_clone(docker, settings, plan, emit=emit, on_freeze=on_freeze)
 
 
@@ -126,6 +144,7 @@ async def rename_environment(
     """
     started = time.monotonic()
     plan = await plan_rename(docker, settings, name=name, new_name=new_name, job=job)
+    await check_name_free(docker, name=new_name, renaming=name)
     old = list(plan.source.nodes)
     was_running = {n.id for n in old if n.state in ("running", "paused", "restarting")}
     await on_freeze({n.id: "stopped" if n.id in was_running else "kept" for n in old})
@@ -212,49 +231,88 @@ async def _remove_if_there(docker: DockerClient, ref: str) -> None:
             raise
 
 
+async def check_delete(docker: DockerClient, *, name: str, force: bool) -> Environment:
+    """The environment ``delete_environment`` would delete, or its refusal.
+
+    Only clones, unless ``force``: deleting a source's volumes would lose its data. An
+    environment that is down (no container; returned without layers) may be deleted, but the
+    volumes it left go only with ``force``: they may hold the only copy of its data.
+    """
+    try:
+        env = await get_environment(docker, name)
+    except EnvironmentNotFound:
+        volumes = sorted(v["Name"] for v in await docker.list_volumes(labels=[_project(name)]))
+        if volumes and not force:
+            left = describe_holders([Holder("volume", v, name) for v in volumes])
+            raise BadRequest(
+                f"{name} is down and left {left}, which may hold its only data: "
+                "delete it with --force to remove them"
+            ) from None
+        return Environment(name=name, layers=())
+    if env.cloned_from is None and not force:
+        raise NotAClone(name, "delete (without --force)")
+    return env
+
+
 async def delete_environment(
     docker: DockerClient, *, name: str, force: bool = False
 ) -> Environment:
-    """Remove an environment's containers, networks, volumes and clonebot-made images.
+    """Remove an environment's containers, networks, volumes and clonebot-made images (see
+    ``check_delete`` for what needs ``force``); of one that is down, what it left.
 
-    Only clones, unless ``force``: deleting a source's volumes would lose its data.
-    Volumes a clone shares with its source belong to the source and are kept.
+    Volumes a clone shares with its source belong to the source and are kept; so is any
+    volume or image a container of another environment uses (running or stopped), and any
+    network one is on.
     """
-    env = await get_environment(docker, name)
-    if env.cloned_from is None and not force:
-        raise NotAClone(name, "delete (without --force)")
+    env = await check_delete(docker, name=name, force=force)
     await _remove_nodes(docker, list(env.nodes))
-    label = f"{PROJECT}={name}"
+    label = _project(name)
+    others = await docker.list_containers()  # ours are gone: whatever is left is someone else's
+    in_use = {m.get("Name") for c in others for m in c.get("Mounts") or []}
+    # a container of no project (an HAProxy clonebot connected to reach it) is disconnected
+    foreign = {
+        net
+        for c in others
+        if (c.get("Labels") or {}).get(PROJECT) not in (None, name)
+        for net in (c.get("NetworkSettings") or {}).get("Networks") or {}
+    }
     for net in await docker.list_networks(labels=[label]):
-        await docker.remove_network(net["Id"])
+        if net["Name"] not in foreign:
+            await docker.remove_network(net["Id"])
     # its own volumes, and those clonebot made for it under an earlier name (a rename keeps
     # the volumes); never a volume it shares with its source
     volumes = {vol["Name"] for vol in await docker.list_volumes(labels=[label])}
     made = {vol["Name"] for vol in await docker.list_volumes(labels=[JOB])}
     volumes |= made & {m.source for n in env.nodes for m in n.volumes}
-    for volume in sorted(volumes):
+    for volume in sorted(volumes - in_use):
         await docker.remove_volume(volume)
     images = {image["Id"] for image in await docker.list_images(labels=[label, JOB])}
     await _remove_snapshots(docker, images | {n.image_id for n in env.nodes})
     return env
 
 
+def _project(name: str) -> str:
+    return f"{PROJECT}={name}"
+
+
 async def _remove_snapshots(docker: DockerClient, images: set[str]) -> None:
     """Remove images clonebot committed for nodes that are gone, and their clonebot-made
     parents (a renamed node's image is a commit on top of its earlier one).
 
-    An image something else still uses is kept.
+    An image any container uses, running or stopped, of any environment, is kept: Docker's
+    forced removal would take it from under a stopped one.
     """
+    used = {c.get("ImageID") for c in await docker.list_containers()}
     pending = list(images)
     while pending:
         image = pending.pop()
         info = await docker.inspect_image(image)
-        if not info or JOB not in (info["Config"].get("Labels") or {}):
+        if not info or JOB not in (info["Config"].get("Labels") or {}) or info["Id"] in used:
             continue
         try:
             await docker.remove_image(image)
         except DockerFailed as exc:
-            if exc.status == 409:  # a container or a child image uses it
+            if exc.status == 409:  # a child image uses it
                 continue
             raise
         if info.get("Parent"):

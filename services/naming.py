@@ -78,7 +78,8 @@ class HeldNames:
             for h in self._holders
             if h.project == name or (h.kind != "container" and h.name.startswith(f"{name}_"))
         ]
-        return sorted(found, key=lambda h: (_KIND_ORDER.index(h.kind), h.name))
+        # named volumes first: "qa_data" says more than an anonymous volume's 64 hex digits
+        return sorted(found, key=lambda h: (_KIND_ORDER.index(h.kind), _anonymous(h), h.name))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self._recorded or bool(self.holders(name)))
@@ -126,6 +127,10 @@ def describe_holders(holders: Sequence[Holder]) -> str:
     """``volume qa_data, network qa_default`` (three at most, then how many more)."""
     shown = ", ".join(str(h) for h in holders[:3])
     return shown + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
+
+
+def _anonymous(holder: Holder) -> bool:
+    return len(holder.name) == 64 and all(c in "0123456789abcdef" for c in holder.name)
 
 
 def _project(item: JSON) -> str | None:

@@ -1,11 +1,14 @@
-"""Adopting, sharing and handing over environments; each change checked and audited."""
+"""Adopting, sharing, handing over and forgetting environments; each change checked and
+audited."""
 
 from __future__ import annotations
 
 from services import access
 from services.access import Request
 from services.context import Services
-from services.errors import BadRequest
+from services.environments import environment_exists
+from services.errors import BadRequest, EnvironmentNotFound, Forbidden
+from services.naming import held_names
 from services.permissions import Action, Role
 from storage import repositories as repo
 from storage.db import AsyncSession
@@ -70,6 +73,46 @@ async def set_notify_channel(svc: Services, request: Request, *, name: str, chan
         record.notify_channel = channel
         _audit(session, request, Action.NOTIFY, name, detail={"channel": channel})
         await session.commit()
+
+
+async def forget_environment(svc: Services, request: Request, *, name: str) -> list[str]:
+    """An admin frees the name of an environment that is down: its record goes, with its
+    owner, people, channels, domains and routes. Refused while it has containers (delete it
+    instead). Returns what Docker still has of it (its volumes), which keeps holding the name.
+    """
+    access.check_user(request.user)
+    async with svc.sessions() as session:
+        if request.user not in svc.settings.admins:
+            reason = "only an admin may forget an environment"
+            _audit_forget(session, request, name, allowed=False, reason=reason)
+            await session.commit()
+            raise Forbidden(reason)
+        record = await repo.get_environment(session, name)
+        if record is None:
+            raise EnvironmentNotFound(name)
+        if record.state != "ready":
+            raise BadRequest(f"a job is making {name}: it is not down")
+        if await environment_exists(svc.docker, name):
+            raise BadRequest(f"{name} has containers, so it is not down: delete it instead")
+        await repo.delete_environment(session, name)
+        _audit_forget(session, request, name, allowed=True, owner=record.owner)
+        await session.commit()
+    return [str(h) for h in (await held_names(svc.docker)).holders(name)]
+
+
+def _audit_forget(
+    session: AsyncSession,
+    request: Request,
+    name: str,
+    *,
+    allowed: bool,
+    reason: str = "",
+    owner: str | None = None,
+) -> None:
+    repo.record_audit(
+        session, actor=request.user, action="forget", environment=name, channel=request.channel,
+        allowed=allowed, reason=reason, detail={"owner": owner} if allowed else {},
+    )  # fmt: skip
 
 
 async def _checked(

@@ -123,11 +123,9 @@ async def _list(bot: SlackBot, asked: Asked) -> str:
         owner = f"<@{v.owner}>" if v.owner else "nobody"
         origin = f", cloned from {v.cloned_from}" if v.cloned_from else ""
         running = sum(n.state == "running" for n in v.env.nodes)
+        state = "*down*" if v.down else f"{running}/{len(v.env.nodes)} nodes running"
         domains = f" · {', '.join(v.domains)}" if v.domains else ""
-        lines.append(
-            f"• *{v.name}* ({v.role}{origin}) · {running}/{len(v.env.nodes)} nodes running"
-            f" · owner {owner}{domains}"
-        )
+        lines.append(f"• *{v.name}* ({v.role}{origin}) · {state} · owner {owner}{domains}")
     return messages.fit(lines)
 
 

@@ -35,7 +35,7 @@ async def publish_home(bot: SlackBot, user: str) -> None:
     environments = [
         EnvironmentSummary(
             name=v.name, owner=v.owner, role=v.role, cloned_from=v.cloned_from,
-            layers={layer.name: len(layer.nodes) for layer in v.env.layers},
+            layers={layer.name: len(layer.nodes) for layer in v.env.layers}, down=v.down,
         )
         for v in views
     ]  # fmt: skip

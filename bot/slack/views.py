@@ -267,6 +267,7 @@ class EnvironmentSummary:
     role: str  # what the user is to it: "owner", "admin", "operator" or "viewer"
     layers: Mapping[str, int]  # layer name -> its number of nodes
     cloned_from: str | None = None
+    down: bool = False  # recorded, with no container
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,8 @@ def _home_environment(
     origin = f" · cloned from *{env.cloned_from}*" if env.cloned_from else ""
     nodes = ", ".join(f"{layer} ×{count}" for layer, count in env.layers.items())
     url = f"<{env_url(env.name, base_domain=base_domain)}|{env.name}.{base_domain}>"
-    lines = [f"*{env.name}* · {whose}{origin}", nodes or "no nodes", url]
+    state = "*down*: no container; its record, domains and routes are kept" if env.down else ""
+    lines = [f"*{env.name}* · {whose}{origin}", state or nodes or "no nodes", url]
     if domains:
         lines.append(clip("Domains: " + ", ".join(domains), 1000))
     return fit(lines + [f"↪ {route.describe()}" for route in routes])
