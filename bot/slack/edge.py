@@ -28,11 +28,12 @@ from bot.slack.payloads import Unreadable, read_body
 
 log = logging.getLogger(__name__)
 
-# Slack sends us back our own surfaces at most: a message (≤ 50 blocks), a modal (≤ 100
-# blocks, state of a few inputs) or the Home view (≤ 100 blocks of ≤ 3,000 characters, in an
-# app_home_opened event); our largest, the Home tab with 40 environments, is under 150 KB even
-# with every character sent as a \u escape. A request past this limit is refused with 413
-# before anything of it is read.
+# Slack sends us back our own surfaces at most: a message (sections cut at 3,000 characters),
+# a modal (the split form: 100 + 100 options) or the Home view (in app_home_opened). The
+# largest we can build, every name and list at its limit, is 127 KB (the Home view; test:
+# test_the_largest_request_our_surfaces_cause_is_far_under_the_limit): six times that, were
+# every character sent as a \u escape, still fits. A longer request is refused with 413
+# before any of it is read.
 MAX_BODY = 1024 * 1024
 _TOO_LARGE = f"the body is over {MAX_BODY} bytes, more than Slack sends"
 SLACK_HOOKS = "https://hooks.slack.com/"

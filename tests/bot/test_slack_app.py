@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -16,11 +17,23 @@ from typing import Any
 import aiohttp
 import pytest
 
+from services.context import open_services
 from services.docker import DockerClient
+from services.environments import OWNER as OWNER_LABEL
 from services.environments import list_environments
 from services.settings import Settings
+from storage import repositories as repo
+from tests.bot.test_cli import clonebot
 from tests.bot.test_traffic_cli import _env, _page, cli, routed  # noqa: F401 (a fixture)
-from tests.conftest import ADMIN, OWNER, MakeSource, _free_port, exec_output
+from tests.conftest import (
+    ADMIN,
+    IMAGE,
+    OWNER,
+    MakeSource,
+    _free_port,
+    compose_labels,
+    exec_output,
+)
 from tests.slack.emulator import SlackEmulator
 from tests.slack.signing import (
     CHANNEL_ID,
@@ -381,7 +394,8 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
     opened = await bot.slack.wait_for("views.open", lambda p: "clone_modal" in str(p["view"]))
     view = opened.answer["view"]
     source_field = _select(view, "clone_source")
-    assert source_field["initial_option"]["value"] == prod
+    # (other tests' sources, owned by the same user, may come first: the engine is shared)
+    assert prod in [option["value"] for option in source_field["options"]]
 
     def values(name: str) -> dict[str, Any]:
         return {
@@ -553,3 +567,65 @@ async def test_env_traffic_and_ownership_commands_reach_haproxy_and_the_right_ch
     assert "you: owner" in info and f"↪ shop.test: {green}, failing over to {blue}" in info
     refused = await env(f"swap {blue} {green}", "Nothing was done")
     assert f"{green} belongs to <@{STRANGER}>" in refused
+
+
+@pytest.mark.slow
+async def test_a_rewritten_variable_is_reported_by_name_never_by_value(
+    bot: Bot, make_source: MakeSource, docker: DockerClient
+) -> None:
+    """A variable holding a password and a source container's name is rewritten in the clone;
+    Slack (messages, App Home, answers), the command line (text and --json), the job records,
+    the database file and the log show its name and the host that changed, never its value."""
+    prod = (await make_source(web_nodes=0, db_nodes=1)).name
+    password = f"pw{secrets.token_hex(8)}"
+    value = f"postgres://app:{password}@{prod}_db_1/app"
+    app = await docker.create_container(
+        name=f"{prod}_app_1",
+        config={
+            "Image": IMAGE,
+            "Cmd": ["sh", "-c", "exec sleep 100000"],
+            "Env": [f"DATABASE_URL={value}", f"ADMIN_PASSWORD={password}"],
+            "Labels": {OWNER_LABEL: OWNER, **compose_labels(prod, "app", 1)},
+            "HostConfig": {"NetworkMode": f"{prod}_default"},
+        },
+    )
+    await docker.start_container(app)
+
+    await bot.command(OWNER, "/clone", f"{prod} {prod}-slack")
+    final = await bot.final_message()
+    shown = json.dumps(final, ensure_ascii=False)
+    assert f"DATABASE_URL: {prod}_db_1 → {prod}-slack-db-1" in shown
+    # the clone itself has the rewritten value: only the report leaves it out
+    clone_env = (await docker.inspect_container(f"{prod}-slack-app-1"))["Config"]["Env"]
+    assert f"DATABASE_URL=postgres://app:{password}@{prod}-slack-db-1/app" in clone_env
+    await _until(lambda: bot.slack.workspace.home(OWNER) is not None, what="App Home published")
+
+    # in a thread: the emulator, on this loop, goes on answering the bot meanwhile
+    as_json = await asyncio.to_thread(
+        cli, bot.settings, "clone", prod, f"{prod}-json", "--json", "--as", OWNER
+    )
+    [rewrite] = json.loads(as_json)["rewrites"]
+    assert rewrite == {
+        "node": f"{prod}-json-app-1",
+        "variable": "DATABASE_URL",
+        "hosts": [[f"{prod}_db_1", f"{prod}-json-db-1"]],
+    }
+    as_text = await asyncio.to_thread(
+        clonebot, "clone", prod, f"{prod}-text", "--as", OWNER, settings=bot.settings
+    )
+    assert as_text.returncode == 0, as_text.stderr
+    assert f"DATABASE_URL: {prod}_db_1 → {prod}-text-db-1" in as_text.stdout
+    listed = await asyncio.to_thread(cli, bot.settings, "jobs", "--json")
+    async with open_services(bot.settings) as svc, svc.sessions() as session:
+        stored = [j.result for j in await repo.list_jobs(session)]
+    assert len(stored) == 3 and all(r and r["rewrites"] for r in stored)
+
+    everything = [
+        *(json.dumps(c.params, ensure_ascii=False) for c in bot.slack.calls),
+        *(json.dumps(r, ensure_ascii=False) for r in bot.slack.responses),
+        as_json, as_text.stdout, as_text.stderr, listed, json.dumps(stored), _read(bot.log),
+    ]  # fmt: skip
+    assert [text for text in everything if password in text] == []
+    database = Path(bot.settings.database_url.removeprefix("sqlite+aiosqlite:///"))
+    for file in database.parent.glob(f"{database.name}*"):  # with its journal, if any
+        assert password.encode() not in file.read_bytes(), file
