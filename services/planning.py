@@ -6,7 +6,7 @@ import copy
 import random
 import secrets
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.binds import BIND_PATH, BindUnusable, HostKind, bind_volume_name, probe_host_paths
 from services.docker import JSON, DockerClient
@@ -17,6 +17,7 @@ from services.environments import (
     ONEOFF,
     OWNER,
     PROJECT,
+    SCALING,
     SERVICE,
     Environment,
     Layer,
@@ -363,6 +364,19 @@ async def _probe_binds(docker: DockerClient, settings: Settings, plan: ClonePlan
         else:
             continue
         raise BindUnusable(path=path, where=where[path], reason=reason)
+    plan.source = replace(plan.source, layers=tuple(_settled(plan, x) for x in plan.source.layers))
+
+
+def _settled(plan: ClonePlan, layer: Layer) -> Layer:
+    """A layer made stateful only by the host sockets or devices it mounts (docker.sock),
+    which are shared, is stateless: its source is not frozen for them."""
+    if layer.scaling != "stateful" or any(
+        node.volumes or node.labels.get(SCALING) == "stateful" for node in layer.nodes
+    ):
+        return layer
+    if any(_bind_policy(plan, layer, m) == "copy" for node in layer.nodes for m in node.binds):
+        return layer
+    return replace(layer, scaling="stateless")
 
 
 def _new_volume(plan: ClonePlan, mount: Mount) -> VolumePlan:

@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import secrets
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,11 @@ MakeEnv = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-async def make_env(docker: DockerClient) -> AsyncIterator[MakeEnv]:
+async def make_env(docker: DockerClient, host_dir: HostDir) -> AsyncIterator[MakeEnv]:
     """Factory: a running Compose-labelled environment of one node per layer; it and every
-    project named after it (its clones, its new names) are removed after the test."""
+    project named after it (its clones, its new names) are removed after the test, before
+    the host directories (``host_dir`` is torn down after it): a writer still running could
+    re-create a file in a directory being removed."""
     made: list[str] = []
 
     async def make(*layers: LayerSpec) -> str:
@@ -176,6 +179,7 @@ async def test_a_host_directory_is_copied_into_the_clone_never_shared(
     assert hashlib.md5((data / "seed").read_bytes()).hexdigest() == seed
 
 
+@pytest.mark.slow
 async def test_share_empty_read_only_and_stateless_binds(
     docker: DockerClient, settings: Settings, make_env: MakeEnv, host_dir: HostDir
 ) -> None:
@@ -249,6 +253,24 @@ async def test_a_host_directory_that_cannot_be_copied_is_refused_by_path(
     ):
         await clone_environment(docker, settings, source=other, name=f"{other}-dev")
     assert await leftovers(docker, f"{other}-dev") == []
+
+
+async def test_a_host_socket_is_shared_not_copied(
+    docker: DockerClient, settings: Settings, make_env: MakeEnv, host_dir: HostDir
+) -> None:
+    """A socket of the host (docker.sock, mounted read-write) is a door, not data: shared,
+    and the layer stays stateless (its source is not frozen, nor committed)."""
+    folder = host_dir()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(folder / "app.sock"))
+        source = await make_env(("agent", {}, [bind(folder / "app.sock", "/run/app.sock")], SLEEP))
+        result = await clone_environment(docker, settings, source=source, name=f"{source}-dev")
+    agent = (await get_environment(docker, result.environment)).layer("agent").master
+    [mount] = agent.mounts
+    assert (mount.kind, mount.source, mount.read_write) == ("bind", str(folder / "app.sock"), True)
+    assert await exec_output(docker, agent.name, "test -S /run/app.sock && echo socket") == "socket"
+    origin = (await get_environment(docker, source)).layer("agent").master
+    assert (result.freeze_ms, agent.image_id) == (0, origin.image_id)
 
 
 async def test_bad_bind_labels_are_refused_naming_the_label(
