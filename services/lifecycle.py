@@ -80,6 +80,11 @@ async def refresh_clone(
     async with step(emit, "stop", ", ".join(n.name for n in old)):
         await _set_aside(docker, old, suffix=plan.job)
     try:
+        for vol in plan.volumes:
+            # a bind the source gained since the clone was made: without this, the copy
+            # helper's mount would create the volume unlabelled, and a delete would leave it
+            if not vol.exists:
+                ledger.add_volume(await docker.create_volume(name=vol.name, labels=vol.labels))
         report = await snapshot_stateful(
             docker, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze
         )
