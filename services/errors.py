@@ -6,9 +6,11 @@ ClonebotError                 base: ``message`` is what a person reads
 │   ├── NameTaken             an environment, or what is left of one, holds the name
 │   ├── EnvironmentNotFound   no environment of that name
 │   ├── NotEnoughDisk         the Docker host lacks space for the copy
+│   ├── Busy                  another job holds the environment
 │   └── NotAClone             an operation meant for clones was asked of a source
 ├── DockerUnavailable         the Docker engine cannot be reached
 ├── DockerFailed              the Docker engine refused or failed an operation
+├── LeaseLost                 a job that could not keep its lease stopped (and rolled back)
 └── CloneFailed               a clone/refresh failed; what it created was removed
 """
 
@@ -53,13 +55,29 @@ class EnvironmentNotFound(Refused):
 
 
 class NotEnoughDisk(Refused):
-    def __init__(self, *, needed: int, free: int) -> None:
-        super().__init__(
+    def __init__(self, *, needed: int, free: int, reserved: int = 0) -> None:
+        message = (
             f"not enough free disk on the Docker host: the copy needs {_size(needed)}, "
             f"{_size(free)} is free"
         )
+        if reserved:
+            message += f" and running jobs will still write {_size(reserved)} of it"
+        super().__init__(message)
         self.needed = needed
         self.free = free
+        self.reserved = reserved
+
+
+class Busy(Refused):
+    """Another job holds the environment (``prod is busy: rename, job 5c8e…, 12 s``)."""
+
+    def __init__(self, name: str, *, kind: str, job: str, age_s: int, gone: bool = False) -> None:
+        message = f"{name} is busy: {kind}, job {job[:4]}…, {age_s} s"
+        if gone:
+            message += "; its process is gone: `clonebot recover` frees it"
+        super().__init__(message)
+        self.name = name
+        self.job = job
 
 
 class NotAClone(Refused):
@@ -96,6 +114,10 @@ class DockerFailed(ClonebotError):
 
 class FreezeTimeout(ClonebotError):
     """The final pass outlasted CLONEBOT_FREEZE_TIMEOUT; the source was resumed."""
+
+
+class LeaseLost(ClonebotError):
+    """The job could not renew its lease, so it stopped before another process recovers it."""
 
 
 class CloneFailed(ClonebotError):

@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from services.docker import JSON, DockerClient, gather_all
-from services.environments import Layer
+from services.environments import Layer, Node
 from services.errors import DockerFailed, FreezeTimeout
 from services.failpoints import failpoint
 from services.ledger import Ledger
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _DIR = 1 << 31
 _DELETED = 2
 FreezeRecorder = Callable[[dict[str, str]], Awaitable[None]]
+FREEZE_LABEL = "clonebot.freeze"  # "pause" (the default) or "stop"
 
 
 async def ignore_freeze(frozen: dict[str, str]) -> None:
@@ -79,44 +80,20 @@ async def _freeze(
     on_freeze: FreezeRecorder,
 ) -> FreezeReport:
     report = FreezeReport()
-    frozen: dict[str, tuple[str, float]] = {}  # master id -> (how, when)
-
-    async def freeze(copy: _MasterCopy) -> None:
-        master = copy.layer.master
-        if master.state != "running":
-            return  # stopped or already paused by its owner: its data holds still
-        started = time.monotonic()
-        # recorded before the call: a cancellation, or a crash, may land after the engine
-        # paused it; recovery reads what ``on_freeze`` wrote
-        frozen[master.id] = ("paused", started)
-        await on_freeze({cid: how for cid, (how, _) in frozen.items()})
-        try:
-            await docker.pause_container(master.id)
-        except DockerFailed as exc:
-            warning = f"{master.name} could not be paused ({exc.message}); stopped and restarted"
-            report.warnings.append(warning)
-            emit(Warned(warning))
-            frozen[master.id] = ("stopped", started)
-            await on_freeze({cid: how for cid, (how, _) in frozen.items()})
-            await docker.stop_container(master.id)
-
-    async def resume(master_id: str) -> None:
-        how, started = frozen[master_id]
-        try:
-            if how == "paused":
-                await docker.unpause_container(master_id)
-            else:
-                await docker.start_container(master_id)
-        except DockerFailed as exc:
-            if exc.status != _CONFLICT:  # 409: it was not paused after all
-                log.exception("could not resume source container %s", master_id)
-                raise
-        report.longest_ms = max(report.longest_ms, int((time.monotonic() - started) * 1000))
-
-    masters = ", ".join(c.layer.master.name for c in copies)
-    emit(StepStarted("freeze", masters))
+    # stopped or already paused by its owner when planned: its data holds still
+    masters = [c.layer.master for c in copies if c.layer.master.state == "running"]
+    how = {m.id: _how_to_freeze(m, emit) for m in masters}
+    frozen: dict[str, float] = {}  # what this job froze (or may have, if cancelled): when
+    names = ", ".join(c.layer.master.name for c in copies)
+    emit(StepStarted("freeze", names))
+    if how:
+        # recorded before any call: a cancellation, or a crash, may land after the engine
+        # froze it; recovery reads what ``on_freeze`` wrote. A job's recorder waits here
+        # while another job has one of them frozen: freezes of one source run one after
+        # another, so no job unfreezes a source another is still copying.
+        await on_freeze(how)
     try:
-        await gather_all(*(freeze(c) for c in copies))
+        await gather_all(*(_freeze_one(docker, m, how[m.id], frozen) for m in masters))
         await failpoint("freeze")
         async with asyncio.timeout(settings.freeze_timeout_s):
             await gather_all(*(c.final_pass() for c in copies))
@@ -127,9 +104,66 @@ async def _freeze(
         ) from None
     finally:
         # a frozen source must be resumed even on error, timeout or cancellation
-        await asyncio.shield(gather_all(*(resume(mid) for mid in list(frozen))))
-    emit(StepDone("freeze", masters, report.longest_ms))
+        await asyncio.shield(_resume_all(docker, how, frozen, report, on_freeze))
+    emit(StepDone("freeze", names, report.longest_ms))
     return report
+
+
+def _how_to_freeze(master: Node, emit: EventSink) -> str:
+    """Paused, unless the container's ``clonebot.freeze=stop`` label asks for a stop."""
+    asked = master.labels.get(FREEZE_LABEL, "pause")
+    if asked not in ("pause", "stop"):
+        emit(Warned(f"{master.name}: {FREEZE_LABEL}={asked!r} is not pause or stop; paused"))
+    return "stopped" if asked == "stop" else "paused"
+
+
+async def _freeze_one(
+    docker: DockerClient, master: Node, how: str, frozen: dict[str, float]
+) -> None:
+    frozen[master.id] = time.monotonic()
+    try:
+        if how == "paused":
+            await docker.pause_container(master.id)
+        else:
+            await docker.stop_container(master.id)
+    except DockerFailed as exc:
+        # the engine refused, so it is not frozen by this job: it is left exactly as it is
+        # (never stopped instead, never resumed by this job)
+        del frozen[master.id]
+        verb = "paused" if how == "paused" else "stopped"
+        raise DockerFailed(
+            f"{master.name} could not be {verb} for the final copy ({exc.message}); "
+            "the source was left as it was",
+            status=exc.status,
+        ) from exc
+
+
+async def _resume_all(
+    docker: DockerClient,
+    how: dict[str, str],
+    frozen: dict[str, float],
+    report: FreezeReport,
+    on_freeze: FreezeRecorder,
+) -> None:
+    async def resume(master_id: str) -> None:
+        try:
+            if how[master_id] == "paused":
+                await docker.unpause_container(master_id)
+            else:
+                await docker.start_container(master_id)
+        except DockerFailed as exc:
+            if exc.status != _CONFLICT:  # 409: it was not paused after all
+                log.exception("could not resume source container %s", master_id)
+                raise
+        ms = int((time.monotonic() - frozen[master_id]) * 1000)
+        report.longest_ms = max(report.longest_ms, ms)
+
+    await gather_all(*(resume(mid) for mid in list(frozen)))
+    if how:
+        try:  # every source runs again: the next job may freeze them
+            await on_freeze({})
+        except Exception:  # the job's end clears its record too
+            log.exception("could not record that the sources were resumed")
 
 
 class _MasterCopy:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import logging
 import secrets
-import time
-from collections.abc import AsyncIterator
-from datetime import timedelta
-from typing import Any
+from typing import Any, assert_never
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -18,25 +15,33 @@ from services import access
 from services.access import Request
 from services.cloning import CloneResult
 from services.context import Services
-from services.environments import environment_exists, list_environments
-from services.errors import BadRequest, ClonebotError, CloneFailed, NameTaken
+from services.errors import (
+    BadRequest,
+    Busy,
+    ClonebotError,
+    CloneFailed,
+    LeaseLost,
+    NameTaken,
+    NotAClone,
+)
+from services.job_locks import JobKind, check_not_busy, job_kind, reserving_disk, serialize
+from services.job_run import LEASE, JobProgress, claim, disk_reserver, run_leased
 from services.lifecycle import (
+    check_delete,
     clone_environment,
     delete_environment,
     refresh_clone,
     rename_environment,
 )
-from services.naming import default_clone_name, validate_name
+from services.naming import check_name_free, default_clone_name, held_names, validate_name
 from services.permissions import Action
-from services.progress import BytesCopied, Event, EventSink, StepDone, StepStarted, ignore_events
+from services.progress import EventSink, ignore_events
 from services.workers import this_worker
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import DomainBinding, EnvironmentRecord, IdempotencyKey, Job, Route, utcnow
 
-LEASE = timedelta(seconds=30)
-HEARTBEAT_S = 5.0
-PROGRESS_EVERY_S = 1.0
+log = logging.getLogger(__name__)
 
 
 async def submit_clone(
@@ -59,7 +64,7 @@ async def submit_clone(
             return earlier
         await access.check_request(svc, session, request, name=source, action=Action.CLONE)
         name = name or await _default_name(svc, session, source)
-        await _release_stale(svc, session, name)
+        await _check_free(svc, session, name)
         session.add(
             EnvironmentRecord(
                 name=name, owner=request.user, cloned_from=source, state="creating",
@@ -72,6 +77,8 @@ async def submit_clone(
 
 
 async def submit_refresh(svc: Services, request: Request, *, name: str) -> Job:
+    """Check and record a refresh. Its source is frozen and copied for it, so the requester
+    needs the right to clone the source too (from the channel asked in, if it is bound)."""
     return await _submit_on(svc, request, name=name, kind="refresh", action=Action.REFRESH)
 
 
@@ -85,7 +92,7 @@ async def submit_rename(svc: Services, request: Request, *, name: str, new_name:
         await access.check_request(svc, session, request, name=name, action=Action.RENAME)
         if new_name == name:
             raise BadRequest(f"{name} is already called {new_name}")
-        await _release_stale(svc, session, new_name)
+        await _check_free(svc, session, new_name, renaming=name)
         session.add(EnvironmentRecord(name=new_name, state="creating"))
         job = _new_job(request, kind="rename", environment=name, source=None)
         job.params = {"to": new_name}
@@ -94,7 +101,10 @@ async def submit_rename(svc: Services, request: Request, *, name: str, new_name:
 
 async def submit_delete(svc: Services, request: Request, *, name: str, force: bool) -> Job:
     """Record a delete; refused while the environment serves a custom domain or a route, as
-    deleting it would take that traffic down (swap back, or remove the domain, first)."""
+    deleting it would take that traffic down (swap back, or remove the domain, first).
+
+    An environment that is down (recorded, no container) may be deleted: that frees its name;
+    the volumes it left go only with ``force``, as a source's do."""
     return await _submit_on(
         svc, request, name=name, kind="delete", action=Action.DELETE, params={"force": force}
     )
@@ -132,12 +142,17 @@ async def _submit_on(
     async with svc.sessions() as session:
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
-        env, record = await access.check_request(svc, session, request, name=name, action=action)
+        check = access.check_recorded if kind == "delete" else access.check_request
+        env, record = await check(svc, session, request, name=name, action=action)
         # only once allowed: a refusal must not tell a stranger what the environment serves
         if kind == "delete" and (serving := await _serving(session, name)) is not None:
             raise BadRequest(serving)
+        if kind == "delete":
+            await check_delete(svc.docker, name=name, force=bool((params or {}).get("force")))
         # the record follows a source's rename; the clone's label keeps the name it was made from
-        source = record.cloned_from or env.cloned_from
+        source = record.cloned_from or (env.cloned_from if env is not None else None)
+        if kind == "refresh":
+            await _check_source(svc, session, request, clone=name, source=source)
         job = _new_job(request, kind=kind, environment=name, source=source)
         job.params = params or {}
         return await _record(session, request, job, action=action)
@@ -173,6 +188,10 @@ async def _record(session: AsyncSession, request: Request, job: Job, *, action: 
         detail={"job": job.id, "source": job.source},
     )
     try:
+        # nothing else checks or takes a lock meanwhile: two conflicting jobs cannot both pass
+        await serialize(session)
+        await check_not_busy(session, job)
+        job.claimed_by, job.lease_until = this_worker(), utcnow() + LEASE
         session.add(job)
         # the key refers to the job: the job's row must be written first
         await session.flush()
@@ -189,18 +208,68 @@ async def _record(session: AsyncSession, request: Request, job: Job, *, action: 
 
 
 async def _default_name(svc: Services, session: AsyncSession, source: str) -> str:
-    taken = {e.name for e in await list_environments(svc.docker)}
-    taken |= {r.name for r in await repo.list_environments(session)}
-    return default_clone_name(source, taken)
+    """``<source>-clone<N>``, skipping every name something holds."""
+    recorded = [r.name for r in await repo.list_environments(session)]
+    return default_clone_name(source, await held_names(svc.docker, recorded=recorded))
 
 
-async def _release_stale(svc: Services, session: AsyncSession, name: str) -> None:
-    """Refuse a name Docker has; forget a record whose environment is gone from Docker."""
-    if await environment_exists(svc.docker, name):
-        raise NameTaken(name)
+async def _check_free(
+    svc: Services, session: AsyncSession, name: str, *, renaming: str | None = None
+) -> None:
+    """Refuse a name anything holds: what Docker has of its project, or its record. An
+    environment that is down keeps its record (owner, people, channels, domains, routes):
+    only a delete or an admin's ``forget`` frees its name."""
+    await check_name_free(svc.docker, name=name, renaming=renaming)
     record = await repo.get_environment(session, name)
+    # one a job reserves ("creating") is refused by the reservation's unique name, which also
+    # tells a retried delivery of the same request from a second one
     if record is not None and record.state == "ready":
-        await repo.delete_environment(session, name)
+        raise NameTaken(
+            name, f"{name} is down; its record keeps its owner until it is deleted or forgotten"
+        )
+
+
+async def _check_source(
+    svc: Services, session: AsyncSession, request: Request, *, clone: str, source: str | None
+) -> None:
+    """A refresh freezes its source and copies its data: it needs the clone right there."""
+    if source is None:
+        raise NotAClone(clone, "refresh")
+    await access.check_request(svc, session, request, name=source, action=Action.CLONE)
+
+
+async def _recheck(svc: Services, job: Job) -> None:
+    """The checks of its submission again, as the job starts: an environment may have changed
+    hands, or a volume come into the name, since it was asked for."""
+    request = Request(job.requester, job.channel)
+    kind = job_kind(job)
+    async with svc.sessions() as session:
+        match kind:
+            case JobKind.CLONE:
+                await access.check_request(
+                    svc, session, request, name=job.source or "", action=Action.CLONE
+                )
+                await check_name_free(svc.docker, name=job.environment)
+            case JobKind.REFRESH:
+                await access.check_request(
+                    svc, session, request, name=job.environment, action=Action.REFRESH
+                )
+                source = job.source
+                await _check_source(svc, session, request, clone=job.environment, source=source)
+            case JobKind.RENAME:
+                await access.check_request(
+                    svc, session, request, name=job.environment, action=Action.RENAME
+                )
+                new_name = job.params["to"]
+                await check_name_free(svc.docker, name=new_name, renaming=job.environment)
+            case JobKind.DELETE:
+                await access.check_recorded(
+                    svc, session, request, name=job.environment, action=Action.DELETE
+                )
+            case None:  # ``_dispatch`` refuses it
+                return
+            case _:
+                assert_never(kind)
 
 
 async def run_job(svc: Services, job_id: str, *, emit: EventSink = ignore_events) -> Job:
@@ -209,21 +278,26 @@ async def run_job(svc: Services, job_id: str, *, emit: EventSink = ignore_events
     Errors are recorded on the job, then raised again for the caller to show.
     """
     worker = this_worker()
-    async with svc.sessions() as session, session.begin():
-        claimed = await repo.claim_job(
-            session, job_id=job_id, worker=worker, lease_until=utcnow() + LEASE
-        )
-        job = await repo.get_job(session, job_id)
-    assert job is not None
+    try:  # waits while CLONEBOT_MAX_JOBS jobs run, saying so
+        job, claimed = await claim(svc, job_id, worker=worker, emit=emit)
+    except Busy as exc:  # an environment it needs was taken since it was recorded
+        await _refuse(svc, job_id, exc)
+        raise
     if not claimed:
         return job
-    progress = _Progress(svc, job_id, emit)
+    progress = JobProgress(svc, job_id, emit)
+
+    async def work() -> CloneResult | None:
+        await _recheck(svc, job)
+        return await _dispatch(svc, job, progress)
+
     outcome: dict[str, Any] = {"state": "succeeded"}
     try:
-        async with _heartbeat(svc, job_id, worker), progress:
-            result = await _dispatch(svc, job, progress)
+        async with progress:
+            with reserving_disk(disk_reserver(svc, job_id)):
+                result = await run_leased(svc, job_id, worker=worker, work=work())
         outcome |= _outcome(result)
-    except CloneFailed as exc:
+    except (CloneFailed, LeaseLost) as exc:
         outcome = {"state": "rolled back", "error": exc.message}
         raise
     except ClonebotError as exc:
@@ -233,45 +307,62 @@ async def run_job(svc: Services, job_id: str, *, emit: EventSink = ignore_events
         outcome = {"state": "rolled back", "error": f"{type(exc).__name__}: {exc}"}
         raise
     finally:
-        await asyncio.shield(_finish(svc, job, outcome, steps=progress.steps))
+        await asyncio.shield(_finish(svc, job, outcome, steps=progress.steps, worker=worker))
     return await _reload(svc, job_id)
 
 
-async def _dispatch(svc: Services, job: Job, progress: _Progress) -> CloneResult | None:
-    if job.kind == "clone":
-        return await clone_environment(
-            svc.docker,
-            svc.settings,
-            source=job.source or "",
-            name=job.environment,
-            snapshot=bool(job.params.get("snapshot")),
-            job=job.id,
-            owner=job.requester,
-            emit=progress.emit,
-            on_freeze=progress.record_frozen,
+async def _refuse(svc: Services, job_id: str, exc: Busy) -> None:
+    async with svc.sessions() as session, session.begin():
+        job = await repo.get_job(session, job_id)
+        assert job is not None
+        await close_job(
+            session, job, action=f"{job.kind} failed", state="failed", error=exc.message
         )
-    if job.kind == "refresh":
-        return await refresh_clone(
-            svc.docker,
-            svc.settings,
-            name=job.environment,
-            source=job.source,
-            job=job.id,
-            emit=progress.emit,
-            on_freeze=progress.record_frozen,
-        )
-    if job.kind == "rename":
-        return await rename_environment(
-            svc.docker,
-            svc.settings,
-            name=job.environment,
-            new_name=job.params["to"],
-            job=job.id,
-            emit=progress.emit,
-            on_freeze=progress.record_frozen,
-        )
-    await delete_environment(svc.docker, name=job.environment, force=bool(job.params.get("force")))
-    return None
+
+
+async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResult | None:
+    kind = job_kind(job)
+    if kind is None:  # a newer clonebot's job, say: never guessed at
+        raise BadRequest(f"job {job.id} is of a kind this clonebot does not know: {job.kind!r}")
+    match kind:
+        case JobKind.CLONE:
+            return await clone_environment(
+                svc.docker,
+                svc.settings,
+                source=job.source or "",
+                name=job.environment,
+                snapshot=bool(job.params.get("snapshot")),
+                job=job.id,
+                owner=job.requester,
+                emit=progress.emit,
+                on_freeze=progress.record_frozen,
+            )
+        case JobKind.REFRESH:
+            return await refresh_clone(
+                svc.docker,
+                svc.settings,
+                name=job.environment,
+                source=job.source,
+                job=job.id,
+                emit=progress.emit,
+                on_freeze=progress.record_frozen,
+            )
+        case JobKind.RENAME:
+            return await rename_environment(
+                svc.docker,
+                svc.settings,
+                name=job.environment,
+                new_name=job.params["to"],
+                job=job.id,
+                emit=progress.emit,
+                on_freeze=progress.record_frozen,
+            )
+        case JobKind.DELETE:
+            force = bool(job.params.get("force"))
+            await delete_environment(svc.docker, name=job.environment, force=force)
+            return None
+        case _:
+            assert_never(kind)
 
 
 def _outcome(result: CloneResult | None) -> dict[str, Any]:
@@ -281,19 +372,33 @@ def _outcome(result: CloneResult | None) -> dict[str, Any]:
 
 
 async def _finish(
-    svc: Services, job: Job, outcome: dict[str, Any], *, steps: list[dict[str, Any]]
+    svc: Services, job: Job, outcome: dict[str, Any], *, steps: list[dict[str, Any]], worker: str
 ) -> None:
-    async with svc.sessions() as session, session.begin():
-        await close_job(
-            session, job, action=f"{job.kind} {outcome['state']}", steps=steps, **outcome
-        )
+    """Record the outcome, unless another process took the job over (its recovery's to say)."""
+    try:
+        async with svc.sessions() as session, session.begin():
+            current = await repo.get_job(session, job.id)
+            if current is None or (current.state, current.claimed_by) != ("running", worker):
+                log.warning("job %s was taken over; its outcome is not recorded here", job.id)
+                return
+            await close_job(
+                session, job, action=f"{job.kind} {outcome['state']}", steps=steps, **outcome
+            )
+    except Exception:  # the job stays running with a lapsing lease: recovery closes it
+        log.exception("job %s: outcome not recorded (%s)", job.id, outcome["state"])
 
 
 async def close_job(session: AsyncSession, job: Job, *, action: str, **values: Any) -> None:
     """Record how a job ended, settle the name it reserved, and audit it."""
     ok = values["state"] == "succeeded"
     await repo.update_job(
-        session, job.id, **values, frozen=[], finished_at=utcnow(), lease_until=None
+        session,
+        job.id,
+        **values,
+        frozen=[],
+        reserved_bytes=0,
+        finished_at=utcnow(),
+        lease_until=None,
     )
     record = await repo.get_environment(session, job.environment)
     if job.kind == "clone" and record is not None and record.state == "creating":
@@ -341,86 +446,3 @@ async def _reload(svc: Services, job_id: str) -> Job:
         job = await repo.get_job(session, job_id)
     assert job is not None
     return job
-
-
-@contextlib.asynccontextmanager
-async def _heartbeat(svc: Services, job_id: str, worker: str) -> AsyncIterator[None]:
-    """Keep the job's lease while it runs, so other hosts see it is alive."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            async with svc.sessions() as session, session.begin():
-                await repo.renew_lease(
-                    session, job_id=job_id, worker=worker, lease_until=utcnow() + LEASE
-                )
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-
-class _Progress:
-    """Keeps a job's steps in the database as events arrive, at most once a second for bytes."""
-
-    def __init__(self, svc: Services, job_id: str, downstream: EventSink) -> None:
-        self._svc, self._job_id, self._downstream = svc, job_id, downstream
-        self.steps: list[dict[str, Any]] = []
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> _Progress:
-        self._writer = asyncio.create_task(self._write())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._queue.put_nowait(None)
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
-
-    def emit(self, event: Event) -> None:
-        self._downstream(event)
-        self._queue.put_nowait(event)
-
-    async def record_frozen(self, frozen: dict[str, str]) -> None:
-        """Written before the source is frozen: recovery must know what to resume."""
-        entries = [{"container": cid, "how": how} for cid, how in frozen.items()]
-        async with self._svc.sessions() as session, session.begin():
-            await repo.update_job(session, self._job_id, frozen=entries)
-
-    async def _write(self) -> None:
-        last = 0.0
-        while (event := await self._queue.get()) is not None:
-            current = self._apply(event)
-            urgent = not isinstance(event, BytesCopied)
-            if urgent or time.monotonic() - last >= PROGRESS_EVERY_S:
-                last = time.monotonic()
-                values: dict[str, Any] = {"steps": [dict(s) for s in self.steps]}
-                if current:
-                    values["step"] = current
-                async with self._svc.sessions() as session, session.begin():
-                    await repo.update_job(session, self._job_id, **values)
-
-    def _apply(self, event: Event) -> str | None:
-        if isinstance(event, StepStarted | StepDone | BytesCopied):
-            row = self._row(event.step, event.node)
-            if isinstance(event, StepStarted):
-                row["state"], row["since"] = "running", utcnow().isoformat()
-                return event.step
-            if isinstance(event, StepDone):
-                row["state"], row["ms"] = "done", event.elapsed_ms
-            else:
-                row["copied"], row["total"] = event.copied, event.total
-        return None
-
-    def _row(self, step: str, node: str | None) -> dict[str, Any]:
-        for row in self.steps:
-            if row["step"] == step and row["node"] == node:
-                return row
-        row = {"step": step, "node": node, "state": "running"}
-        self.steps.append(row)
-        return row

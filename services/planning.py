@@ -29,6 +29,7 @@ from services.environments import (
     list_environments,
 )
 from services.errors import BadRequest, DockerFailed, NameTaken, NotAClone, NotEnoughDisk
+from services.job_locks import reserve_disk
 from services.naming import NameRewriter, Rewrite, default_clone_name, node_name, twin_name
 from services.naming import validate_name as check_name
 from services.settings import Settings
@@ -555,5 +556,5 @@ async def _check_disk(docker: DockerClient, settings: Settings, plan: ClonePlan)
     for vol in plan.volumes:
         vol.bytes = sizes.used.get(vol.source or by_clone.get(vol.replica_of or "", "") or "", 0)
     plan.copy_bytes = needed
-    if needed + settings.disk_reserve_bytes > sizes.free:
-        raise NotEnoughDisk(needed=needed + settings.disk_reserve_bytes, free=sizes.free)
+    # beside what running jobs' copies will still write; a job keeps ``needed`` reserved
+    await reserve_disk(copy=needed, reserve=settings.disk_reserve_bytes, free=sizes.free)

@@ -17,11 +17,15 @@ from services.haproxy import EmbeddedHAProxy, RouterFailed, RouterFiles, locked,
 from services.jobs import run_job
 from services.recovery import recover_jobs
 from services.router import RouterState, apply_routes, router_state
+from services.workers import worker_is_gone
+from storage import repositories as repo
 from storage.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 # a job its submitter has not started by then was orphaned between recording and running
 ORPHANED_AFTER = timedelta(seconds=10)
+# Slack retries a delivery within minutes; a key older than this is of no more use
+KEYS_KEPT = timedelta(days=1)
 
 
 async def serve(
@@ -35,10 +39,13 @@ async def serve(
 ) -> None:
     """Recover jobs of dead processes, then keep running orphaned queued jobs until ``stop``.
 
+    Idempotency keys older than KEYS_KEPT are forgotten at start and at every recovery.
+
     With a router, HAProxy is started and kept equal to the database's routes (and restarted
     with them if it dies).
     """
     on_recovered(await recover_jobs(svc))
+    await _expire_keys(svc)
     last_recovery = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         keeper = await stack.enter_async_context(_RouterKeeper(svc)) if router else None
@@ -48,6 +55,7 @@ async def serve(
             await _run_orphans(svc)
             if time.monotonic() - last_recovery >= recover_every_s:
                 on_recovered(await recover_jobs(svc))
+                await _expire_keys(svc)
                 last_recovery = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=poll_s)
@@ -131,6 +139,17 @@ class _RouterKeeper:
 
 
 async def _orphaned_queued(svc: Services) -> list[Job]:
+    """Queued jobs whose submitter is gone (one still waiting for a slot keeps its lease)."""
     query = select(Job).where(Job.state == "queued", Job.created_at < utcnow() - ORPHANED_AFTER)
     async with svc.sessions() as session:
-        return list((await session.scalars(query.order_by(Job.created_at))).all())
+        queued = (await session.scalars(query.order_by(Job.created_at))).all()
+    now = utcnow()
+    return [j for j in queued if worker_is_gone(j.claimed_by, lease_until=j.lease_until, now=now)]
+
+
+async def _expire_keys(svc: Services) -> None:
+    """Forget Slack deliveries older than KEYS_KEPT: the table must not grow for ever."""
+    async with svc.sessions() as session, session.begin():
+        removed = await repo.expire_idempotency_keys(session, before=utcnow() - KEYS_KEPT)
+    if removed:
+        log.info("forgot %d idempotency key(s) older than %s", removed, KEYS_KEPT)

@@ -78,12 +78,14 @@ async def claim_job(
 
 async def renew_lease(
     session: AsyncSession, *, job_id: str, worker: str, lease_until: datetime
-) -> None:
-    await session.execute(
+) -> bool:
+    """Extend ``worker``'s lease; False when the job is no longer its (taken over, ended)."""
+    result = await session.execute(
         update(Job)
         .where(Job.id == job_id, Job.claimed_by == worker, Job.state == "running")
         .values(lease_until=lease_until)
     )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 async def update_job(session: AsyncSession, job_id: str, **values: Any) -> None:
@@ -105,6 +107,12 @@ async def job_for_key(session: AsyncSession, key: str) -> Job | None:
     if found is None or found.job_id is None:
         return None
     return await session.get(Job, found.job_id)
+
+
+async def expire_idempotency_keys(session: AsyncSession, *, before: datetime) -> int:
+    """Forget deliveries acted on before ``before`` (Slack retries within minutes); how many."""
+    result = await session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < before))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 # -- audit --------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ class Usage(Exception):
 # Work after an ack runs on a few workers, not a task per request: in a burst, the acks of
 # the requests still arriving are not held up by the work of those already answered.
 WORKERS = 4
+# Requests acknowledged but not yet worked on; past this a request is answered "busy" at once
+# rather than the queue (and the memory, and the wait) growing without end.
+QUEUE_LIMIT = 100
+BUSY = ":hourglass: clonebot is busy with other requests; try again in a minute."
 Work = tuple[Respond, Callable[[], Awaitable[str | None]]]
 
 
@@ -48,8 +52,13 @@ class SlackBot:
     client: AsyncWebClient
     notices: Notices
     jobs: JobMessages
-    _queue: asyncio.Queue[Work] = field(default_factory=asyncio.Queue)
+    queue_limit: int = QUEUE_LIMIT
+    _queue: asyncio.Queue[Work] = field(init=False)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
+    _refusals: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.queue_limit)
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work()) for _ in range(WORKERS)]
@@ -70,8 +79,15 @@ class SlackBot:
         await self._queue.join()
 
     def after_ack(self, respond: Respond, work: Callable[[], Awaitable[str | None]]) -> None:
-        """Run ``work`` once a worker is free, and answer the user with what it says."""
-        self._queue.put_nowait((respond, work))
+        """Run ``work`` once a worker is free, and answer the user with what it says; when
+        QUEUE_LIMIT requests already wait, answer at once that clonebot is busy."""
+        try:
+            self._queue.put_nowait((respond, work))
+        except asyncio.QueueFull:
+            log.warning("work queue full (%d): a request was answered busy", self.queue_limit)
+            task = asyncio.create_task(self.answer(respond, _say(BUSY)))
+            self._refusals.add(task)
+            task.add_done_callback(self._refusals.discard)
 
     async def _work(self) -> None:
         while True:
@@ -127,6 +143,10 @@ class SlackBot:
             await respond(text=text, response_type="ephemeral", replace_original=False)
         except Exception:
             log.exception("answer not sent: %s", text)
+
+
+async def _say(text: str) -> str:
+    return text
 
 
 def slack_request(user: str, channel: str | None, trigger_id: str | None) -> Request:

@@ -349,11 +349,10 @@ async def test_several_processes_starting_on_a_new_database_all_migrate_it(
     """Five `clonebot` processes started at once on a database nobody created the schema of
     (a new SQLite file, a new PostgreSQL database): each must start, and the schema is whole."""
     env = {**os.environ, "DATABASE_URL": database_url}
+    pipe, merged = asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT
+    args = [sys.executable, "-m", "bot", "db", "upgrade"]
     procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "db", "upgrade",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-        )  # fmt: skip
+        await asyncio.create_subprocess_exec(*args, stdout=pipe, stderr=merged, env=env)
         for _ in range(5)
     ]
     async with asyncio.timeout(120):
@@ -364,7 +363,8 @@ async def test_several_processes_starting_on_a_new_database_all_migrate_it(
     try:
         async with sessionmaker(engine)() as session:
             assert await _table_names(session) == TABLES
-            versions = (await session.execute(text("SELECT version_num FROM alembic_version"))).all()
+            query = text("SELECT version_num FROM alembic_version")
+            versions = (await session.execute(query)).all()
         head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
         assert [v for (v,) in versions] == [head]
     finally:
