@@ -83,13 +83,8 @@ def forget(name: Env, user: AsUser) -> None:
     people, channels, domains and routes, and its name is free unless volumes still hold it."""
     left = run(lambda svc: forget_environment(svc, Request(user), name=name))
     out.print(f"forgot {name}", highlight=False)
-    if left:
-        out.print(
-            f"  its {', '.join(left)} still hold the name: remove them with `docker` if "
-            "nothing needs them",
-            highlight=False,
-            soft_wrap=True,
-        )
+    if left:  # its data, maybe: clonebot leaves it to a person
+        out.print(f"  what is left of it still holds the name: {', '.join(left)}", highlight=False)
 
 
 @app.command()

@@ -87,13 +87,13 @@ async def forget_environment(svc: Services, request: Request, *, name: str) -> l
             _audit_forget(session, request, name, allowed=False, reason=reason)
             await session.commit()
             raise Forbidden(reason)
+        if await environment_exists(svc.docker, name):
+            raise BadRequest(f"{name} has containers, so it is not down: delete it instead")
         record = await repo.get_environment(session, name)
         if record is None:
             raise EnvironmentNotFound(name)
         if record.state != "ready":
             raise BadRequest(f"a job is making {name}: it is not down")
-        if await environment_exists(svc.docker, name):
-            raise BadRequest(f"{name} has containers, so it is not down: delete it instead")
         await repo.delete_environment(session, name)
         _audit_forget(session, request, name, allowed=True, owner=record.owner)
         await session.commit()

@@ -198,6 +198,7 @@ async def test_what_a_down_environment_left_goes_only_with_force(
 
 
 # -- 5: a refresh needs the right to clone its source --------------------------------------------
+@pytest.mark.slow  # a clone first
 async def test_a_refresh_by_a_clone_owner_who_lost_the_source_is_refused_at_submit_and_at_run(
     svc: Services, make_source: MakeSource
 ) -> None:
@@ -242,6 +243,7 @@ async def test_a_refresh_by_a_clone_owner_who_lost_the_source_is_refused_at_subm
 
 
 # -- 7 (and 2): delete leaves what others use ----------------------------------------------------
+@pytest.mark.slow  # a clone first
 async def test_delete_keeps_an_image_volume_and_network_another_environment_uses(
     docker: DockerClient, settings: Settings, make_source: MakeSource
 ) -> None:
@@ -249,18 +251,19 @@ async def test_delete_keeps_an_image_volume_and_network_another_environment_uses
     clone = (await clone_environment(docker, settings, source=source.name)).environment
     snapshot = (await get_environment(docker, clone)).layer("db").master.image_id
     other = f"o{secrets.token_hex(3)}"
-    # a stopped container of another environment, made from the clone's snapshot, on its
-    # volume and network
-    cid = await docker.create_container(
-        name=f"{other}_app_1",
-        config={
-            "Image": snapshot,
-            "Cmd": ["sh", "-c", "cat /data/seed > /dev/null && echo read"],
-            "Labels": compose_labels(other, "app", 1),
-            "HostConfig": {
-                "NetworkMode": f"{clone}_default",
-                "Mounts": [{"Type": "volume", "Source": f"{clone}_data", "Target": "/data"}],
-            },
+    # stopped containers of another environment: one made from the clone's snapshot image,
+    # one on the clone's volume and network
+    on_image = await _stopped(
+        docker, name=f"{other}_app_1", image=snapshot, host={}, reads="/etc/db/db.conf"
+    )
+    on_data = await _stopped(
+        docker,
+        name=f"{other}_app_2",
+        image=IMAGE,
+        reads="/data/seed",
+        host={
+            "NetworkMode": f"{clone}_default",
+            "Mounts": [{"Type": "volume", "Source": f"{clone}_data", "Target": "/data"}],
         },
     )
     try:
@@ -270,10 +273,28 @@ async def test_delete_keeps_an_image_volume_and_network_another_environment_uses
         assert await docker.inspect_image(snapshot) is not None
         assert await docker.inspect_volume(f"{clone}_data") is not None
         assert await docker.inspect_network(f"{clone}_default") is not None
-        await docker.start_container(cid)
-        assert await docker.wait_container(cid) == 0
-        assert (await docker.container_logs(cid)).strip() == "read"
+        for cid in (on_image, on_data):
+            await docker.start_container(cid)
+            assert await docker.wait_container(cid) == 0, await docker.container_logs(cid)
     finally:
-        await docker.remove_container(cid)
+        for cid in (on_image, on_data):
+            await docker.remove_container(cid)
     assert await docker.inspect_image(IMAGE) is not None
     assert (await get_environment(docker, source.name)).nodes
+
+
+async def _stopped(
+    docker: DockerClient, *, name: str, image: str, host: dict[str, object], reads: str
+) -> str:
+    """A container of another Compose project, created and never started, that checks the
+    file ``reads`` is there when it starts."""
+    project = name.split("_")[0]
+    return await docker.create_container(
+        name=name,
+        config={
+            "Image": image,
+            "Cmd": ["test", "-s", reads],
+            "Labels": compose_labels(project, "app", int(name.rsplit("_", 1)[1])),
+            "HostConfig": {"NetworkMode": "none", **host},
+        },
+    )
