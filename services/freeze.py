@@ -123,7 +123,7 @@ async def _freeze_one(
     frozen[master.id] = time.monotonic()
     try:
         if how == "paused":
-            await docker.pause_container(master.id)
+            await _pause(docker, master.id)
         else:
             await docker.stop_container(master.id)
     except DockerFailed as exc:
@@ -136,6 +136,19 @@ async def _freeze_one(
             "the source was left as it was",
             status=exc.status,
         ) from exc
+
+
+async def _pause(docker: DockerClient, ref: str) -> None:
+    """Pause; the cgroup freezer may give up on a busy process ("unable to freeze"): that is
+    tried again twice, a moment later, before the pause counts as failed."""
+    for attempt in range(3):
+        try:
+            await docker.pause_container(ref)
+            return
+        except DockerFailed as exc:
+            if "unable to freeze" not in exc.message or attempt == 2:
+                raise
+        await asyncio.sleep(0.1)
 
 
 async def _resume_all(
