@@ -48,6 +48,7 @@ from tests.slack.signing import (
     interaction_request,
     signed_headers,
     slash_command,
+    url_verification,
     view_submission,
 )
 
@@ -57,6 +58,7 @@ PROD = "prod"
 HYPOTHESIS = settings(
     max_examples=40,
     deadline=None,
+    database=None,  # no .hypothesis/ folder in the working tree
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -231,6 +233,14 @@ async def test_malformed_but_signed_requests_get_a_4xx_and_change_nothing(edge: 
     await edge.nothing_changed()
 
 
+async def test_slacks_own_checks_still_pass_the_edge(edge: Edge) -> None:
+    """Slack's ssl_check and url_verification are read and answered as Bolt answers them."""
+    ssl = await edge.send(SlackRequest(b"ssl_check=1&token=unused", FORM))
+    assert ssl.status == 200
+    challenge = await edge.send(event_request(url_verification("c" * 40)))
+    assert (challenge.status, challenge.json()) == (200, {"challenge": "c" * 40})
+
+
 async def test_a_button_naming_three_environments_is_answered_i_could_not_read_that(
     edge: Edge,
 ) -> None:
@@ -276,11 +286,14 @@ async def test_garbled_timestamps_and_oversized_bodies_are_refused_before_readin
 
 # -- property-based: whatever is sent, signed ------------------------------------------------
 
+
+def _nested(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+
+
 _junk = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    _nested,
     max_leaves=8,
 )
 _CLICK_PATHS = [
