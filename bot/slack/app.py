@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from bot.health import healthz
 from bot.slack import actions, commands, home, submissions
 from bot.slack.bot import SlackBot
-from bot.slack.edge import MAX_BODY, SlackEdge
+from bot.slack.edge import MAX_BODY, CheckedSocketModeHandler, SlackEdge
 from bot.slack.health import SlackCheck
 from bot.slack.notices import Notices
 from bot.slack.progress import JobMessages
@@ -82,7 +82,9 @@ async def running_app(svc: Services) -> AsyncIterator[SlackBot]:
     try:
         await site.start()
         if settings.slack_app_token is not None:
-            socket_mode = AsyncSocketModeHandler(app, settings.slack_app_token)
+            socket_mode = CheckedSocketModeHandler(
+                app, settings.slack_app_token, api_url=settings.slack_api_url
+            )
             await socket_mode.connect_async()  # type: ignore[no-untyped-call]
             slack_check.socket = socket_mode.client
             log.info("Slack: Socket Mode connected; /healthz on port %s", settings.port)

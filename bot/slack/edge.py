@@ -1,4 +1,4 @@
-"""The HTTP edge of the Slack app: ``POST /slack/events``, before Bolt.
+"""The edge of the Slack app: ``POST /slack/events`` (and Socket Mode's envelopes), before Bolt.
 
 Each request is measured, its signature and age checked, its body decoded and read into a
 checked payload (``bot.slack.payloads``), and only then handed to Bolt, as JSON holding what
@@ -21,10 +21,14 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
 
-from bot.slack.payloads import Unreadable, read_body
+from bot.slack.payloads import Unreadable, read_body, read_envelope
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +56,38 @@ class Refusal(Exception):
         self.status, self.reason = status, reason
 
 
+def slack_origins(api_url: str) -> tuple[str, ...]:
+    """Where answers may go: Slack's hooks, or where SLACK_API_URL points (an emulator)."""
+    api = urlsplit(api_url)
+    return (SLACK_HOOKS, f"{api.scheme}://{api.netloc}/")
+
+
+class CheckedSocketModeHandler(AsyncSocketModeHandler):
+    """Socket Mode with the same reading of payloads as HTTP: Slack authenticated the socket,
+    but a payload Bolt or a listener cannot read is still refused (acknowledged, logged),
+    never half-handled."""
+
+    def __init__(self, app: AsyncApp, app_token: str, *, api_url: str) -> None:
+        super().__init__(app, app_token)
+        self._origins = slack_origins(api_url)
+
+    async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
+        try:
+            req.payload = read_envelope(req.type, req.payload, slack_origins=self._origins)
+        except Unreadable as exc:
+            log.info("Slack request refused (socket): %s", exc.reason)
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            return
+        await super().handle(client, req)
+
+
 class SlackEdge:
     """Checks and reads every request to ``/slack/events``, then lets ``app`` answer it."""
 
     def __init__(self, app: AsyncApp, *, signing_secret: str, api_url: str) -> None:
         self._app = app
         self._secret = signing_secret.encode()
-        # answers go to Slack's hooks, or to where SLACK_API_URL points (a local emulator)
-        api = urlsplit(api_url)
-        self._origins = (SLACK_HOOKS, f"{api.scheme}://{api.netloc}/")
+        self._origins = slack_origins(api_url)
 
     async def handle(self, request: web.Request) -> web.Response:
         try:

@@ -177,7 +177,24 @@ def read_body(text: str, *, content_type: str, slack_origins: Sequence[str]) -> 
 
     A ``response_url`` must start with one of ``slack_origins``: the bot posts its answers
     there, and must not be sent to post anywhere else."""
-    kept = _read(text, content_type=content_type)
+    return _answered_at_slack(_read(text, content_type=content_type), slack_origins)
+
+
+def read_envelope(kind: str, payload: Any, *, slack_origins: Sequence[str]) -> dict[str, Any]:
+    """What the models kept of a Socket Mode envelope's payload (``kind`` is the envelope's
+    type: ``slash_commands``, ``interactive`` or ``events_api``)."""
+    if not isinstance(payload, dict):
+        raise Unreadable("the payload is not a JSON object")
+    if kind == "slash_commands":
+        kept = _validated(SlashCommand, payload)
+    elif kind in ("interactive", "events_api"):
+        kept = _kept(payload, _INTERACTIONS if kind == "interactive" else _EVENTS)
+    else:
+        raise Unreadable(f"clonebot takes no envelope of type {kind[:40]!r}")
+    return _answered_at_slack(kept, slack_origins)
+
+
+def _answered_at_slack(kept: dict[str, Any], slack_origins: Sequence[str]) -> dict[str, Any]:
     url = kept.get("response_url")
     if url is not None and not url.startswith(tuple(slack_origins)):
         raise Unreadable("its response_url is not Slack's")

@@ -284,6 +284,31 @@ async def test_garbled_timestamps_and_oversized_bodies_are_refused_before_readin
     await edge.nothing_changed()
 
 
+async def test_over_socket_mode_a_payload_that_cannot_be_read_is_acked_and_refused(
+    settings: Settings, slack: SlackEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    socket = _bot_settings(settings, slack, slack_app_token=slack.app_token)
+    async with _edge(socket, slack) as edge:
+        for kind, payload in [
+            ("interactive", _set(_click(slack), "user", 5)),
+            ("interactive", _set(_submission(), "view.state", [])),
+            ("slash_commands", {"command": "/env", "user_id": ["U1"], "text": "list"}),
+            ("events_api", {"type": "event_callback", "event": "app_home_opened"}),
+        ]:
+            assert await slack.socket_send(kind, payload, timeout_s=15) is None
+        help_asked = slash_command(
+            command="/env", user_id=STRANGER, text="help", response_url=slack.response_url
+        )
+        await slack.socket_send("slash_commands", help_asked, timeout_s=15)
+        await edge.bot.idle()
+        assert [a[:21] for a in _answers(slack)] == ["*/env* commands:\n`/en"]
+        await edge.nothing_changed()
+    refused = [r.getMessage() for r in caplog.records if "refused (socket)" in r.getMessage()]
+    assert len(refused) == 4, refused
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 # -- property-based: whatever is sent, signed ------------------------------------------------
 
 
