@@ -8,11 +8,15 @@ a correct signature over a body that is not what Slack sends must get a 4xx or a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import logging
+import os
 import secrets
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -476,6 +480,36 @@ async def test_healthz_says_which_check_fails_and_nothing_more(
         assert await _healthz(off.port) == (
             200, {"ok": True, "checks": {"docker": "ok", "database": "ok", "slack": "off"}}
         )  # fmt: skip
+
+
+async def test_serve_without_slack_answers_healthz_with_slack_off(settings: Settings) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DOCKER_HOST": settings.docker_host,
+        "DATABASE_URL": settings.database_url,
+        "PORT": str(port),
+        "CLONEBOT_HTTP_HOST": "127.0.0.1",
+    }
+    env.pop("SLACK_BOT_TOKEN", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve", "--no-router",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        for _ in range(300):  # 30 s at most, for a loaded machine
+            with contextlib.suppress(aiohttp.ClientError):
+                answer = await _healthz(port)
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("serve never answered /healthz")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    slack_off = {"docker": "ok", "database": "ok", "slack": "off"}
+    assert answer == (200, {"ok": True, "checks": slack_off})
+    assert proc.returncode == 0 and b"Traceback" not in output, output
 
 
 async def _healthz(port: int) -> tuple[int, Any]:
