@@ -88,8 +88,9 @@ write_config() {
 
 # Once our engine answers, live-restore off (see above): a reload (SIGHUP) of $CONF.
 settle() {
-    local pid=$1
+    local pid
     [[ $(live_restore) == true ]] || return 0
+    pid=$(live_pid "$PIDFILE" dockerd) || return 1
     write_config false
     kill -HUP "$pid"
     for _ in $(seq 20); do   # up to about 10 s
@@ -121,7 +122,7 @@ cmd_start() {
     fi
     for _ in $(seq 60); do   # up to about 30 s
         if answers "$SOCK"; then
-            settle "${LAUNCHED_PID:-$pid}" || break
+            settle || break
             echo "export DOCKER_HOST=$SOCK"
             [[ -z $started ]] || echo "CLONEBOT_DOCKER_STARTED=1"
             return
@@ -130,7 +131,7 @@ cmd_start() {
         [[ -z $started ]] || kill -0 "$LAUNCHED_PID" 2>/dev/null || break
         sleep 0.5
     done
-    say "dockerd does not answer on $SOCK; last lines of $LOG:"
+    say "dockerd on $SOCK is not ready; last lines of $LOG:"
     tail -n 20 "$LOG" >&2
     [[ -z $started ]] || cmd_stop
     exit 1
