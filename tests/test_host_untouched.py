@@ -55,8 +55,9 @@ class Namespace:
         return [re.sub(r" \[\d+:\d+\]$", "", line) for line in text.splitlines() if line[:1] != "#"]
 
     def links(self) -> set[str]:
-        lines = self.run("ip", "-o", "link").splitlines()
-        return {line.split(":")[1].strip().split("@")[0] for line in lines}
+        """Names of the links but a container's (its veth may outlive `docker run --rm` briefly)."""
+        names = (line.split(":")[1].strip() for line in self.run("ip", "-o", "link").splitlines())
+        return {name.split("@")[0] for name in names if not name.startswith("veth")}
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
