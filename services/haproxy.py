@@ -152,8 +152,7 @@ def _failover_lines(host: str) -> list[str]:
         # a hung node holds a request this long before it is sent elsewhere
         "    timeout server 5s",
         "    timeout check 1s",
-        "    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 2"
-        " observe layer7 error-limit 3 on-error mark-down",
+        "    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 2",
     ]
 
 
@@ -162,8 +161,10 @@ def _render_server(server: Server, backend: Backend) -> str:
     line = f"    server {server.name} {address}:{server.port} weight {server.weight}"
     if not server.running:
         line += " disabled"
-    elif backend.health_check:
-        line += " check"
+    elif backend.health_check and not server.backup:
+        # not the backup's: the last resort is never taken out (on a loaded host its checks
+        # time out now and then, and a backup marked down is a 503 for every request)
+        line += " check observe layer7 error-limit 3 on-error mark-down"
     if backend.sticky:
         line += f" cookie {server.name}"
     if server.backup:
