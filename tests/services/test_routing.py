@@ -213,16 +213,16 @@ async def test_bad_traffic_requests_change_nothing(router: Router, make_source: 
     assert await router_state(router.svc) == before
 
 
-@pytest.mark.parametrize(
-    "domain", ["{env}.clonebot.test", "X.{env}.Clonebot.Test.", "clonebot.test", "CLONEBOT.TEST."]
-)
 async def test_nothing_under_the_base_domain_can_be_bound(
-    router: Router, make_source: MakeSource, domain: str
+    router: Router, make_source: MakeSource
 ) -> None:
     prod, mine = [(await make_source(web_nodes=1, db_nodes=0)).name for _ in range(2)]
     before = await router_state(router.svc)
-    with pytest.raises(BadRequest, match=r"is under clonebot\.test, where clonebot gives every"):
-        await add_domain(router.svc, Request(OWNER), env=mine, domain=domain.format(env=prod))
+    for domain in [
+        f"{prod}.clonebot.test", f"X.{prod}.Clonebot.Test.", "clonebot.test", "CLONEBOT.TEST.",
+    ]:  # fmt: skip
+        with pytest.raises(BadRequest, match=r"is under clonebot\.test, where clonebot gives"):
+            await add_domain(router.svc, Request(OWNER), env=mine, domain=domain)
     assert await router_state(router.svc) == before
 
 
