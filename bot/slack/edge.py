@@ -73,7 +73,7 @@ class CheckedSocketModeHandler(AsyncSocketModeHandler):
 
     async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
         try:
-            req.payload = read_envelope(req.type, req.payload, slack_origins=self._origins)
+            req.payload = read_envelope(req.payload, kind=req.type, slack_origins=self._origins)
         except Unreadable as exc:
             log.info("Slack request refused (socket): %s", exc.reason)
             await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))

@@ -36,7 +36,7 @@ TeamId = Annotated[str, StringConstraints(pattern=r"^[TE][A-Z0-9]{1,30}$")]
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,255}$")]  # ids, triggers
 Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]{1,2000}$")]
 Short = Annotated[str, StringConstraints(max_length=255)]
-Text = Annotated[str, StringConstraints(max_length=12_000)]  # a slash command's text
+Text = Annotated[str, StringConstraints(max_length=40_000)]  # a slash command's: a message
 
 
 class _Model(BaseModel):
@@ -180,7 +180,7 @@ def read_body(text: str, *, content_type: str, slack_origins: Sequence[str]) -> 
     return _answered_at_slack(_read(text, content_type=content_type), slack_origins)
 
 
-def read_envelope(kind: str, payload: Any, *, slack_origins: Sequence[str]) -> dict[str, Any]:
+def read_envelope(payload: Any, *, kind: str, slack_origins: Sequence[str]) -> dict[str, Any]:
     """What the models kept of a Socket Mode envelope's payload (``kind`` is the envelope's
     type: ``slash_commands``, ``interactive`` or ``events_api``)."""
     if not isinstance(payload, dict):
