@@ -44,7 +44,8 @@ async def clone_environment(
     on_freeze: FreezeRecorder = ignore_freeze,
 ) -> CloneResult:
     """Plan (refusing bad requests before anything is made), then make the clone."""
-    name = name or default_clone_name(source, await held_names(docker))
+    if name is None:
+        name = default_clone_name(source, await held_names(docker))
     plan = await plan_clone(
         docker, settings, source=source, name=name, snapshot=snapshot, job=job, owner=owner
     )
