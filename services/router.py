@@ -234,10 +234,17 @@ def _servers(nodes: list[WebNode], *, share: int = 100, backup: bool = False) ->
 def _route_backend(route: Route, primary: list[WebNode], secondary: list[WebNode]) -> Backend:
     name = f"route_{route.domain}"
     if route.kind == "failover":
-        servers = _servers(primary) + _servers(secondary, backup=True)
+        servers = _servers(primary) + _distinct(primary, _servers(secondary, backup=True))
         return Backend(name, servers, health_check=True, check_host=route.domain)
-    servers = _servers(primary, share=route.weight) + _servers(secondary, share=100 - route.weight)
-    return Backend(name, servers, sticky=route.sticky)
+    second = _distinct(primary, _servers(secondary, share=100 - route.weight))
+    return Backend(name, _servers(primary, share=route.weight) + second, sticky=route.sticky)
+
+
+def _distinct(first: list[WebNode], second: tuple[Server, ...]) -> tuple[Server, ...]:
+    """``second`` with names the first side has not taken (``a`` with layers ``web`` and
+    ``api`` names a server ``a-web-1``, as does ``a-web``'s only layer)."""
+    taken = {n.server for n in first}
+    return tuple(replace(s, name=f"{s.name}-b") if s.name in taken else s for s in second)
 
 
 async def apply_now(svc: Services) -> bool:

@@ -267,6 +267,9 @@ async def test_a_hostile_environment_is_left_out_and_the_others_still_swap(
             **compose_labels(f"{evil}5", "web", 1),
             HTTP_PORT: f"80\nfrontend x\n bind {injected}",
         },
+        # not hostile: two web layers, each with its node 1, are two servers
+        "web": compose_labels(f"{evil}6", "web", 1),
+        "api": compose_labels(f"{evil}6", "api", 1),
     }
     docker, made = router.svc.docker, []
     try:
@@ -275,6 +278,7 @@ async def test_a_hostile_environment_is_left_out_and_the_others_still_swap(
                 "Image": IMAGE,
                 "Cmd": ["sh", "-c", WEB],
                 "Labels": {HTTP_PORT: "80", **labels},
+                "Env": [f"PAGE={key}"],
             }
             made.append(await docker.create_container(name=f"{evil}-{key}", config=config))
             await docker.start_container(made[-1])
@@ -286,7 +290,12 @@ async def test_a_hostile_environment_is_left_out_and_the_others_still_swap(
         async with aiohttp.ClientSession() as session:
             assert await router.get(session, "shop.test") == f"{green} web 1"
             assert await router.get(session, f"{blue}.clonebot.test") == f"{blue} web 1"
-        left_out = (await router_state(router.svc)).left_out
+            pages = {await router.get(session, f"{evil}6.clonebot.test") for _ in range(4)}
+            assert pages == {"web", "api"}
+        state = await router_state(router.svc)
+        [two] = [b for b in state.backends if b.name == f"env_{evil}6"]
+        assert [s.name for s in two.servers] == [f"{evil}6-api-1", f"{evil}6-web-1"]
+        left_out = state.left_out
         assert left_out == {
             f"{evil}1": f"two web nodes are numbered 1 ({NUMBER})",
             repr(f"{evil}2\n    bind {injected}"): (
