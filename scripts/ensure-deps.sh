@@ -13,7 +13,7 @@ declare -A PACKAGES=(
     [/usr/bin/wrk]=wrk                       # used by benchmarks
     [/usr/sbin/haproxy]=haproxy              # the router (data plane), tested for real
     [/bin/ip]=iproute2                       # scripts/dockerd.sh makes its own bridge
-    [/usr/bin/rsync]=rsync [/usr/bin/inotifywait]=inotify-tools [/usr/bin/getfacl]=acl [/usr/bin/getfattr]=attr # the copy helper (services/volumes.py)
+    [/usr/bin/rsync]=rsync [/usr/bin/getfacl]=acl [/usr/bin/getfattr]=attr # the copy helper (services/volumes.py)
 )
 missing=()
 for path in "${!PACKAGES[@]}"; do

@@ -4,10 +4,11 @@ Perl because the helper has no Python and busybox's shell and awk cannot hold fi
 newlines; the script uses no Perl module (the helper image carries the host's ``perl`` binary
 without its library). Its state lives in ``/tmp/cb`` of the helper container.
 
-* ``start COUNT inotify|scan|off``: before the pre-copy. Starts ``inotifywait -m -r`` on every
-  ``/from/<i>`` (and on ``/tmp/cb/sync``, for the drain markers) and waits until its watches are
-  set; then records every entry's inode, mode, links, owner, size, mtime and ctime (the base).
-  If inotify cannot watch (its limits), changes are found by comparing with the base instead.
+* ``start COUNT inotify|scan|off``: before the pre-copy. Starts a watcher (inotify through
+  Perl's ``syscall``) on every directory of every ``/from/<i>`` (and on ``/tmp/cb/sync``, for the
+  drain markers) and waits until its watches are set; then records every entry's inode, mode,
+  links, owner, size, mtime and ctime (the base). If inotify cannot watch (its limits),
+  changes are found by comparing with the base instead.
 * ``pass COUNT``: while the source runs, repeated until little is left (iterative pre-copy).
 * ``final COUNT``: during the freeze, one pass.
 
@@ -26,28 +27,26 @@ my $S = '/tmp/cb';
 my ($cmd, $n, $how) = @ARGV;
 my @vols = (0 .. $n - 1);
 my @RSYNC = ('rsync', '-aHAXS', '--numeric-ids', '--modify-window=-1');
-my $EVENTS = 'modify,attrib,close_write,create,delete,delete_self,moved_from,moved_to,'
-  . 'move_self,q_overflow';
 
 sub slurp { local $/; open(my $f, '<', $_[0]) or return undef; my $d = <$f>; close $f; $d }
 sub spit { open(my $f, '>', $_[0]) or die "cannot write $_[0]: $!\n"; print $f $_[1];
   close $f or die "cannot write $_[0]: $!\n" }
 sub is_dir { ($_[0] & 0170000) == 0040000 }
 sub parent { $_[0] =~ m{\A(.*)/[^/]*\z}s ? $1 : '.' }
-sub full { $_[1] eq '.' ? "/from/$_[0]" : "/from/$_[0]/$_[1]" }
+sub full { my $top = $_[2] // '/from'; $_[1] eq '.' ? "$top/$_[0]" : "$top/$_[0]/$_[1]" }
 # inode, mode, links, uid, gid, size, mtime, ctime: ctime moves on every change, and no
 # program can set it back
 sub sig { join '/', @_[1, 2, 3, 4, 5, 7, 9, 10] }
 
 sub walk {  # calls $cb->($rel, lstat) for $rel and everything under it, parents first
-  my ($v, $rel, $cb) = @_;
-  my @st = lstat full($v, $rel) or return;  # vanished meanwhile
+  my ($v, $rel, $cb, $top) = @_;  # $top: /from (the default) or /to
+  my @st = lstat full($v, $rel, $top) or return;  # vanished meanwhile
   $cb->($rel, @st);
   return unless is_dir($st[2]);
-  opendir(my $d, full($v, $rel)) or return;
+  opendir(my $d, full($v, $rel, $top)) or return;
   my @names = grep { $_ ne '.' && $_ ne '..' } readdir $d;
   closedir $d;
-  walk($v, $rel eq '.' ? $_ : "$rel/$_", $cb) for @names;
+  walk($v, $rel eq '.' ? $_ : "$rel/$_", $cb, $top) for @names;
 }
 
 sub read_base {  # path -> sig, and the time the base was taken
@@ -67,26 +66,90 @@ sub write_base {
   spit("$S/base.$v", join("\0", @out) . "\0");
 }
 
+# inotify by syscall (inotifywait -r loses a directory's watch when directories are renamed
+# while it walks: seen here); numbers per architecture: x86_64, aarch64
+my %SYSCALLS = (x86_64 => [294, 254], aarch64 => [26, 27]);
+my @FLAGS = ([0x2, 'MODIFY'], [0x4, 'ATTRIB'], [0x8, 'CLOSE_WRITE'], [0x40, 'MOVED_FROM'],
+  [0x80, 'MOVED_TO'], [0x100, 'CREATE'], [0x200, 'DELETE'], [0x400, 'DELETE_SELF'],
+  [0x800, 'MOVE_SELF'], [0x40000000, 'ISDIR']);
+my $MASK = 0xFCE | 0x01000000 | 0x02000000;  # the events above; only directories, no symlinks
+
+sub watch_tree {  # a watch on $dir and every directory under it: '' or what failed
+  my ($fd, $add, $paths, $dir) = @_;
+  my $wd = syscall($add, $fd, $dir, $MASK);
+  if ($wd < 0) {
+    my $errno = $! + 0;
+    return '' if $errno == 2 || $errno == 20;  # gone or replaced: its move or delete is an event
+    return $errno == 28 ? "the inotify watch limit is reached (fs.inotify.max_user_watches)"
+      : "inotify cannot watch $dir: $!";
+  }
+  $paths->{$wd} = $dir;  # where it is now: after a move this corrects what was recorded
+  opendir(my $d, $dir) or return '';
+  my @names = grep { $_ ne '.' && $_ ne '..' } readdir $d;
+  closedir $d;
+  for (@names) {
+    my @st = lstat "$dir/$_" or next;
+    next unless is_dir($st[2]);
+    my $err = watch_tree($fd, $add, $paths, "$dir/$_");
+    return $err if $err;
+  }
+  return '';
+}
+
+sub watcher {  # the watcher process: appends "EVENTS\tPATH\0" to $S/events
+  my $arch = `uname -m`;
+  chomp $arch;
+  my ($init, $add) = @{ $SYSCALLS{$arch} // [] };
+  my $fail = sub { spit("$S/watch.err", $_[0]); exit 1 };
+  $fail->("no inotify system call known for $arch") unless $init;
+  my $fd = syscall($init, 0);
+  $fail->("inotify: $!") if $fd < 0;
+  open(my $in, '<&=', $fd) or $fail->("inotify: $!");
+  open(my $out, '>>', "$S/events") or $fail->("cannot write $S/events: $!");
+  select((select($out), $| = 1)[0]);
+  my %paths;
+  for ("$S/sync", map { "/from/$_" } @vols) {
+    my $err = watch_tree($fd, $add, \%paths, $_);
+    $fail->($err) if $err;
+  }
+  spit("$S/watch.ready", '');
+  while (1) {
+    my $n = sysread($in, my $buf, 1 << 16);
+    next if !defined $n && $! + 0 == 4;  # EINTR
+    $fail->("reading inotify: $!") unless $n;
+    for (my $o = 0; $o < $n;) {
+      my ($wd, $mask, $cookie, $len) = unpack('iIII', substr($buf, $o, 16));
+      my $name = substr($buf, $o + 16, $len);
+      $o += 16 + $len;
+      $name =~ s/\0+\z//;
+      if ($mask & 0x4000) { print $out "Q_OVERFLOW\t\0"; next }
+      if ($mask & 0x8000) { delete $paths{$wd}; next }  # the watch is gone
+      my $dir = $paths{$wd} // next;
+      my $path = $name eq '' ? "$dir/" : "$dir/$name";
+      print $out join(',', map { $_->[1] } grep { $mask & $_->[0] } @FLAGS) . "\t$path\0";
+      if (($mask & 0x40000000) && ($mask & 0x180)) {  # a directory made or moved in
+        my $err = watch_tree($fd, $add, \%paths, $path);
+        print $out "WATCH_FAILED\t$err\0" if $err;
+      }
+    }
+  }
+}
+
 sub start_watch {
   my $pid = fork;
   return 'fork failed' unless defined $pid;
   if (!$pid) {
-    open STDIN, '<', '/dev/null'; open STDOUT, '>', "$S/watch.log"; open STDERR, '>&STDOUT';
-    exec('inotifywait', '-m', '-r', '-e', $EVENTS, '--format', "%e\t%w%f%0", '--no-newline',
-      '-o', "$S/events", "$S/sync", map { "/from/$_" } @vols) or exit 127;
+    open STDIN, '<', '/dev/null'; open STDOUT, '>', '/dev/null'; open STDERR, '>&STDOUT';
+    watcher();
   }
   spit("$S/watch.pid", $pid);
   for (1 .. 60000) {  # up to 10 minutes to set a watch on every directory
-    my $log = slurp("$S/watch.log") // '';
-    return '' if $log =~ /Watches established/;
-    if (waitpid($pid, 1) == $pid) {  # 1: WNOHANG
-      $log =~ s/Setting up watches\.[^\n]*\n//; $log =~ s/\s+/ /g;
-      return "inotifywait: $log";
-    }
+    return '' if -e "$S/watch.ready";
+    if (waitpid($pid, 1) == $pid) { return slurp("$S/watch.err") // 'the watcher stopped' }
     select(undef, undef, undef, 0.01);
   }
   kill 'TERM', $pid;
-  return 'inotifywait took over 10 minutes to set its watches';
+  return 'the watcher took over 10 minutes to set its watches';
 }
 
 sub watcher_alive {  # its parent is the container's sleep, which never reaps: a zombie is dead
@@ -107,11 +170,10 @@ sub drain {  # the events up to a marker made now: undef when the watcher is gon
   my $deadline = time + 60;
   while (!$found) {
     if (read($f, my $chunk, 1 << 20)) {
-      $buf .= $chunk;
-      while ((my $i = index($buf, "\0")) >= 0) {
-        my $rec = substr($buf, 0, $i);
-        substr($buf, 0, $i + 1) = '';
-        $off += $i + 1;
+      my @parts = split /\0/, $buf . $chunk, -1;
+      $buf = pop @parts;  # an event not written whole yet
+      for my $rec (@parts) {
+        $off += length($rec) + 1;
         my ($ev, $path) = split /\t/, $rec, 2;
         if ($path eq $marker) { $found = 1; last }
         push @recs, [$ev, $path];
@@ -131,7 +193,8 @@ sub from_events {  # 0 when the events are incomplete (the kernel's queue overfl
   my ($recs, $list, $expand) = @_;
   for (@$recs) {
     my ($ev, $path) = @$_;
-    return 0 if $ev =~ /Q_OVERFLOW/;
+    return 0 if $ev eq 'Q_OVERFLOW';
+    return -1 if $ev eq 'WATCH_FAILED';
     next unless $path =~ m{\A/from/(\d+)/(.*)\z}s;
     my ($v, $rel) = ($1, $2);
     $rel =~ s{/\z}{};
@@ -159,6 +222,10 @@ sub from_scan {  # every path whose stat differs from the base's, then the base 
     $list->{$v}{parent($rel)} = 1;
   });
   for (keys %$base) { $list->{$v}{$_} = 1; $list->{$v}{parent($_)} = 1 }
+  # what the copy holds and the source no longer does, though the base never saw it (made and
+  # copied after the base was taken, then removed)
+  my %now = map { (split /\t/, $_, 2)[1] => 1 } @out[1 .. $#out];
+  walk($v, '.', sub { $list->{$v}{$_[0]} = 1 unless $now{$_[0]} }, '/to');
   spit("$S/base.$v", join("\0", @out) . "\0");
 }
 
@@ -226,9 +293,14 @@ sub one_pass {  # the number of paths copied
       print "warning the change watcher stopped: every file was compared\n";
       spit("$S/mode", 'scan');
       $how = 'scan';
-    } elsif (!from_events($recs, \%list, \%expand)) {
-      print "warning too many changes at once for inotify: every file was compared\n";
-      $how = 'scan';  # this pass only: the events after its marker are whole again
+    } elsif ((my $whole = from_events($recs, \%list, \%expand)) < 1) {
+      if ($whole < 0) {  # a new directory cannot be watched: compare every file from now on
+        print "warning inotify cannot watch every directory: every file is compared\n";
+        spit("$S/mode", 'scan');
+      } else {  # this pass only: the events after its marker are whole again
+        print "warning too many changes at once for inotify: every file was compared\n";
+      }
+      $how = 'scan';
     }
   }
   my $count = 0;

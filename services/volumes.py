@@ -1,7 +1,7 @@
 """Copying volume data with a helper container, so no data passes through clonebot.
 
-The helper image is built locally from the host's busybox-static, rsync, inotifywait and perl
-(never pulled). A helper container mounts the sources read-only at ``/from/<i>`` and the targets
+The helper image is built locally from the host's busybox-static, rsync and perl (never
+pulled). A helper container mounts the sources read-only at ``/from/<i>`` and the targets
 at ``/to/<i>``:
 
 * ``pre_copy`` runs while the source works: it starts recording every change (inotify), then
@@ -66,11 +66,12 @@ APPLETS = [
     "head",
     "tail",
     "ln",
+    "uname",
 ]
 # Host programs copied into the helper with the libraries they link (Debian packages rsync,
-# inotify-tools, acl, attr, findutils, perl-base). getfattr/getfacl/find also let a test list
-# a volume exactly with the same image.
-TOOLS = ["rsync", "inotifywait", "perl", "getfattr", "setfattr", "getfacl", "setfacl", "find"]
+# acl, attr, findutils, perl-base). getfattr/getfacl/find also let a test list a volume
+# exactly with the same image.
+TOOLS = ["rsync", "perl", "getfattr", "setfattr", "getfacl", "setfacl", "find"]
 PLAN_PATH = "usr/lib/clonebot/plan.pl"
 # How changes during the pre-copy are followed: inotify (the default), a comparison of every
 # file's stat during the freeze (what inotify's limits leave), or not at all (no final pass)
@@ -134,7 +135,7 @@ async def ensure_helper_image(docker: DockerClient, *, image: str, busybox: Path
     if missing := sorted(name for name, path in tools.items() if path is None):
         raise DockerFailed(
             f"the helper image {image} is missing and {', '.join(missing)} not installed to "
-            "build it; install rsync inotify-tools acl attr (scripts/ensure-deps.sh)"
+            "build it; install rsync acl attr (scripts/ensure-deps.sh)"
         )
     repo, _, tag = image.rpartition(":")
     paths = [Path(p) for p in tools.values() if p]
@@ -185,8 +186,10 @@ async def measure_volumes(
     """Bytes used by each volume and bytes free beside them, measured on the Docker host."""
     binds = [f"{v}:/from/{i}:ro" for i, v in enumerate(volumes)]
     # in the volumes' order: a glob of /from/*/ sorts 10 before 2
-    script = f"for i in $(seq 0 {len(volumes) - 1}); do du -sk /from/$i; done; df -Pk /from"
-    script += " | tail -n 1"
+    # a file vanishing under du is normal in a running source: its complaint is not a size
+    script = f"for i in $(seq 0 {len(volumes) - 1}); do "
+    script += "s=$(du -sk /from/$i 2>/dev/null | tail -n 1 | cut -f1); echo ${s:-0}; done; "
+    script += "df -Pk /from | tail -n 1"
     cid = await docker.create_container(
         name=f"clonebot-measure-{secrets.token_hex(4)}",
         config=_helper_config(image, ["sh", "-c", script], binds, labels=labels),

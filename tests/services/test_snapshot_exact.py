@@ -236,7 +236,8 @@ async def test_a_copy_under_renames_deletes_and_quiet_changes_equals_the_frozen_
                         )
                 finally:
                     await docker.unpause_container(source.container)
-            assert warnings == []
+            # a busy machine may let the kernel's event queue overflow: said, and compared
+            assert [w for w in warnings if not w.startswith("too many changes at once")] == []
         # the user-visible results, said plainly
         clone0 = await listing(docker, settings, targets[0])
         assert "a/f1" not in clone0.entries and "b/f1" not in clone0.entries
