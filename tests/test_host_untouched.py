@@ -130,7 +130,8 @@ def host_engine(namespace: Namespace) -> Iterator[str]:
     )
     try:
         for _ in range(60):  # up to about 30 s
-            if subprocess.run(["docker", "-H", sock, "info"], capture_output=True).returncode == 0:
+            answer = subprocess.run(["docker", "-H", sock, "info"], capture_output=True, timeout=15)
+            if answer.returncode == 0:
                 break
             assert dockerd.poll() is None, f"the host engine died; see {log.name}"
             time.sleep(0.5)
@@ -186,7 +187,8 @@ def test_our_engine_leaves_the_host_engine_alone(namespace: Namespace, host_engi
         _host_runs_a_container(namespace, host_engine)
     finally:
         # a no-op once stopped; checked above, so not here (it would hide the first failure)
-        subprocess.run(namespace.command("bash", str(DOCKERD_SH), "stop"), env=env, timeout=90)
+        stop = namespace.command("bash", str(DOCKERD_SH), "stop")
+        subprocess.run(stop, env=env, capture_output=True, timeout=90)
         for path in (Path(f"/var/lib/{name}"), Path(f"/run/{name}")):
             shutil.rmtree(path, ignore_errors=True)
         for suffix in (".log", ".pid", ".json", ".started-by-us"):
