@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import failover, freeze, routing, slack_ack, stateless, volume_copy
+from bench import failover, forms, freeze, routing, slack_ack, stateless, volume_copy
 from bench.harness import check_image
 
 BENCHMARKS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
     routing.NAME: routing.main,
     failover.NAME: failover.main,
     slack_ack.NAME: slack_ack.main,
+    forms.NAME: forms.main,
 }
 
 
