@@ -258,19 +258,23 @@ sub add_links {  # every link of a listed hard-linked file, so rsync -H keeps th
 
 sub copy {  # false when rsync could not copy some path (a delta pass tries them again)
   my ($v, $paths, $final) = @_;
-  my @all = sort keys %$paths;
-  return 1 unless @all;
+  # "." in a list would copy everything at the top (rsync -d copies a "." folder's entries):
+  # the top folder's own attributes are set last, alone
+  my @all = sort grep { $_ ne '.' } keys %$paths;
+  my $top = exists $paths->{'.'};
+  return 1 unless @all || $top;
   my @dirs = grep { my @st = lstat full($v, $_); @st && is_dir($st[2]) } @all;
   spit("$S/list.$v", join("\0", @all) . "\0");
   spit("$S/dirs.$v", join("\0", @dirs) . "\0");
   open(my $seen, '>>', "$S/seen.$v") or die "cannot write $S/seen.$v: $!\n";
   print $seen join("\0", @all) . "\0";
   close $seen;
-  my $ok = rsync($final, @RSYNC, '--from0', "--files-from=$S/list.$v", '--delete-missing-args',
-    '--force', '-I', "/from/$v/", "/to/$v/");
+  my $ok = !@all || rsync($final, @RSYNC, '--from0', "--files-from=$S/list.$v",
+    '--delete-missing-args', '--force', '-I', "/from/$v/", "/to/$v/");
   # writing into a directory moved its mtime: set the listed directories' times again
   $ok = rsync($final, @RSYNC, '--from0', "--files-from=$S/dirs.$v", "/from/$v/", "/to/$v/")
     && $ok if @dirs;
+  $ok = rsync($final, @RSYNC, '-d', '--exclude=*', "/from/$v/", "/to/$v/") && $ok if $top;
   return $ok;
 }
 
