@@ -2,14 +2,17 @@
 
 The source's process appends ``<i> <time in ns>`` to ``/data/log`` in its volume every ~2 ms
 (busybox ``date`` has no ``%N``: the time is ash's ``$EPOCHREALTIME``, in µs); the volume also
-holds a big file of 256 MiB, then 1 GiB. Compared at each size:
+holds a big file of 256 MiB, then 1 GiB, then (no big file) 100,000 small files in 100
+folders, where a freeze that scanned every file could not hold the target. Compared at each:
 
 * clonebot: ``CloneResult.freeze_ms`` (pre-copy while the source runs, then a short pause);
 * baseline: ``docker pause SRC; docker run --rm -v VOL:/from -v DST:/to <image> cp -a /from/.
   /to/; docker unpause SRC`` -- the freeze is the wall time of that sequence;
 * for both, the writer's longest stall: the largest gap between consecutive lines of its log.
 
-Target: clonebot's freeze <= 250 ms, and not growing with the size of the volume.
+Target: clonebot's freeze <= 250 ms, and not growing with the size of the volume nor with its
+number of files ("final pass per 10,000 files": the freeze's growth from the 256 MiB volume to
+the 100,000 files, per 10,000 files).
 """
 
 from __future__ import annotations
@@ -40,9 +43,16 @@ from bench.harness import (
 from bench.sources import create_network, create_volume, ensure_unpaused, fill_volume, run_node
 from services.docker import DockerClient
 from services.settings import Settings
+from services.volumes import ensure_helper_image
 
 NAME = "freeze"
 RUNS_BY_MIB = {256: 5, 1024: 3}  # big file size (MiB): default repetitions
+SMALL_FILES, SMALL_RUNS = 100_000, 3
+# written by the helper image's perl: a shell loop takes minutes for 100,000 files
+FILL_FILES = (
+    'perl -e \'for $d (1 .. 100) { mkdir "/data/f$d"; for $i (1 .. PER_DIR) { '
+    'open F, ">", "/data/f$d/$i" or die; print F "$d $i\\n"; close F } }\''
+)
 LOG = "/data/log"
 WRITER = (
     f'i=0; while :; do i=$((i+1)); echo "$i ${{EPOCHREALTIME/./}}000" >> {LOG}; usleep 2000; done'
@@ -58,16 +68,20 @@ async def main() -> dict[str, Any]:
     async with DockerClient(settings.docker_host) as docker:
         for mib, runs in RUNS_BY_MIB.items():
             by_size[mib] = await _measure_size(docker, settings, mib=mib, runs=repetitions(runs))
-    return _report(by_size)
+        files = await _measure_size(
+            docker, settings, mib=0, files=SMALL_FILES, runs=repetitions(SMALL_RUNS)
+        )
+    return _report(by_size, files)
 
 
 async def _measure_size(
-    docker: DockerClient, settings: Settings, *, mib: int, runs: int
+    docker: DockerClient, settings: Settings, *, mib: int, runs: int, files: int = 0
 ) -> list[dict[str, float]]:
-    """A fresh source with a big file of ``mib`` MiB; ``runs`` interleaved runs on it."""
+    """A fresh source with a big file of ``mib`` MiB (or ``files`` small files); ``runs``
+    interleaved runs on it."""
     source = new_name("bfz")
     try:
-        node, volume = await _create_source(env=source, mib=mib)
+        node, volume = await _create_source(env=source, mib=mib, files=files, settings=settings)
         return [
             await _one_run(docker, settings, source=source, node=node, volume=volume, run=i)
             for i in range(runs)
@@ -76,11 +90,20 @@ async def _measure_size(
         await remove_environment(docker, source)
 
 
-async def _create_source(*, env: str, mib: int) -> tuple[str, str]:
+async def _create_source(*, env: str, mib: int, files: int, settings: Settings) -> tuple[str, str]:
     """The stateful ``db`` node running the writer, its volume holding the big file."""
     await create_network(env=env)
     volume = await create_volume(env=env)
-    await fill_volume(volume=volume, files_mib={"big": mib})
+    if mib:
+        await fill_volume(volume=volume, files_mib={"big": mib})
+    if files:
+        async with DockerClient(settings.docker_host) as docker:
+            await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
+        script = FILL_FILES.replace("PER_DIR", str(files // 100))
+        await cli(
+            "docker", "run", "--rm", *NO_NETWORK, "-v", f"{volume}:/data",
+            settings.helper_image, "sh", "-c", script,
+        )  # fmt: skip
     node = await run_node(
         env=env, layer="db", number=1, command=WRITER, volume=volume, stateful=True
     )
@@ -158,8 +181,11 @@ def longest_gap_ms(log: str, *, since_ns: int, until_ns: int) -> float:
     return max(gaps, default=0) / 1e6
 
 
-def _report(by_size: dict[int, list[dict[str, float]]]) -> dict[str, Any]:
+def _report(
+    by_size: dict[int, list[dict[str, float]]], files: list[dict[str, float]]
+) -> dict[str, Any]:
     mids = {mib: medians(samples) for mib, samples in by_size.items()}
+    files_mid = medians(files)
     freeze = {mib: mid["clonebot_freeze_ms"] for mib, mid in mids.items()}
     small, large = min(freeze), max(freeze)
     result: dict[str, Any] = {
@@ -169,19 +195,30 @@ def _report(by_size: dict[int, list[dict[str, float]]]) -> dict[str, Any]:
         },
         "target_freeze_ms_max": TARGET_MS,
         "freeze_growth_large_over_small": ratio(freeze[large], freeze[small]),
-        "meets_target": max(freeze.values()) <= TARGET_MS,
+        "small_files": {
+            "files": SMALL_FILES,
+            "runs": len(files),
+            "medians": files_mid,
+            "samples": files,
+        },
+        "final_pass_ms_per_10000_files": (files_mid["clonebot_freeze_ms"] - freeze[small])
+        / (SMALL_FILES / 10_000),
+        "meets_target": max([*freeze.values(), files_mid["clonebot_freeze_ms"]]) <= TARGET_MS,
     }
     for mib, mid in mids.items():
-        _print_size(mib, mid, runs=len(by_size[mib]))
+        _print_size(f"{mib} MiB", mid, runs=len(by_size[mib]))
+    _print_size(f"{SMALL_FILES:,} small files", files_mid, runs=len(files))
+    per = result["final_pass_ms_per_10000_files"]
+    print(f"  final pass per 10,000 files in the volume: {per:+.1f} ms (vs. the {small} MiB one)")
     growth = result["freeze_growth_large_over_small"]
     print(f"  clonebot freeze_ms at {large} MiB / at {small} MiB: {growth:.2f} (flat: about 1)")
     write_results(NAME, result)
     return result
 
 
-def _print_size(mib: int, mid: dict[str, float], *, runs: int) -> None:
+def _print_size(what: str, mid: dict[str, float], *, runs: int) -> None:
     print_table(
-        f"freeze: {mib} MiB in the volume (medians of {runs} runs)",
+        f"freeze: {what} in the volume (medians of {runs} runs)",
         [
             ("clonebot freeze_ms", mid["clonebot_freeze_ms"], f"target <= {TARGET_MS}"),
             ("clonebot writer's longest stall (ms)", mid["clonebot_stall_ms"], ""),
