@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from services.context import Services, open_services
 from services.docker import DockerClient
 from services.environments import OWNER as OWNER_LABEL
 from services.environments import PROJECT
+from services.errors import DockerFailed
 from services.settings import Settings
 
 pytest_plugins = ["tests.slack.emulator"]  # the `slack` fixture
@@ -23,6 +26,7 @@ IMAGE = os.environ.get("CLONEBOT_TEST_IMAGE", "clonebot-test/busybox:latest")
 BASE_DOMAIN = "clonebot.test"
 OWNER = "UOWNER1"  # every test source is owned by this Slack user (its clonebot.owner label)
 ADMIN = "UADMIN1"
+ANONYMOUS = re.compile(r"[0-9a-f]{64}")
 POSTGRES = os.environ.get("CLONEBOT_TEST_POSTGRES_URL", "")
 
 # busybox sh: the writer appends "<n> <uptime in 1/100 s>" without forking, every 2 ms
@@ -93,9 +97,18 @@ async def remove_projects(docker: DockerClient, names: set[str]) -> None:
     Containers of all of them go first: a clone's container may mount its source's volume.
     """
     labels = [[f"{PROJECT}={name}"] for name in sorted(names)]
+    anonymous: set[str] = set()  # a test source's /anon: Docker made it, without our labels
     for label in labels:
         for c in await docker.list_containers(labels=label):
+            anonymous |= {
+                m["Name"]
+                for m in c.get("Mounts") or []
+                if m.get("Type") == "volume" and ANONYMOUS.fullmatch(m.get("Name") or "")
+            }
             await docker.remove_container(c["Id"])
+    for name in sorted(anonymous):
+        with contextlib.suppress(DockerFailed):  # a clone's, labelled, may be gone already
+            await docker.remove_volume(name)
     for label in labels:
         for n in await docker.list_networks(labels=label):
             await docker.remove_network(n["Id"])

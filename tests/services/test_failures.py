@@ -142,17 +142,20 @@ async def test_cancelling_during_the_freeze_unfreezes_the_source(
         await _assert_nothing_left(docker, clone=clone, source=source.name)
 
 
-async def test_a_source_that_cannot_be_paused_is_stopped_and_restarted(
+async def test_a_source_that_cannot_be_paused_fails_the_clone_and_is_never_stopped(
     settings: Settings, make_source: MakeSource
 ) -> None:
     source = await make_source(web_nodes=1)
+    clone = f"{source.name}-unpaused"
     async with FailingDocker(settings.docker_host, fail="pause") as docker:
-        result = await clone_environment(docker, settings, source=source.name)
-        [warning] = result.warnings
-        assert f"{source.name}_db_1 could not be paused" in warning
-        assert "stopped and restarted" in warning
-        src = await get_environment(docker, source.name)
-        assert {n.state for n in src.nodes} == {"running"}
+        db = f"{source.name}_db_1"
+        started = (await docker.inspect_container(db))["State"]["StartedAt"]
+        with pytest.raises(CloneFailed, match=f"{db} could not be paused") as failed:
+            await clone_environment(docker, settings, source=source.name, name=clone)
+        assert "the source was left as it was" in failed.value.message
+        # never the old fallback: stopped and started again (a 10 s freeze of production)
+        assert (await docker.inspect_container(db))["State"]["StartedAt"] == started
+        await _assert_nothing_left(docker, clone=clone, source=source.name)
 
 
 async def test_a_freeze_that_lasts_too_long_is_abandoned(
