@@ -212,7 +212,9 @@ class _MasterCopy:
     async def prepare(self) -> None:
         await gather_all(self._pre_copy_volumes(), self._pre_copy_rootfs())
         if self.helper:
-            final = FinalPass(self.docker, helper=self.helper, count=len(self.volumes))
+            final = FinalPass(
+                self.docker, helper=self.helper, count=len(self.volumes), on_warning=self._warn
+            )
             self._final = await self._resources.enter_async_context(final)
 
     async def _pre_copy_volumes(self) -> None:
@@ -234,7 +236,13 @@ class _MasterCopy:
             def on_bytes(copied: int) -> None:
                 self.emit(BytesCopied("pre-copy", self.first.name, copied, total))
 
-            await pre_copy(self.docker, helper=self.helper, count=len(pairs), on_bytes=on_bytes)
+            await pre_copy(
+                self.docker,
+                helper=self.helper,
+                count=len(pairs),
+                on_bytes=on_bytes,
+                on_warning=self._warn,
+            )
 
     async def _pre_copy_rootfs(self) -> None:
         master = self.layer.master
@@ -310,7 +318,14 @@ class _MasterCopy:
             pairs=pairs,
             labels=self.plan.labels(),
         ) as helper:
-            await pre_copy(self.docker, helper=helper, count=len(pairs), on_bytes=lambda _: None)
+            # from the clone's own first node's volumes, which nothing writes: no watcher
+            await pre_copy(
+                self.docker, helper=helper, count=len(pairs), on_bytes=lambda _: None, watch="off"
+            )
+
+    def _warn(self, warning: str) -> None:
+        # e.g. inotify could not watch, so a pass compared every file's stat instead
+        self.emit(Warned(f"{self.first.name}: {warning}"))
 
     async def close(self) -> None:
         await self._resources.aclose()
