@@ -39,9 +39,9 @@ class Usage(Exception):
 # Work after an ack runs on a few workers, not a task per request: in a burst, the acks of
 # the requests still arriving are not held up by the work of those already answered.
 WORKERS = 4
-# Requests acknowledged but not yet worked on; past this a request is answered "busy" at once
-# rather than the queue (and the memory, and the wait) growing without end.
-QUEUE_LIMIT = 100
+# Requests acknowledged but not yet worked on are at most CLONEBOT_SLACK_QUEUE (100); past it
+# a request is answered "busy" at once rather than the queue (and the memory, and the wait)
+# growing without end.
 BUSY = ":hourglass: clonebot is busy with other requests; try again in a minute."
 Work = tuple[Respond, Callable[[], Awaitable[str | None]]]
 
@@ -52,13 +52,16 @@ class SlackBot:
     client: AsyncWebClient
     notices: Notices
     jobs: JobMessages
-    queue_limit: int = QUEUE_LIMIT
     _queue: asyncio.Queue[Work] = field(init=False)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
     _refusals: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.queue_limit)
+
+    @property
+    def queue_limit(self) -> int:
+        return self.svc.settings.slack_queue_limit
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work()) for _ in range(WORKERS)]
@@ -80,7 +83,7 @@ class SlackBot:
 
     def after_ack(self, respond: Respond, work: Callable[[], Awaitable[str | None]]) -> None:
         """Run ``work`` once a worker is free, and answer the user with what it says; when
-        QUEUE_LIMIT requests already wait, answer at once that clonebot is busy."""
+        CLONEBOT_SLACK_QUEUE requests already wait, answer at once that clonebot is busy."""
         try:
             self._queue.put_nowait((respond, work))
         except asyncio.QueueFull:
