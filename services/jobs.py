@@ -191,6 +191,21 @@ async def _record(session: AsyncSession, request: Request, job: Job, *, action: 
         # nothing else checks or takes a lock meanwhile: two conflicting jobs cannot both pass
         await serialize(session)
         await check_not_busy(session, job)
+    except Busy as exc:  # refused like any other refusal: audited, nothing else kept
+        await session.rollback()
+        repo.record_audit(
+            session,
+            actor=request.user,
+            action=action.value,
+            environment=job.environment,
+            channel=request.channel,
+            allowed=False,
+            reason=exc.message,
+            detail={"held by": exc.job},
+        )
+        await session.commit()
+        raise
+    try:
         job.claimed_by, job.lease_until = this_worker(), utcnow() + LEASE
         session.add(job)
         # the key refers to the job: the job's row must be written first

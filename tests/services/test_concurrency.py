@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import signal
@@ -139,6 +140,14 @@ async def test_a_rename_is_refused_while_another_process_clones_the_source(
         assert code != 0
         assert f"{source.name} is busy: clone, job {job.id[:4]}…, " in " ".join(out.split())
         assert await _objects(docker, renamed) == []
+        # audited as every refusal is: who, what, and why
+        code, out = await _output(
+            await _clonebot(db_settings, "audit", "--env", source.name, "--json")
+        )
+        assert code == 0, out
+        refused = [e for e in json.loads(out) if not e["allowed"]]
+        assert [(e["actor"], e["action"]) for e in refused] == [(OWNER, "rename")]
+        assert refused[0]["reason"].startswith(f"{source.name} is busy: clone, job {job.id[:4]}…")
 
         # the holder dies: its lock stays until recovery has put the source back
         cloning.send_signal(signal.SIGKILL)
