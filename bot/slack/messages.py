@@ -55,8 +55,8 @@ def progress_message(job: Job, *, now: datetime) -> Message:
         ]
     done = sum(not line.running for line in lines)
     facts = [f"Asked by <@{job.requester}>"]
-    if job.state == "queued":
-        facts.append("waiting for a worker")
+    if job.state == "queued":  # what it waits for, once a worker has looked at it
+        facts.append(job.step or "waiting for a worker")
     elif (since := job.started_at or job.created_at) is not None:
         facts.append(f"{duration(int((now - since).total_seconds() * 1000))} elapsed")
     if lines:
@@ -312,7 +312,7 @@ def _node_lines(steps: Sequence[Mapping[str, Any]], *, now: datetime) -> list[_N
     """One line per node (or per step without a node), in the order they first appeared."""
     lines: dict[str, _NodeLine] = {}
     for row in steps:
-        if row["step"] == "freeze":  # the source's freeze is shown apart
+        if row["step"] in ("freeze", "wait"):  # the source's freeze is shown apart
             continue
         running = row.get("state") != "done"
         node = row.get("node")
@@ -335,6 +335,10 @@ def _running_ms(row: Mapping[str, Any], now: datetime) -> int:
 def _freeze_note(job: Job) -> str | None:
     if job.freeze_ms is not None:
         return f"source frozen {job.freeze_ms} ms"
+    # another job has the source frozen: freezes of one source come one after another
+    waiting = next((r for r in job.steps or [] if r["step"] == "wait"), None)
+    if waiting is not None and waiting.get("state") != "done":
+        return f"waits for {job.source}'s freeze"
     row = next((r for r in job.steps or [] if r["step"] == "freeze"), None)
     if row is None:
         return None

@@ -183,6 +183,23 @@ def test_a_queued_job_waits_and_other_kinds_say_what_they_do() -> None:
     assert "Deleting dev-copy" in texts(sent(progress_message(delete, now=STARTED)))
 
 
+def test_a_waiting_job_says_what_it_waits_for() -> None:
+    """A queued job names its wait (a slot, as its step says); a clone waiting while another
+    job has the source frozen says so, not that the source is frozen for it."""
+    slot = "waits for a slot (CLONEBOT_MAX_JOBS=4)"
+    queued = texts(sent(progress_message(job(state="queued", step=slot), now=STARTED)))
+    assert slot in queued and "waiting for a worker" not in queued
+
+    freeze = {"step": "freeze", "node": "prod-db-1", "state": "running"}
+    wait = {"step": "wait", "node": None, "state": "running"}
+    waiting = texts(sent(progress_message(job(steps=[freeze, wait]), now=STARTED)))
+    assert "waits for prod's freeze" in waiting
+    assert "source frozen" not in waiting and ":hourglass_flowing_sand: wait" not in waiting
+    waited = job(steps=[freeze, wait | {"state": "done"}])
+    frozen = texts(sent(progress_message(waited, now=STARTED)))
+    assert "source frozen for the final copy" in frozen and "waits for" not in frozen
+
+
 def test_forty_nodes_stay_within_slacks_limits_with_running_ones_first() -> None:
     steps = []
     for n in range(1, 41):
