@@ -11,7 +11,6 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
-_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 class Settings(BaseSettings):
@@ -20,7 +19,7 @@ class Settings(BaseSettings):
     docker_host: str = Field(default="unix:///var/run/docker.sock", alias="DOCKER_HOST")
     base_domain: str = Field(default="clonebot.localhost", alias="CLONEBOT_BASE_DOMAIN")
     # the tag names the helper's applets: an engine keeps an older helper image, built once
-    helper_image: str = Field(default="clonebot/helper:rsync-6", alias="CLONEBOT_HELPER_IMAGE")
+    helper_image: str = Field(default="clonebot/helper:rsync-5", alias="CLONEBOT_HELPER_IMAGE")
     busybox: Path = Field(default=Path("/bin/busybox"), alias="CLONEBOT_BUSYBOX")
     disk_reserve_bytes: int = Field(default=512 * 1024 * 1024, ge=0, alias="CLONEBOT_DISK_RESERVE")
     freeze_timeout_s: float = Field(default=30.0, gt=0, alias="CLONEBOT_FREEZE_TIMEOUT")
@@ -64,24 +63,6 @@ class Settings(BaseSettings):
             if not SLACK_USER.fullmatch(user):
                 raise ValueError(f"{user!r} is not a Slack user ID (like U012AB3CD)")
         return value
-
-    @field_validator("base_domain")
-    @classmethod
-    def _domain(cls, value: str) -> str:
-        """Compared with domains as ``routing.validate_domain`` keeps them: lower-case ASCII
-        (IDNA), no trailing dot. One label (``localhost``) is allowed: it is a suffix."""
-        text = value.strip().rstrip(".").lower()
-        try:
-            ascii_form = text.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"{value!r} is not a domain name") from None
-        labels = ascii_form.split(".")
-        if len(ascii_form) > 200 or not all(_LABEL.fullmatch(label) for label in labels):
-            raise ValueError(
-                f"{value!r} is not a domain name (like clonebot.example.com): labels of "
-                "letters, digits or hyphens, joined by dots"
-            )
-        return ascii_form
 
     @field_validator("database_url")
     @classmethod
