@@ -298,12 +298,14 @@ sub one_pass {  # the number of paths copied
       spit("$S/mode", 'scan');
       $how = 'scan';
     } elsif ((my $whole = from_events($recs, \%list, \%expand)) < 1) {
-      if ($whole < 0) {  # a new directory cannot be watched: compare every file from now on
+      # from now on every pass compares every file: a directory made or moved while events
+      # were lost has no watch (or an old path), so later events could not be trusted
+      if ($whole < 0) {
         print "warning inotify cannot watch every directory: every file is compared\n";
-        spit("$S/mode", 'scan');
-      } else {  # this pass only: the events after its marker are whole again
-        print "warning too many changes at once for inotify: every file was compared\n";
+      } else {
+        print "warning too many changes at once for inotify: every file is compared\n";
       }
+      spit("$S/mode", 'scan');
       $how = 'scan';
     }
   }

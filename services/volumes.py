@@ -184,7 +184,7 @@ async def measure_volumes(
     docker: DockerClient, *, image: str, volumes: list[str], labels: dict[str, str]
 ) -> VolumeSizes:
     """Bytes used by each volume and bytes free beside them, measured on the Docker host."""
-    binds = [f"{v}:/from/{i}:ro" for i, v in enumerate(volumes)]
+    mounts = [_mount(v, f"/from/{i}", read_only=True) for i, v in enumerate(volumes)]
     # in the volumes' order: a glob of /from/*/ sorts 10 before 2
     # a file vanishing under du is normal in a running source: its complaint is not a size
     script = f"for i in $(seq 0 {len(volumes) - 1}); do "
@@ -192,7 +192,7 @@ async def measure_volumes(
     script += "df -Pk /from | tail -n 1"
     cid = await docker.create_container(
         name=f"clonebot-measure-{secrets.token_hex(4)}",
-        config=_helper_config(image, ["sh", "-c", script], binds, labels=labels),
+        config=_helper_config(image, ["sh", "-c", script], mounts, labels=labels),
     )
     try:
         await docker.start_container(cid)
@@ -201,7 +201,8 @@ async def measure_volumes(
         if code != 0:
             raise DockerFailed(f"measuring the volumes failed: {out.strip()[-300:]}")
     finally:
-        await docker.remove_container(cid)
+        # even under a second cancellation: a helper left behind holds the source's volumes
+        await asyncio.shield(docker.remove_container(cid))
     lines = out.strip().splitlines()
     used = {v: int(lines[i].split()[0]) * 1024 for i, v in enumerate(volumes)}
     return VolumeSizes(used=used, free=int(lines[-1].split()[3]) * 1024)
@@ -217,15 +218,15 @@ async def copy_helper(
     labels: dict[str, str],
 ) -> AsyncIterator[str]:
     """A running helper container with ``(source, target)`` volume pairs mounted."""
-    binds = [f"{src}:/from/{i}:ro" for i, (src, _) in enumerate(pairs)]
-    binds += [f"{dst}:/to/{i}" for i, (_, dst) in enumerate(pairs)]
-    config = _helper_config(image, ["sleep", "2147483647"], binds, labels=labels)
+    mounts = [_mount(src, f"/from/{i}", read_only=True) for i, (src, _) in enumerate(pairs)]
+    mounts += [_mount(dst, f"/to/{i}", read_only=False) for i, (_, dst) in enumerate(pairs)]
+    config = _helper_config(image, ["sleep", "2147483647"], mounts, labels=labels)
     cid = await docker.create_container(name=name, config=config)
     try:
         await docker.start_container(cid)
         yield cid
     finally:
-        await docker.remove_container(cid)
+        await asyncio.shield(docker.remove_container(cid))
 
 
 async def pre_copy(
@@ -270,11 +271,15 @@ class FinalPass:
         self._exec = await self._session.__aenter__()
         self._lines = self._exec.lines()
         tail: list[str] = []
-        async for line in self._lines:
-            if line == "ready":
-                return self
-            if not _warned(line, self._on_warning):
-                tail = [*tail[-4:], line]
+        try:
+            async for line in self._lines:
+                if line == "ready":
+                    return self
+                if not _warned(line, self._on_warning):
+                    tail = [*tail[-4:], line]
+        except BaseException:
+            await asyncio.shield(self._session.__aexit__(None, None, None))
+            raise
         await self._session.__aexit__(None, None, None)
         raise DockerFailed(f"the copy of the changes failed: {' / '.join(tail) or 'no output'}")
 
@@ -323,10 +328,20 @@ def _warned(line: str, on_warning: Callable[[str], None] | None) -> bool:
     return True
 
 
-def _helper_config(image: str, cmd: list[str], binds: list[str], *, labels: dict[str, str]) -> JSON:
+def _helper_config(
+    image: str, cmd: list[str], mounts: list[JSON], *, labels: dict[str, str]
+) -> JSON:
     return {
         "Image": image,
         "Cmd": cmd,
         "Labels": {"clonebot.helper": "true", **labels},
-        "HostConfig": {"Binds": binds, "NetworkMode": "none"},
+        "HostConfig": {"Mounts": mounts, "NetworkMode": "none"},
     }
+
+
+def _mount(source: str, target: str, *, read_only: bool) -> JSON:
+    """A volume, or a host directory (an absolute path): as ``Mounts``, not ``Binds``, so a
+    path holding ``:`` is read whole and a host directory that went away since the plan fails
+    the helper instead of being created empty by Docker."""
+    kind = "bind" if source.startswith("/") else "volume"
+    return {"Type": kind, "Source": source, "Target": target, "ReadOnly": read_only}
