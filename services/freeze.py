@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from services.docker import JSON, DockerClient, gather_all
 from services.environments import Layer, Node
-from services.errors import DockerFailed, FreezeTimeout
+from services.errors import ClonebotError, DockerFailed, DockerUnavailable, FreezeTimeout
 from services.failpoints import failpoint
 from services.ledger import Ledger
 from services.planning import ClonePlan, NodePlan, VolumePlan
@@ -38,6 +38,7 @@ async def ignore_freeze(frozen: dict[str, str]) -> None:
 
 
 _CONFLICT = 409
+_RESUME_TRIES = 5
 _STAT_CONCURRENCY = 16
 
 
@@ -80,18 +81,25 @@ async def _freeze(
     on_freeze: FreezeRecorder,
 ) -> FreezeReport:
     report = FreezeReport()
-    # stopped or already paused by its owner when planned: its data holds still
-    masters = [c.layer.master for c in copies if c.layer.master.state == "running"]
+    # every master, whatever its state when planned: paused or stopped then may be another
+    # job's freeze, which ends (and the source runs again) before this job's final pass
+    masters = [c.layer.master for c in copies]
     how = {m.id: _how_to_freeze(m, emit) for m in masters}
     frozen: dict[str, float] = {}  # what this job froze (or may have, if cancelled): when
     names = ", ".join(c.layer.master.name for c in copies)
     emit(StepStarted("freeze", names))
-    if how:
-        # recorded before any call: a cancellation, or a crash, may land after the engine
-        # froze it; recovery reads what ``on_freeze`` wrote. A job's recorder waits here
-        # while another job has one of them frozen: freezes of one source run one after
-        # another, so no job unfreezes a source another is still copying.
+    # recorded before any call: a cancellation, or a crash, may land after the engine froze
+    # it; recovery reads what ``on_freeze`` wrote. A job's recorder waits here while another
+    # job has one of them frozen: freezes of one source run one after another, so no job
+    # unfreezes a source another is still copying.
+    await on_freeze(how)
+    # as they are now that no other job freezes them: one stopped or paused by its owner
+    # holds still and is left as it is
+    running = await _running(docker, masters)
+    if running != set(how):
+        how = {cid: way for cid, way in how.items() if cid in running}
         await on_freeze(how)
+    masters = [m for m in masters if m.id in running]
     try:
         await gather_all(*(_freeze_one(docker, m, how[m.id], frozen) for m in masters))
         await failpoint("freeze")
@@ -107,6 +115,14 @@ async def _freeze(
         await asyncio.shield(_resume_all(docker, how, frozen, report, on_freeze))
     emit(StepDone("freeze", names, report.longest_ms))
     return report
+
+
+async def _running(docker: DockerClient, masters: list[Node]) -> set[str]:
+    async def state(master: Node) -> tuple[str, JSON]:
+        return master.id, (await docker.inspect_container(master.id))["State"]
+
+    states = await gather_all(*(state(m) for m in masters))
+    return {cid for cid, st in states if st.get("Running") and not st.get("Paused")}
 
 
 def _how_to_freeze(master: Node, emit: EventSink) -> str:
@@ -159,15 +175,25 @@ async def _resume_all(
     on_freeze: FreezeRecorder,
 ) -> None:
     async def resume(master_id: str) -> None:
-        try:
-            if how[master_id] == "paused":
-                await docker.unpause_container(master_id)
-            else:
-                await docker.start_container(master_id)
-        except DockerFailed as exc:
-            if exc.status != _CONFLICT:  # 409: it was not paused after all
-                log.exception("could not resume source container %s", master_id)
-                raise
+        for attempt in range(_RESUME_TRIES):
+            try:
+                if how[master_id] == "paused":
+                    await docker.unpause_container(master_id)
+                else:
+                    await docker.start_container(master_id)
+                break
+            except DockerFailed as exc:
+                if exc.status == _CONFLICT:  # 409: it was not paused after all
+                    break
+                failure: ClonebotError = exc
+            except DockerUnavailable as exc:  # an engine hiccup must not leave it frozen
+                failure = exc
+            if attempt == _RESUME_TRIES - 1:
+                # the job's record keeps it (``on_freeze({})`` is not reached): recovery
+                # resumes it
+                log.error("could not resume source container %s: %s", master_id, failure)
+                raise failure
+            await asyncio.sleep(0.2 * (attempt + 1))
         ms = int((time.monotonic() - frozen[master_id]) * 1000)
         report.longest_ms = max(report.longest_ms, ms)
 
