@@ -281,6 +281,9 @@ async def _recheck(svc: Services, job: Job) -> None:
                 await access.check_recorded(
                     svc, session, request, name=job.environment, action=Action.DELETE
                 )
+                # a domain bound, or a route made, while the delete waited for a slot
+                if (serving := await _serving(session, job.environment)) is not None:
+                    raise BadRequest(serving)
             case None:  # ``_dispatch`` refuses it
                 return
             case _:
