@@ -168,7 +168,7 @@ async def test_failover_moves_traffic_when_the_primary_stops_hangs_or_answers_5x
 
 
 async def _served_within(
-    router: Router, session: aiohttp.ClientSession, page: str, *, within_s: float = 10
+    router: Router, session: aiohttp.ClientSession, page: str, *, within_s: float = 20
 ) -> bool:
     """app.test answers ``page`` within ``within_s``, 20 times in a row, never with a 404
     (the route is there all along): requests one after another, at most 400."""
