@@ -117,6 +117,25 @@ async def _freeze(
     return report
 
 
+async def resume_recorded(docker: DockerClient, frozen: list[dict[str, str]]) -> int:
+    """Resume the source containers a job's record says it froze (and are still frozen);
+    how many were. Only for a job that can no longer do it itself: ended or dead."""
+    resumed = 0
+    for entry in frozen:
+        cid, how = entry["container"], entry["how"]
+        info = await docker.find_container(cid)
+        if info is None:
+            continue
+        state = info["State"]
+        if state.get("Paused"):
+            await docker.unpause_container(cid)
+            resumed += 1
+        elif how == "stopped" and not state.get("Running"):
+            await docker.start_container(cid)
+            resumed += 1
+    return resumed
+
+
 async def _running(docker: DockerClient, masters: list[Node]) -> set[str]:
     async def state(master: Node) -> tuple[str, JSON]:
         return master.id, (await docker.inspect_container(master.id))["State"]

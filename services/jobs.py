@@ -24,6 +24,7 @@ from services.errors import (
     NameTaken,
     NotAClone,
 )
+from services.freeze import resume_recorded
 from services.job_locks import JobKind, check_not_busy, job_kind, reserving_disk, serialize
 from services.job_run import LEASE, JobProgress, claim, disk_reserver, run_leased
 from services.lifecycle import (
@@ -394,26 +395,52 @@ async def _finish(
 ) -> None:
     """Record the outcome, unless another process took the job over (its recovery's to say)."""
     try:
+        keep_frozen = not await _sources_resumed(svc, job.id)
         async with svc.sessions() as session, session.begin():
             current = await repo.get_job(session, job.id)
             if current is None or (current.state, current.claimed_by) != ("running", worker):
                 log.warning("job %s was taken over; its outcome is not recorded here", job.id)
                 return
             await close_job(
-                session, job, action=f"{job.kind} {outcome['state']}", steps=steps, **outcome
+                session,
+                job,
+                action=f"{job.kind} {outcome['state']}",
+                steps=steps,
+                keep_frozen=keep_frozen,
+                **outcome,
             )
     except Exception:  # the job stays running with a lapsing lease: recovery closes it
         log.exception("job %s: outcome not recorded (%s)", job.id, outcome["state"])
 
 
-async def close_job(session: AsyncSession, job: Job, *, action: str, **values: Any) -> None:
-    """Record how a job ended, settle the name it reserved, and audit it."""
+async def _sources_resumed(svc: Services, job_id: str) -> bool:
+    """Whether no source is left frozen by the job. Its freeze clears its record once they
+    run again; one it could not resume (the engine failed it) is tried once more here, and
+    if it still fails, stays in the record for recovery to resume."""
+    async with svc.sessions() as session:
+        current = await repo.get_job(session, job_id)
+    if current is None or not current.frozen:
+        return True
+    try:
+        await resume_recorded(svc.docker, current.frozen)
+    except ClonebotError:
+        log.exception("job %s: a source it froze cannot be resumed yet", job_id)
+        return False
+    return True
+
+
+async def close_job(
+    session: AsyncSession, job: Job, *, action: str, keep_frozen: bool = False, **values: Any
+) -> None:
+    """Record how a job ended, settle the name it reserved, and audit it. ``keep_frozen``
+    leaves the record of sources it froze for recovery (they could not be resumed)."""
     ok = values["state"] == "succeeded"
+    if not keep_frozen:
+        values["frozen"] = []
     await repo.update_job(
         session,
         job.id,
         **values,
-        frozen=[],
         reserved_bytes=0,
         finished_at=utcnow(),
         lease_until=None,

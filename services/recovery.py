@@ -9,6 +9,8 @@ from sqlalchemy import update
 from services.context import Services
 from services.docker import DockerClient
 from services.environments import JOB
+from services.errors import ClonebotError
+from services.freeze import resume_recorded
 from services.jobs import close_job
 from services.lifecycle import finish_rename
 from services.workers import this_worker, worker_is_gone
@@ -31,7 +33,28 @@ async def recover_jobs(svc: Services) -> list[Job]:
     for job in orphans:
         if await _take_over(svc, job):
             recovered.append(await _recover(svc, job))
+    await _resume_abandoned(svc)
     return recovered
+
+
+async def _resume_abandoned(svc: Services) -> None:
+    """Sources an ended job could not resume (the engine failed it then) are resumed now,
+    unless a job still running names them: then it holds them, or waits for them."""
+    async with svc.sessions() as session:
+        ended = await repo.jobs_with_frozen_record(session, finished=True)
+        unfinished = await repo.jobs_with_frozen_record(session, finished=False)
+    held = {entry["container"] for job in unfinished for entry in job.frozen}
+    for job in ended:
+        left = [entry for entry in job.frozen if entry["container"] not in held]
+        try:
+            resumed = await resume_recorded(svc.docker, left)
+        except ClonebotError:
+            log.exception("job %s: its sources still cannot be resumed", job.id)
+            continue
+        log.warning("job %s: resumed %d source container(s) it had left frozen", job.id, resumed)
+        async with svc.sessions() as session, session.begin():
+            kept = [entry for entry in job.frozen if entry["container"] in held]
+            await repo.update_job(session, job.id, frozen=kept)
 
 
 async def _take_over(svc: Services, job: Job) -> bool:
@@ -50,9 +73,9 @@ async def _recover(svc: Services, job: Job) -> Job:
         return job
     if job.kind == "rename":  # the new nodes hold the host ports: they go first
         removed = await remove_job_resources(svc.docker, job.id)
-        resumed = await _resume_sources(svc.docker, job.frozen)
+        resumed = await resume_recorded(svc.docker, job.frozen)
     else:
-        resumed = await _resume_sources(svc.docker, job.frozen)
+        resumed = await resume_recorded(svc.docker, job.frozen)
         removed = await remove_job_resources(svc.docker, job.id)
     if job.kind == "refresh":
         await _restore_set_aside(svc.docker, job)
@@ -79,23 +102,6 @@ async def _rename_went_through(svc: Services, job: Job) -> bool:
         await close_job(session, job, action="rename recovered", state="succeeded")
     job.state = "succeeded"
     return True
-
-
-async def _resume_sources(docker: DockerClient, frozen: list[dict[str, str]]) -> int:
-    resumed = 0
-    for entry in frozen:
-        cid, how = entry["container"], entry["how"]
-        info = await docker.find_container(cid)
-        if info is None:
-            continue
-        state = info["State"]
-        if state.get("Paused"):
-            await docker.unpause_container(cid)
-            resumed += 1
-        elif how == "stopped" and not state.get("Running"):
-            await docker.start_container(cid)
-            resumed += 1
-    return resumed
 
 
 async def remove_job_resources(docker: DockerClient, job_id: str) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -59,6 +59,17 @@ async def list_jobs(session: AsyncSession, *, limit: int = 50) -> Sequence[Job]:
 
 async def jobs_in_state(session: AsyncSession, state: str) -> Sequence[Job]:
     return (await session.scalars(select(Job).where(Job.state == state))).all()
+
+
+async def jobs_with_frozen_record(session: AsyncSession, *, finished: bool) -> list[Job]:
+    """Jobs whose record still names source containers they froze: ended ones (finished in
+    the last day) or unfinished ones. JSON is compared in Python: SQLite and PostgreSQL
+    spell an empty JSON list differently."""
+    if finished:
+        query = select(Job).where(Job.finished_at >= utcnow() - timedelta(days=1))
+    else:
+        query = select(Job).where(Job.finished_at.is_(None))
+    return [job for job in (await session.scalars(query)).all() if job.frozen]
 
 
 async def claim_job(
