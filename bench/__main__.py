@@ -9,13 +9,23 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench import failover, forms, freeze, routing, slack_ack, stateless, volume_copy
+from bench import (
+    failover,
+    forms,
+    freeze,
+    freeze_postgres,
+    routing,
+    slack_ack,
+    stateless,
+    volume_copy,
+)
 from bench.harness import check_image
 
 BENCHMARKS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
     stateless.NAME: stateless.main,
     volume_copy.NAME: volume_copy.main,
     freeze.NAME: freeze.main,
+    freeze_postgres.NAME: freeze_postgres.main,
     routing.NAME: routing.main,
     failover.NAME: failover.main,
     slack_ack.NAME: slack_ack.main,
