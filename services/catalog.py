@@ -14,6 +14,7 @@ from sqlalchemy import select
 from services.access import access_of, check_user, label_owner
 from services.context import Services
 from services.environments import Environment, list_environments
+from services.naming import default_clone_name, held_names
 from services.permissions import Action, decide
 from storage import repositories as repo
 from storage.models import DomainBinding, EnvironmentRecord, Job, Route
@@ -126,6 +127,14 @@ def _view(
         cloned_from=record.cloned_from or env.cloned_from,
         may_clone=allowed(Action.CLONE) and bool(env.nodes),  # one that is down has nothing
     )
+
+
+async def suggest_clone_name(svc: Services, *, source: str) -> str:
+    """The clone form's default, as a clone asked without a name gets: ``<source>-clone<N>``,
+    skipping every name something holds (a container, volume or network, or a record)."""
+    async with svc.sessions() as session:
+        recorded = [r.name for r in await repo.list_environments(session)]
+    return default_clone_name(source, await held_names(svc.docker, recorded=recorded))
 
 
 async def running_jobs(svc: Services, *, user: str) -> Sequence[Job]:

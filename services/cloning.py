@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.docker import DockerClient, gather_all
-from services.errors import ClonebotError, CloneFailed
+from services.errors import ClonebotError, CloneFailed, NameTaken
 from services.failpoints import failpoint
 from services.freeze import FreezeRecorder, ignore_freeze, snapshot_stateful
 from services.ledger import Ledger
@@ -68,7 +68,7 @@ async def execute_clone(
             await _start_all(docker, plan, emit)
     except (Exception, asyncio.CancelledError) as exc:
         await asyncio.shield(ledger.rollback())
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError | NameTaken):
             raise
         cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
         raise CloneFailed(step=current.name, cause=cause) from exc
@@ -113,6 +113,9 @@ async def _create_networks(docker: DockerClient, plan: ClonePlan, ledger: Ledger
 
 async def _create_volumes(docker: DockerClient, plan: ClonePlan, ledger: Ledger) -> None:
     async def create(name: str, labels: dict[str, str]) -> None:
+        # Docker's create returns a volume that exists: the copy would write into its data
+        if await docker.inspect_volume(name) is not None:
+            raise NameTaken(plan.name, f"volume {name} exists already")
         ledger.add_volume(await docker.create_volume(name=name, labels=labels))
 
     await gather_all(*(create(v.name, v.labels) for v in plan.volumes if not v.exists))

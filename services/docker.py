@@ -25,6 +25,7 @@ T = TypeVar("T")
 # aiodocker reports a connection failure as this pseudo HTTP status
 _UNREACHABLE = 900
 _NOT_FOUND = 404
+_CONFLICT = 409
 JSON = dict[str, Any]
 
 
@@ -239,8 +240,16 @@ class DockerClient:
         )
         await _translate(f"import image {repo}:{tag}", _drain(call))
 
-    async def remove_image(self, ref: str) -> None:
-        await _translate(f"remove image {ref}", self.api.images.delete(ref, force=True))
+    async def remove_image(self, ref: str) -> bool:
+        """Remove an image; False when Docker keeps it (409: a container, running or stopped,
+        or a child image uses it). Never forced: forcing would take it from under them."""
+        try:
+            await _translate(f"remove image {ref}", self.api.images.delete(ref))
+        except DockerFailed as exc:
+            if exc.status == _CONFLICT:
+                return False
+            raise
+        return True
 
     async def list_images(self, *, labels: list[str]) -> list[JSON]:
         return list(await self._list("images/json", labels=labels))

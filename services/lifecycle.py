@@ -315,12 +315,8 @@ async def _remove_snapshots(docker: DockerClient, images: set[str]) -> None:
         info = await docker.inspect_image(image)
         if not info or JOB not in (info["Config"].get("Labels") or {}) or info["Id"] in used:
             continue
-        try:
-            await docker.remove_image(image)
-        except DockerFailed as exc:
-            if exc.status == 409:  # a child image uses it
-                continue
-            raise
+        if not await docker.remove_image(image):  # a child image or a container uses it
+            continue
         if info.get("Parent"):
             pending.append(info["Parent"])
 

@@ -9,7 +9,7 @@ from services.context import Services
 from services.environments import environment_exists
 from services.errors import BadRequest, EnvironmentNotFound, Forbidden
 from services.naming import held_names
-from services.permissions import Action, Role
+from services.permissions import Access, Action, Role, decide
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import EnvironmentRecord
@@ -82,14 +82,19 @@ async def forget_environment(svc: Services, request: Request, *, name: str) -> l
     """
     access.check_user(request.user)
     async with svc.sessions() as session:
-        if request.user not in svc.settings.admins:
-            reason = "only an admin may forget an environment"
-            _audit_forget(session, request, name, allowed=False, reason=reason)
+        record = await repo.get_environment(session, name)
+        # decided before anything else is told (whether it exists, has containers)
+        known = access.access_of(record) if record else Access(name=name, owner=None)
+        decision = decide(
+            user=request.user, action=Action.FORGET, access=known, channel=request.channel,
+            admins=svc.settings.admins,
+        )  # fmt: skip
+        if not decision.allowed:
+            _audit_forget(session, request, name, allowed=False, reason=decision.reason)
             await session.commit()
-            raise Forbidden(reason)
+            raise Forbidden(decision.reason)
         if await environment_exists(svc.docker, name):
             raise BadRequest(f"{name} has containers, so it is not down: delete it instead")
-        record = await repo.get_environment(session, name)
         if record is None:
             raise EnvironmentNotFound(name)
         if record.state != "ready":

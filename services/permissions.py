@@ -18,6 +18,7 @@ class Action(StrEnum):
     NOTIFY = "set notify channel"
     MOVE_TRAFFIC = "move traffic"
     ADOPT = "adopt"
+    FORGET = "forget"  # free a down environment's name, its record gone
 
 
 class Role(StrEnum):
@@ -62,6 +63,8 @@ def decide(
         return Decision(True, "admin")
     if action is Action.ADOPT:
         return Decision(False, "only an admin may adopt an environment")
+    if action is Action.FORGET:
+        return Decision(False, "only an admin may forget an environment")
     if access.owner is None:
         return Decision(False, f"nobody owns {env} yet: an admin must adopt it first")
     if user == access.owner:

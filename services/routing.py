@@ -96,9 +96,13 @@ async def add_domain(svc: Services, request: Request, *, env: str, domain: str) 
 
 
 async def remove_domain(svc: Services, request: Request, *, env: str, domain: str) -> str:
+    """Unbind a domain, also from an environment that is down (its record decides): one
+    that serves a domain cannot be deleted, and must not be kept forever for it."""
     name = validate_domain(domain)
     async with svc.sessions() as session:
-        [record] = await _checked(svc, session, request, env)
+        _, record = await access.check_recorded(
+            svc, session, request, name=env, action=Action.MOVE_TRAFFIC
+        )
         bound = await _binding(session, name)
         if bound is None or bound.environment_id != record.id:
             raise BadRequest(f"{name} is not bound to {env}")

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 class Settings(BaseSettings):
@@ -63,6 +64,25 @@ class Settings(BaseSettings):
             if not SLACK_USER.fullmatch(user):
                 raise ValueError(f"{user!r} is not a Slack user ID (like U012AB3CD)")
         return value
+
+    @field_validator("base_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        """Compared with domains as ``routing.validate_domain`` keeps them: lower-case ASCII
+        (IDNA), no trailing dot. One label (``localhost``) is allowed: it is a suffix. At most
+        189 characters, so that ``<env>.<base domain>`` (a name of up to 63) fits in 253."""
+        text = value.strip().rstrip(".").lower()
+        try:
+            ascii_form = text.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{value!r} is not a domain name") from None
+        labels = ascii_form.split(".")
+        if len(ascii_form) > 189 or not all(_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(
+                f"{value!r} is not a domain name (like clonebot.example.com): labels of "
+                "letters, digits or hyphens, joined by dots"
+            )
+        return ascii_form
 
     @field_validator("database_url")
     @classmethod

@@ -22,7 +22,6 @@ from bot.slack.views import clone_modal
 from services import catalog, jobs, ownership, routing
 from services.access import Request
 from services.errors import BadRequest, EnvironmentNotFound
-from services.naming import default_clone_name
 
 _USER = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>|([UW][A-Z0-9]{2,20})")
 _CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)(?:\|[^>]*)?>|([CG][A-Z0-9]{2,20})")
@@ -94,8 +93,7 @@ async def open_clone_modal(bot: SlackBot, asked: Asked) -> None:
         key=lambda v: (v.owner != asked.user, v.cloned_from is not None, v.name),
     )
     sources = [v.name for v in mine]
-    taken = {v.name for v in views}
-    default = default_clone_name(sources[0], taken) if sources else ""
+    default = await catalog.suggest_clone_name(bot.svc, source=sources[0]) if sources else ""
     view = clone_modal(sources, default_name=default, channel=asked.channel)
     await bot.client.views_open(trigger_id=asked.trigger_id or "", view=view)
 

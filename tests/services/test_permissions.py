@@ -32,6 +32,7 @@ bind channel  | YY-Y  | ----     | ----   | ----     | YY-Y
 set notify channel | YY-Y | ----   | ----   | ----     | YY-Y
 move traffic  | YY-Y  | YY-Y     | ----   | ----     | YY-Y
 adopt         | ----  | ----     | ----   | ----     | YY-Y
+forget        | ----  | ----     | ----   | ----     | YY-Y
 """
 SITUATIONS = ("unbound", "bound, from the bound channel", "bound, from another channel", "CLI")
 
@@ -142,11 +143,19 @@ def test_an_unowned_environment_is_for_admins_only(action: Action, situation: st
         decision = _decide(user=user, action=action, situation=situation, owner=None)
         assert not decision.allowed, (user, decision)
         _assert_readable(decision.reason)
-        if action is Action.ADOPT:
+        if action in (Action.ADOPT, Action.FORGET):
             assert "only an admin" in decision.reason
         else:
             assert decision.reason == f"nobody owns {ENV} yet: an admin must adopt it first"
     assert _decide(user=ADMIN, action=action, situation=situation, owner=None).allowed
+
+
+def test_only_an_admin_may_forget() -> None:
+    for user in (OWNER, OPERATOR, VIEWER, STRANGER):
+        decision = _decide(user=user, action=Action.FORGET, situation="CLI")
+        assert not decision.allowed
+        assert decision.reason == "only an admin may forget an environment"
+    assert _decide(user=ADMIN, action=Action.FORGET, situation="CLI").allowed
 
 
 def test_nobody_is_an_admin_unless_configured() -> None:
