@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.docker import DockerClient, gather_all
+from services.environments import JOB
 from services.errors import ClonebotError, CloneFailed, NameTaken
 from services.failpoints import failpoint
 from services.freeze import FreezeRecorder, ignore_freeze, snapshot_stateful
@@ -116,7 +117,12 @@ async def _create_volumes(docker: DockerClient, plan: ClonePlan, ledger: Ledger)
         # Docker's create returns a volume that exists: the copy would write into its data
         if await docker.inspect_volume(name) is not None:
             raise NameTaken(plan.name, f"volume {name} exists already")
-        ledger.add_volume(await docker.create_volume(name=name, labels=labels))
+        made = await docker.create_volume(name=name, labels=labels)
+        # one that came between the check and the create is returned as it is: not ours
+        found = await docker.inspect_volume(made)
+        if found is None or (found.get("Labels") or {}).get(JOB) != plan.job:
+            raise NameTaken(plan.name, f"volume {name} exists already")
+        ledger.add_volume(made)
 
     await gather_all(*(create(v.name, v.labels) for v in plan.volumes if not v.exists))
 

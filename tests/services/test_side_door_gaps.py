@@ -134,3 +134,37 @@ async def test_a_volume_that_comes_just_before_the_clone_creates_it_is_left_alon
             await remove_projects(docker, {clone})  # what a clone made, had it gone ahead
             if docker.made:
                 await docker.remove_volume(f"{clone}_data")
+
+
+class RacingDocker(IntrudingDocker):
+    """The real engine, where the volume comes between the clone's last check of the name and
+    its create (the check sees nothing; Docker's create then returns the intruder as it is)."""
+
+    async def create_network(self, config: dict[str, Any]) -> str:
+        return await DockerClient.create_network(self, config)
+
+    async def inspect_volume(self, name: str) -> dict[str, Any] | None:
+        if name == self.volume and not self.made:
+            self.made = True
+            await self.create_volume(name=self.volume, labels={})
+            await in_volume(self, self.volume, "echo precious > /v/only-copy", write=True)
+            return None
+        return await super().inspect_volume(name)
+
+
+async def test_a_volume_that_comes_between_the_check_and_the_create_is_left_alone(
+    settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=0)
+    clone = f"{source.name}-race"
+    async with RacingDocker(settings.docker_host, volume=f"{clone}_data") as docker:
+        try:
+            with pytest.raises(NameTaken, match=f"volume {clone}_data exists already"):
+                await clone_environment(docker, settings, source=source.name, name=clone)
+            assert docker.made
+            assert await read_volume(docker, f"{clone}_data", "only-copy") == "precious\n"
+            assert await docker.list_containers(labels=[f"{PROJECT}={clone}"]) == []
+        finally:
+            await remove_projects(docker, {clone})
+            if docker.made:
+                await docker.remove_volume(f"{clone}_data")
