@@ -8,11 +8,12 @@ from services.access import Request
 from services.context import Services
 from services.environments import environment_exists
 from services.errors import BadRequest, EnvironmentNotFound, Forbidden
+from services.job_locks import JobKind, check_not_busy, serialize
 from services.naming import held_names
 from services.permissions import Access, Action, Role, decide
 from storage import repositories as repo
 from storage.db import AsyncSession
-from storage.models import EnvironmentRecord
+from storage.models import EnvironmentRecord, Job
 
 
 async def adopt_environment(svc: Services, request: Request, *, name: str, owner: str) -> None:
@@ -99,6 +100,9 @@ async def forget_environment(svc: Services, request: Request, *, name: str) -> l
             raise EnvironmentNotFound(name)
         if record.state != "ready":
             raise BadRequest(f"a job is making {name}: it is not down")
+        # as a delete would: never under a job that uses it (a refresh into it, say)
+        await serialize(session)
+        await check_not_busy(session, Job(id="", kind=JobKind.DELETE.value, environment=name))
         await repo.delete_environment(session, name)
         _audit_forget(session, request, name, allowed=True, owner=record.owner)
         await session.commit()

@@ -14,15 +14,16 @@ from services.access import Request
 from services.context import Services
 from services.docker import DockerClient
 from services.environments import JOB, PROJECT
-from services.errors import BadRequest, Forbidden, NameTaken
+from services.errors import BadRequest, Busy, Forbidden, NameTaken
 from services.jobs import run_job, submit_delete
 from services.lifecycle import clone_environment
-from services.ownership import share_environment
+from services.ownership import forget_environment, share_environment
 from services.routing import add_domain, remove_domain
 from services.settings import Settings
 from storage import repositories as repo
 from storage.models import DomainBinding
 from tests.conftest import (
+    ADMIN,
     OWNER,
     MakeSource,
     compose_labels,
@@ -168,3 +169,19 @@ async def test_a_volume_that_comes_between_the_check_and_the_create_is_left_alon
             await remove_projects(docker, {clone})
             if docker.made:
                 await docker.remove_volume(f"{clone}_data")
+
+
+async def test_forget_is_refused_while_a_job_uses_the_environment(
+    svc: Services, make_source: MakeSource
+) -> None:
+    down = (await make_source(web_nodes=1)).name
+    # recorded (as any first action records it), then brought down
+    await share_environment(svc, Request(OWNER), name=down, user=FRIEND, role="viewer")
+    await _take_down(svc.docker, down)
+    job = await submit_delete(svc, Request(OWNER), name=down, force=True)
+
+    with pytest.raises(Busy, match=f"^{down} is busy: delete, job {job.id[:4]}"):
+        await forget_environment(svc, Request(ADMIN), name=down)
+
+    async with svc.sessions() as session:
+        assert await repo.get_environment(session, down) is not None, "the record is kept"
