@@ -11,7 +11,9 @@ writes inside the container while each side runs. Compared in each run, in turn:
   /to/; docker unpause SRC`` -- the freeze is the wall time of that sequence.
 
 The clone's PostgreSQL must then start (recovering from the crash-consistent copy) and answer
-``SELECT count(*) FROM pgbench_accounts`` with the 1,000,000 rows of scale 10.
+``SELECT count(*) FROM pgbench_accounts`` with the 1,000,000 rows of scale 10. Also shown:
+which data files one second of pgbench writes changes, and their size (what a pass that copies
+changed files whole copies, however little of them changed).
 
 Target: clonebot's freeze <= 250 ms.
 """
@@ -27,6 +29,7 @@ from typing import Any
 
 from bench.freeze import pause_script
 from bench.harness import (
+    MB,
     CommandFailed,
     best_effort,
     cli,
@@ -76,13 +79,14 @@ async def main() -> dict[str, Any]:
     async with DockerClient(settings.docker_host) as docker:
         try:
             node, volume = await _create_source(source)
+            changed = await _under_writes(node, lambda: _changed_files(node, seconds=1))
             runs = [
                 await _one_run(docker, settings, source=source, node=node, volume=volume, run=i)
                 for i in range(repetitions(RUNS))
             ]
         finally:
             await remove_environment(docker, source)
-    return _report(runs)
+    return _report(runs, changed)
 
 
 async def ensure_postgres_image() -> None:
@@ -214,6 +218,16 @@ async def _wait_for_transactions(node: str) -> None:
     raise CommandFailed(f"pgbench does not write in {node}")
 
 
+async def _changed_files(node: str, *, seconds: float) -> dict[str, int]:
+    """The data files pgbench's writes change in ``seconds`` (path: size in bytes): what a pass
+    copying changed files whole copies, however short the time since the last pass."""
+    await cli("docker", "exec", node, "touch", "/tmp/since")
+    await asyncio.sleep(seconds)
+    found = f"find {DATA} -type f -newer /tmp/since -printf '%s %P\\n'"
+    lines = (await cli("docker", "exec", node, "sh", "-c", found)).splitlines()
+    return {path: int(size) for size, path in (line.split(" ", 1) for line in lines)}
+
+
 async def _clone_answers(docker: DockerClient, clone: str) -> tuple[float, int]:
     """Time (s) until the clone's PostgreSQL answers, and its ``pgbench_accounts`` rows."""
     started = time.monotonic()
@@ -224,14 +238,16 @@ async def _clone_answers(docker: DockerClient, clone: str) -> tuple[float, int]:
     return time.monotonic() - started, int(rows.strip())
 
 
-def _report(runs: list[dict[str, float]]) -> dict[str, Any]:
+def _report(runs: list[dict[str, float]], changed: dict[str, int]) -> dict[str, Any]:
     mid = medians(runs)
+    changed_mb = sum(changed.values()) / MB
     result: dict[str, Any] = {
         "postgres_image": PG_IMAGE,
         "pgbench": {"scale": SCALE, "clients": CLIENTS},
         "runs": len(runs),
         "medians": mid,
         "samples": runs,
+        "changed_in_1s_of_writes": changed,
         "target_freeze_ms_max": TARGET_MS,
         "clones_answered": all(r["clone_pgbench_accounts"] == ROWS for r in runs),
         "meets_target": mid["clonebot_freeze_ms"] <= TARGET_MS,
@@ -252,6 +268,8 @@ def _report(runs: list[dict[str, float]]) -> dict[str, Any]:
         ],
     )
     print(f"  freeze_ms per run: {[int(r['clonebot_freeze_ms']) for r in runs]}")
+    print(f"  baseline per run (ms): {[int(r['manual_freeze_ms']) for r in runs]}")
+    print(f"  files changed by 1 s of pgbench writes: {len(changed)}, {changed_mb:.1f} MB in all")
     print(f"  clones answered with {ROWS:,} accounts: {result['clones_answered']}")
     write_results(NAME, result)
     return result
