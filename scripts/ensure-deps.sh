@@ -11,6 +11,7 @@ declare -A PACKAGES=(
     [/bin/busybox]=busybox-static            # copied into the test image: must be static
     [/usr/bin/docker-compose]=docker-compose # Compose 1.29, used by tests
     [/usr/bin/wrk]=wrk                       # used by benchmarks
+    [/usr/sbin/debootstrap]=debootstrap      # builds bench freeze-postgres's PostgreSQL image
     [/usr/sbin/haproxy]=haproxy              # the router (data plane), tested for real
     [/bin/ip]=iproute2                       # scripts/dockerd.sh makes its own bridge
     [/usr/bin/rsync]=rsync [/usr/bin/getfacl]=acl [/usr/bin/getfattr]=attr # the copy helper (services/volumes.py)
