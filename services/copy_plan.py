@@ -264,18 +264,63 @@ sub copy {  # false when rsync could not copy some path (a delta pass tries them
   my $top = exists $paths->{'.'};
   return 1 unless @all || $top;
   my @dirs = grep { my @st = lstat full($v, $_); @st && is_dir($st[2]) } @all;
-  spit("$S/list.$v", join("\0", @all) . "\0");
   spit("$S/dirs.$v", join("\0", @dirs) . "\0");
   open(my $seen, '>>', "$S/seen.$v") or die "cannot write $S/seen.$v: $!\n";
   print $seen join("\0", @all) . "\0";
   close $seen;
-  my $ok = !@all || rsync($final, @RSYNC, '--from0', "--files-from=$S/list.$v",
+  # big files patched in place are left for rsync to set their attributes (their size now
+  # matches, so --size-only sends no data); the rest are copied whole (-I: an in-place change
+  # with its mtime set back must not be skipped)
+  my @patched = grep { patch(full($v, $_), full($v, $_, '/to')) } @all;
+  my %patched = map { $_ => 1 } @patched;
+  my @whole = grep { !$patched{$_} } @all;
+  spit("$S/list.$v", join("\0", @whole) . "\0");
+  spit("$S/patched.$v", join("\0", @patched) . "\0");
+  my $ok = !@whole || rsync($final, @RSYNC, '--from0', "--files-from=$S/list.$v",
     '--delete-missing-args', '--force', '-I', "/from/$v/", "/to/$v/");
+  $ok = rsync($final, @RSYNC, '--from0', "--files-from=$S/patched.$v", '--size-only',
+    "/from/$v/", "/to/$v/") && $ok if @patched;
   # writing into a directory moved its mtime: set the listed directories' times again
   $ok = rsync($final, @RSYNC, '--from0', "--files-from=$S/dirs.$v", "/from/$v/", "/to/$v/")
     && $ok if @dirs;
   $ok = rsync($final, @RSYNC, '-d', '--exclude=*', "/from/$v/", "/to/$v/") && $ok if $top;
   return $ok;
+}
+
+my $PAGE = 4096;  # a file system block (a PostgreSQL page is two): no hole is filled
+my $CHUNK = 1 << 20;
+
+sub patch {  # true when $to now holds $from's bytes, written block by block where they differ
+  my ($from, $to) = @_;
+  # only single-link regular files of 1 MiB or more on both sides: hard-link groups stay rsync's
+  my @s = lstat $from or return 0;
+  my @d = lstat $to or return 0;
+  return 0 unless ($s[2] & 0170000) == 0100000 && ($d[2] & 0170000) == 0100000;
+  return 0 unless $s[3] == 1 && $d[3] == 1 && $s[7] >= $CHUNK;
+  open(my $src, '<:raw', $from) or return 0;
+  open(my $dst, '+<:raw', $to) or return 0;
+  my $old = $d[7];  # the destination's length: a zero page past it is left a hole
+  my $off = 0;
+  while (1) {
+    my $n = sysread($src, my $x, $CHUNK);
+    return 0 unless defined $n;
+    last if $n == 0;
+    sysseek($dst, $off, 0) or return 0;
+    my $m = sysread($dst, my $y, $n) // return 0;
+    if ($m != $n || $x ne $y) {
+      for (my $i = 0; $i < $n; $i += $PAGE) {
+        my $page = substr($x, $i, $PAGE);
+        next if $i + length($page) <= $m && $page eq substr($y, $i, $PAGE);
+        next if $off + $i >= $old && $page !~ /[^\0]/;  # a hole stays a hole (truncate below)
+        sysseek($dst, $off + $i, 0) or return 0;
+        (syswrite($dst, $page) // -1) == length($page) or return 0;
+      }
+    }
+    $off += $n;
+  }
+  truncate($dst, $off) or return 0;
+  close $dst or return 0;
+  return 1;
 }
 
 sub rsync {  # 24: a file vanished; 23 while the source runs: one changed under rsync's feet

@@ -45,6 +45,7 @@ touch -d '2020-01-02 03:04:05' mode owner stamp same
 echo linked > old; ln old old-link
 echo newline > 'new
 line'
+head -c 4194304 /dev/urandom > big; touch -d '2020-01-02 03:04:05' big
 truncate -s 256M sparse; echo data | dd of=sparse bs=4096 seek=1000 conv=notrunc 2>/dev/null
 echo x > attrs/x
 cd /v1
@@ -78,6 +79,10 @@ cp -p same same.tmp; echo 'CONTENT of same' > same.tmp; touch -r same same.tmp; 
 ln old new-link
 setfattr -n user.colour -v red attrs/x 2>/dev/null || true
 echo again > attrs/new; touch -d '2018-01-01 00:00:00' attrs/new
+perl -e 'open(my $f, "+<", "big") or die; seek($f, 2 << 20, 0); print $f "in place"'
+touch -d '2020-01-02 03:04:05' big
+perl -e 'open(my $f, "+<", "sparse") or die; seek($f, 100 << 20, 0); print $f "in place"'
+touch -r big sparse
 """
 # Changes between the arming of the final pass and the freeze.
 _BEFORE_FREEZE = r"""
@@ -89,6 +94,14 @@ rm 'new
 line'
 echo other > 'new
 line2'
+"""
+# The names of the files whose bytes are equal in /s and /d (the helper has perl, not cmp).
+_SAME_BYTES = r"""
+perl -e 'F: for my $f (@ARGV) {
+  open(my $s, "<", "/s/$f") or die; open(my $d, "<", "/d/$f") or die;
+  while (read($s, my $x, 1 << 20)) { read($d, my $y, 1 << 20); next F if $x ne $y }
+  print "$f\n" unless read($d, my $y, 1);
+}' big sparse
 """
 
 
@@ -245,6 +258,12 @@ async def test_a_copy_under_renames_deletes_and_quiet_changes_equals_the_frozen_
         assert clone0.entries["new\nline2"][0] == "f" and "new\nline" not in clone0.entries
         assert clone0.entries["new-link"][7] == clone0.entries["old"][7] != ""
         assert clone0.blocks["sparse"] <= 64, "the sparse file was inflated"
+        # changed in place during the pre-copy with the mtime set back: patched page by page
+        assert clone0.entries["big"][4].startswith("1577934245.")
+        same = await in_helper(
+            docker, settings, [f"{source.volumes[0]}:/s:ro", f"{targets[0]}:/d:ro"], _SAME_BYTES
+        )
+        assert same.split() == ["big", "sparse"], "a file changed in place was not copied"
         assert "user.colour=0x726564" in clone0.xattrs  # red
         assert "system.posix_acl_access" in clone0.xattrs
     finally:
