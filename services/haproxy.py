@@ -203,6 +203,8 @@ class RuntimeAPI:
             writer.write(line.encode() + b"\n")
             await writer.drain()
             return (await reader.read()).decode()
+        except OSError as exc:  # a worker stopping (killed, or replaced by a reload) resets it
+            raise RouterFailed(f"HAProxy's runtime API broke off: {exc}") from exc
         finally:
             writer.close()
             with contextlib.suppress(OSError):

@@ -189,9 +189,14 @@ async def _record(session: AsyncSession, request: Request, job: Job, *, action: 
         detail={"job": job.id, "source": job.source},
     )
     try:
+        # the name's reservation, added by the caller, is written first (its query would
+        # flush it anyway): a racing clone's shows here as an IntegrityError
+        await session.flush()
         # nothing else checks or takes a lock meanwhile: two conflicting jobs cannot both pass
         await serialize(session)
         await check_not_busy(session, job)
+    except IntegrityError:
+        return await _raced(session, request, job)
     except Busy as exc:  # refused like any other refusal: audited, nothing else kept
         await session.rollback()
         repo.record_audit(
@@ -215,12 +220,16 @@ async def _record(session: AsyncSession, request: Request, job: Job, *, action: 
             session.add(IdempotencyKey(key=request.key, job_id=job.id))
         await session.commit()
     except IntegrityError:
-        await session.rollback()
-        # the same delivery recorded by a racing process, or the name taken by a racing clone
-        if (earlier := await _earlier(session, request)) is not None:
-            return earlier
-        raise NameTaken(job.environment) from None
+        return await _raced(session, request, job)
     return job
+
+
+async def _raced(session: AsyncSession, request: Request, job: Job) -> Job:
+    """The same delivery recorded by a racing process, or the name taken by a racing clone."""
+    await session.rollback()
+    if (earlier := await _earlier(session, request)) is not None:
+        return earlier
+    raise NameTaken(job.environment) from None
 
 
 async def _default_name(svc: Services, session: AsyncSession, source: str) -> str:
