@@ -118,6 +118,15 @@ async def remove_projects(docker: DockerClient, names: set[str]) -> None:
             await docker.remove_image(i["Id"])
 
 
+async def take_down(docker: DockerClient, name: str) -> None:
+    """What `docker compose down` does: containers and networks go, volumes stay."""
+    label = [f"{PROJECT}={name}"]
+    for container in await docker.list_containers(labels=label):
+        await docker.remove_container(container["Id"])
+    for network in await docker.list_networks(labels=label):
+        await docker.remove_network(network["Id"])
+
+
 MakeSource = Callable[..., Awaitable[SourceEnv]]
 
 

@@ -30,18 +30,10 @@ from tests.conftest import (
     in_volume,
     read_volume,
     remove_projects,
+    take_down,
 )
 
 FRIEND = "UFRIEND2"
-
-
-async def _take_down(docker: DockerClient, name: str) -> None:
-    """What `docker compose down` does: containers and networks go, volumes stay."""
-    label = [f"{PROJECT}={name}"]
-    for container in await docker.list_containers(labels=label):
-        await docker.remove_container(container["Id"])
-    for network in await docker.list_networks(labels=label):
-        await docker.remove_network(network["Id"])
 
 
 async def test_the_owner_removes_a_down_environments_domain_then_deletes_it(
@@ -51,7 +43,7 @@ async def test_the_owner_removes_a_down_environments_domain_then_deletes_it(
     domain = f"{down}.example.com"
     await share_environment(svc, Request(OWNER), name=down, user=FRIEND, role="viewer")
     await add_domain(svc, Request(OWNER), env=down, domain=domain)
-    await _take_down(svc.docker, down)
+    await take_down(svc.docker, down)
 
     with pytest.raises(BadRequest, match=f"{down} serves {domain}: swap the domains back or"):
         await submit_delete(svc, Request(OWNER), name=down, force=False)
@@ -177,7 +169,7 @@ async def test_forget_is_refused_while_a_job_uses_the_environment(
     down = (await make_source(web_nodes=1)).name
     # recorded (as any first action records it), then brought down
     await share_environment(svc, Request(OWNER), name=down, user=FRIEND, role="viewer")
-    await _take_down(svc.docker, down)
+    await take_down(svc.docker, down)
     job = await submit_delete(svc, Request(OWNER), name=down, force=True)
 
     with pytest.raises(Busy, match=f"^{down} is busy: delete, job {job.id[:4]}"):

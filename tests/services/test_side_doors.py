@@ -38,6 +38,7 @@ from tests.conftest import (
     exec_output,
     in_volume,
     read_volume,
+    take_down,
 )
 
 FRIEND, NEW_OWNER = "UFRIEND1", "UNEWOWNER1"
@@ -52,15 +53,6 @@ async def _compose_volume(docker: DockerClient, *, project: str, short: str) -> 
     )
     await in_volume(docker, name, "echo precious > /v/only-copy", write=True)
     return name
-
-
-async def _take_down(docker: DockerClient, name: str) -> None:
-    """What `docker compose down` does: containers and networks go, volumes stay."""
-    label = [f"{PROJECT}={name}"]
-    for container in await docker.list_containers(labels=label):
-        await docker.remove_container(container["Id"])
-    for network in await docker.list_networks(labels=label):
-        await docker.remove_network(network["Id"])
 
 
 async def _pauses(docker: DockerClient, *, container: str, since: float) -> list[str]:
@@ -130,7 +122,7 @@ async def test_a_down_environment_keeps_its_owner_until_an_admin_forgets_it(
     domain = f"{down}.example.com"
     await share_environment(svc, Request(OWNER), name=down, user=FRIEND, role="viewer")
     await add_domain(svc, Request(OWNER), env=down, domain=domain)
-    await _take_down(svc.docker, down)
+    await take_down(svc.docker, down)
 
     # someone with no right on it clones into its name: refused, by its volume, then its record
     with pytest.raises(NameTaken, match=f"^{down} is taken: volume {down}_data"):
@@ -179,7 +171,7 @@ async def test_what_a_down_environment_left_goes_only_with_force(
 ) -> None:
     down = (await make_source(web_nodes=0)).name
     await share_environment(svc, Request(OWNER), name=down, user=FRIEND, role="viewer")
-    await _take_down(svc.docker, down)
+    await take_down(svc.docker, down)
 
     with pytest.raises(BadRequest) as refused:
         await submit_delete(svc, Request(OWNER), name=down, force=False)
