@@ -2,7 +2,7 @@
 
 Every stateful layer's master is copied into the clone's first node of that layer: its
 volumes (by a helper container, see ``volumes.py``) and its own file system (a commit, then
-the paths ``docker diff`` names that changed since). All masters are frozen together, so the
+the paths changed since, see ``rootfs.py``). All masters are frozen together, so the
 clone is one instant across layers, and each is resumed whatever happens.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+from services import rootfs
 from services.docker import JSON, DockerClient, gather_all
 from services.environments import Layer, Node
 from services.errors import ClonebotError, DockerFailed, DockerUnavailable, FreezeTimeout
@@ -27,8 +28,6 @@ from services.settings import Settings
 from services.volumes import FinalPass, copy_helper, ensure_helper_image, pre_copy
 
 log = logging.getLogger(__name__)
-_DIR = 1 << 31
-_DELETED = 2
 FreezeRecorder = Callable[[dict[str, str]], Awaitable[None]]
 FREEZE_LABEL = "clonebot.freeze"  # "pause" (the default) or "stop"
 
@@ -39,7 +38,6 @@ async def ignore_freeze(frozen: dict[str, str]) -> None:
 
 _CONFLICT = 409
 _RESUME_TRIES = 5
-_STAT_CONCURRENCY = 16
 
 
 @dataclass
@@ -249,31 +247,34 @@ class _MasterCopy:
         self.helper: str | None = None
         self._resources = AsyncExitStack()
         self._final: FinalPass | None = None
-        self._baseline: dict[str, tuple[int, int, str]] = {}
-        self._deleted: set[str] = set()
+        self._rootfs_helper: str | None = None  # lists the master's changes (overlay2)
+        self._baseline: rootfs.Listing = {}
         self._recommit = False
         self._changed_rootfs = False
 
     async def prepare(self) -> None:
+        upper = rootfs.upper_dir(self.layer.master)
+        if self.volumes or upper:
+            helper = copy_helper(
+                self.docker,
+                image=self.settings.helper_image,
+                name=f"{self.plan.name}-copy-{self.layer.name}-{self.plan.job}",
+                pairs=[(v.source or "", v.name) for v in self.volumes],
+                labels=self.plan.labels(),
+                rootfs=upper,
+            )
+            self.helper = await self._resources.enter_async_context(helper)
+        self._rootfs_helper = self.helper if upper else None
         await gather_all(self._pre_copy_volumes(), self._pre_copy_rootfs())
-        if self.helper:
+        if self.volumes and self.helper:
             final = FinalPass(
                 self.docker, helper=self.helper, count=len(self.volumes), on_warning=self._warn
             )
             self._final = await self._resources.enter_async_context(final)
 
     async def _pre_copy_volumes(self) -> None:
-        if not self.volumes:
+        if not self.volumes or self.helper is None:
             return
-        pairs = [(v.source or "", v.name) for v in self.volumes]
-        helper = copy_helper(
-            self.docker,
-            image=self.settings.helper_image,
-            name=f"{self.plan.name}-copy-{self.layer.name}-{self.plan.job}",
-            pairs=pairs,
-            labels=self.plan.labels(),
-        )
-        self.helper = await self._resources.enter_async_context(helper)
         await failpoint("pre-copy")
         total = sum(v.bytes for v in self.volumes)
         async with step(self.emit, "pre-copy", self.first.name):
@@ -284,7 +285,7 @@ class _MasterCopy:
             await pre_copy(
                 self.docker,
                 helper=self.helper,
-                count=len(pairs),
+                count=len(self.volumes),
                 on_bytes=on_bytes,
                 on_warning=self._warn,
             )
@@ -292,11 +293,10 @@ class _MasterCopy:
     async def _pre_copy_rootfs(self) -> None:
         master = self.layer.master
         async with step(self.emit, "commit", self.first.name):
-            diff = await self.docker.diff_container(master.id)
-            self._deleted = {e["Path"] for e in diff if e["Kind"] == _DELETED}
-            paths = [e["Path"] for e in diff if e["Kind"] != _DELETED]
-            # stat before the commit: a change in between is copied again, never missed
-            self._baseline = await _stat_many(self.docker, master.id, paths)
+            # listed before the commit: a change in between is copied again, never missed
+            self._baseline = await rootfs.list_changes(
+                self.docker, master=master.id, helper=self._rootfs_helper
+            )
             image = await self._commit(master.id)
             self.first.config["Image"] = image
             self.first_id = await _create(self.docker, self.first, self.ledger)
@@ -319,14 +319,13 @@ class _MasterCopy:
 
     async def _final_rootfs(self) -> None:
         master = self.layer.master.id
-        diff = await self.docker.diff_container(master)
-        if {e["Path"] for e in diff if e["Kind"] == _DELETED} - self._deleted:
+        now = await rootfs.list_changes(self.docker, master=master, helper=self._rootfs_helper)
+        paths = rootfs.changed_paths(self._baseline, now)
+        if paths is None:
             # a path removed since the commit: only a new commit removes it from the clone
             self.first.config["Image"] = await self._commit(master)
             self._recommit = True
             return
-        current = await _stat_many(self.docker, master, [e["Path"] for e in diff if e["Kind"] != 2])
-        paths = _paths_to_copy(self._baseline, current)
         for path in paths:
             await self.docker.copy_path(
                 src=master, dst=self.first_id, path=path, into=posixpath.dirname(path)
@@ -378,36 +377,3 @@ class _MasterCopy:
 
 async def _create(docker: DockerClient, node: NodePlan, ledger: Ledger) -> str:
     return await ledger.create_container(name=node.name, config=node.config, networks=node.networks)
-
-
-async def _stat_many(
-    docker: DockerClient, ref: str, paths: list[str]
-) -> dict[str, tuple[int, int, str]]:
-    limit = asyncio.Semaphore(_STAT_CONCURRENCY)
-
-    async def one(path: str) -> tuple[str, JSON | None]:
-        async with limit:
-            return path, await docker.stat_path(ref, path)
-
-    results = await gather_all(*(one(p) for p in paths))
-    return {
-        path: (int(st.get("mode", 0)), int(st.get("size", 0)), str(st.get("mtime", "")))
-        for path, st in results
-        if st is not None
-    }
-
-
-def _paths_to_copy(
-    before: dict[str, tuple[int, int, str]], now: dict[str, tuple[int, int, str]]
-) -> list[str]:
-    """The top-most paths to copy: new or changed files, and whole new directories."""
-    chosen: list[str] = []
-    for path in sorted(now):
-        if now[path] == before.get(path):
-            continue
-        if path in before and now[path][0] & _DIR:
-            continue  # an existing directory: its changed entries are listed themselves
-        if any(path.startswith(parent.rstrip("/") + "/") for parent in chosen):
-            continue
-        chosen.append(path)
-    return chosen

@@ -148,7 +148,7 @@ def _helper_rootfs(busybox: Path, tools: list[Path]) -> bytes:
     files = {f"usr/bin/{tool.name}": tool for tool in tools}
     for tool in tools:
         files.update({lib.lstrip("/"): Path(lib) for lib in _linked_libraries(tool)})
-    folders = {"bin", "tmp", "from", "to", "usr/lib/clonebot"}
+    folders = {"bin", "tmp", "from", "to", "rootfs", "usr/lib/clonebot"}
     for path in files:
         parent = Path(path).parent
         folders.update(str(p) for p in [parent, *parent.parents] if str(p) != ".")
@@ -216,10 +216,14 @@ async def copy_helper(
     name: str,
     pairs: list[tuple[str, str]],
     labels: dict[str, str],
+    rootfs: str | None = None,
 ) -> AsyncIterator[str]:
-    """A running helper container with ``(source, target)`` volume pairs mounted."""
+    """A running helper container with ``(source, target)`` volume pairs mounted, and a
+    source container's upper directory (see ``rootfs.py``) read-only at ``/rootfs``."""
     mounts = [_mount(src, f"/from/{i}", read_only=True) for i, (src, _) in enumerate(pairs)]
     mounts += [_mount(dst, f"/to/{i}", read_only=False) for i, (_, dst) in enumerate(pairs)]
+    if rootfs is not None:
+        mounts.append(_mount(rootfs, "/rootfs", read_only=True))
     config = _helper_config(image, ["sleep", "2147483647"], mounts, labels=labels)
     cid = await docker.create_container(name=name, config=config)
     try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
-from services.docker import DockerClient
+from services.docker import DockerClient, ExecSession
 from services.environments import JOB, PROJECT, get_environment
 from services.errors import (
     CloneFailed,
@@ -92,10 +93,13 @@ class FailingDocker(DockerClient):
         if self.hold is not None:
             await self.hold.wait()  # held frozen until the test cancels the job
 
-    async def diff_container(self, ref: str) -> list[dict[str, Any]]:
+    @asynccontextmanager
+    async def exec_session(self, ref: str, cmd: list[str]) -> AsyncIterator[ExecSession]:
+        # while frozen, the helper lists what changed in the source's own files
         if self.fail == "freeze" and self.paused.is_set():
             raise DockerFailed("injected failure while frozen")
-        return await super().diff_container(ref)
+        async with super().exec_session(ref, cmd) as session:
+            yield session
 
 
 async def _assert_nothing_left(docker: DockerClient, *, clone: str, source: str) -> None:
