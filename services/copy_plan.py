@@ -9,8 +9,9 @@ without its library). Its state lives in ``/tmp/cb`` of the helper container.
   drain markers) and waits until its watches are set; then records every entry's inode, mode,
   links, owner, size, mtime and ctime (the base). If inotify cannot watch (its limits),
   changes are found by comparing with the base instead.
-* ``pass COUNT``: while the source runs, repeated until little is left (iterative pre-copy).
-* ``final COUNT``: during the freeze, one pass.
+* ``armed COUNT``: while the source runs, passes repeated until little is left (iterative
+  pre-copy), then ``ready``; a line read on stdin (the source is frozen now) starts the final
+  pass, then ``done``. One process throughout, so the freeze waits for no program to start.
 * ``rootfs``: lists ``/rootfs`` (a source container's overlay2 upper directory, read-only):
   ``entry KIND SIG HEXPATH`` per path, KIND ``w`` for a whiteout (a removed path), ``o`` for a
   directory that hides the one below it (opaque, or redirected by a rename), ``d`` for another
@@ -475,10 +476,12 @@ if ($cmd eq 'start') {
   }
   spit("$S/mode", $how);
   if ($how ne 'off') { write_base($_) for @vols }
-} elsif ($cmd eq 'pass') {
+} elsif ($cmd eq 'armed') {
   for (1 .. 4) { last if one_pass() < 1000 }  # little is left for the freeze: stop
-} elsif ($cmd eq 'final') {
+  print "ready\n";
+  defined(<STDIN>) or die "no word to start the final pass\n";
   one_pass(1);
+  print "done\n";
 } elsif ($cmd eq 'rootfs') {
   list_rootfs();
 } else {

@@ -11,6 +11,8 @@ import asyncio
 import base64
 import io
 import json
+import posixpath
+import tarfile
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -48,6 +50,9 @@ async def _or_none(what: str, call: Awaitable[T]) -> T | None:
         if exc.status == _NOT_FOUND:
             return None
         raise
+
+
+_HEADERS = 64 * 1024  # enough for a directory's tar header, with its PAX records
 
 
 class ExecSession:
@@ -213,6 +218,35 @@ class DockerClient:
             headers={"Content-Type": "application/x-tar"},
         )
         await _translate(f"copy {path} from {src} to {dst}", _drain(put))
+
+    async def copy_attributes(self, *, src: str, dst: str, path: str) -> None:
+        """Give the existing directory ``path`` of ``dst`` the mode, owner and times it has in
+        ``src``, leaving its entries alone: the engine sets a directory's times from its tar
+        header after extracting, so a tar of that header alone is put in its parent."""
+
+        async def first_header() -> tarfile.TarInfo:
+            call = self.api._query(f"containers/{src}/archive", params={"path": path})
+            async with call as resp:  # the rest of the directory is never read
+                stream = io.BytesIO(await resp.content.read(_HEADERS))
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                info = tar.next()
+            if info is None or not info.isdir():
+                raise DockerFailed(f"{path} in {src} is not a directory")
+            return info
+
+        info = await _translate(f"stat {path} in {src}", first_header())
+        info.name = posixpath.basename(path)
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.addfile(info)
+        put = self.api._query(
+            f"containers/{dst}/archive",
+            method="PUT",
+            params={"path": posixpath.dirname(path)},
+            data=out.getvalue(),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        await _translate(f"set the attributes of {path} in {dst}", _drain(put))
 
     @asynccontextmanager
     async def exec_session(self, ref: str, cmd: list[str]) -> AsyncIterator[ExecSession]:

@@ -330,7 +330,11 @@ class _MasterCopy:
             await self.docker.copy_path(
                 src=master, dst=self.first_id, path=path, into=posixpath.dirname(path)
             )
-        self._changed_rootfs = bool(paths)
+        # after the copies, which moved the times of the directories they wrote into
+        directories = rootfs.changed_directories(self._baseline, now)
+        for path in directories:
+            await self.docker.copy_attributes(src=master, dst=self.first_id, path=path)
+        self._changed_rootfs = bool(paths or directories)
 
     async def complete(self) -> None:
         """After the freeze: the layer's other nodes, copied from the first, not the source."""

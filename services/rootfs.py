@@ -82,6 +82,12 @@ def changed_paths(before: Listing, now: Listing) -> list[str] | None:
     return chosen
 
 
+def changed_directories(before: Listing, now: Listing) -> list[str]:
+    """The directories that were there before and changed since (their mode, owner or times;
+    an entry made or removed in them moved their mtime): their attributes are copied last."""
+    return sorted(p for p, e in now.items() if e.kind == "d" and before.get(p, e) != e)
+
+
 async def _list_upper(docker: DockerClient, *, helper: str) -> Listing:
     listing: Listing = {}
     tail: list[str] = []

@@ -108,11 +108,7 @@ echo done
 
 _FINAL_PASS = r"""
 exec 2>&1
-perl /usr/lib/clonebot/plan.pl pass "$1" || exit 1
-echo ready
-read go
-perl /usr/lib/clonebot/plan.pl final "$1" || exit 1
-echo done
+exec perl /usr/lib/clonebot/plan.pl armed "$1"
 """
 
 

@@ -42,15 +42,16 @@ _REMOVALS = {
     "image-directory-replaced": "rm -r /var/www; mkdir /var/www; echo new > /var/www/other",
 }
 _SCRIPTS = {"changes": _CHANGES} | {k: f"{_CHANGES}\n{v}" for k, v in _REMOVALS.items()}
-# every path of the root file system with its type, mode, owner, and for what is not a
-# directory its size and mtime (a directory's mtime is not kept: see the README), then the
-# checksum of every regular file outside /bin. Left out: the volumes, and what the engine
-# makes anew for each container (its "init" layer and mounts).
+# every path of the root file system with its type, mode, owner and mtime (and size, but for
+# a directory), then the checksum of every regular file outside /bin. Left out: the volumes,
+# and what the engine makes anew for each container: its mounts, and its "init" layer, which
+# lies above the image and so gives / and /etc the time the container was created.
 _ENGINE_MADE = "/proc /sys /dev /data /anon /.dockerenv /etc/hosts /etc/hostname /etc/resolv.conf"
 _PRUNE = " -o ".join(f"-path {p}" for p in [*_ENGINE_MADE.split(), "/etc/mtab"])
 _LISTING = rf"""
-find / -xdev \( {_PRUNE} \) -prune -o -print | sort | while IFS= read -r p; do
-  if [ -d "$p" ] && [ ! -L "$p" ]; then stat -c '%n %F %a %u %g' "$p"
+find / -mindepth 1 -xdev \( {_PRUNE} \) -prune -o -print | sort | while IFS= read -r p; do
+  if [ "$p" = /etc ]; then stat -c '%n %F %a %u %g' "$p"
+  elif [ -d "$p" ] && [ ! -L "$p" ]; then stat -c '%n %F %a %u %g %Y' "$p"
   else stat -c '%n %F %s %a %u %g %Y' "$p"; fi
 done
 find /srv /etc /root /var -xdev \( {_PRUNE} \) -prune -o -type f -exec md5sum {{}} + | sort
