@@ -226,10 +226,15 @@ class DockerClient:
 
         async def first_header() -> tarfile.TarInfo:
             call = self.api._query(f"containers/{src}/archive", params={"path": path})
+            head = b""
             async with call as resp:  # the rest of the directory is never read
-                stream = io.BytesIO(await resp.content.read(_HEADERS))
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                info = tar.next()
+                while len(head) < _HEADERS and (more := await resp.content.read(_HEADERS)):
+                    head += more
+            try:
+                with tarfile.open(fileobj=io.BytesIO(head), mode="r|") as tar:
+                    info = tar.next()
+            except tarfile.TarError as exc:
+                raise DockerFailed(f"the engine's archive of {path} is unreadable: {exc}") from exc
             if info is None or not info.isdir():
                 raise DockerFailed(f"{path} in {src} is not a directory")
             return info
