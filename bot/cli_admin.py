@@ -29,6 +29,7 @@ from storage import repositories as repo
 from storage.db import upgrade
 from storage.models import AuditEntry, Job
 
+log = logging.getLogger(__name__)
 Env = Annotated[str, typer.Argument(help="The environment.")]
 
 
@@ -137,8 +138,10 @@ def serve(
         bool, typer.Option(help="Run clonebot's own HAProxy on CLONEBOT_ROUTER_BIND.")
     ] = True,
 ) -> None:
-    """Run clonebot: the Slack app (when SLACK_BOT_TOKEN is set), the router, and the worker
-    that recovers dead jobs at start and runs orphaned queued ones. Stops on SIGINT or SIGTERM.
+    """Run clonebot: the Slack app, the router, and the worker that recovers dead jobs at start
+    and runs orphaned queued ones. Stops on SIGINT or SIGTERM. Without SLACK_BOT_TOKEN (or with
+    CLONEBOT_PLAYGROUND=1) the Slack app is played by the playground at
+    http://127.0.0.1:PORT/, a page that works like a Slack channel.
     """
 
     async def work(svc: Services) -> None:
@@ -151,11 +154,8 @@ def serve(
         )
         async with contextlib.AsyncExitStack() as stack:
             settings = svc.settings
-            if settings.slack_bot_token is None:
-                from bot.health import serving_health
-
-                await stack.enter_async_context(serving_health(svc))  # /healthz says "off"
-                how = "Slack is off (set SLACK_BOT_TOKEN to turn it on)"
+            if settings.slack_bot_token is None or settings.playground:
+                svc, how = await _serve_playground(svc, stack)
             else:
                 from bot.slack.app import running_app  # Bolt loads only where it serves
 
@@ -172,6 +172,24 @@ def serve(
     # finds nothing started yet that would need stopping
     signal.signal(signal.SIGTERM, _exit_now)
     run(work)
+
+
+async def _serve_playground(
+    svc: Services, stack: contextlib.AsyncExitStack
+) -> tuple[Services, str]:
+    """The Slack app played by the playground on 127.0.0.1:PORT, its address printed first;
+    if PORT is taken, clonebot runs on without it (and without /healthz), as it says."""
+    from bot.playground.serving import running_playground  # Bolt loads only where it serves
+
+    try:
+        played, playground = await stack.enter_async_context(running_playground(svc))
+    except OSError as exc:
+        log.warning("the playground is off: port %s: %s", svc.settings.port, exc.strerror)
+        return svc, "Slack is off (set SLACK_BOT_TOKEN to turn it on)"
+    out.print(f"Playground: {playground.url}", highlight=False)
+    if svc.settings.slack_bot_token is not None:
+        return played, "the playground plays Slack (CLONEBOT_PLAYGROUND=1: the tokens are unused)"
+    return played, "Slack is off; the playground plays it (set SLACK_BOT_TOKEN for Slack)"
 
 
 def _exit_now(signum: int, frame: object) -> None:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     slack_signing_secret: str | None = Field(default=None, alias="SLACK_SIGNING_SECRET")
     slack_app_token: str | None = Field(default=None, alias="SLACK_APP_TOKEN")
     slack_api_url: str = Field(default="https://slack.com/api/", alias="SLACK_API_URL")
+    # the playground (bot.playground) plays Slack on 127.0.0.1:PORT: always without
+    # SLACK_BOT_TOKEN; with it only when asked, and then instead of Slack
+    playground: bool = Field(default=False, alias="CLONEBOT_PLAYGROUND")
     port: int = Field(default=3000, gt=0, lt=65536, alias="PORT")
     http_host: str = Field(default="0.0.0.0", alias="CLONEBOT_HTTP_HOST")
     notify_channel: str | None = Field(default=None, alias="CLONEBOT_NOTIFY_CHANNEL")

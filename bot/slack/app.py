@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -30,6 +30,9 @@ from bot.slack.notices import Notices
 from bot.slack.progress import JobMessages
 from services.context import Services
 from storage.models import Job
+
+if TYPE_CHECKING:
+    from bot.playground.server import Playground
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +64,23 @@ def create_app(svc: Services) -> tuple[AsyncApp, SlackBot]:
 
 
 @contextlib.asynccontextmanager
-async def running_app(svc: Services) -> AsyncIterator[SlackBot]:
-    """The app serving Slack until the block ends; then its jobs are stopped (rolled back)."""
+async def running_app(
+    svc: Services, *, playground: Playground | None = None
+) -> AsyncIterator[SlackBot]:
+    """The app serving Slack until the block ends; then its jobs are stopped (rolled back).
+
+    With ``playground`` the app is served with the playground's routes beside its own, and
+    the playground plays Slack (``bot.playground.serving`` makes the settings it needs):
+    ``/healthz`` then says Slack is off, as it is."""
     settings = svc.settings
     app, bot = create_app(svc)
     stats = _Stats()
     web_app = web.Application(client_max_size=MAX_BODY)
     slack_check = SlackCheck(bot.client)
-    web_app.router.add_get("/healthz", healthz(svc, slack=slack_check))
+    web_app.router.add_get("/healthz", healthz(svc, slack=None if playground else slack_check))
     web_app.router.add_get("/metrics", _metrics(svc, bot, stats))
+    if playground is not None:
+        playground.add_routes(web_app)
     if settings.slack_app_token is None:
         secret = settings.slack_signing_secret or ""
         edge = SlackEdge(app, signing_secret=secret, api_url=settings.slack_api_url)
@@ -88,10 +99,12 @@ async def running_app(svc: Services) -> AsyncIterator[SlackBot]:
             await socket_mode.connect_async()  # type: ignore[no-untyped-call]
             slack_check.socket = socket_mode.client
             log.info("Slack: Socket Mode connected; /healthz on port %s", settings.port)
-        else:
+        elif playground is None:
             log.info("Slack: POST /slack/events on %s:%s", settings.http_host, settings.port)
         yield bot
     finally:
+        if playground is not None:
+            await playground.close()  # the page's streams end, so the site can stop
         if socket_mode is not None:
             await socket_mode.close_async()  # type: ignore[no-untyped-call]
         if site in runner.sites:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from slack_sdk.models.views import View
 
+from bot.playground.contract import check_blocks, check_view
 from bot.slack import ids
 from bot.slack.messages import (
     Message,
@@ -42,7 +43,6 @@ from bot.slack.views import (
     split_modal,
 )
 from storage.models import Job
-from tests.slack.contract import check_blocks, check_view
 from tests.slack.signing import view_submission
 
 OWNER = "UOWNER1"

@@ -20,12 +20,12 @@ from typing import NamedTuple, TypeVar
 import pytest
 from aiohttp import WSMsgType, web
 
-from tests.slack.contract import check_arguments, check_blocks, check_view, spec_methods
-from tests.slack.workspace import APP_ID, HANDLERS, Answer, Params, Workspace
+from bot.playground.api import content_problems, read_params
+from bot.playground.contract import check_arguments, check_blocks, spec_methods
+from bot.playground.workspace import APP_ID, HANDLERS, Answer, Params, Workspace
 
 T = TypeVar("T")
 SOCKET_MODE = "apps.connections.open"
-JSON_ARGUMENTS = ("blocks", "attachments", "view", "metadata")  # JSON strings in a form body
 
 
 class Call(NamedTuple):
@@ -209,7 +209,7 @@ class SlackEmulator:
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        params, problems = await _read_params(request)
+        params, problems = await read_params(request)
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         token = str(params.pop("token", token))
         status, headers, answer = self._answer(method, params, token=token, problems=problems)
@@ -238,7 +238,7 @@ class SlackEmulator:
             self._violate(method, problems)
             answer = {"ok": False, "error": "invalid_arguments"}
             return 200, {}, answer | {"response_metadata": {"messages": problems}}
-        error, problems = _content_problems(method, params)
+        error, problems = content_problems(method, params)
         if problems:
             self._violate(method, problems)
             return 200, {}, {"ok": False, "error": error}
@@ -283,42 +283,6 @@ class SlackEmulator:
         self.responses.append(body)
         self._notify()
         return web.Response(text="ok")
-
-
-async def _read_params(request: web.Request) -> tuple[Params, list[str]]:
-    """Query and body arguments, JSON or form-encoded; JSON-in-form arguments decoded."""
-    params: Params = dict(request.query)
-    problems = []
-    if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return params, ["the body is not a JSON object"]
-        params |= body
-    else:
-        params |= {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-    for name in JSON_ARGUMENTS:
-        if isinstance(params.get(name), str):
-            try:
-                params[name] = json.loads(params[name])
-            except ValueError:
-                problems.append(f"{name} is not JSON")
-    return params, problems
-
-
-def _content_problems(method: str, params: Params) -> tuple[str, list[str]]:
-    """The error Slack answers for a view or message it cannot show, and why."""
-    if method.startswith("views."):
-        return "invalid_arguments", check_view(params.get("view"))
-    if "blocks" in params:
-        return "invalid_blocks", check_blocks(params["blocks"])
-    if method in ("chat.postMessage", "chat.postEphemeral") and not (
-        params.get("text") or params.get("attachments")
-    ):
-        return "no_text", ["a message needs text, blocks or attachments"]
-    return "", []
 
 
 @pytest.fixture(name="slack")

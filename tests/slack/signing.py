@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from tests.slack.workspace import APP_ID, TEAM_DOMAIN, TEAM_ID, Params
+from bot.playground.workspace import APP_ID, TEAM_DOMAIN, TEAM_ID, Params
 
 CHANNEL_ID = "C0CLONES"
 FORM = "application/x-www-form-urlencoded"

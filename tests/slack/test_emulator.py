@@ -30,7 +30,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from tests.slack.contract import check_arguments, check_blocks, check_view
+from bot.playground.contract import check_arguments, check_blocks, check_view
 from tests.slack.emulator import SOCKET_MODE, SlackEmulator, Violation, slack_fixture  # noqa: F401
 from tests.slack.signing import (
     CHANNEL_ID,

@@ -1,4 +1,7 @@
-"""The state of the emulated Slack workspace and the answers its Web API methods give.
+"""The state of a Slack workspace played in memory, and the answers its Web API methods give.
+
+The playground (``bot.playground.server``) and the tests' emulator (``tests.slack.emulator``)
+both answer from it.
 
 Answers carry the fields slack_sdk and slack_bolt read (``ts``, ``channel``, ``message``,
 ``view.id``/``hash``, ``auth.test``'s ids); everything else a real answer holds is left out.
@@ -33,8 +36,13 @@ class SlackError(Exception):
 
 @dataclass
 class Workspace:
-    """Messages by channel and ts, views by id, each user's Home view and DM channel."""
+    """Messages by channel and ts, views by id, each user's Home view and DM channel.
 
+    ``names`` gives users and channels their names (``users.info``, ``conversations.info``);
+    an id it lacks is named after itself."""
+
+    team_id: str = TEAM_ID
+    names: dict[str, str] = field(default_factory=dict)
     messages: dict[str, dict[str, Params]] = field(default_factory=dict)
     ephemeral: list[Params] = field(default_factory=list)
     views: dict[str, Params] = field(default_factory=dict)
@@ -80,7 +88,7 @@ class Workspace:
             "url": f"https://{TEAM_DOMAIN}.slack.com/",
             "team": TEAM_DOMAIN,
             "user": "clonebot",
-            "team_id": TEAM_ID,
+            "team_id": self.team_id,
             "user_id": BOT_USER_ID,
             "bot_id": BOT_ID,
             "is_enterprise_install": False,
@@ -123,7 +131,7 @@ class Workspace:
         return {"channel": channel, "permalink": link}
 
     def open_view(self, params: Params) -> Answer:
-        return {"view": self._store_view(params["view"])}
+        return {"view": self.store_view(params["view"])}
 
     def update_view(self, params: Params) -> Answer:
         by_external = {v["external_id"]: v["id"] for v in self.views.values() if v["external_id"]}
@@ -131,21 +139,21 @@ class Workspace:
         if view_id not in self.views:
             raise SlackError("not_found")
         _check_hash(self.views[view_id], params)
-        return {"view": self._store_view(params["view"], view_id=view_id)}
+        return {"view": self.store_view(params["view"], view_id=view_id)}
 
     def publish_view(self, params: Params) -> Answer:
         user_id, view_id = params["user_id"], self.homes.get(params["user_id"])
         if view_id is not None:
             _check_hash(self.views[view_id], params)
-        view = self._store_view(params["view"], view_id=view_id)
+        view = self.store_view(params["view"], view_id=view_id)
         self.homes[user_id] = view["id"]
         return {"view": view}
 
-    def _store_view(self, view: Params, *, view_id: str | None = None) -> Params:
+    def store_view(self, view: Params, *, view_id: str | None = None) -> Params:
         view_id = view_id or f"V{next(self._serial):08X}"
         stored: Params = {
             "id": view_id,
-            "team_id": TEAM_ID,
+            "team_id": self.team_id,
             "app_id": APP_ID,
             "bot_id": BOT_ID,
             "private_metadata": "",
@@ -169,7 +177,8 @@ class Workspace:
     def conversation_info(self, params: Params) -> Answer:
         channel = _given(params, "channel", error="channel_not_found")
         is_im = channel.startswith("D")
-        info = {"id": channel, "name": channel.lower(), "is_channel": not is_im, "is_im": is_im}
+        name = self.names.get(channel, channel.lower())
+        info = {"id": channel, "name": name, "is_channel": not is_im, "is_im": is_im}
         info |= {"is_private": channel[:1] in ("D", "G"), "is_member": True}
         if is_im:
             info["user"] = next((u for u, dm in self.dms.items() if dm == channel), None)
@@ -177,10 +186,11 @@ class Workspace:
 
     def user_info(self, params: Params) -> Answer:
         user_id = _given(params, "user", error="user_not_found")
-        name = user_id.lower()
+        name = self.names.get(user_id, user_id.lower())
         profile = {"display_name": name, "real_name": name.title()}
+        user = {"id": user_id, "team_id": self.team_id, "name": name, "real_name": name.title()}
         return {
-            "user": {"id": user_id, "team_id": TEAM_ID, "name": name, "real_name": name.title()}
+            "user": user
             | {"tz": "UTC", "is_bot": False, "is_admin": False, "deleted": False}
             | {"profile": profile}
         }

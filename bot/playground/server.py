@@ -1,0 +1,312 @@
+"""The playground's routes, added to the Slack app's own web application on 127.0.0.1:PORT.
+
+``GET /`` and ``/static/…``: the page. ``/api/{method}``: the Web API the bot calls.
+``/playground/…``: the page's requests (protocol of issue 10), the stream of what the bot
+did, and the response_urls the bot's ``respond()`` posts to.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bot.playground.api import WebApi, message_event
+from bot.playground.contract import check_blocks, check_view
+from bot.playground.feed import Feed
+from bot.playground.people import CHANNEL, CHANNELS, PEOPLE, TEAM_ID, Person
+from bot.playground.slack_side import (
+    Ack,
+    SlackSide,
+    interaction,
+    new_trigger_id,
+    slash_command,
+)
+from bot.playground.workspace import Params, Workspace
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("static")
+COMMANDS = ("/clone", "/env")
+RESPONSE_ACTIONS = (None, "errors", "clear", "update", "push")
+
+
+class PageError(Exception):
+    """A page request the playground cannot play: answered ``{"ok": false, "error": …}``."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a request came from, for the answers posted to its response_url."""
+
+    user: str
+    channel: str
+    message_ts: str | None = None  # the message clicked on
+
+
+class Playground:
+    """Slack played in memory for the app served on ``settings.port`` (127.0.0.1)."""
+
+    def __init__(
+        self, settings: Settings, *, people: Sequence[Person] = PEOPLE, static: Path = STATIC
+    ) -> None:
+        self.base = f"http://127.0.0.1:{settings.port}"
+        self.people = list(people)
+        self.feed = Feed()
+        self.workspace = Workspace(team_id=TEAM_ID, names={p.id: p.name for p in people} | CHANNELS)
+        self._triggers: dict[str, str] = {}
+        self._origins: dict[str, Origin] = {}  # by the id ending a response_url
+        self._static = static
+        self.api = WebApi(
+            workspace=self.workspace,
+            feed=self.feed,
+            token=settings.slack_bot_token or "",
+            triggers=self._triggers,
+        )
+        self.slack = SlackSide(
+            events_url=f"{self.base}/slack/events",
+            signing_secret=settings.slack_signing_secret or "",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/"
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self._index)
+        if self._static.is_dir():
+            app.router.add_static("/static/", self._static)
+        app.router.add_route("*", "/api/{method}", self.api.handle)
+        app.router.add_get("/playground/stream", self.feed.stream)
+        app.router.add_get("/playground/users", self._users)
+        app.router.add_post("/playground/response/{id}", self._response)
+        for name, handler in (
+            ("command", self.command),
+            ("action", self.action),
+            ("submit", self.submit),
+            ("close", self.close_view),
+        ):
+            app.router.add_post(f"/playground/{name}", _page_request(handler))
+
+    async def close(self) -> None:
+        self.feed.close()
+        await self.slack.close()
+
+    # -- the page's requests -----------------------------------------------------------------
+
+    async def command(self, body: Params) -> Params:
+        """A slash command typed in a channel."""
+        user, channel = self._user(body), self._channel(body)
+        command, _, text = str(body.get("text", "")).strip().partition(" ")
+        if command not in COMMANDS:
+            raise PageError(f"{command[:40]} is not a command here")
+        fields = slash_command(
+            user=user,
+            channel=channel,
+            command=command,
+            text=text.strip(),
+            response_url=self._response_url(Origin(user, channel)),
+            trigger_id=self._trigger(user),
+        )
+        ack = _accepted(await self.slack.command(fields))
+        if ack.body.strip():  # an ack with a message: Slack shows it to the user alone
+            answer = ack.json()
+            answer = answer if isinstance(answer, dict) else {"text": ack.body}
+            self._respond(Origin(user, channel), answer)
+        return {"ok": True}
+
+    async def action(self, body: Params) -> Params:
+        """A click (or a choice) on an element of a message or a modal."""
+        user, action = self._user(body), body.get("action")
+        if not isinstance(action, dict) or not isinstance(action.get("action_id"), str):
+            raise PageError("an action needs an action_id")
+        payload = interaction(kind="block_actions", user=user, trigger_id=self._trigger(user))
+        state = body.get("state") if isinstance(body.get("state"), dict) else {"values": {}}
+        payload |= {"actions": [action | {"action_ts": _now()}], "state": state}
+        view_id = body.get("view_id")
+        if view_id:
+            view = self._view(str(view_id))
+            payload |= {"container": {"type": "view", "view_id": view["id"]}}
+            payload |= {"view": view | {"state": state}}
+        else:
+            payload |= self._clicked_message(user=user, body=body)
+        _accepted(await self.slack.interaction(payload))
+        return {"ok": True}
+
+    async def submit(self, body: Params) -> Params:
+        """A modal's submit button: the bot's ack closes it, updates it or shows errors."""
+        user, view = self._user(body), self._view(str(body.get("view_id")))
+        values = body.get("values") if isinstance(body.get("values"), dict) else {}
+        payload = interaction(kind="view_submission", user=user, trigger_id=self._trigger(user))
+        payload |= {"view": view | {"state": {"values": values}}, "response_urls": []}
+        answer = _accepted(await self.slack.interaction(payload)).json() or {}
+        action = answer.get("response_action")
+        if action not in RESPONSE_ACTIONS:
+            raise PageError(f"the app answered response_action {action!r}")
+        if action is None:
+            self.feed.close_view(view["id"])
+        elif action == "clear":
+            for view_id in self.feed.views_of(user):
+                self.feed.close_view(view_id)
+        elif action in ("update", "push"):
+            self._show_view(answer.get("view"), user=user, how=action, view_id=view["id"])
+        return {"ok": True, "response_action": action} | {
+            k: answer[k] for k in ("errors", "view") if k in answer
+        }
+
+    async def close_view(self, body: Params) -> Params:
+        """A modal's close button: Slack tells the app only if the view asked for it."""
+        user, view = self._user(body), self._view(str(body.get("view_id")))
+        if view.get("notify_on_close"):
+            payload = interaction(kind="view_closed", user=user, trigger_id=self._trigger(user))
+            _accepted(await self.slack.interaction(payload | {"view": view, "is_cleared": False}))
+        self.feed.close_view(view["id"])
+        return {"ok": True}
+
+    # -- the app's answers through response_url ----------------------------------------------
+
+    async def _response(self, request: web.Request) -> web.Response:
+        origin = self._origins.get(request.match_info["id"])
+        try:
+            answer = await request.json()
+        except ValueError:
+            answer = None
+        if origin is None or not isinstance(answer, dict):
+            log.error("Slack would refuse a post to a response_url: unknown url or not JSON")
+            return web.Response(status=404 if origin is None else 400, text="invalid_payload")
+        problems = check_blocks(answer.get("blocks", []))
+        if problems:
+            log.error("Slack would refuse the bot's response: %s", "; ".join(problems))
+            return web.Response(status=400, text="invalid_blocks")
+        self._respond(origin, answer)
+        return web.Response(text="ok")
+
+    def _respond(self, origin: Origin, answer: Params) -> None:
+        """What Slack does with a response: delete, replace, or post (ephemeral by default)."""
+        clicked = (
+            self.feed.find(channel=origin.channel, ts=origin.message_ts)
+            if origin.message_ts
+            else None
+        )
+        content = {k: answer[k] for k in ("text", "blocks") if k in answer}
+        stored = self.workspace.messages.get(origin.channel, {})
+        if clicked is not None and answer.get("delete_original"):
+            stored.pop(clicked["ts"], None)
+            self.feed.delete(channel=origin.channel, ts=clicked["ts"])
+        elif clicked is not None and answer.get("replace_original"):
+            if clicked["ts"] in stored:  # the bot may chat.update it later
+                stored[clicked["ts"]] |= {"blocks": []} | content
+            self.feed.message(clicked | {"blocks": []} | content)
+        elif answer.get("response_type") == "in_channel":
+            posted = self.workspace.post_message({"channel": origin.channel} | content)
+            self.feed.message(message_event(channel=posted["channel"], message=posted["message"]))
+        else:
+            ts = self.workspace.post_ephemeral(
+                {"channel": origin.channel, "user": origin.user} | content
+            )["message_ts"]
+            message = {"ts": ts, "text": ""} | content
+            self.feed.message(
+                message_event(channel=origin.channel, message=message, ephemeral_to=origin.user)
+            )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _clicked_message(self, *, user: str, body: Params) -> Params:
+        channel, ts = self._channel(body), str(body.get("message_ts"))
+        shown = self.feed.find(channel=channel, ts=ts)
+        if shown is None:
+            raise PageError(f"no message {ts} in {channel}")
+        ephemeral = shown["ephemeral_to"] is not None
+        fields: Params = {
+            "container": {
+                "type": "message",
+                "message_ts": ts,
+                "channel_id": channel,
+                "is_ephemeral": ephemeral,
+            },
+            "channel": {"id": channel, "name": CHANNELS.get(channel, channel.lower())},
+            "response_url": self._response_url(Origin(user, channel, ts)),
+        }
+        if not ephemeral:  # Slack sends the message clicked on, unless only one user saw it
+            message = {k: shown[k] for k in ("ts", "text", "blocks", "user")}
+            fields["message"] = {"type": "message", "bot_id": "B0CLONEBOT"} | message
+        return fields
+
+    def _show_view(self, view: Any, *, user: str, how: str, view_id: str) -> None:
+        problems = check_view(view)
+        if problems:
+            log.error("Slack would refuse the bot's %s view: %s", how, "; ".join(problems))
+            raise PageError("the app answered with a view Slack would refuse")
+        stored = self.workspace.store_view(view, view_id=view_id if how == "update" else None)
+        self.feed.view(view=stored, user=user, how=how)
+
+    def _user(self, body: Params) -> str:
+        user = body.get("user")
+        if user not in {p.id for p in self.people}:
+            raise PageError(f"{str(user)[:40]} is not a user of the playground")
+        return str(user)
+
+    @staticmethod
+    def _channel(body: Params) -> str:
+        channel = body.get("channel") or CHANNEL
+        if channel not in CHANNELS:
+            raise PageError(f"{str(channel)[:40]} is not a channel of the playground")
+        return str(channel)
+
+    def _view(self, view_id: str) -> Params:
+        if self.feed.open_view(view_id) is None:
+            raise PageError(f"no open view {view_id[:40]}")
+        return self.workspace.views[view_id]
+
+    def _trigger(self, user: str) -> str:
+        trigger_id = new_trigger_id()
+        self._triggers[trigger_id] = user
+        return trigger_id
+
+    def _response_url(self, origin: Origin) -> str:
+        key = secrets.token_urlsafe(16)
+        self._origins[key] = origin
+        return f"{self.base}/playground/response/{key}"
+
+    async def _users(self, request: web.Request) -> web.Response:
+        return web.json_response([p.to_dict() for p in self.people])
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        page = self._static / "index.html"
+        if not page.is_file():
+            return web.Response(status=404, text="the playground's page is missing")
+        return web.FileResponse(page)
+
+
+def _page_request(handler: Any) -> Any:
+    """A page endpoint: a JSON object in, a JSON answer out, a PageError as ok: false."""
+
+    async def answer(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return web.json_response({"ok": False, "error": "send a JSON object"}, status=400)
+        try:
+            return web.json_response(await handler(body))
+        except PageError as exc:
+            return web.json_response({"ok": False, "error": str(exc)})
+
+    return answer
+
+
+def _accepted(ack: Ack) -> Ack:
+    if ack.status != 200:
+        raise PageError(f"the app answered {ack.status}: {ack.body[:200]}")
+    return ack
+
+
+def _now() -> str:
+    return f"{time.time():.6f}"

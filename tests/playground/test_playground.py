@@ -1,0 +1,140 @@
+"""The playground plays Slack for the real app: the page's requests go through /slack/events
+signed as Slack signs them, and what the bot does comes back on the stream."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bot.playground.people import ADMIN, CHANNEL, OWNER, STRANGER
+from bot.slack import ids
+from tests.conftest import MakeSource
+from tests.playground.conftest import Played
+
+PEOPLE = [
+    {"id": "U0OWNER01", "name": "olivia", "role": "owner"},
+    {"id": "U0COLLAB01", "name": "carlos", "role": "collaborator"},
+    {"id": "U0STRANGR1", "name": "sam", "role": "stranger"},
+    {"id": "U0ADMIN001", "name": "ada", "role": "admin"},
+]
+
+
+def _listening(port: int) -> set[str]:
+    """The local addresses (hex, as /proc shows them) listening on ``port``, IPv4 and IPv6."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+async def test_the_page_users_health_and_loopback_only(played: Played) -> None:
+    assert await played.get("/playground/users") == (200, PEOPLE)
+    assert await played.get("/healthz") == (
+        200, {"ok": True, "checks": {"docker": "ok", "database": "ok", "slack": "off"}}
+    )  # fmt: skip
+    async with played.http.get(f"{played.base}/metrics") as resp:
+        assert resp.status == 200 and "clonebot_slack_requests_total" in await resp.text()
+    async with played.http.get(f"{played.base}/") as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+    # CLONEBOT_HTTP_HOST was 0.0.0.0: the playground listens on 127.0.0.1 all the same
+    assert _listening(played.svc.settings.port) == {"0100007F"}
+    assert ADMIN in played.svc.settings.admins
+
+
+async def test_env_list_answers_the_user_alone(played: Played) -> None:
+    answer = await played.post(
+        "/playground/command", {"user": OWNER, "channel": CHANNEL, "text": "/env list"}
+    )
+    assert answer == {"ok": True}
+    event = await played.stream.wait_for(lambda e: e["kind"] == "message")
+    assert event["ephemeral_to"] == OWNER and event["channel"] == CHANNEL
+    assert "environment" in event["text"].lower() and isinstance(event["blocks"], list)
+
+    unknown = {"user": OWNER, "channel": CHANNEL, "text": "/deploy prod"}
+    assert await played.post("/playground/command", unknown) == {
+        "ok": False, "error": "/deploy is not a command here"
+    }  # fmt: skip
+
+
+async def test_clone_form_shows_a_bad_name_under_its_field(
+    played: Played, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1, seed_kib=1)
+    await played.post("/playground/command", {"user": ADMIN, "channel": CHANNEL, "text": "/clone"})
+    opened = await played.stream.wait_for(lambda e: e["kind"] == "view")
+    view = opened["view"]
+    assert opened["user"] == ADMIN and opened["how"] == "open"
+    assert view["type"] == "modal" and view["callback_id"] == ids.CLONE_MODAL
+    assert [b["block_id"] for b in view["blocks"] if b["type"] == "input"][:2] == [
+        ids.CLONE_SOURCE, ids.CLONE_NAME
+    ]  # fmt: skip
+
+    values = {
+        ids.CLONE_SOURCE: {ids.CLONE_SOURCE: {"type": "static_select",
+                                              "selected_option": {"value": source.name}}},
+        ids.CLONE_NAME: {ids.CLONE_NAME: {"type": "plain_text_input", "value": "Bad Name!"}},
+    }  # fmt: skip
+    answer = await played.post(
+        "/playground/submit", {"user": ADMIN, "view_id": view["id"], "values": values}
+    )
+    assert answer["ok"] and answer["response_action"] == "errors"
+    assert set(answer["errors"]) == {ids.CLONE_NAME}
+    assert played.playground.feed.open_view(view["id"]) is not None  # the modal stays open
+
+
+async def test_a_strangers_click_is_refused_to_them_alone(
+    played: Played, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1, seed_kib=1)
+    token = played.svc.settings.slack_bot_token
+    blocks = [{"type": "actions", "block_id": "b1", "elements": [
+        {"type": "button", "action_id": ids.DELETE, "value": source.name,
+         "text": {"type": "plain_text", "text": "Delete"}},
+    ]}]  # fmt: skip
+    async with played.http.post(
+        f"{played.base}/api/chat.postMessage",
+        json={"channel": CHANNEL, "text": "Cloned", "blocks": blocks},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        posted = await resp.json()
+    assert posted["ok"], posted
+    message = await played.stream.wait_for(lambda e: e.get("ts") == posted["ts"])
+    assert message["ephemeral_to"] is None and message["blocks"][0]["block_id"] == "b1"
+
+    click = {
+        "user": STRANGER, "channel": CHANNEL, "message_ts": posted["ts"], "view_id": None,
+        "action": {"type": "button", "action_id": ids.DELETE, "block_id": "b1",
+                   "value": source.name},
+    }  # fmt: skip
+    assert await played.post("/playground/action", click) == {"ok": True}
+    refused = await played.stream.wait_for(lambda e: e.get("ephemeral_to") == STRANGER)
+    assert "belongs to" in refused["text"], refused
+    assert played.playground.feed.find(channel=CHANNEL, ts=posted["ts"]) == message
+
+
+async def test_a_call_slack_would_refuse_is_refused_and_logged(
+    played: Played, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    token = played.svc.settings.slack_bot_token
+    async with played.http.post(
+        f"{played.base}/api/chat.postMessage",
+        json={"channel": CHANNEL, "text": "hi", "colour": "red"},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert (resp.status, await resp.json()) == (
+            200, {"ok": False, "error": "invalid_arguments",
+                  "response_metadata": {"messages": ["unknown argument colour"]}},
+        )  # fmt: skip
+    async with played.http.post(
+        f"{played.base}/api/auth.test", headers={"Authorization": "Bearer xoxb-someone-else"}
+    ) as resp:
+        assert await resp.json() == {"ok": False, "error": "invalid_auth"}
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("unknown argument colour" in m for m in logged), logged
