@@ -1,7 +1,7 @@
 # Developer and CI entry points; the work is in scripts/*.sh.
 #   make test                  lint, type-check and tests (what CI runs: .ci/run)
 #   make lint                  ruff and mypy only
-#   make run ARGS="clone prod" run the clonebot CLI (default: `clonebot serve`, the bot)
+#   make run ARGS="clone prod" run the clonebot CLI (default: `clonebot demo`, then `clonebot serve`)
 #   make bench                 benchmarks (python -m bench)
 #   make clean-docker          stop the private Docker engine that `make run` leaves up
 SHELL := bash
@@ -18,8 +18,13 @@ lint: deps
 
 # Leaves the engine running: the user goes on working with the environments it holds.
 # `make clean-docker` stops it. (An engine in $DOCKER_HOST that answers is used instead.)
+# `serve` (the default) first makes sure the demo environment is there, unless CLONEBOT_DEMO=0;
+# a demo that cannot be made is said, and serve starts anyway.
 run: deps
-	engine=$$(bash scripts/dockerd.sh start); eval "$$engine"; exec .venv/bin/clonebot $(ARGS)
+	engine=$$(bash scripts/dockerd.sh start); eval "$$engine"; \
+	if [[ "$(ARGS)" == serve && "$${CLONEBOT_DEMO:-1}" != 0 ]]; then \
+		.venv/bin/clonebot demo || echo "make run: no demo environment (see above)" >&2; fi; \
+	exec .venv/bin/clonebot $(ARGS)
 
 bench: deps
 	bash scripts/with-docker.sh .venv/bin/python -m bench

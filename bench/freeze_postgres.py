@@ -1,10 +1,11 @@
 """Freeze of a real PostgreSQL under pgbench writes: clonebot vs. pausing for the whole copy.
 
 The source is Debian's postgresql-15 in an image built here, never pulled (``debootstrap
---variant=minbase --include=postgresql-15 bookworm`` then ``docker import``; kept as
-``clonebot-bench/postgres:15`` and built only when missing). Its data directory is a named
-volume; the database is filled by ``pgbench -i -s 10`` (about 160 MB), then ``pgbench -c 4``
-writes inside the container while each side runs. Compared in each run, in turn:
+--variant=minbase --include=postgresql-15 bookworm`` then ``docker import``, by
+``services/demo_image.py``; kept as ``clonebot-bench/postgres:15`` and built only when
+missing). Its data directory is a named volume; the database is filled by ``pgbench -i -s
+10`` (about 160 MB), then ``pgbench -c 4`` writes inside the container while each side runs.
+Compared in each run, in turn:
 
 * clonebot: ``CloneResult.freeze_ms`` (pre-copy while the source runs, then a short pause);
 * baseline: ``docker pause SRC; docker run --rm -v VOL:/from -v DST:/to <image> cp -a /from/.
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -47,6 +46,7 @@ from bench.harness import (
     write_results,
 )
 from bench.sources import STATEFUL, create_network, create_volume, ensure_unpaused
+from services.demo_image import ensure_postgres_image as build_postgres_image
 from services.docker import DockerClient
 from services.environments import PROJECT
 from services.settings import Settings
@@ -90,27 +90,13 @@ async def main() -> dict[str, Any]:
 
 
 async def ensure_postgres_image() -> None:
-    """``clonebot-bench/postgres:15``, built from Debian's packages when it is not there yet."""
-    try:
-        await cli("docker", "image", "inspect", PG_IMAGE)
-        return
-    except CommandFailed:
-        pass
-    if not shutil.which("debootstrap"):
-        raise CommandFailed(f"{PG_IMAGE} is missing and debootstrap is not installed")
-    root = tempfile.mkdtemp(prefix="clonebot-pg-")
-    try:
-        print(f"building {PG_IMAGE} with debootstrap (a few minutes, once)")
-        await cli(
-            "debootstrap", "--variant=minbase", "--include=postgresql-15", "bookworm",
-            f"{root}/rootfs", MIRROR,
-        )  # fmt: skip
-        await cli(
-            "bash", "-euo", "pipefail", "-c",
-            f'tar -C "{root}/rootfs" -c . | docker import - {PG_IMAGE} >/dev/null',
-        )  # fmt: skip
-    finally:
-        await asyncio.to_thread(shutil.rmtree, root, True)
+    """``clonebot-bench/postgres:15``, built from Debian's packages when it is not there yet
+    (by ``services/demo_image.py``, which builds the demo's image too)."""
+    settings = clonebot_settings()
+    async with DockerClient(settings.docker_host) as docker:
+        await build_postgres_image(
+            docker, image=PG_IMAGE, busybox=settings.busybox, mirror=MIRROR, say=print
+        )
 
 
 async def _create_source(env: str) -> tuple[str, str]:

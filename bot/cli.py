@@ -33,9 +33,9 @@ AsUser = Annotated[str, typer.Option("--as", help="Who asks: a Slack user ID (U0
 
 
 def main() -> None:
-    from bot import cli_admin, cli_traffic  # they register their commands on `app`
+    from bot import cli_admin, cli_demo, cli_traffic  # they register their commands on `app`
 
-    del cli_admin, cli_traffic
+    del cli_admin, cli_demo, cli_traffic
     app()
 
 
