@@ -8,19 +8,18 @@ did, and the response_urls the bot's ``respond()`` posts to.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from bot.playground.api import WebApi, message_event
-from bot.playground.contract import check_blocks, check_view
+from bot.playground.api import WebApi
+from bot.playground.contract import check_view
 from bot.playground.feed import Feed
 from bot.playground.people import CHANNEL, CHANNELS, PEOPLE, TEAM_ID, Person
+from bot.playground.responses import Origin, Responses
 from bot.playground.slack_side import (
     Ack,
     SlackSide,
@@ -35,34 +34,32 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 COMMANDS = ("/clone", "/env")
 RESPONSE_ACTIONS = (None, "errors", "clear", "update", "push")
+TRIGGERS_KEPT = 1000
 
 
 class PageError(Exception):
     """A page request the playground cannot play: answered ``{"ok": false, "error": …}``."""
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a request came from, for the answers posted to its response_url."""
-
-    user: str
-    channel: str
-    message_ts: str | None = None  # the message clicked on
-
-
 class Playground:
     """Slack played in memory for the app served on ``settings.port`` (127.0.0.1)."""
 
     def __init__(
-        self, settings: Settings, *, people: Sequence[Person] = PEOPLE, static: Path = STATIC
+        self,
+        settings: Settings,
+        *,
+        people: Sequence[Person] = PEOPLE,
+        static: Path = STATIC,
+        links: Callable[[], Awaitable[Params]] | None = None,
     ) -> None:
         self.base = f"http://127.0.0.1:{settings.port}"
         self.people = list(people)
         self.feed = Feed()
         self.workspace = Workspace(team_id=TEAM_ID, names={p.id: p.name for p in people} | CHANNELS)
         self._triggers: dict[str, str] = {}
-        self._origins: dict[str, Origin] = {}  # by the id ending a response_url
+        self.responses = Responses(base=self.base, workspace=self.workspace, feed=self.feed)
         self._static = static
+        self._links = links
         self.api = WebApi(
             workspace=self.workspace,
             feed=self.feed,
@@ -85,7 +82,9 @@ class Playground:
         app.router.add_route("*", "/api/{method}", self.api.handle)
         app.router.add_get("/playground/stream", self.feed.stream)
         app.router.add_get("/playground/users", self._users)
-        app.router.add_post("/playground/response/{id}", self._response)
+        app.router.add_post("/playground/response/{id}", self.responses.handle)
+        if self._links is not None:
+            app.router.add_get("/playground/links", self._answer_links)
         for name, handler in (
             ("command", self.command),
             ("action", self.action),
@@ -111,14 +110,14 @@ class Playground:
             channel=channel,
             command=command,
             text=text.strip(),
-            response_url=self._response_url(Origin(user, channel)),
+            response_url=self.responses.url_for(Origin(user, channel)),
             trigger_id=self._trigger(user),
         )
         ack = _accepted(await self.slack.command(fields))
         if ack.body.strip():  # an ack with a message: Slack shows it to the user alone
             answer = ack.json()
             answer = answer if isinstance(answer, dict) else {"text": ack.body}
-            self._respond(Origin(user, channel), answer)
+            self.responses.apply(Origin(user, channel), answer)
         return {"ok": True}
 
     async def action(self, body: Params) -> Params:
@@ -169,52 +168,6 @@ class Playground:
         self.feed.close_view(view["id"])
         return {"ok": True}
 
-    # -- the app's answers through response_url ----------------------------------------------
-
-    async def _response(self, request: web.Request) -> web.Response:
-        origin = self._origins.get(request.match_info["id"])
-        try:
-            answer = await request.json()
-        except ValueError:
-            answer = None
-        if origin is None or not isinstance(answer, dict):
-            log.error("Slack would refuse a post to a response_url: unknown url or not JSON")
-            return web.Response(status=404 if origin is None else 400, text="invalid_payload")
-        problems = check_blocks(answer.get("blocks", []))
-        if problems:
-            log.error("Slack would refuse the bot's response: %s", "; ".join(problems))
-            return web.Response(status=400, text="invalid_blocks")
-        self._respond(origin, answer)
-        return web.Response(text="ok")
-
-    def _respond(self, origin: Origin, answer: Params) -> None:
-        """What Slack does with a response: delete, replace, or post (ephemeral by default)."""
-        clicked = (
-            self.feed.find(channel=origin.channel, ts=origin.message_ts)
-            if origin.message_ts
-            else None
-        )
-        content = {k: answer[k] for k in ("text", "blocks") if k in answer}
-        stored = self.workspace.messages.get(origin.channel, {})
-        if clicked is not None and answer.get("delete_original"):
-            stored.pop(clicked["ts"], None)
-            self.feed.delete(channel=origin.channel, ts=clicked["ts"])
-        elif clicked is not None and answer.get("replace_original"):
-            if clicked["ts"] in stored:  # the bot may chat.update it later
-                stored[clicked["ts"]] |= {"blocks": []} | content
-            self.feed.message(clicked | {"blocks": []} | content)
-        elif answer.get("response_type") == "in_channel":
-            posted = self.workspace.post_message({"channel": origin.channel} | content)
-            self.feed.message(message_event(channel=posted["channel"], message=posted["message"]))
-        else:
-            ts = self.workspace.post_ephemeral(
-                {"channel": origin.channel, "user": origin.user} | content
-            )["message_ts"]
-            message = {"ts": ts, "text": ""} | content
-            self.feed.message(
-                message_event(channel=origin.channel, message=message, ephemeral_to=origin.user)
-            )
-
     # -- helpers -----------------------------------------------------------------------------
 
     def _clicked_message(self, *, user: str, body: Params) -> Params:
@@ -231,7 +184,7 @@ class Playground:
                 "is_ephemeral": ephemeral,
             },
             "channel": {"id": channel, "name": CHANNELS.get(channel, channel.lower())},
-            "response_url": self._response_url(Origin(user, channel, ts)),
+            "response_url": self.responses.url_for(Origin(user, channel, ts)),
         }
         if not ephemeral:  # Slack sends the message clicked on, unless only one user saw it
             message = {k: shown[k] for k in ("ts", "text", "blocks", "user")}
@@ -265,17 +218,18 @@ class Playground:
         return self.workspace.views[view_id]
 
     def _trigger(self, user: str) -> str:
+        if len(self._triggers) >= TRIGGERS_KEPT:  # Slack's last three seconds
+            del self._triggers[next(iter(self._triggers))]
         trigger_id = new_trigger_id()
         self._triggers[trigger_id] = user
         return trigger_id
 
-    def _response_url(self, origin: Origin) -> str:
-        key = secrets.token_urlsafe(16)
-        self._origins[key] = origin
-        return f"{self.base}/playground/response/{key}"
-
     async def _users(self, request: web.Request) -> web.Response:
         return web.json_response([p.to_dict() for p in self.people])
+
+    async def _answer_links(self, request: web.Request) -> web.Response:
+        assert self._links is not None
+        return web.json_response(await self._links())
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         page = self._static / "index.html"

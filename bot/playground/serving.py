@@ -8,6 +8,7 @@ import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 
+from bot.playground.links import environment_links
 from bot.playground.people import ADMIN, TEAM_CHANNEL
 from bot.playground.server import Playground
 from services.context import Services
@@ -41,6 +42,6 @@ async def running_playground(svc: Services) -> AsyncIterator[tuple[Services, Pla
     from bot.slack.app import running_app  # Bolt loads only where it serves
 
     played = dataclasses.replace(svc, settings=playground_settings(svc.settings))
-    playground = Playground(played.settings)
+    playground = Playground(played.settings, links=lambda: environment_links(played))
     async with running_app(played, playground=playground):
         yield played, playground

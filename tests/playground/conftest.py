@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -66,12 +67,24 @@ class Played:
             return resp.status, await resp.json()
 
 
-async def _read(http: aiohttp.ClientSession, url: str, stream: Stream) -> None:
+async def read_stream(http: aiohttp.ClientSession, url: str, stream: Stream) -> None:
     async with http.get(url) as resp:
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         async for line in resp.content:
             if line.startswith(b"data: "):
                 stream.add(json.loads(line[6:]))
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses (hex, as /proc shows them) listening on ``port``, IPv4 and IPv6."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
 
 
 @pytest.fixture
@@ -84,7 +97,9 @@ async def played(settings: Settings) -> AsyncIterator[Played]:
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
     ):
         stream = Stream()
-        reader = asyncio.create_task(_read(http, f"{playground.base}/playground/stream", stream))
+        reader = asyncio.create_task(
+            read_stream(http, f"{playground.base}/playground/stream", stream)
+        )
         try:
             yield Played(app_svc, playground, http, stream)
         finally:

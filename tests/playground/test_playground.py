@@ -3,15 +3,15 @@ signed as Slack signs them, and what the bot does comes back on the stream."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from pathlib import Path
 
 import pytest
 
-from bot.playground.people import ADMIN, CHANNEL, OWNER, STRANGER
+from bot.playground.people import ADMIN, CHANNEL, OWNER, STRANGER, TEAM_CHANNEL
 from bot.slack import ids
-from tests.conftest import MakeSource
-from tests.playground.conftest import Played
+from tests.conftest import BASE_DOMAIN, MakeSource
+from tests.playground.conftest import Played, Stream, listening, read_stream
 
 PEOPLE = [
     {"id": "U0OWNER01", "name": "olivia", "role": "owner"},
@@ -19,18 +19,6 @@ PEOPLE = [
     {"id": "U0STRANGR1", "name": "sam", "role": "stranger"},
     {"id": "U0ADMIN001", "name": "ada", "role": "admin"},
 ]
-
-
-def _listening(port: int) -> set[str]:
-    """The local addresses (hex, as /proc shows them) listening on ``port``, IPv4 and IPv6."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, _, hex_port = local.partition(":")
-            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                found.add(address)
-    return found
 
 
 async def test_the_page_users_health_and_loopback_only(played: Played) -> None:
@@ -43,7 +31,7 @@ async def test_the_page_users_health_and_loopback_only(played: Played) -> None:
     async with played.http.get(f"{played.base}/") as resp:
         assert resp.status == 200 and resp.content_type == "text/html"
     # CLONEBOT_HTTP_HOST was 0.0.0.0: the playground listens on 127.0.0.1 all the same
-    assert _listening(played.svc.settings.port) == {"0100007F"}
+    assert listening(played.svc.settings.port) == {"0100007F"}
     assert ADMIN in played.svc.settings.admins
 
 
@@ -86,6 +74,23 @@ async def test_clone_form_shows_a_bad_name_under_its_field(
     assert answer["ok"] and answer["response_action"] == "errors"
     assert set(answer["errors"]) == {ids.CLONE_NAME}
     assert played.playground.feed.open_view(view["id"]) is not None  # the modal stays open
+
+    # the page links each site through the router, on its port
+    status, links = await played.get("/playground/links")
+    assert status == 200 and links["router"] == "http://127.0.0.1:8080"
+    assert {"name": source.name, "url": f"http://{source.name}.{BASE_DOMAIN}:8080/",
+            "domains": []} in links["environments"]  # fmt: skip
+
+
+async def test_a_page_that_connects_late_sees_what_was_said(played: Played) -> None:
+    await played.post("/playground/command", {"user": OWNER, "text": "/env help"})
+    said = await played.stream.wait_for(lambda e: e["kind"] == "message")
+    late = Stream()
+    reader = asyncio.create_task(read_stream(played.http, f"{played.base}/playground/stream", late))
+    try:
+        assert await late.wait_for(lambda e: e["kind"] == "message") == said
+    finally:
+        reader.cancel()
 
 
 async def test_a_strangers_click_is_refused_to_them_alone(
@@ -138,3 +143,34 @@ async def test_a_call_slack_would_refuse_is_refused_and_logged(
         assert await resp.json() == {"ok": False, "error": "invalid_auth"}
     logged = [r.getMessage() for r in caplog.records]
     assert any("unknown argument colour" in m for m in logged), logged
+
+
+async def test_a_clone_is_followed_in_place_to_its_buttons(
+    played: Played, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1, seed_kib=1)
+    copy = f"{source.name}-copy"
+    text = f"/clone {source.name} {copy}"
+    assert await played.post("/playground/command", {"user": ADMIN, "text": text}) == {"ok": True}
+
+    def buttons(event: dict) -> list[str]:
+        return [
+            e.get("action_id", "")
+            for b in event.get("blocks", [])
+            for e in b.get("elements", [])
+            if b["type"] == "actions"
+        ]
+
+    done = await played.stream.wait_for(
+        lambda e: e["kind"] == "message" and ids.SWAP in buttons(e), timeout_s=60
+    )
+    assert done["channel"] == CHANNEL and done["ephemeral_to"] is None
+    # every edit of the progress message had the same ts: one message, updated in place
+    progress = [
+        e for e in played.stream.events if e["kind"] == "message" and e["channel"] == CHANNEL
+    ]
+    assert {e["ts"] for e in progress} == {done["ts"]}
+    assert len(progress) >= 2
+    # and the team hears of it in its own channel
+    notice = await played.stream.wait_for(lambda e: e.get("channel") == TEAM_CHANNEL)
+    assert copy in notice["text"], notice
