@@ -90,6 +90,7 @@ class Playground:
             ("action", self.action),
             ("submit", self.submit),
             ("close", self.close_view),
+            ("home", self.open_home),
         ):
             app.router.add_post(f"/playground/{name}", _page_request(handler))
 
@@ -166,6 +167,13 @@ class Playground:
             payload = interaction(kind="view_closed", user=user, trigger_id=self._trigger(user))
             _accepted(await self.slack.interaction(payload | {"view": view, "is_cleared": False}))
         self.feed.close_view(view["id"])
+        return {"ok": True}
+
+    async def open_home(self, body: Params) -> Params:
+        """The user opened the app's Home tab (beyond protocol.md: Slack tells the app)."""
+        user = self._user(body)
+        event = {"type": "app_home_opened", "user": user, "channel": self.workspace.dm(user)}
+        _accepted(await self.slack.event(event | {"tab": "home", "event_ts": _now()}))
         return {"ok": True}
 
     # -- helpers -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from bot.playground.people import CHANNELS, TEAM_DOMAIN, TEAM_ID
 from bot.playground.workspace import APP_ID, Params
 
 FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
 TIMEOUT_S = 10.0  # Slack waits 3 s for an ack; a slow test machine gets more
 
 
@@ -84,6 +85,20 @@ def interaction(*, kind: str, user: str, trigger_id: str) -> Params:
     }
 
 
+def event_callback(event: Params) -> Params:
+    """The Events API envelope around an event (``app_home_opened`` …)."""
+    return {
+        "token": "unused-verification-token",
+        "team_id": TEAM_ID,
+        "api_app_id": APP_ID,
+        "event": event,
+        "type": "event_callback",
+        "event_id": f"Ev{secrets.token_hex(5).upper()}",
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": TEAM_ID, "is_bot": True, "is_enterprise_install": False}],
+    }
+
+
 class SlackSide:
     """Posts signed requests to the app's ``/slack/events`` (the edge checks them as Slack's)."""
 
@@ -93,20 +108,24 @@ class SlackSide:
         self._session: aiohttp.ClientSession | None = None
 
     async def command(self, fields: dict[str, str]) -> Ack:
-        return await self._post(urlencode(fields).encode())
+        return await self._post(urlencode(fields).encode(), content_type=FORM)
 
     async def interaction(self, payload: Params) -> Ack:
-        return await self._post(urlencode({"payload": json.dumps(payload)}).encode())
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        return await self._post(body, content_type=FORM)
+
+    async def event(self, event: Params) -> Ack:
+        return await self._post(json.dumps(event_callback(event)).encode(), content_type=JSON)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
-    async def _post(self, body: bytes) -> Ack:
+    async def _post(self, body: bytes, *, content_type: str) -> Ack:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
             self._session = aiohttp.ClientSession(timeout=timeout)
-        headers = {"Content-Type": FORM} | sign(
+        headers = {"Content-Type": content_type} | sign(
             body, secret=self._secret, timestamp=int(time.time())
         )
         async with self._session.post(self._url, data=body, headers=headers) as response:

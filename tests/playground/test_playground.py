@@ -174,3 +174,9 @@ async def test_a_clone_is_followed_in_place_to_its_buttons(
     # and the team hears of it in its own channel
     notice = await played.stream.wait_for(lambda e: e.get("channel") == TEAM_CHANNEL)
     assert copy in notice["text"], notice
+
+
+async def test_opening_the_home_tab_gets_it_published(played: Played) -> None:
+    assert await played.post("/playground/home", {"user": OWNER}) == {"ok": True}
+    home = await played.stream.wait_for(lambda e: e["kind"] == "home")
+    assert home["user"] == OWNER and home["view"]["type"] == "home"
