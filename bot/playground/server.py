@@ -27,7 +27,7 @@ from bot.playground.slack_side import (
     new_trigger_id,
     slash_command,
 )
-from bot.playground.workspace import Params, Workspace
+from bot.playground.workspace import BOT_ID, Params, Workspace
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class Playground:
             raise PageError(f"{command[:40]} is not a command here")
         fields = slash_command(
             user=user,
+            user_name=self.workspace.names.get(user, user.lower()),
             channel=channel,
             command=command,
             text=text.strip(),
@@ -196,7 +197,7 @@ class Playground:
         }
         if not ephemeral:  # Slack sends the message clicked on, unless only one user saw it
             message = {k: shown[k] for k in ("ts", "text", "blocks", "user")}
-            fields["message"] = {"type": "message", "bot_id": "B0CLONEBOT"} | message
+            fields["message"] = {"type": "message", "bot_id": BOT_ID} | message
         return fields
 
     def _show_view(self, view: Any, *, user: str, how: str, view_id: str) -> None:

@@ -52,7 +52,14 @@ def new_trigger_id() -> str:
 
 
 def slash_command(
-    *, user: str, channel: str, command: str, text: str, response_url: str, trigger_id: str
+    *,
+    user: str,
+    user_name: str,
+    channel: str,
+    command: str,
+    text: str,
+    response_url: str,
+    trigger_id: str,
 ) -> dict[str, str]:
     """The form fields Slack posts for a slash command."""
     return {
@@ -62,7 +69,7 @@ def slash_command(
         "channel_id": channel,
         "channel_name": CHANNELS.get(channel, channel.lower()),
         "user_id": user,
-        "user_name": user.lower(),
+        "user_name": user_name,
         "command": command,
         "text": text,
         "api_app_id": APP_ID,
