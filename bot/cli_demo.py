@@ -8,8 +8,9 @@ import typer
 
 from bot.cli import app, err, out, run
 from services.context import Services
-from services.demo import DemoReport, ensure_demo, remove_demo, site_url
+from services.demo import DemoReport, ensure_demo, remove_demo
 from services.router import apply_now
+from services.routing import site_url
 from services.settings import Settings
 
 
@@ -42,10 +43,10 @@ async def _remove(svc: Services) -> bool:
 def _print(report: DemoReport, *, applied: bool, settings: Settings) -> None:
     state = "; ".join(report.done) if report.done else "all there already, nothing changed"
     out.print(f"demo [green]{report.name}[/]: {state}", highlight=False, soft_wrap=True)
-    bind = settings.router_bind
+    port = settings.router_port
     served = "" if report.served_by == report.name else f"  (served by {report.served_by})"
-    out.print(f"  {site_url(report.domain, router_bind=bind)}{served}", highlight=False)
+    out.print(f"  {site_url(report.domain, port=port)}{served}", highlight=False)
     internal = f"{report.name}.{settings.base_domain}"
-    out.print(f"  {site_url(internal, router_bind=bind)}", highlight=False)
+    out.print(f"  {site_url(internal, port=port)}", highlight=False)
     if not applied:
         out.print("  (the router serves them once `clonebot serve` runs)")

@@ -90,12 +90,6 @@ async def remove_demo(
     return True
 
 
-def site_url(host: str, *, router_bind: str) -> str:
-    """The address of a site the router serves, with its port unless it is 80."""
-    port = router_bind.rpartition(":")[2]
-    return f"http://{host}/" if port == "80" else f"http://{host}:{port}/"
-
-
 async def _owner(svc: Services, *, name: str, default: str) -> str:
     """Who owns the demo now (it may have been handed over), else ``default``."""
     async with svc.sessions() as session:

@@ -23,6 +23,11 @@ from storage.models import DomainBinding, EnvironmentRecord, Route
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
+def site_url(host: str, *, port: int) -> str:
+    """The address of a site the router serves on ``port``: the port is left out if 80."""
+    return f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
+
+
 def validate_domain(domain: str) -> str:
     """The domain in its ASCII (IDNA) form, or ``BadRequest`` naming what is wrong."""
     text = domain.strip().rstrip(".").lower()

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def router_port(self) -> int:
+        """The port sites are reached on through the router (links carry it unless it is 80)."""
+        return int(self.router_bind.rpartition(":")[2])
+
     @field_validator("router_bind")
     @classmethod
     def _host_and_port(cls, value: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from bot.playground.people import ADMIN
 from services import catalog
 from services.context import Services
+from services.routing import site_url
 
 _ANY_HOST = ("0.0.0.0", "*", "::", "[::]", "")
 
@@ -18,21 +19,16 @@ def router_url(router_bind: str) -> str:
     return f"http://{'127.0.0.1' if host in _ANY_HOST else host}:{port}"
 
 
-def site_url(host: str, *, router_port: int) -> str:
-    return f"http://{host}/" if router_port == 80 else f"http://{host}:{router_port}/"
-
-
 async def environment_links(svc: Services) -> dict[str, Any]:
     """The router, and each environment with a web layer: its site and its custom domains."""
     settings = svc.settings
-    port = int(settings.router_bind.rpartition(":")[2])
     views = await catalog.visible_environments(svc, user=ADMIN)  # the admin sees them all
     return {
         "router": router_url(settings.router_bind),
         "environments": [
             {
                 "name": v.name,
-                "url": site_url(f"{v.name}.{settings.base_domain}", router_port=port),
+                "url": site_url(f"{v.name}.{settings.base_domain}", port=settings.router_port),
                 "domains": list(v.domains),
             }
             for v in sorted(views, key=lambda v: v.name)

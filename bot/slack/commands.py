@@ -127,6 +127,10 @@ async def _list(bot: SlackBot, asked: Asked) -> str:
     return messages.fit(lines)
 
 
+def _site(bot: SlackBot, env: str) -> str:
+    return messages.env_url(env, base_domain=bot.base_domain, port=bot.svc.settings.router_port)
+
+
 async def _info(bot: SlackBot, asked: Asked) -> str:
     name = asked.words[0]
     views = await catalog.visible_environments(bot.svc, user=asked.user, channel=asked.channel)
@@ -136,7 +140,7 @@ async def _info(bot: SlackBot, asked: Asked) -> str:
     env = view.env
     lines = [
         f"*{env.name}* · owner {f'<@{view.owner}>' if view.owner else 'nobody'} · you: {view.role}",
-        f"<{messages.env_url(env.name, base_domain=bot.base_domain)}|{env.name}.{bot.base_domain}>",
+        f"<{_site(bot, env.name)}|{env.name}.{bot.base_domain}>",
     ]
     if view.cloned_from:
         lines.append(f"Cloned from *{view.cloned_from}*")

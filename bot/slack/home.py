@@ -51,5 +51,6 @@ async def publish_home(bot: SlackBot, user: str) -> None:
         routes=list(routes.values()),
         jobs=running,
         base_domain=bot.base_domain,
+        port=bot.svc.settings.router_port,
     )
     await bot.client.views_publish(user_id=user, view=view)

@@ -27,6 +27,7 @@ from slack_sdk.models.blocks import (
 from bot.progress_view import human
 from bot.slack import ids
 from services.naming import Rewrite
+from services.routing import site_url
 from storage.models import Job
 
 SECTION_LIMIT = 3000  # characters of a section's text
@@ -69,19 +70,19 @@ def progress_message(job: Job, *, now: datetime) -> Message:
     return Message(text=f"{title}: {done}/{len(lines)} done", blocks=blocks)
 
 
-def result_message(job: Job, *, base_domain: str) -> Message:
+def result_message(job: Job, *, base_domain: str, port: int = 80) -> Message:
     """A finished job: what it made and the buttons to use it, or what failed."""
     asked = context_block(f"Asked by <@{job.requester}> · job {job.id}")
     if job.state != "succeeded":
         failed = HeaderBlock(text=f"{job_title(job)} failed")
         what = SectionBlock(text=":x: " + "\n".join(_failure(job)))
         return Message(text=failure_text(job), blocks=[failed, what, asked])
-    summary = success_text(job, base_domain=base_domain)
+    summary = success_text(job, base_domain=base_domain, port=port)
     blocks: list[Block] = [HeaderBlock(text=job_title(job, done=True)), SectionBlock(text=summary)]
     if details := _details(job.result or {}):
         blocks.append(SectionBlock(text=details))
     blocks.append(asked)
-    if buttons := _buttons(job, base_domain=base_domain):
+    if buttons := _buttons(job, base_domain=base_domain, port=port):
         blocks.append(ActionsBlock(elements=buttons))
     return Message(text=summary, blocks=blocks)
 
@@ -91,14 +92,14 @@ def job_title(job: Job, *, done: bool = False) -> str:
     return f"{_VERBS[job.kind][done]} {_what(job)}"
 
 
-def success_text(job: Job, *, base_domain: str) -> str:
+def success_text(job: Job, *, base_domain: str, port: int = 80) -> str:
     """What a job that succeeded made, in one sentence."""
     env = result_environment(job)
     if job.kind == "delete":
         return f":wastebasket: *{env}* was deleted."
     result = job.result or {}
     took = f"{len(result.get('nodes', []))} nodes in {duration(result.get('elapsed_ms', 0))}"
-    link = f"<{env_url(env, base_domain=base_domain)}|{env}.{base_domain}>"
+    link = f"<{env_url(env, base_domain=base_domain, port=port)}|{env}.{base_domain}>"
     if job.kind == "rename":
         return f"{DONE} *{job.environment}* is now *{env}* ({took}), at {link}."
     freeze = job.freeze_ms or result.get("freeze_ms", 0)
@@ -132,8 +133,9 @@ def clone_started(job: Job) -> Message:
     return _notice(f"{RUNNING} {job_title(job)}", by=job.requester, job=job.id)
 
 
-def clone_done(job: Job, *, base_domain: str) -> Message:
-    return _notice(success_text(job, base_domain=base_domain), by=job.requester, job=job.id)
+def clone_done(job: Job, *, base_domain: str, port: int = 80) -> Message:
+    text = success_text(job, base_domain=base_domain, port=port)
+    return _notice(text, by=job.requester, job=job.id)
 
 
 def clone_failed(job: Job) -> Message:
@@ -204,8 +206,9 @@ def result_environment(job: Job) -> str:
     return str((job.params or {}).get("to", job.environment))
 
 
-def env_url(env: str, *, base_domain: str) -> str:
-    return f"http://{env}.{base_domain}/"
+def env_url(env: str, *, base_domain: str, port: int = 80) -> str:
+    """An environment's own site through the router (``port``: the router's)."""
+    return site_url(f"{env}.{base_domain}", port=port)
 
 
 _VERBS = {
@@ -226,7 +229,7 @@ def _what(job: Job) -> str:
     return job.environment
 
 
-def _buttons(job: Job, *, base_domain: str) -> list[ButtonElement | LinkButtonElement]:
+def _buttons(job: Job, *, base_domain: str, port: int) -> list[ButtonElement | LinkButtonElement]:
     """Swap and split with the source, open, delete: only what makes sense for the result."""
     env = result_environment(job)
     running = job.kind != "delete" and (job.result or {}).get("started", True)
@@ -248,7 +251,7 @@ def _buttons(job: Job, *, base_domain: str) -> list[ButtonElement | LinkButtonEl
         )
         buttons.append(ButtonElement(text="Split traffic…", action_id=ids.SPLIT, value=pair))
     if running:
-        url = env_url(env, base_domain=base_domain)
+        url = env_url(env, base_domain=base_domain, port=port)
         buttons.append(LinkButtonElement(text="Open", url=url, action_id=ids.OPEN))
     if is_clone:
         delete = ConfirmObject(

@@ -85,7 +85,9 @@ class JobMessages:
                     editor = await editor.shown(messages.progress_message(current, now=utcnow()))
                 await asyncio.wait({runner}, timeout=self.edit_every_s)
             if editor is not None:
-                result = messages.result_message(current, base_domain=self._base)
+                result = messages.result_message(
+                    current, base_domain=self._base, port=self._svc.settings.router_port
+                )
                 await editor.shown(result, last=True)
             await self._tell_team(current, team)
             await self._changed(job.requester)
@@ -131,7 +133,9 @@ class JobMessages:
 
     async def _tell_team(self, job: Job, team: str | None) -> None:
         if job.state == "succeeded":
-            note = messages.clone_done(job, base_domain=self._base)
+            note = messages.clone_done(
+                job, base_domain=self._base, port=self._svc.settings.router_port
+            )
         else:
             note = messages.clone_failed(job)
         await self._notices.send_to(team, note)

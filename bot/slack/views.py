@@ -299,6 +299,7 @@ def home_view(
     routes: Sequence[RouteSummary],
     jobs: Sequence[Job],
     base_domain: str,
+    port: int = 80,
 ) -> View:
     """The App Home tab: ``environments`` the user may see, ``domains`` bound to each (by
     environment name), the ``routes`` between them, the user's ``jobs`` in progress."""
@@ -314,7 +315,7 @@ def home_view(
         env_routes = [r for r in routes if env.name in (r.primary, r.secondary)]
         text = _home_environment(
             env, user=user, domains=domains.get(env.name, ()), routes=env_routes,
-            base_domain=base_domain,
+            base_domain=base_domain, port=port,
         )  # fmt: skip
         blocks += [SectionBlock(text=text), DividerBlock()]
     if len(environments) > HOME_ENVIRONMENTS:
@@ -333,6 +334,7 @@ def _home_environment(
     domains: Sequence[str],
     routes: Sequence[RouteSummary],
     base_domain: str,
+    port: int,
 ) -> str:
     if env.owner is None:
         whose = "nobody owns it yet (an admin may adopt it)"
@@ -340,7 +342,7 @@ def _home_environment(
         whose = "yours" if env.owner == user else f"<@{env.owner}>'s, you are {env.role}"
     origin = f" · cloned from *{env.cloned_from}*" if env.cloned_from else ""
     nodes = ", ".join(f"{layer} ×{count}" for layer, count in env.layers.items())
-    url = f"<{env_url(env.name, base_domain=base_domain)}|{env.name}.{base_domain}>"
+    url = f"<{env_url(env.name, base_domain=base_domain, port=port)}|{env.name}.{base_domain}>"
     state = "*down*: no container; its record, domains and routes are kept" if env.down else ""
     lines = [f"*{env.name}* · {whose}{origin}", state or nodes or "no nodes", url]
     if domains:

@@ -259,6 +259,17 @@ def test_a_finished_clone_offers_swap_split_open_and_delete() -> None:
     assert ids.decode_target(delete["value"]) == ids.Target("dev-copy")
 
 
+def test_links_carry_the_routers_port_unless_it_is_80() -> None:
+    """The router listens on 8080 by default: a link without the port would not open."""
+    doc = sent(result_message(succeeded(), base_domain=BASE, port=8080))
+    assert buttons(doc)[ids.OPEN]["url"] == "http://dev-copy.clonebot.test:8080/"
+    link = "<http://dev-copy.clonebot.test:8080/|dev-copy.clonebot.test>"
+    assert f"*dev-copy* is running at {link}" in texts(doc)
+    assert link in texts(sent(clone_done(succeeded(), base_domain=BASE, port=8080)))
+    on_80 = sent(result_message(succeeded(), base_domain=BASE, port=80))
+    assert buttons(on_80)[ids.OPEN]["url"] == "http://dev-copy.clonebot.test/"
+
+
 @pytest.mark.parametrize("state", ["failed", "rolled back"])
 def test_a_failed_clone_says_what_failed_that_nothing_is_left_and_offers_no_buttons(
     state: str,

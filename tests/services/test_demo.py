@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.context import Services, open_services
-from services.demo import COLLABORATOR, OWNER, DemoReport, ensure_demo, remove_demo, site_url
+from services.demo import COLLABORATOR, OWNER, DemoReport, ensure_demo, remove_demo
 from services.demo_image import BIN, BUSYBOX, ensure_postgres_image
 from services.demo_nodes import ROWS, SOCKET
 from services.docker import DockerClient
@@ -162,13 +162,6 @@ async def test_a_missing_image_without_what_builds_it_says_what_to_install(
     with pytest.raises(DockerFailed, match="busybox-static"):
         await ensure_postgres_image(docker, image=absent, busybox=tmp_path / "busybox")
     assert await docker.inspect_image(absent) is None
-
-
-def test_links_carry_the_router_port_unless_it_is_80() -> None:
-    assert site_url("shop.localhost", router_bind="127.0.0.1:8080") == (
-        "http://shop.localhost:8080/"
-    )
-    assert site_url("shop.localhost", router_bind="0.0.0.0:80") == "http://shop.localhost/"
 
 
 async def _psql(docker: DockerClient, node: str, sql: str) -> str:

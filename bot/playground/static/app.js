@@ -334,6 +334,7 @@ const Playground = (() => {
     state.user = event.target.value;
     sessionStorage.setItem("playground-user", state.user);
     renderAll();
+    openHome();
   }
 
   function choosePane(event, pane) {
@@ -346,6 +347,12 @@ const Playground = (() => {
     }
     state.pane = pane;
     renderAll();
+    openHome();
+  }
+
+  // as Slack does when a user opens the app's Home tab: the bot publishes it (app_home_opened)
+  function openHome() {
+    if (state.pane === "home") send("/playground/home", { user: state.user });
   }
 
   function fillComposer(text) {
