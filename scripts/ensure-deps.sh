@@ -15,6 +15,7 @@ declare -A PACKAGES=(
     [/usr/sbin/haproxy]=haproxy              # the router (data plane), tested for real
     [/bin/ip]=iproute2                       # scripts/dockerd.sh makes its own bridge
     [/usr/bin/rsync]=rsync [/usr/bin/getfacl]=acl [/usr/bin/getfattr]=attr # the copy helper (services/volumes.py)
+    [/usr/bin/chromium]=chromium [/usr/bin/chromedriver]=chromium-driver # the playground's browser tests
 )
 missing=()
 for path in "${!PACKAGES[@]}"; do
