@@ -107,7 +107,10 @@ class _RouterKeeper:
             return
         async with locked(self._files):
             if self._router.master_pid is None:
-                log.warning("HAProxy stopped: starting it again with every route")
+                if self._applied is None:  # the first start: nothing stopped
+                    log.info("router: HAProxy on %s", self._svc.settings.router_bind)
+                else:
+                    log.warning("HAProxy stopped: starting it again with every route")
                 await self._start(self._router)
                 return
             state = await router_state(self._svc)
