@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.errors import InvalidName
-from services.freeze import _paths_to_copy
 from services.naming import NameRewriter, default_clone_name, twin_name, validate_name
 
 DNS_LABEL = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -62,16 +61,3 @@ def test_rewriter_replaces_whole_names_only() -> None:
         ("C", (("prod.example", "dev.example"),)),
     ]
     assert rewrites[0].describe() == "A: prod_db_1 → dev-db-1"
-
-
-def test_final_pass_copies_top_most_changes_only() -> None:
-    d, f = 1 << 31, 0o644
-    before = {"/etc": (d, 0, "t1"), "/etc/a": (f, 1, "t1"), "/var": (d, 0, "t1")}
-    now = {
-        "/etc": (d, 0, "t2"),  # an existing directory that changed: not copied whole
-        "/etc/a": (f, 2, "t2"),  # a changed file
-        "/var": (d, 0, "t1"),
-        "/var/new": (d, 0, "t2"),  # a new directory, copied whole...
-        "/var/new/x": (f, 1, "t2"),  # ...so not file by file
-    }
-    assert _paths_to_copy(before, now) == ["/etc/a", "/var/new"]
