@@ -6,8 +6,6 @@ Signing: https://api.slack.com/authentication/verifying-requests-from-slack
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
 import time
@@ -18,6 +16,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from bot.playground.slack_side import new_trigger_id, sign
 from bot.playground.workspace import APP_ID, TEAM_DOMAIN, TEAM_ID, Params
 
 CHANNEL_ID = "C0CLONES"
@@ -43,7 +42,7 @@ class Reply:
 
 def trigger_id() -> str:
     """A fresh trigger id, in Slack's shape."""
-    return f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**10)}.{secrets.token_hex(16)}"
+    return new_trigger_id()
 
 
 def slash_command(
@@ -173,15 +172,9 @@ def signed_headers(
         forged: signed with another secret, as an attacker would.
         retry_num: Slack's redelivery number, for a request the bot did not ack in time.
     """
-    timestamp = str(int(time.time()) - age_s)
     secret = secrets.token_hex(16) if forged else signing_secret
-    base = f"v0:{timestamp}:".encode() + request.body
-    signature = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-    headers = {
-        "Content-Type": request.content_type,
-        "X-Slack-Request-Timestamp": timestamp,
-        "X-Slack-Signature": signature,
-    }
+    headers = {"Content-Type": request.content_type}
+    headers |= sign(request.body, secret=secret, timestamp=int(time.time()) - age_s)
     if retry_num is not None:
         headers |= {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": retry_reason}
     return headers
