@@ -52,6 +52,7 @@ class Playground:
         static: Path = STATIC,
         links: Callable[[], Awaitable[Params]] | None = None,
     ) -> None:
+        self.port = settings.port
         self.base = f"http://127.0.0.1:{settings.port}"
         self.people = list(people)
         self.feed = Feed()
@@ -76,15 +77,16 @@ class Playground:
         return f"{self.base}/"
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/", self._index)
+        own = _OwnPage(self.port)
+        app.router.add_get("/", own(self._index))
         if self._static.is_dir():
             app.router.add_static("/static/", self._static)
         app.router.add_route("*", "/api/{method}", self.api.handle)
-        app.router.add_get("/playground/stream", self.feed.stream)
-        app.router.add_get("/playground/users", self._users)
+        app.router.add_get("/playground/stream", own(self.feed.stream))
+        app.router.add_get("/playground/users", own(self._users))
         app.router.add_post("/playground/response/{id}", self.responses.handle)
         if self._links is not None:
-            app.router.add_get("/playground/links", self._answer_links)
+            app.router.add_get("/playground/links", own(self._answer_links))
         for name, handler in (
             ("command", self.command),
             ("action", self.action),
@@ -92,7 +94,7 @@ class Playground:
             ("close", self.close_view),
             ("home", self.open_home),
         ):
-            app.router.add_post(f"/playground/{name}", _page_request(handler))
+            app.router.add_post(f"/playground/{name}", own(_page_request(handler)))
 
     async def close(self) -> None:
         self.feed.close()
@@ -245,6 +247,36 @@ class Playground:
         if not page.is_file():
             return web.Response(status=404, text="the playground's page is missing")
         return web.FileResponse(page)
+
+
+class _OwnPage:
+    """Only the playground's own page may use it. Any site open in the user's browser can send
+    requests to 127.0.0.1 (a form posted there, text/plain so that no CORS check stops it), or
+    reach it under a name of its own that resolves to 127.0.0.1 (DNS rebinding); the page's
+    requests act as any of its users, an admin among them. So: the Host must be the
+    playground's, an Origin (sent with every POST) its own, and a body JSON by its type, which
+    another site's page cannot send without the browser asking first (and being refused)."""
+
+    def __init__(self, port: int) -> None:
+        self._hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+
+    def __call__(self, handler: Any) -> Any:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            origin = request.headers.get("Origin")
+            if request.host not in self._hosts or (
+                origin is not None and origin.removeprefix("http://") not in self._hosts
+            ):
+                return web.json_response(
+                    {"ok": False, "error": "not the playground's page"}, status=403
+                )
+            if request.method == "POST" and request.content_type != "application/json":
+                return web.json_response(
+                    {"ok": False, "error": "send application/json"}, status=415
+                )
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        return guarded
 
 
 def _page_request(handler: Any) -> Any:

@@ -57,6 +57,10 @@ class Played:
     def base(self) -> str:
         return self.playground.base
 
+    @property
+    def port(self) -> int:
+        return self.playground.port
+
     async def post(self, path: str, body: dict[str, Any]) -> Any:
         async with self.http.post(f"{self.base}{path}", json=body) as resp:
             assert resp.status == 200, await resp.text()

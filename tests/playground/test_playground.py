@@ -4,6 +4,7 @@ signed as Slack signs them, and what the bot does comes back on the stream."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -180,3 +181,28 @@ async def test_opening_the_home_tab_gets_it_published(played: Played) -> None:
     assert await played.post("/playground/home", {"user": OWNER}) == {"ok": True}
     home = await played.stream.wait_for(lambda e: e["kind"] == "home")
     assert home["user"] == OWNER and home["view"]["type"] == "home"
+
+
+async def test_another_sites_page_cannot_act_through_the_playground(played: Played) -> None:
+    """Any site open in the user's browser can post to 127.0.0.1 (a form, as text/plain, needs
+    no CORS check) or reach it under its own name (DNS rebinding): it must not act as the
+    playground's admin, nor read what the bot says."""
+    command = json.dumps({"user": ADMIN, "channel": CHANNEL, "text": "/env list"})
+    url = f"{played.base}/playground/command"
+    as_a_form = {"Content-Type": "text/plain"}
+    from_elsewhere = {"Content-Type": "application/json", "Origin": "http://evil.example"}
+    rebound = {"Content-Type": "application/json", "Host": f"evil.example:{played.port}"}
+    for headers, status in ((as_a_form, 415), (from_elsewhere, 403), (rebound, 403)):
+        async with played.http.post(url, data=command, headers=headers) as resp:
+            assert resp.status == status, await resp.text()
+    async with played.http.get(f"{played.base}/playground/stream", headers=rebound) as resp:
+        assert resp.status == 403
+    async with played.http.get(f"{played.base}/playground/users", headers=from_elsewhere) as resp:
+        assert resp.status == 403
+    # the page itself, from its own origin, is served
+    own = {"Content-Type": "application/json", "Origin": played.base}
+    async with played.http.post(url, data=command, headers=own) as resp:
+        assert resp.status == 200 and (await resp.json()) == {"ok": True}
+    answer = await played.stream.wait_for(lambda e: e["kind"] == "message")
+    assert answer["ephemeral_to"] == ADMIN
+    assert len([e for e in played.stream.events if e["kind"] == "message"]) == 1
