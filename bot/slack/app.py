@@ -28,6 +28,7 @@ from bot.slack.edge import MAX_BODY, CheckedSocketModeHandler, SlackEdge
 from bot.slack.health import SlackCheck
 from bot.slack.notices import Notices
 from bot.slack.progress import JobMessages
+from bot.slack.retries import retry_handlers
 from services.context import Services
 from storage.models import Job
 
@@ -40,7 +41,11 @@ log = logging.getLogger(__name__)
 def create_app(svc: Services) -> tuple[AsyncApp, SlackBot]:
     """The app with every listener registered, and what they share."""
     settings = svc.settings
-    client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    client = AsyncWebClient(
+        token=settings.slack_bot_token,
+        base_url=settings.slack_api_url,
+        retry_handlers=retry_handlers(),
+    )
     app = AsyncApp(
         client=client,
         signing_secret=settings.slack_signing_secret or "",

@@ -53,7 +53,7 @@ class SlackEmulator:
         self.calls: list[Call] = []
         self.violations: list[Violation] = []
         self.responses: list[Params] = []  # bodies posted to response_url
-        self._rate_limits: dict[str, tuple[int, int]] = {}
+        self._faults: dict[str, list[tuple[int, int]]] = {}  # method: (status, Retry-After)
         self._tickets: set[str] = set()
         self._sockets: list[web.WebSocketResponse] = []
         self._acks: dict[str, Params] = {}
@@ -111,7 +111,18 @@ class SlackEmulator:
 
     def rate_limit(self, method: str, *, times: int = 1, retry_after: int = 1) -> None:
         """Answer the next ``times`` calls to ``method`` with HTTP 429 and Retry-After."""
-        self._rate_limits[method] = (times, retry_after)
+        self.fail(method, *[429] * times, retry_after=retry_after)
+
+    def fail(self, method: str, *statuses: int, retry_after: int = 1) -> None:
+        """Answer the next calls to ``method`` with these HTTP statuses, one call each, in
+        order, after any failures already asked for: 429 as Slack rate-limits (with
+        Retry-After), 5xx as Slack's servers fail (``internal_error``)."""
+        assert all(s == 429 or 500 <= s < 600 for s in statuses), statuses
+        self._faults.setdefault(method, []).extend((s, retry_after) for s in statuses)
+
+    def faults_left(self, method: str) -> int:
+        """How many of the failures asked for ``method`` no call has met yet."""
+        return len(self._faults.get(method, []))
 
     async def wait_for(
         self,
@@ -229,10 +240,12 @@ class SlackEmulator:
         if token != (self.app_token if method == SOCKET_MODE else self.bot_token):
             self._violate(method, [f"wrong token {token[:5]!r}…"])
             return 200, {}, {"ok": False, "error": "invalid_auth"}
-        times, retry_after = self._rate_limits.get(method, (0, 0))
-        if times:
-            self._rate_limits[method] = (times - 1, retry_after)
-            return 429, {"Retry-After": str(retry_after)}, {"ok": False, "error": "ratelimited"}
+        if faults := self._faults.get(method):
+            status, retry_after = faults.pop(0)
+            if status == 429:
+                headers = {"Retry-After": str(retry_after)}
+                return status, headers, {"ok": False, "error": "ratelimited"}
+            return status, {}, {"ok": False, "error": "internal_error"}
         problems = problems + check_arguments(method, params)
         if problems:
             self._violate(method, problems)
