@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.cli import AsUser, JsonFlag, app, load_settings, out, run
+from bot.cli_common import AsUser, JsonFlag, load_settings, out, run
 from services.access import Request
 from services.context import Services
 from services.ownership import (
@@ -29,11 +29,13 @@ from storage import repositories as repo
 from storage.db import upgrade
 from storage.models import AuditEntry, Job
 
+commands = typer.Typer()
+
 log = logging.getLogger(__name__)
 Env = Annotated[str, typer.Argument(help="The environment.")]
 
 
-@app.command()
+@commands.command()
 def adopt(
     name: Env,
     owner: Annotated[str, typer.Option("--owner", help="Its new owner (a Slack user ID).")],
@@ -44,7 +46,7 @@ def adopt(
     out.print(f"{name} is now owned by {owner}")
 
 
-@app.command()
+@commands.command()
 def share(
     name: Env,
     collaborator: Annotated[str, typer.Argument(help="Who gets access (a Slack user ID).")],
@@ -56,7 +58,7 @@ def share(
     out.print(f"{name} is shared with {collaborator} as {role}")
 
 
-@app.command()
+@commands.command()
 def owner(
     name: Env,
     new_owner: Annotated[str, typer.Argument(help="The new owner (a Slack user ID).")],
@@ -67,7 +69,7 @@ def owner(
     out.print(f"{name} now belongs to {new_owner}")
 
 
-@app.command()
+@commands.command()
 def bind(
     name: Env,
     channel: Annotated[str, typer.Argument(help="A Slack channel ID (C…).")],
@@ -78,7 +80,7 @@ def bind(
     out.print(f"{name} now takes commands in {channel}")
 
 
-@app.command()
+@commands.command()
 def forget(name: Env, user: AsUser) -> None:
     """Forget an environment that is down (admins only): its record goes, with its owner,
     people, channels, domains and routes, and its name is free unless volumes still hold it."""
@@ -88,7 +90,7 @@ def forget(name: Env, user: AsUser) -> None:
         out.print(f"  what is left of it still holds the name: {', '.join(left)}", highlight=False)
 
 
-@app.command()
+@commands.command()
 def jobs(as_json: JsonFlag = False) -> None:
     """The latest jobs: what ran, for whom, how it ended."""
 
@@ -109,7 +111,7 @@ def jobs(as_json: JsonFlag = False) -> None:
     out.print(table)
 
 
-@app.command()
+@commands.command()
 def audit(
     env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
     as_json: JsonFlag = False,
@@ -132,7 +134,7 @@ def audit(
     out.print(table)
 
 
-@app.command()
+@commands.command()
 def serve(
     router: Annotated[
         bool, typer.Option(help="Run clonebot's own HAProxy on CLONEBOT_ROUTER_BIND.")
@@ -203,7 +205,7 @@ def _print_recovered(recovered: list[Job]) -> None:
         )
 
 
-@app.command()
+@commands.command()
 def recover() -> None:
     """Recover jobs whose clonebot process died: resume sources, remove partial clones."""
     recovered = run(recover_jobs)
@@ -212,7 +214,7 @@ def recover() -> None:
 
 
 db_app = typer.Typer(help="The database.")
-app.add_typer(db_app, name="db")
+commands.add_typer(db_app, name="db")
 
 
 @db_app.command("upgrade")

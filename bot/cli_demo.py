@@ -6,15 +6,17 @@ from typing import Annotated
 
 import typer
 
-from bot.cli import app, err, out, run
+from bot.cli_common import err, out, run
 from services.context import Services
 from services.demo import DemoReport, ensure_demo, remove_demo
 from services.router import apply_now
 from services.routing import site_url
 from services.settings import Settings
 
+commands = typer.Typer()
 
-@app.command()
+
+@commands.command()
 def demo(
     remove: Annotated[
         bool, typer.Option("--remove", help="Delete the demo instead (its image stays).")

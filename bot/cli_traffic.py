@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.cli import AsUser, JsonFlag, app, out, run
+from bot.cli_common import AsUser, JsonFlag, out, run
 from services.access import Request
 from services.context import Services
 from services.haproxy import RouterFiles
@@ -22,8 +22,10 @@ from services.routing import (
     swap_domains,
 )
 
+commands = typer.Typer()
+
 domain_app = typer.Typer(help="Custom domains of an environment.")
-app.add_typer(domain_app, name="domain")
+commands.add_typer(domain_app, name="domain")
 
 
 async def _applied(svc: Services) -> str:
@@ -58,7 +60,7 @@ def domain_remove(env: str, domain: str, user: AsUser) -> None:
     out.print(run(work), highlight=False)
 
 
-@app.command()
+@commands.command()
 def swap(first: str, second: str, user: AsUser) -> None:
     """Exchange the custom domains of two environments, in one atomic step."""
 
@@ -69,7 +71,7 @@ def swap(first: str, second: str, user: AsUser) -> None:
     out.print(run(work), highlight=False)
 
 
-@app.command()
+@commands.command()
 def split(
     domain: str,
     weights: Annotated[list[str], typer.Argument(help="Two ENV=WEIGHT, like prod=90 dev=10.")],
@@ -86,7 +88,7 @@ def split(
     out.print(run(work), highlight=False)
 
 
-@app.command()
+@commands.command()
 def failover(domain: str, primary: str, backup: str, user: AsUser) -> None:
     """Send a domain to PRIMARY, and to BACKUP while PRIMARY's web nodes fail."""
 
@@ -97,7 +99,7 @@ def failover(domain: str, primary: str, backup: str, user: AsUser) -> None:
     out.print(run(work), highlight=False)
 
 
-@app.command()
+@commands.command()
 def routes(as_json: JsonFlag = False) -> None:
     """What every domain is routed to, as HAProxy is told."""
 

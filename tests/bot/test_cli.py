@@ -178,3 +178,16 @@ def test_a_bad_setting_stops_at_once_naming_it(settings: Settings) -> None:
     assert done.stderr.strip() == (
         "bad setting CLONEBOT_ADMINS: Value error, 'bob' is not a Slack user ID (like U012AB3CD)"
     )
+
+
+def test_the_root_module_alone_is_the_whole_command_line() -> None:
+    # A fresh interpreter: `from bot.cli import app`, as an embedding script would, must give
+    # every command, not those of the modules that happened to be imported before.
+    script = (
+        "from typer.main import get_command; from bot.cli import app; "
+        "print(' '.join(sorted(get_command(app).commands)))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    commands = set(done.stdout.split())
+    assert {"clone", "serve", "db", "swap", "domain", "demo", "audit"} <= commands

@@ -1,0 +1,186 @@
+"""Commands about environments: envs, clone, refresh, delete, rename."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from bot.cli_common import AsUser, JsonFlag, out, run
+from bot.progress_view import ProgressView
+from services.access import Request
+from services.context import Services
+from services.environments import Environment, list_environments
+from services.jobs import run_job, submit_clone, submit_delete, submit_refresh, submit_rename
+from services.naming import Rewrite
+from services.progress import EventSink, ignore_events
+from storage import repositories as repo
+from storage.models import Job
+
+commands = typer.Typer()
+
+
+@commands.command()
+def envs(as_json: JsonFlag = False) -> None:
+    """List the environments on the Docker engine, with their owners; those that are down
+    (recorded, with no container) too."""
+
+    async def work(svc: Services) -> list[tuple[Environment, str | None]]:
+        async with svc.sessions() as session:
+            records = {r.name: r for r in await repo.list_environments(session)}
+        found = await list_environments(svc.docker)
+        up = {e.name for e in found}
+        down = [n for n, r in records.items() if r.state == "ready" and n not in up]
+        found = sorted([*found, *(Environment(n, layers=()) for n in down)], key=lambda e: e.name)
+        return [(e, records[e.name].owner if e.name in records else e.owner) for e in found]
+
+    environments = run(work)
+    if as_json:
+        print(json.dumps([_env_json(e, owner) for e, owner in environments], indent=2))
+        return
+    table = Table("environment", "layers", "nodes", "cloned from", "owner")
+    for env, owner in environments:
+        layers = ", ".join(f"{layer.name} ({layer.scaling})" for layer in env.layers)
+        running = sum(n.state == "running" for n in env.nodes)
+        nodes = f"{running}/{len(env.nodes)} running" if env.nodes else "[yellow]down[/]"
+        table.add_row(env.name, layers, nodes, env.cloned_from or "", owner or "(unowned)")
+    out.print(table)
+
+
+@commands.command()
+def clone(
+    source: Annotated[str, typer.Argument(help="The environment to copy.")],
+    name: Annotated[
+        str | None, typer.Argument(help="The clone's name (default: SOURCE-cloneN).")
+    ] = None,
+    user: AsUser = ...,  # type: ignore[assignment]
+    snapshot: Annotated[bool, typer.Option(help="Create the clone without starting it.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make a complete, running copy of an environment (it becomes yours)."""
+    _job(
+        lambda svc: submit_clone(svc, Request(user), source=source, name=name, snapshot=snapshot),
+        as_json=as_json,
+    )
+
+
+@commands.command()
+def refresh(
+    name: Annotated[str, typer.Argument(help="The clone to refresh.")],
+    user: AsUser = ...,  # type: ignore[assignment]
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-copy a clone's stateful data from its source."""
+    _job(lambda svc: submit_refresh(svc, Request(user), name=name), as_json=as_json)
+
+
+@commands.command()
+def delete(
+    name: Annotated[str, typer.Argument(help="The environment to delete.")],
+    user: AsUser = ...,  # type: ignore[assignment]
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Also delete an environment that is not a clone, or the volumes one that is "
+            "down left."
+        ),
+    ] = False,
+) -> None:
+    """Delete an environment: its containers, networks, volumes and snapshot images."""
+    job = run(
+        lambda svc: _submit_and_run(
+            svc, submit_delete(svc, Request(user), name=name, force=force), ignore_events
+        )
+    )
+    out.print(f"deleted {job.environment}")
+
+
+@commands.command()
+def rename(
+    name: Annotated[str, typer.Argument(help="The environment to rename.")],
+    new_name: Annotated[str, typer.Argument(help="Its new name.")],
+    user: AsUser = ...,  # type: ignore[assignment]
+) -> None:
+    """Rename an environment: its nodes are re-created under the new name, on the same data.
+
+    Its nodes stop for the few seconds this takes; its internal domain moves with it, and
+    its custom domains, routes and people stay.
+    """
+    job = run(
+        lambda svc: _submit_and_run(
+            svc, submit_rename(svc, Request(user), name=name, new_name=new_name), ignore_events
+        )
+    )
+    result: dict[str, Any] = job.result or {}
+    out.print(
+        f"renamed {job.environment} to [green]{job.params['to']}[/] in "
+        f"{result.get('elapsed_ms', 0) / 1000:.1f} s (job {job.id})",
+        soft_wrap=True,
+    )
+    _print_details(result)
+
+
+def _job(submit: Callable[[Services], Awaitable[Job]], *, as_json: bool) -> None:
+    if as_json:
+        job = run(lambda svc: _submit_and_run(svc, submit(svc), ignore_events), as_json=True)
+        print(json.dumps({"job": job.id, **(job.result or {}), "state": job.state}, indent=2))
+        return
+    with ProgressView(out) as view:
+        job = run(lambda svc: _submit_and_run(svc, submit(svc), view))
+    _print_result(job)
+
+
+async def _submit_and_run(svc: Services, submitted: Awaitable[Job], emit: EventSink) -> Job:
+    job = await submitted
+    if job.state != "queued":  # a repeated request: show the job it already started
+        return job
+    return await run_job(svc, job.id, emit=emit)
+
+
+def _print_result(job: Job) -> None:
+    result: dict[str, Any] = job.result or {}
+    started = "running" if result.get("started", True) else "created, not started (snapshot)"
+    out.print(
+        f"[green]{job.environment}[/] is {started}: {len(result.get('nodes', []))} nodes in "
+        f"{result.get('elapsed_ms', 0) / 1000:.1f} s; source frozen "
+        f"{result.get('freeze_ms', 0)} ms at most (job {job.id})",
+        soft_wrap=True,
+    )
+    _print_details(result)
+
+
+def _print_details(result: dict[str, Any]) -> None:
+    """What the job changed that its user should know: rewrites, ports, warnings."""
+    for rw in map(Rewrite.from_record, result.get("rewrites", [])):
+        # which hosts changed, never the value: it may hold a password
+        out.print(f"  rewrote {rw.node} {rw.describe()}", highlight=False, soft_wrap=True)
+    for port in result.get("ports", []):
+        line = (
+            f"  port {port['node']} {port['container_port']}: host {port['old']} -> {port['new']}"
+        )
+        out.print(line, highlight=False, soft_wrap=True)
+    for warning in result.get("warnings", []):
+        out.print(f"  [yellow]warning:[/] {warning}", soft_wrap=True)
+
+
+def _env_json(env: Environment, owner: str | None) -> dict[str, Any]:
+    return {
+        "name": env.name,
+        "owner": owner,
+        "cloned_from": env.cloned_from,
+        "state": "up" if env.nodes else "down",
+        "layers": [
+            {
+                "name": layer.name,
+                "scaling": layer.scaling,
+                "http_port": layer.http_port,
+                "nodes": [
+                    {"name": n.name, "number": n.number, "state": n.state} for n in layer.nodes
+                ],
+            }
+            for layer in env.layers
+        ],
+    }
