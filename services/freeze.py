@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from services import rootfs
+from services import metrics, rootfs
 from services.docker import JSON, DockerClient, gather_all
 from services.environments import Layer, Node
 from services.errors import ClonebotError, DockerFailed, DockerUnavailable, FreezeTimeout
@@ -213,6 +213,7 @@ async def _resume_all(
             await asyncio.sleep(0.2 * (attempt + 1))
         ms = int((time.monotonic() - frozen[master_id]) * 1000)
         report.longest_ms = max(report.longest_ms, ms)
+        metrics.FREEZE_SECONDS.observe(ms / 1000)
 
     await gather_all(*(resume(mid) for mid in list(frozen)))
     if how:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services import metrics
 from services.errors import ClonebotError
 
 
@@ -409,22 +410,27 @@ async def apply_to_running(
     Only a change of structure (backends, servers, options) is a reload; a map or weight
     change goes through the runtime API, in a few milliseconds, and to the files.
     """
+    started = time.monotonic()
     previous, previous_map = await asyncio.to_thread(
         lambda: (_read(files.config), _read(files.hosts))
     )
     if structure_of(previous) != structure_of(config):
         await write_files(files, config=config, hosts=hosts, binary=binary)
         await master.reload(api)
+        metrics.observe_route_change(how="reload", seconds=time.monotonic() - started)
         return True
     # HAProxy first, the files right after (under the same lock): a swap is seen sooner, and
     # a reload can only come once the files are written
     new_map = render_map(hosts)
-    if previous_map != new_map:
+    if changed := previous_map != new_map:
         await api.replace_map(files.hosts, hosts)
     before = weights_in(previous)
     for (backend, server), weight in weights_in(config).items():
         if before.get((backend, server)) != weight:
             await api.set_weight(backend=backend, server=server, weight=weight)
+            changed = True
+    if changed:  # traffic moved now; the files follow
+        metrics.observe_route_change(how="runtime", seconds=time.monotonic() - started)
     # the same structure HAProxy accepted before, only other weights: no check needed
     await asyncio.to_thread(_write_all, {files.hosts: new_map, files.config: config})
     return False

@@ -6,12 +6,13 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import time
 from typing import Any, assert_never
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from services import access
+from services import access, metrics
 from services.access import Request
 from services.cloning import CloneResult
 from services.context import Services
@@ -34,6 +35,7 @@ from services.lifecycle import (
     refresh_clone,
     rename_environment,
 )
+from services.log_context import job_logged
 from services.naming import check_name_free, default_clone_name, held_names, validate_name
 from services.permissions import Action
 from services.progress import EventSink, ignore_events
@@ -303,8 +305,14 @@ async def _recheck(svc: Services, job: Job) -> None:
 async def run_job(svc: Services, job_id: str, *, emit: EventSink = ignore_events) -> Job:
     """Claim and run a queued job; a job claimed elsewhere is returned as it stands.
 
-    Errors are recorded on the job, then raised again for the caller to show.
+    Errors are recorded on the job, then raised again for the caller to show. Every line
+    logged meanwhile names the job (``log_context``).
     """
+    with job_logged(job_id):
+        return await _run_job(svc, job_id, emit=emit)
+
+
+async def _run_job(svc: Services, job_id: str, *, emit: EventSink) -> Job:
     worker = this_worker()
     try:  # waits while CLONEBOT_MAX_JOBS jobs run, saying so
         job, claimed = await claim(svc, job_id, worker=worker, emit=emit)
@@ -320,6 +328,7 @@ async def run_job(svc: Services, job_id: str, *, emit: EventSink = ignore_events
         return await _dispatch(svc, job, progress)
 
     outcome: dict[str, Any] = {"state": "succeeded"}
+    started = time.monotonic()
     try:
         async with progress:
             with reserving_disk(disk_reserver(svc, job_id)):
@@ -335,6 +344,8 @@ async def run_job(svc: Services, job_id: str, *, emit: EventSink = ignore_events
         outcome = {"state": "rolled back", "error": f"{type(exc).__name__}: {exc}"}
         raise
     finally:
+        seconds = time.monotonic() - started
+        metrics.observe_job(kind=job.kind, outcome=outcome["state"], seconds=seconds)
         await asyncio.shield(_finish(svc, job, outcome, steps=progress.steps, worker=worker))
     return await _reload(svc, job_id)
 

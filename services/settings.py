@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     slack_queue_limit: int = Field(default=100, ge=1, alias="CLONEBOT_SLACK_QUEUE")
     # a job that took this long also ends with a direct message to whoever asked for it
     dm_after_s: float = Field(default=60.0, ge=0, alias="CLONEBOT_DM_AFTER")
+    # log lines: "text" for a person at a terminal, "json" (one object a line) for a collector
+    log_format: Literal["text", "json"] = Field(default="text", alias="CLONEBOT_LOG_FORMAT")
     admins: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(), alias="CLONEBOT_ADMINS"
     )

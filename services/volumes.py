@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from services import metrics
 from services.copy_plan import PLAN
 from services.docker import JSON, DockerClient, ExecSession
 from services.errors import DockerFailed
@@ -243,8 +244,10 @@ async def pre_copy(
     ``watch="off"`` is for a source that holds still (no final pass follows).
     """
     cmd = ["sh", "-c", _PRE_COPY, "pre-copy", str(count), watch]
+    meter = metrics.CopyMeter(on_bytes)
     async with docker.exec_session(helper, cmd) as ex:
-        await _follow(ex, on_bytes=on_bytes, what="pre-copy", on_warning=on_warning)
+        await _follow(ex, on_bytes=meter, what="pre-copy", on_warning=on_warning)
+    meter.done()
 
 
 class FinalPass:
