@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from bot.cli_common import AsUser, JsonFlag, load_settings, out, run
+from bot.logs import configure_logging
 from services.access import Request
 from services.context import Services
 from services.ownership import (
@@ -151,9 +152,7 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(svc.settings.log_format)
         async with contextlib.AsyncExitStack() as stack:
             settings = svc.settings
             if settings.slack_bot_token is None or settings.playground:
