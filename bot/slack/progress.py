@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -28,6 +29,9 @@ from storage.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 EDIT_EVERY_S = 1.0  # Slack allows about one chat.update a second per message
+# the job's result is tried this often while Slack fails (each try is itself retried by the
+# client on a 5xx, bot.slack.retries): about half a minute of Slack failing, then given up
+LAST_TRIES = 6
 RateLimited = Callable[[float], Awaitable[None]]
 
 
@@ -122,7 +126,7 @@ class JobMessages:
                     "job %s: no message in %s: %s", job.id, where, exc.response.get("error")
                 )
                 continue
-            except (OSError, TimeoutError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("job %s: no message in %s: %r", job.id, where, exc)
                 continue
             posted, ts = str(answer["channel"]), str(answer["ts"])
@@ -163,7 +167,8 @@ async def _reload(svc: Services, job_id: str) -> Job:
 
 class _Editor:
     """Edits one message: only when it changed, at most once per ``every_s``, and never
-    before a 429's ``Retry-After`` has passed. The last edit waits for its turn; the others
+    before a 429's ``Retry-After`` has passed. The last edit waits for its turn and is tried
+    again when Slack fails (429, 5xx, no answer), ``LAST_TRIES`` times at most; the others
     are dropped for a newer one."""
 
     def __init__(self, client: AsyncWebClient, channel: str, ts: str, *, every_s: float) -> None:
@@ -178,7 +183,7 @@ class _Editor:
         content = message.to_dict()
         if content == self._shown:
             return self
-        while True:
+        for _ in range(LAST_TRIES if last else 1):
             wait = self._next - time.monotonic()
             if wait > 0 and not last:
                 return self
@@ -186,17 +191,31 @@ class _Editor:
             try:
                 await self._client.chat_update(channel=self._channel, ts=self._ts, **content)
             except SlackApiError as exc:
-                if exc.response.status_code != 429:
+                if not _passing(exc):
                     log.warning("message %s not edited: %s", self._ts, exc.response.get("error"))
                     return None
-                headers = {k.lower(): v for k, v in exc.response.headers.items()}
-                retry_after = float(headers.get("retry-after", 1))
-                self._next = time.monotonic() + retry_after
-                if not last:
-                    return self
+                self._next = time.monotonic() + _retry_after(exc, default=self._every_s)
                 continue
-            except (OSError, TimeoutError) as exc:  # Slack unreachable: try the next one
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # Slack unreachable
                 log.warning("message %s not edited: %r", self._ts, exc)
-                return self
+                self._next = time.monotonic() + self._every_s
+                continue
             self._shown, self._next = content, time.monotonic() + self._every_s
             return self
+        if last:
+            log.warning("message %s: its last edit failed %d times", self._ts, LAST_TRIES)
+        return self
+
+
+def _passing(exc: SlackApiError) -> bool:
+    """Whether Slack refused for now only: rate-limited, or its servers failing."""
+    status: int = exc.response.status_code
+    return status == 429 or status >= 500
+
+
+def _retry_after(exc: SlackApiError, *, default: float) -> float:
+    headers = {k.lower(): v for k, v in exc.response.headers.items()}
+    try:
+        return float(headers["retry-after"])
+    except (KeyError, ValueError):
+        return default

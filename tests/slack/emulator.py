@@ -13,6 +13,7 @@ import asyncio
 import json
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import NamedTuple, TypeVar
@@ -32,6 +33,7 @@ class Call(NamedTuple):
     method: str
     params: Params
     answer: Answer
+    at: float = 0.0  # when the emulator answered (time.monotonic())
 
 
 class Violation(NamedTuple):
@@ -224,7 +226,7 @@ class SlackEmulator:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         token = str(params.pop("token", token))
         status, headers, answer = self._answer(method, params, token=token, problems=problems)
-        self.calls.append(Call(method, params, answer))
+        self.calls.append(Call(method, params, answer, time.monotonic()))
         self._notify()
         return web.json_response(answer, status=status, headers=headers)
 

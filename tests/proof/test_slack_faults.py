@@ -1,0 +1,83 @@
+"""Slack answering 429 and 500 while a clone started from Slack runs: the bot retries with
+back-off, honours Retry-After, loses no message, and the job does not notice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from services.settings import Settings
+from tests.bot.test_slack_app import TEAM_CHANNEL, _serving, _texts, _until
+from tests.bot.test_traffic_cli import cli, routed  # noqa: F401 (a fixture)
+from tests.conftest import OWNER, MakeSource
+from tests.slack.emulator import Call, SlackEmulator
+from tests.slack.signing import CHANNEL_ID
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+RETRY_AFTER = 2
+
+
+def _after_a_429(calls: list[Call]) -> list[float]:
+    """For each call answered 429, how long after it the same method was called again."""
+    return [
+        later.at - call.at
+        for call, later in pairwise(calls)
+        if call.answer.get("error") == "ratelimited"
+    ]
+
+
+async def test_a_clone_from_slack_survives_slack_answering_429_and_500(
+    routed: Settings,  # noqa: F811
+    slack: SlackEmulator,
+    make_source: MakeSource,
+    tmp_path: Path,
+) -> None:
+    prod = (await make_source(web_nodes=1)).name
+    copy = f"{prod}-flaky"
+    # the progress message meets a rate limit, then Slack's servers failing twice; every
+    # edit after it meets the same, then two more 500s: four in a row, one more than a call
+    # is retried, so the editor must try the next edit rather than give the message up
+    slack.fail("chat.postMessage", 429, 500, 500, retry_after=RETRY_AFTER)
+    slack.fail("chat.update", 429, 500, 500, 500, 500, retry_after=RETRY_AFTER)
+
+    async with (
+        asyncio.timeout(180),
+        _serving(routed, slack, tmp_path) as bot,
+    ):
+        reply = await bot.command(OWNER, "/clone", f"{prod} {copy}")
+        assert reply.status == 200 and reply.elapsed_s < 3, reply
+
+        final = await bot.final_message(timeout_s=90)
+        assert final["text"].startswith(f":white_check_mark: *{copy}* is running at"), final
+        buttons = [
+            e["action_id"] for b in final["blocks"] if b["type"] == "actions" for e in b["elements"]
+        ]
+        assert {"swap_domains", "split_traffic", "delete_clone"} <= set(buttons), buttons
+        # one message in the channel, the one the clone's progress went to: no retry posted
+        # a second, and none fell back to a direct message
+        progress = _texts(slack, "chat.postMessage", CHANNEL_ID)
+        assert len(progress) == 1 and progress[0].startswith(f"Cloning {prod} → {copy}")
+        [posted] = [c for c in slack.calls_to("chat.postMessage") if c.answer.get("ok")][:1]
+        assert posted.params["channel"] == CHANNEL_ID
+        assert final["ts"] == posted.answer["ts"]
+        await _until(
+            lambda: len(_texts(slack, "chat.postMessage", TEAM_CHANNEL)) >= 2,
+            what="the clone's start and end told to the team",
+            timeout_s=30,
+        )
+        team = _texts(slack, "chat.postMessage", TEAM_CHANNEL)
+        assert team[0].startswith(f":hourglass_flowing_sand: Cloning {prod} → {copy}")
+        assert team[1].startswith(f":white_check_mark: *{copy}* is running")
+
+    # every failure asked for was met, and each 429's Retry-After was waited out, by the
+    # client (postMessage) and by the progress editor (update) alike
+    assert slack.faults_left("chat.postMessage") == slack.faults_left("chat.update") == 0
+    for method in ("chat.postMessage", "chat.update"):
+        waits = _after_a_429(slack.calls_to(method))
+        assert waits and min(waits) >= RETRY_AFTER - 0.05, (method, waits)
+    jobs = json.loads(cli(routed, "jobs", "--json"))
+    assert [(j["environment"], j["state"]) for j in jobs] == [(copy, "succeeded")]
