@@ -1,4 +1,5 @@
 """``GET /healthz``: whether clonebot can work, for a load balancer or a person; no internals.
+``GET /metrics``: Prometheus's text (``services.metrics``).
 
 The answer is ``{"ok": true|false, "checks": {"docker": "ok"|"failing", "database": …,
 "slack": "ok"|"failing"|"off"}}``, 200 when ok and 503 when not. Why a check fails goes to the
@@ -16,8 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from sqlalchemy import text
 
+from services import metrics
 from services.context import Services
 
 log = logging.getLogger(__name__)
@@ -73,19 +76,32 @@ def healthz(
     return answer
 
 
+def metrics_handler(svc: Services) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def answer(request: web.Request) -> web.Response:
+        body = await metrics.scrape(svc)
+        # the text format every Prometheus reads (prometheus_client's own default answer)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+    return answer
+
+
 @contextlib.asynccontextmanager
 async def serving_health(svc: Services) -> AsyncIterator[None]:
-    """``/healthz`` on PORT while Slack is off (with Slack on, the Slack app serves it)."""
+    """``/healthz`` and ``/metrics`` on PORT while Slack is off (with Slack on, the Slack app
+    serves them)."""
     settings = svc.settings
     app = web.Application()
     app.router.add_get("/healthz", healthz(svc, slack=None))
+    app.router.add_get("/metrics", metrics_handler(svc))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
         try:
             await web.TCPSite(runner, settings.http_host, settings.port).start()
         except OSError as exc:  # the rest of clonebot works without it
-            log.warning("/healthz not served on port %s: %s", settings.port, exc.strerror)
+            log.warning(
+                "/healthz and /metrics not served on port %s: %s", settings.port, exc.strerror
+            )
         yield
     finally:
         await runner.cleanup()

@@ -346,6 +346,7 @@ async def _run_job(svc: Services, job_id: str, *, emit: EventSink) -> Job:
     finally:
         seconds = time.monotonic() - started
         metrics.observe_job(kind=job.kind, outcome=outcome["state"], seconds=seconds)
+        log.info("%s of %s %s in %.1f s", job.kind, job.environment, outcome["state"], seconds)
         await asyncio.shield(_finish(svc, job, outcome, steps=progress.steps, worker=worker))
     return await _reload(svc, job_id)
 

@@ -33,7 +33,8 @@ OTHER = "other"
 JOB_KINDS = frozenset(JobKind)
 JOB_OUTCOMES = frozenset({"succeeded", "failed", "rolled back"})
 ROUTE_CHANGES = frozenset({"reload", "runtime"})
-SLACK_REQUESTS = frozenset({"command", "action", "view", "event", "refused"})
+SLACK_REQUESTS = frozenset({"command", "action", "view", "event", "other", "refused"})
+_HTTP_STATUSES = frozenset(str(status) for status in range(100, 600))
 SLACK_API_ERRORS = frozenset({"ratelimited", "server_error", "client_error", "connection", "api"})
 STATE_READ_S = 2.0  # a scrape waits at most this long for the database and HAProxy
 
@@ -109,6 +110,12 @@ def bounded(value: str, allowed: Iterable[str]) -> str:
 def observe_job(*, kind: str, outcome: str, seconds: float) -> None:
     labels = (bounded(kind, JOB_KINDS), bounded(outcome, JOB_OUTCOMES))
     JOB_SECONDS.labels(*labels).observe(seconds)
+
+
+def observe_slack_request(*, kind: str, status: int, seconds: float) -> None:
+    """A request Slack sent over HTTP, answered with ``status`` after ``seconds``."""
+    SLACK_ACK_SECONDS.labels(bounded(kind, SLACK_REQUESTS)).observe(seconds)
+    SLACK_REQUEST_COUNT.labels(bounded(str(status), _HTTP_STATUSES)).inc()
 
 
 def observe_route_change(*, how: str, seconds: float) -> None:
@@ -216,7 +223,7 @@ async def _counts(svc: Services) -> tuple[dict[str, int], dict[str, int]]:
         envs = await session.execute(
             select(EnvironmentRecord.state, func.count()).group_by(EnvironmentRecord.state)
         )
-        return dict(jobs.tuples().all()), dict(envs.tuples().all())
+        return {s: n for s, n in jobs.all()}, {s: n for s, n in envs.all()}
 
 
 async def _router_up(svc: Services) -> bool:

@@ -1,8 +1,10 @@
 """The edge of the Slack app: ``POST /slack/events`` (and Socket Mode's envelopes), before Bolt.
 
-Each request is measured, its signature and age checked, its body decoded and read into a
-checked payload (``bot.slack.payloads``), and only then handed to Bolt, as JSON holding what
-the payload models kept. Whatever fails gets a 4xx with a short reason and one log line that
+Each request gets an id for the log lines it causes (``services.log_context``) and is timed
+(``clonebot_slack_ack_seconds{kind}``, ``clonebot_slack_requests_total{status}``); its
+signature and age are checked, its body decoded and read into a checked payload
+(``bot.slack.payloads``), and only then handed to Bolt, as JSON holding what the payload
+models kept. Whatever fails gets a 4xx with a short reason and one log line that
 names the reason, never the body, a token or the signing secret (Bolt's own verification
 logs the whole body of a request it refuses, at INFO: it is turned off, as this edge does
 its work).
@@ -29,6 +31,8 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from bot.slack.payloads import Unreadable, read_body, read_envelope
+from services import metrics
+from services.log_context import request_logged
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,10 @@ class CheckedSocketModeHandler(AsyncSocketModeHandler):
         self._origins = slack_origins(api_url)
 
     async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
+        with request_logged():
+            await self._handle(client, req)
+
+    async def _handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:
         try:
             req.payload = read_envelope(req.payload, kind=req.type, slack_origins=self._origins)
         except Unreadable as exc:
@@ -90,15 +98,28 @@ class SlackEdge:
         self._origins = slack_origins(api_url)
 
     async def handle(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        with request_logged():
+            kind, response = await self._answer(request)
+        seconds = time.monotonic() - started
+        metrics.observe_slack_request(kind=kind, status=response.status, seconds=seconds)
+        return response
+
+    async def _answer(self, request: web.Request) -> tuple[str, web.Response]:
+        """The kind of request (for its metric) and Bolt's answer, or a refusal."""
         try:
-            bolt_request = await self._read(request)
+            kept = await self._read(request)
         except Refusal as refusal:
             log.info("Slack request refused (%d): %s", refusal.status, refusal.reason)
             text = "invalid request" if refusal.status == 401 else refusal.reason
-            return web.json_response({"error": text}, status=refusal.status)
-        return await to_aiohttp_response(await self._app.async_dispatch(bolt_request))
+            return "refused", web.json_response({"error": text}, status=refusal.status)
+        bolt_request = AsyncBoltRequest(
+            body=json.dumps(kept), query=None, headers=self._headers(request)
+        )
+        response = await to_aiohttp_response(await self._app.async_dispatch(bolt_request))
+        return _kind(kept), response
 
-    async def _read(self, request: web.Request) -> AsyncBoltRequest:
+    async def _read(self, request: web.Request) -> dict[str, Any]:
         if (request.content_length or 0) > MAX_BODY:
             raise Refusal(413, f"the body is over {MAX_BODY} bytes, more than Slack sends")
         try:
@@ -117,7 +138,7 @@ class SlackEdge:
             kept = read_body(text, content_type=request.content_type, slack_origins=self._origins)
         except Unreadable as exc:
             raise Refusal(400, exc.message) from None
-        return AsyncBoltRequest(body=json.dumps(kept), query=None, headers=self._headers(request))
+        return kept
 
     @staticmethod
     def _timestamp(request: web.Request) -> str:
@@ -147,3 +168,20 @@ class SlackEdge:
         if _RETRY.fullmatch(retry) and _RETRY_REASON.fullmatch(reason):
             headers |= {"x-slack-retry-num": retry, "x-slack-retry-reason": reason}
         return headers
+
+
+_KINDS = {
+    "block_actions": "action",
+    "view_submission": "view",
+    "view_closed": "view",
+    "event_callback": "event",
+    "url_verification": "event",
+    "app_rate_limited": "event",
+}
+
+
+def _kind(kept: dict[str, Any]) -> str:
+    """command, action, view, event, or other (Slack's ssl_check)."""
+    if "command" in kept:
+        return "command"
+    return _KINDS.get(kept.get("type", ""), "other")
