@@ -4,6 +4,7 @@ way a listener's work ends (done, refused with a reason, or failed without a sta
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ WORKERS = 4
 # a request is answered "busy" at once rather than the queue (and the memory, and the wait)
 # growing without end.
 BUSY = ":hourglass: clonebot is busy with other requests; try again in a minute."
-Work = tuple[Respond, Callable[[], Awaitable[str | None]]]
+# the request's context goes with its work: its log lines keep the request's id
+Work = tuple[Respond, Callable[[], Awaitable[str | None]], contextvars.Context]
 
 
 @dataclass
@@ -85,7 +87,7 @@ class SlackBot:
         """Run ``work`` once a worker is free, and answer the user with what it says; when
         CLONEBOT_SLACK_QUEUE requests already wait, answer at once that clonebot is busy."""
         try:
-            self._queue.put_nowait((respond, work))
+            self._queue.put_nowait((respond, work, contextvars.copy_context()))
         except asyncio.QueueFull:
             log.warning("work queue full (%d): a request was answered busy", self.queue_limit)
             task = asyncio.create_task(self.answer(respond, _say(BUSY)))
@@ -94,9 +96,9 @@ class SlackBot:
 
     async def _work(self) -> None:
         while True:
-            respond, work = await self._queue.get()
+            respond, work, context = await self._queue.get()
             try:
-                await self.answer(respond, work())
+                await asyncio.create_task(self.answer(respond, work()), context=context)
             except Exception:  # answer() tells the user; nothing may stop a worker
                 log.exception("a Slack request's work failed")
             finally:
