@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from services import metrics
 from services.docker import DockerClient
 from services.haproxy import (
     Backend,
@@ -143,10 +144,12 @@ async def test_a_reload_adds_a_backend_without_dropping_a_request(
     three = render_config(
         files=router.files, bind=bind, backends=_backends(web_nodes, "a", "b", "c")
     )
+    reloads = _route_changes("reload")
     reloaded = await router.apply(config=three, hosts={"a.test": "env_a", "c.test": "env_c"})
     await asyncio.sleep(0.3)
     stop.set()
     assert reloaded
+    assert _route_changes("reload") == reloads + 1  # measured as what it was
     assert set(await load) == {(200, "A")}
     async with aiohttp.ClientSession() as session:
         assert await _get(session, bind, "c.test") == (200, "C")
@@ -217,13 +220,21 @@ async def test_weights_and_hosts_change_without_a_reload(
 
     await router.start(config=split(100, 0), hosts={"shop.test": "route_1"})
     worker = await router.api.command("show info")
+    changes = _route_changes("runtime"), _route_changes("reload")
     assert not await router.apply(
         config=split(0, 100), hosts={"shop.test": "route_1", "x.test": "route_1"}
     )
+    assert (_route_changes("runtime"), _route_changes("reload")) == (changes[0] + 1, changes[1])
     assert _pid(worker) == _pid(await router.api.command("show info")), "the same worker"
     async with aiohttp.ClientSession() as session:
         assert {await _get(session, bind, "x.test") for _ in range(10)} == {(200, "B")}
     assert router.files.config.read_text() == split(0, 100), "the file follows, for a restart"
+
+
+def _route_changes(how: str) -> float:
+    """How many route changes of this kind ``/metrics`` counts so far."""
+    count = metrics.REGISTRY.get_sample_value("clonebot_route_change_seconds_count", {"how": how})
+    return count or 0.0
 
 
 def _pid(info: str) -> str:
