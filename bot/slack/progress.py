@@ -30,8 +30,8 @@ from storage.models import Job, utcnow
 log = logging.getLogger(__name__)
 EDIT_EVERY_S = 1.0  # Slack allows about one chat.update a second per message
 # the job's result is tried this often while Slack fails (each try is itself retried by the
-# client on a 5xx, bot.slack.retries): about half a minute of Slack failing, then given up
-LAST_TRIES = 6
+# client on a 5xx, bot.slack.retries): some 25 s of Slack failing, then given up
+LAST_TRIES = 4
 RateLimited = Callable[[float], Awaitable[None]]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
@@ -48,10 +50,12 @@ async def test_a_clone_from_slack_survives_slack_answering_429_and_500(
         asyncio.timeout(180),
         _serving(routed, slack, tmp_path) as bot,
     ):
+        began = time.monotonic()
         reply = await bot.command(OWNER, "/clone", f"{prod} {copy}")
         assert reply.status == 200 and reply.elapsed_s < 3, reply
 
         final = await bot.final_message(timeout_s=90)
+        print(f"\nthe clone's result shown {time.monotonic() - began:.1f} s after the command")
         assert final["text"].startswith(f":white_check_mark: *{copy}* is running at"), final
         buttons = [
             e["action_id"] for b in final["blocks"] if b["type"] == "actions" for e in b["elements"]
@@ -81,3 +85,56 @@ async def test_a_clone_from_slack_survives_slack_answering_429_and_500(
         assert waits and min(waits) >= RETRY_AFTER - 0.05, (method, waits)
     jobs = json.loads(cli(routed, "jobs", "--json"))
     assert [(j["environment"], j["state"]) for j in jobs] == [(copy, "succeeded")]
+
+
+async def test_slack_failing_for_good_loses_the_edits_but_not_the_job_or_the_notice(
+    routed: Settings,  # noqa: F811
+    slack: SlackEmulator,
+    make_source: MakeSource,
+    tmp_path: Path,
+) -> None:
+    """Every edit of the message fails (an outage of chat.update): the bot gives the result
+    up after a bounded time, and the job, the team's notice and the DM do not wait for it."""
+    prod = (await make_source(web_nodes=1, db_nodes=0)).name
+    copy = f"{prod}-down"
+    slack.fail("chat.update", *[500] * 200)
+
+    async with (
+        asyncio.timeout(180),
+        _serving(routed, slack, tmp_path) as bot,
+    ):
+        await bot.command(OWNER, "/clone", f"{prod} {copy}")
+        posted = await slack.wait_for("chat.postMessage", lambda p: p["channel"] == CHANNEL_ID)
+        await _until(
+            lambda: len(_texts(slack, "chat.postMessage", TEAM_CHANNEL)) >= 2,
+            what="the clone's end told to the team, Slack's edits failing",
+            timeout_s=120,
+        )
+        told = time.monotonic()
+        team = _texts(slack, "chat.postMessage", TEAM_CHANNEL)
+        assert team[1].startswith(f":white_check_mark: *{copy}* is running")
+        await _until(
+            lambda: any(t.startswith(f":white_check_mark: *{copy}*") for t in _dms(slack)),
+            what="the owner's direct message",
+        )
+        edits = slack.calls_to("chat.update")
+        assert edits and not any(c.answer.get("ok") for c in edits)
+        # the message still shows the progress it was posted with, as Slack kept it
+        shown = slack.workspace.message(CHANNEL_ID, posted.answer["ts"])
+        assert shown["text"] == posted.params["text"]
+
+    jobs = json.loads(cli(routed, "jobs", "--json"))
+    assert [(j["environment"], j["state"]) for j in jobs] == [(copy, "succeeded")]
+    ended = datetime.fromisoformat(jobs[0]["finished_at"])
+    waited = told - time.monotonic() + (datetime.now(UTC) - ended).total_seconds()
+    print(f"\nthe team told {waited:.1f} s after the job ended, {len(edits)} edits refused")
+    assert waited < 40, "the result's edit was given up within its bound"
+    assert "its last edit failed" in bot.log.read_text()
+
+
+def _dms(slack: SlackEmulator) -> list[str]:
+    return [
+        str(c.params.get("text", ""))
+        for c in slack.calls_to("chat.postMessage")
+        if c.params.get("channel") == OWNER and c.answer.get("ok")
+    ]
