@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from bot.cli_common import AsUser, JsonFlag, load_settings, out, run
+from bot.cli_doctor import start_checks
 from bot.logs import configure_logging
 from services.access import Request
 from services.context import Services
@@ -153,6 +154,9 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         configure_logging(svc.settings.log_format)
+        await start_checks(svc.settings, stop=stop, router=router)
+        if stop.is_set():
+            return
         async with contextlib.AsyncExitStack() as stack:
             settings = svc.settings
             if settings.slack_bot_token is None or settings.playground:

@@ -111,6 +111,10 @@ class DockerClient:
     async def ping(self) -> JSON:
         return await _translate("version", self.api.version())
 
+    async def info(self) -> JSON:
+        """``docker info``: the storage driver, data root, address pools, ..."""
+        return dict(await _translate("info", self.api.system.info()))
+
     # -- containers -----------------------------------------------------------------------
     async def list_containers(self, *, labels: list[str] | None = None) -> list[JSON]:
         return list(await self._list("containers/json", labels=labels or [], all="1"))

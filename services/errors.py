@@ -68,6 +68,17 @@ class NotEnoughDisk(Refused):
         self.reserved = reserved
 
 
+class NoNetworkRoom(Refused):
+    def __init__(self, *, wanted: int, free: int, total: int) -> None:
+        super().__init__(
+            f"the Docker engine cannot make the clone's {wanted} network(s): its address pools "
+            f"have room for {free} more of {total}; delete unused environments or give the "
+            "engine more (default-address-pools: see `clonebot doctor`)"
+        )
+        self.wanted = wanted
+        self.free = free
+
+
 class Busy(Refused):
     """Another job holds the environment (``prod is busy: rename, job 5c8e…, 12 s``)."""
 

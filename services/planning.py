@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import random
 import secrets
-import socket
 from dataclasses import dataclass, field, replace
 
 from services.binds import BIND_PATH, BindUnusable, HostKind, bind_volume_name, probe_host_paths
 from services.docker import JSON, DockerClient
+from services.engine_host import network_room, ports_in_use
 from services.environments import (
     CLONED_FROM,
     JOB,
@@ -28,7 +28,14 @@ from services.environments import (
     get_environment,
     list_environments,
 )
-from services.errors import BadRequest, DockerFailed, NameTaken, NotAClone, NotEnoughDisk
+from services.errors import (
+    BadRequest,
+    DockerFailed,
+    NameTaken,
+    NoNetworkRoom,
+    NotAClone,
+    NotEnoughDisk,
+)
 from services.job_locks import reserve_disk
 from services.naming import NameRewriter, Rewrite, default_clone_name, node_name, twin_name
 from services.naming import validate_name as check_name
@@ -93,6 +100,7 @@ class ClonePlan:
     twins: dict[str, str] = field(default_factory=dict)  # source network -> clone network
     copy_bytes: int = 0
     host_ports: set[int] = field(default_factory=set)  # chosen for this clone so far
+    busy_ports: set[int] = field(default_factory=set)  # in use on the engine's host
     only_stateful: bool = False  # a refresh re-creates only the stateful layers
     in_place: bool = False  # a rename: the same volumes and host ports, nothing copied
     host_kinds: dict[str, HostKind] = field(default_factory=dict)  # host paths to copy, probed
@@ -136,8 +144,10 @@ async def plan_clone(
     plan = ClonePlan(job or secrets.token_hex(6), env, name, snapshot, settings.base_domain, owner)
     _check_bind_labels(plan)
     await _plan_networks(docker, plan)
+    await _check_network_room(docker, plan)
     await _probe_binds(docker, settings, plan)
     volumes = _plan_volumes(plan, existing={})
+    await _probe_host_ports(docker, settings, plan)
     _plan_nodes(plan, volumes)
     await _check_disk_for_binds(docker, settings, plan)
     return plan
@@ -173,6 +183,7 @@ async def plan_refresh(
     volumes = _plan_volumes(plan, existing=existing)
     for vol in plan.volumes:
         vol.exists = vol.exists or await docker.inspect_volume(vol.name) is not None
+    await _probe_host_ports(docker, settings, plan)
     _plan_nodes(plan, volumes)
     await _check_disk_for_binds(docker, settings, plan)
     return plan
@@ -232,6 +243,32 @@ async def _plan_networks(docker: DockerClient, plan: ClonePlan, *, reuse: bool =
             "CheckDuplicate": True,
         }
         plan.networks.append(NetworkPlan(source=net, name=twin, config=config))
+
+
+async def _check_network_room(docker: DockerClient, plan: ClonePlan) -> None:
+    """Refuse a clone whose networks the engine's address pools cannot hold, before any is
+    made (Docker's defaults hold about 30 bridge networks; each clone needs its source's)."""
+    wanted = sum(1 for net in plan.networks if net.config["Driver"] == "bridge")
+    if not wanted:
+        return
+    room = await network_room(docker)
+    if room.free < wanted:
+        raise NoNetworkRoom(wanted=wanted, free=room.free, total=room.total)
+
+
+async def _probe_host_ports(docker: DockerClient, settings: Settings, plan: ClonePlan) -> None:
+    """The host ports busy on the engine's host, when the clone publishes any."""
+    published = any(
+        bind.get("HostPort")
+        for layer in plan.layers
+        for node in layer.nodes
+        for binds in (node.attrs["HostConfig"].get("PortBindings") or {}).values()
+        for bind in binds or []
+    )
+    if published:
+        await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
+        labels = {JOB: plan.job}
+        plan.busy_ports = await ports_in_use(docker, image=settings.helper_image, labels=labels)
 
 
 def _plan_volumes(
@@ -502,7 +539,8 @@ def _remap_ports(plan: ClonePlan, name: str, bindings: JSON) -> JSON:
         for bind in binds or []:
             new = dict(bind)
             if bind.get("HostPort"):
-                new["HostPort"] = str(_free_port(port, plan.host_ports))
+                new["HostPort"] = str(_free_port(port, plan.host_ports | plan.busy_ports))
+                plan.host_ports.add(int(new["HostPort"]))
                 plan.ports.append(PortRemap(name, port, bind["HostPort"], new["HostPort"]))
             out[port].append(new)
     return out
@@ -514,19 +552,11 @@ PORT_RANGE = range(20000, 32768)
 
 
 def _free_port(port_spec: str, taken: set[int]) -> int:
-    """A host port free now; the engine is on this host in the supported set-ups."""
-    kind = socket.SOCK_DGRAM if port_spec.endswith("/udp") else socket.SOCK_STREAM
-    for port in random.sample(PORT_RANGE, 200):
-        if port in taken:
-            continue
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise DockerFailed(f"no free host port found for {port_spec} in {PORT_RANGE}")
+    """A host port that nothing on the engine's host uses (``_probe_host_ports``)."""
+    free = [port for port in PORT_RANGE if port not in taken]
+    if not free:
+        raise DockerFailed(f"no free host port for {port_spec} in {PORT_RANGE}")
+    return random.choice(free)
 
 
 async def _check_disk_for_binds(docker: DockerClient, settings: Settings, plan: ClonePlan) -> None:

@@ -48,6 +48,7 @@ class Workspace:
     views: dict[str, Params] = field(default_factory=dict)
     homes: dict[str, str] = field(default_factory=dict)
     dms: dict[str, str] = field(default_factory=dict)
+    outside: set[str] = field(default_factory=set)  # channels the bot is not a member of
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def message(self, channel: str, ts: str) -> Params:
@@ -179,7 +180,7 @@ class Workspace:
         is_im = channel.startswith("D")
         name = self.names.get(channel, channel.lower())
         info = {"id": channel, "name": name, "is_channel": not is_im, "is_im": is_im}
-        info |= {"is_private": channel[:1] in ("D", "G"), "is_member": True}
+        info |= {"is_private": channel[:1] in ("D", "G"), "is_member": channel not in self.outside}
         if is_im:
             info["user"] = next((u for u, dm in self.dms.items() if dm == channel), None)
         return {"channel": info}

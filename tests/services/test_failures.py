@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from services.docker import DockerClient, ExecSession
+from services.docker import JSON, DockerClient, ExecSession
 from services.environments import JOB, PROJECT, get_environment
 from services.errors import (
     CloneFailed,
@@ -16,6 +16,7 @@ from services.errors import (
     EnvironmentNotFound,
     InvalidName,
     NameTaken,
+    NoNetworkRoom,
     NotEnoughDisk,
 )
 from services.lifecycle import clone_environment
@@ -69,6 +70,28 @@ async def test_taken_name_missing_source_and_full_disk_are_refused(
     with pytest.raises(NotEnoughDisk, match="not enough free disk on the Docker host"):
         await clone_environment(docker, tight, source=source.name, name=f"{source.name}-big")
 
+    assert await _inventory(docker) == before
+
+
+class FullPools(DockerClient):
+    """The real engine, as if its address pools held only the networks it has."""
+
+    async def info(self) -> JSON:
+        info = await super().info()
+        bridge = await self.inspect_network("bridge")
+        assert bridge is not None
+        subnet = bridge["IPAM"]["Config"][0]["Subnet"]
+        return info | {"DefaultAddressPools": [{"Base": subnet, "Size": 24}]}
+
+
+async def test_a_clone_whose_networks_the_engine_cannot_make_is_refused_up_front(
+    docker: DockerClient, settings: Settings, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1)
+    before = await _inventory(docker)
+    async with FullPools(settings.docker_host) as full:
+        with pytest.raises(NoNetworkRoom, match=r"address pools have room for 0 more of 1"):
+            await clone_environment(full, settings, source=source.name, name=f"{source.name}-n")
     assert await _inventory(docker) == before
 
 

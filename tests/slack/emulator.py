@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 from bot.playground.api import content_problems, read_params
 from bot.playground.contract import check_arguments, check_blocks, spec_methods
 from bot.playground.workspace import APP_ID, HANDLERS, Answer, Params, Workspace
+from bot.slack.doctor import SCOPES
 
 T = TypeVar("T")
 SOCKET_MODE = "apps.connections.open"
@@ -52,6 +53,8 @@ class SlackEmulator:
         self.bot_token = bot_token
         self.app_token = app_token
         self.workspace = Workspace()
+        # what the bot token was granted, sent back on every call as Slack does
+        self.scopes: set[str] = set(SCOPES)
         self.calls: list[Call] = []
         self.violations: list[Violation] = []
         self.responses: list[Params] = []  # bodies posted to response_url
@@ -228,6 +231,7 @@ class SlackEmulator:
         status, headers, answer = self._answer(method, params, token=token, problems=problems)
         self.calls.append(Call(method, params, answer, time.monotonic()))
         self._notify()
+        headers = {"x-oauth-scopes": ",".join(sorted(self.scopes)), **headers}
         return web.json_response(answer, status=status, headers=headers)
 
     def _answer(
