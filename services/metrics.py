@@ -5,8 +5,9 @@ exactly clonebot's series. Label values come from fixed sets only (job kinds, ou
 method names, ...): never an environment's name, a user or a job id, which would make a new
 series for each one. A value outside its set is counted as ``other``.
 
-The gauges are read when ``/metrics`` is scraped (``scrape``): jobs by state and
-environments by state from the database, and whether HAProxy's master answers.
+The process's own (``process_*``: CPU, memory, file descriptors) are there too. The gauges
+are read when ``/metrics`` is scraped (``scrape``): jobs by state and environments by state
+from the database, and whether HAProxy's master answers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
@@ -29,6 +36,7 @@ from storage.models import EnvironmentRecord, Job
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)  # process_*: CPU seconds, memory, open files, start time
 OTHER = "other"
 JOB_KINDS = frozenset(JobKind)
 JOB_OUTCOMES = frozenset({"succeeded", "failed", "rolled back"})

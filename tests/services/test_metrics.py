@@ -104,6 +104,7 @@ async def test_a_clone_job_is_measured_and_its_lines_name_it(
     assert _value(after, "clonebot_environments", state="ready") == 2
     assert ("clonebot_router_up", frozenset()) in after  # no HAProxy in this test: 0
     assert _value(after, "clonebot_router_up") == 0
+    assert _value(after, "process_resident_memory_bytes") > 0
 
     # bounded labels: no name, user or job id ever becomes a series
     values = {value for (_, labels) in after for _, value in labels}
