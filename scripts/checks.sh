@@ -20,6 +20,13 @@ step .venv/bin/ruff format --check .
 step .venv/bin/mypy
 if [[ ${1:-} != lint ]]; then
     # The tests copy this static busybox into images they build.
-    CLONEBOT_BUSYBOX=/bin/busybox step .venv/bin/pytest -q
+    export CLONEBOT_BUSYBOX=/bin/busybox
+    # Most of a test's time is spent waiting on the engine, so they run on parallel
+    # workers (pytest-xdist; CLONEBOT_TEST_WORKERS, default 4 on any machine), groups of
+    # tests that share one costly fixture on one worker; then those marked `alone` (they
+    # watch the whole engine or the machine, or load it) one after another by themselves.
+    step .venv/bin/pytest -q -n "${CLONEBOT_TEST_WORKERS:-4}" \
+        --dist loadgroup --durations=10 -m "not alone"
+    step .venv/bin/pytest -q --durations=5 -m alone
 fi
 exit "$status"

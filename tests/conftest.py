@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -14,11 +15,14 @@ import asyncpg
 import pytest
 
 from services.context import Services, open_services
-from services.docker import DockerClient
+from services.demo_image import ensure_postgres_image
+from services.demo_nodes import IMAGE as DEMO_IMAGE
+from services.docker import DockerClient, gather_all
 from services.environments import OWNER as OWNER_LABEL
 from services.environments import PROJECT
-from services.errors import DockerFailed
+from services.errors import DockerFailed, DockerUnavailable
 from services.settings import Settings
+from services.volumes import ensure_helper_image
 
 pytest_plugins = ["tests.slack.emulator"]  # the `slack` fixture
 
@@ -35,6 +39,26 @@ WRITER = (
     'echo "$i $up" >> /data/log; usleep 2000; done'
 )
 WEB = 'mkdir -p /www && echo "$PAGE" > /www/index.html && exec httpd -f -p 80 -h /www'
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With parallel workers (pytest-xdist), the images the product builds when the engine
+    lacks them are built first, once, by the controller: else several workers would each
+    build one at once (the demo's takes a minute) and the engine keep the extra copies."""
+    config = session.config
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", default=None):
+        return
+    asyncio.run(_build_images(Settings()))
+
+
+async def _build_images(settings: Settings) -> None:
+    try:
+        async with DockerClient(settings.docker_host) as docker:
+            await docker.ping()
+            await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
+            await ensure_postgres_image(docker, image=DEMO_IMAGE, busybox=settings.busybox)
+    except (DockerUnavailable, DockerFailed):
+        pass  # no engine, or no tools to build with: each test that needs them says so
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -60,6 +84,9 @@ def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
     monkeypatch.setenv("CLONEBOT_BASE_DOMAIN", BASE_DOMAIN)
     monkeypatch.setenv("CLONEBOT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CLONEBOT_ADMINS", ADMIN)
+    # its own port: tests run side by side (pytest-xdist), and an HAProxy started on the
+    # default 127.0.0.1:8080 would take another test's
+    monkeypatch.setenv("CLONEBOT_ROUTER_BIND", f"127.0.0.1:{_free_port()}")
     monkeypatch.delenv("DATABASE_URL", raising=False)
     return Settings()
 
@@ -98,14 +125,14 @@ async def remove_projects(docker: DockerClient, names: set[str]) -> None:
     """
     labels = [[f"{PROJECT}={name}"] for name in sorted(names)]
     anonymous: set[str] = set()  # a test source's /anon: Docker made it, without our labels
-    for label in labels:
-        for c in await docker.list_containers(labels=label):
-            anonymous |= {
-                m["Name"]
-                for m in c.get("Mounts") or []
-                if m.get("Type") == "volume" and ANONYMOUS.fullmatch(m.get("Name") or "")
-            }
-            await docker.remove_container(c["Id"])
+    containers = [c for label in labels for c in await docker.list_containers(labels=label)]
+    for c in containers:
+        anonymous |= {
+            m["Name"]
+            for m in c.get("Mounts") or []
+            if m.get("Type") == "volume" and ANONYMOUS.fullmatch(m.get("Name") or "")
+        }
+    await gather_all(*(docker.remove_container(c["Id"]) for c in containers))
     for name in sorted(anonymous):
         with contextlib.suppress(DockerFailed):  # a clone's, labelled, may be gone already
             await docker.remove_volume(name)
@@ -187,21 +214,24 @@ async def create_source(
     seed_kib: int,
 ) -> SourceEnv:
     network = f"{name}_default"
-    await docker.create_network(
-        {"Name": network, "Labels": {PROJECT: name, "com.docker.compose.network": "default"}}
-    )
-    volume = await docker.create_volume(
-        name=f"{name}_data", labels={PROJECT: name, "com.docker.compose.volume": "data"}
+    _, volume = await gather_all(
+        docker.create_network(
+            {"Name": network, "Labels": {PROJECT: name, "com.docker.compose.network": "default"}}
+        ),
+        docker.create_volume(
+            name=f"{name}_data", labels={PROJECT: name, "com.docker.compose.volume": "data"}
+        ),
     )
     port = _free_port()
     # first start only: a clone must find the copied data, not make its own
     seed = f"[ -e /data/seed ] || dd if=/dev/urandom of=/data/seed bs=1024 count={seed_kib} "
     seed += "2>/dev/null; [ -e /anon/file ] || echo anon > /anon/file; "
     seed += "[ -e /etc/db/db.conf ] || { mkdir -p /etc/db && echo conf > /etc/db/db.conf; }; "
-    for n in range(1, db_nodes + 1):
+
+    def db(n: int) -> Awaitable[None]:
         # only the master writes the log; every node has its own anonymous volume
         cmd = seed + (WRITER if n == 1 else f"echo node{n} > /anon/node; exec sleep 100000")
-        await _run_node(
+        return _run_node(
             docker,
             name=f"{name}_db_{n}",
             network=network,
@@ -216,8 +246,9 @@ async def create_source(
             },
             extra={"ExposedPorts": {"5432/tcp": {}}},
         )
-    for n in range(1, web_nodes + 1):
-        await _run_node(
+
+    def web(n: int) -> Awaitable[None]:
+        return _run_node(
             docker,
             name=f"{name}_web_{n}",
             network=network,
@@ -233,6 +264,13 @@ async def create_source(
                 ]
             },
         )
+
+    # the nodes in two rounds of concurrent calls, not one call after another (the engine
+    # waits on each); the master first, so that it alone seeds the shared volume
+    await gather_all(
+        *(db(n) for n in range(1, min(db_nodes, 1) + 1)), *map(web, range(1, web_nodes + 1))
+    )
+    await gather_all(*map(db, range(2, db_nodes + 1)))
     return SourceEnv(name=name, volume=volume, db_port=port)
 
 
@@ -251,7 +289,9 @@ async def _run_node(
         "Image": IMAGE,
         "Cmd": ["sh", "-c", cmd],
         "Labels": {OWNER_LABEL: OWNER, **labels},
-        "HostConfig": {"NetworkMode": network, **host},
+        # an init as PID 1 passes SIGTERM on: `docker stop` (a rename, a freeze by stop) takes
+        # well under a second instead of waiting out its 10 s for a shell that ignores it
+        "HostConfig": {"NetworkMode": network, "Init": True, **host},
         "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [layer]}}},
         **extra,
     }

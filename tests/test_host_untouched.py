@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# it starts engines of its own and watches the whole machine's links and iptables
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 DOCKERD_SH = Path(__file__).resolve().parents[1] / "scripts" / "dockerd.sh"
 BUSYBOX = os.environ.get("CLONEBOT_BUSYBOX", "/bin/busybox")

@@ -39,7 +39,8 @@ from tests.playground.browser import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# one worker for the module: its stage (a demo, `clonebot serve`, a browser) is made once
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("browser")]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CLONE_S = 60  # a clone of the demo takes a few seconds; the engine is shared
 # every version of every message the page shows in #playground, in order: a progress message

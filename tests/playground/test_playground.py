@@ -78,8 +78,10 @@ async def test_clone_form_shows_a_bad_name_under_its_field(
 
     # the page links each site through the router, on its port
     status, links = await played.get("/playground/links")
-    assert status == 200 and links["router"] == "http://127.0.0.1:8080"
-    assert {"name": source.name, "url": f"http://{source.name}.{BASE_DOMAIN}:8080/",
+    router = played.svc.settings.router_bind  # 127.0.0.1 at a port of the test's own
+    assert status == 200 and links["router"] == f"http://{router}"
+    port = router.rpartition(":")[2]
+    assert {"name": source.name, "url": f"http://{source.name}.{BASE_DOMAIN}:{port}/",
             "domains": []} in links["environments"]  # fmt: skip
 
 
