@@ -167,6 +167,8 @@ async def _page(port: int, host: str, *, within_s: float = 15) -> str:
 async def test_the_stack_clones_and_moves_traffic_through_its_haproxy(
     make_source: MakeSource, docker: DockerClient, stack: Stack
 ) -> None:
+    # not root: the engine is reached through the socket's group alone
+    assert (await stack.compose("exec", "-T", "clonebot", "id", "-un")).strip() == "clonebot"
     source = (await make_source(web_nodes=1, db_nodes=1)).name
     clone = f"{source}-copy"
 
