@@ -1,0 +1,136 @@
+"""Faults outside clonebot's process while a stateful clone runs from Slack.
+
+Each test runs `clonebot serve` (Slack at the emulator), holds a clone at its freeze (the
+source's database paused) with a failpoint, brings the fault on, lets the job go on, and checks
+what a user would see: the source as the fault leaves it (never left paused), nothing of the
+job left, the job and its Slack message saying what happened, serve still healthy.
+
+The engine restart and the full disk happen on an engine of the test's own (tests/proof/
+engine.py), never on the one every test shares; the PostgreSQL restart on a cluster of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from services.docker import DockerClient
+from services.environments import JOB, PROJECT, get_environment
+from services.haproxy import RouterFiles
+from services.settings import Settings
+from tests.bot.test_slack_app import Bot, _serving, _until
+from tests.bot.test_traffic_cli import _page, cli, routed  # noqa: F401 (a fixture)
+from tests.conftest import BASE_DOMAIN, OWNER, MakeSource
+from tests.slack.emulator import SlackEmulator
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+class Hold:
+    """A clone held at a failpoint of `clonebot serve` until the test releases it."""
+
+    def __init__(self, tmp: Path, point: str = "freeze") -> None:
+        self.point, self.file = point, tmp / f"release-{point}"
+
+    def env(self) -> dict[str, str]:
+        return {"CLONEBOT_FAILPOINT": self.point, "CLONEBOT_FAILPOINT_RELEASE": str(self.file)}
+
+    async def reached(self, bot: Bot) -> None:
+        await _until(
+            lambda: f"failpoint {self.point} reached" in bot.log.read_text(),
+            what=f"the clone held at {self.point}",
+            timeout_s=120,
+        )
+
+    def release(self) -> None:
+        self.file.touch()
+
+
+async def healthz(bot: Bot) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{bot.port}/healthz") as resp,
+    ):
+        return resp.status
+
+
+def the_job(settings: Settings, env: str) -> dict[str, Any]:
+    jobs = [j for j in json.loads(cli(settings, "jobs", "--json")) if j["environment"] == env]
+    assert len(jobs) == 1, jobs
+    return jobs[0]  # type: ignore[no-any-return]
+
+
+async def leftovers(docker: DockerClient, *, job: str, clone: str) -> list[str]:
+    """Whatever the engine still holds of the job or its clone (the test's names only)."""
+    found = []
+    for label in (f"{JOB}={job}", f"{PROJECT}={clone}"):
+        for kind, lister in (
+            ("container", docker.list_containers),
+            ("network", docker.list_networks),
+            ("volume", docker.list_volumes),
+            ("image", docker.list_images),
+        ):
+            found += [f"{kind} {label}: {item}" for item in await lister(labels=[label])]
+    return found
+
+
+async def source_states(docker: DockerClient, name: str) -> set[str]:
+    return {n.state for n in (await get_environment(docker, name)).nodes}
+
+
+async def test_haproxy_killed_mid_clone_is_restarted_with_every_route_and_the_clone_ends(
+    routed: Settings,  # noqa: F811
+    slack: SlackEmulator,
+    make_source: MakeSource,
+    docker: DockerClient,
+    tmp_path: Path,
+) -> None:
+    prod = (await make_source(web_nodes=1)).name
+    copy = f"{prod}-ha"
+    shop = f"shop-{prod}.test"
+    cli(routed, "domain", "add", prod, shop, "--as", OWNER)
+    hold = Hold(tmp_path)
+    files = RouterFiles(routed.router_dir)  # type: ignore[arg-type]
+
+    async with asyncio.timeout(240), _serving(routed, slack, tmp_path, **hold.env()) as bot:
+        assert f"{prod} web 1" in await _page(routed, shop)
+        await bot.command(OWNER, "/clone", f"{prod} {copy}")
+        await hold.reached(bot)
+        assert "paused" in await source_states(docker, prod)
+
+        killed = int(files.pidfile.read_text().split()[0])
+        os.kill(killed, signal.SIGKILL)
+        began = time.monotonic()
+        await _until(
+            lambda: _pid(files) not in (None, killed), what="a new HAProxy", timeout_s=30
+        )
+        assert f"{prod} web 1" in await _page(routed, shop, within_s=30)
+        back = time.monotonic() - began
+        print(f"\nHAProxy killed: serving {shop} again {back:.1f} s later")
+
+        hold.release()
+        final = await bot.final_message(timeout_s=120)
+        assert final["text"].startswith(f":white_check_mark: *{copy}* is running at"), final
+        assert f"{prod} web 1" in await _page(routed, f"{copy}.{BASE_DOMAIN}", within_s=30)
+        assert f"{prod} web 1" in await _page(routed, shop)
+        assert await healthz(bot) == 200
+        assert "HAProxy stopped: starting it again with every route" in bot.log.read_text()
+
+    assert the_job(routed, copy)["state"] == "succeeded"
+    assert await source_states(docker, prod) == {"running"}
+    assert await docker.list_containers(labels=["clonebot.helper", f"{PROJECT}={copy}"]) == []
+
+
+def _pid(files: RouterFiles) -> int | None:
+    try:
+        return int(files.pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
