@@ -154,9 +154,10 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         configure_logging(svc.settings.log_format)
-        await start_checks(svc.settings, stop=stop, router=router)
-        if stop.is_set():
-            return
+        # first: a source a dead clonebot left paused must not wait for the checks, nor stay
+        # paused if one fails
+        _print_recovered(await recover_jobs(svc))
+        await start_checks(svc.settings, router=router)
         async with contextlib.AsyncExitStack() as stack:
             settings = svc.settings
             if settings.slack_bot_token is None or settings.playground:

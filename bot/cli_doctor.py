@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 
@@ -35,7 +34,7 @@ def doctor(as_json: JsonFlag = False) -> None:
 
 async def diagnose(settings: Settings) -> list[Result]:
     async with host_checks(settings) as checks:
-        return await run_checks([*checks, *slack_checks(settings)])
+        return await run_checks([*checks, slack_checks(settings)])
 
 
 def show(result: Result) -> None:
@@ -52,45 +51,31 @@ ROUTER_CHECKS = ("haproxy", "router address", "router socket")
 # Room on the engine: short of it each clone is refused, saying so; traffic, deletes and the
 # rest still work, so serve starts (warning) rather than take them away too.
 CAPACITY_CHECKS = ("docker disk", "docker networks")
-WAIT_S = 2.0  # how often serve asks again for the external HAProxy it waits for
 
 
-async def start_checks(settings: Settings, *, stop: asyncio.Event, router: bool) -> None:
+async def start_checks(settings: Settings, *, router: bool) -> None:
     """The doctor's checks, as ``serve`` starts: a failing one stops it, named, with its fix.
 
-    In external router mode an HAProxy that does not answer yet is waited for (it may be
-    starting beside clonebot), not refused; without a router its checks do not count. Short
-    of disk or networks, serve starts and warns: clones are refused, the rest works.
+    Without a router its checks do not count. In external router mode an HAProxy that does
+    not answer yet is waited for, not refused: serve writes the router folder it starts from
+    and drives it once it answers. Short of disk or networks, serve starts and warns: clones
+    are refused, the rest works.
     """
-    async with host_checks(settings) as checks:
-        checks = [*checks, *slack_checks(settings)]
+    async with host_checks(settings) as chains:
+        chains = [*chains, slack_checks(settings)]
         if not router:
-            checks = [(name, call) for name, call in checks if name not in ROUTER_CHECKS]
-        results = await run_checks(checks)
-        socket_check = [(n, c) for n, c in checks if n == "router socket"]
-        while _only_the_router_is_missing(settings, results) and not stop.is_set():
-            missing = next(r for r in results if not r.ok)
-            log.warning("waiting for the external HAProxy: %s", missing.detail)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=WAIT_S)
-            results = [r for r in results if r.check != "router socket"]
-            results += await run_checks(socket_check)
-    for short in (r for r in results if not r.ok and r.check in CAPACITY_CHECKS):
-        log.warning(
-            "%s: %s; clones will be refused until: %s", short.check, short.detail, short.fix
-        )
-    if failing := [r for r in results if not r.ok and r.check not in CAPACITY_CHECKS]:
+            chains = [[c for c in chain if c[0] not in ROUTER_CHECKS] for chain in chains]
+        results = await run_checks(chains)
+    waited = CAPACITY_CHECKS + (("router socket",) if settings.router_mode == "external" else ())
+    for short in (r for r in results if not r.ok and r.check in waited):
+        log.warning("%s: %s; until then: %s", short.check, short.detail, short.fix)
+    if failing := [r for r in results if not r.ok and r.check not in waited]:
         for result in failing:
             show(result)
         names = ", ".join(r.check for r in failing)
         raise NotReady(f"not starting: {names} failed (`clonebot doctor` shows every check)")
     skipped = sum(r.skipped for r in results)
     log.info("checks passed: %d, skipped: %d", len(results) - skipped, skipped)
-
-
-def _only_the_router_is_missing(settings: Settings, results: list[Result]) -> bool:
-    failing = [r.check for r in results if not r.ok]
-    return settings.router_mode == "external" and failing == ["router socket"]
 
 
 class NotReady(ClonebotError):

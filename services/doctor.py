@@ -61,11 +61,16 @@ class Skipped(Exception):
 
 
 Check = tuple[str, Callable[[], Awaitable[str]]]  # name, and a call returning the detail
+Chain = Sequence[Check]  # checks run in turn: each may rely on what the ones before found
 
 
-async def run_checks(checks: Sequence[Check]) -> list[Result]:
-    """Every check, in order (each may rely on what the ones before it found)."""
-    return [await _run(name, call) for name, call in checks]
+async def run_checks(chains: Sequence[Chain]) -> list[Result]:
+    """Every check: the chains at once, each chain's checks in turn; results in order."""
+
+    async def chain(checks: Chain) -> list[Result]:
+        return [await _run(name, call) for name, call in checks]
+
+    return [r for results in await asyncio.gather(*map(chain, chains)) for r in results]
 
 
 async def _run(name: str, call: Callable[[], Awaitable[str]]) -> Result:
@@ -86,21 +91,25 @@ async def _run(name: str, call: Callable[[], Awaitable[str]]) -> Result:
 
 
 @contextlib.asynccontextmanager
-async def host_checks(settings: Settings) -> AsyncIterator[list[Check]]:
+async def host_checks(settings: Settings) -> AsyncIterator[list[Chain]]:
     """The checks of the settings, the Docker engine, the helper image, HAProxy and the
     database, with what they share (a Docker client) open while the block runs."""
     async with DockerClient(settings.docker_host) as docker:
         yield [
-            ("settings", lambda: _settings(settings)),
-            ("docker engine", lambda: _engine(docker, settings)),
-            ("docker storage driver", lambda: _storage(docker)),
-            ("docker networks", lambda: _networks(docker)),
-            ("helper image", lambda: _helper(docker, settings)),
-            ("docker disk", lambda: _disk(docker, settings)),
-            ("haproxy", lambda: _haproxy(settings)),
-            ("router address", lambda: _router_address(settings)),
-            ("router socket", lambda: _router_socket(settings)),
-            ("database", lambda: _database(settings)),
+            [("settings", lambda: _settings(settings))],
+            [
+                ("docker engine", lambda: _engine(docker, settings)),
+                ("docker storage driver", lambda: _storage(docker)),
+                ("docker networks", lambda: _networks(docker)),
+                ("helper image", lambda: _helper(docker, settings)),
+                ("docker disk", lambda: _disk(docker, settings)),
+            ],
+            [
+                ("haproxy", lambda: _haproxy(settings)),
+                ("router address", lambda: _router_address(settings)),
+                ("router socket", lambda: _router_socket(settings)),
+            ],
+            [("database", lambda: _database(settings))],
         ]
 
 

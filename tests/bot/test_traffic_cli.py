@@ -161,8 +161,8 @@ async def test_serve_keeps_an_external_haproxy_on_the_routes(
         )  # fmt: skip
     haproxy = None
     try:
-        # serve is up (and so stops cleanly on SIGTERM) once it says so
-        async with asyncio.timeout(15):
+        # serve is up (and so stops cleanly on SIGTERM) once it says so, its checks done
+        async with asyncio.timeout(60):
             while b"clonebot serving" not in log.read_bytes():  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         assert files.config.exists()
