@@ -59,7 +59,12 @@ def load_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "settings"
-        err.print(f"[red]bad setting[/] {name}: {first['msg']}", highlight=False, soft_wrap=True)
+        err.print(f"[red]bad setting[/] {bad_setting(exc)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def bad_setting(exc: ValidationError) -> str:
+    """``NAME: what is wrong`` for the first setting refused."""
+    first = exc.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "settings"
+    return f"{name}: {first['msg']}"

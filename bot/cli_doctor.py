@@ -7,12 +7,13 @@ import json
 import logging
 
 import typer
+from pydantic import ValidationError
 
-from bot.cli_common import JsonFlag, load_settings, out
+from bot.cli_common import JsonFlag, bad_setting, out
 from bot.slack.doctor import slack_checks
 from services.doctor import Result, host_checks, run_checks
 from services.errors import ClonebotError
-from services.settings import Settings
+from services.settings import Settings, get_settings
 
 commands = typer.Typer()
 log = logging.getLogger(__name__)
@@ -22,7 +23,11 @@ log = logging.getLogger(__name__)
 def doctor(as_json: JsonFlag = False) -> None:
     """Check the Docker engine, the helper image, HAProxy, the database, Slack and the
     settings; exit 0 only when every check passes (what is not configured is skipped)."""
-    results = asyncio.run(diagnose(load_settings()))
+    try:
+        results = asyncio.run(diagnose(get_settings()))
+    except ValidationError as exc:  # nothing else can be checked without the settings
+        fix = "see the Settings table of the README"
+        results = [Result("settings", ok=False, detail=f"bad setting {bad_setting(exc)}", fix=fix)]
     if as_json:
         print(json.dumps([r.as_json() for r in results], indent=2))
     else:

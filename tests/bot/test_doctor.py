@@ -106,6 +106,15 @@ async def test_each_failure_is_named_with_its_fix_and_the_rest_still_run(
     assert "FAIL docker engine" in text and "     fix: start Docker" in text
 
 
+async def test_a_bad_setting_is_a_failing_check_naming_it(settings: Settings) -> None:
+    code, out, _ = await clonebot("doctor", "--json", CLONEBOT_NOTIFY_CHANNEL="#team")
+    assert code == 1
+    [result] = json.loads(out)
+    assert result["check"] == "settings" and not result["ok"]
+    assert result["detail"].startswith("bad setting CLONEBOT_NOTIFY_CHANNEL: ")
+    assert "not a Slack channel ID" in result["detail"]
+
+
 async def test_slack_token_scopes_and_notify_channel(
     ready: Settings, slack: SlackEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
