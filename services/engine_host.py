@@ -7,13 +7,11 @@ and the helper image, run on the engine's host, reads its ports and its disk.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import secrets
 from dataclasses import dataclass
 
 from services.docker import JSON, DockerClient
-from services.errors import DockerFailed
+from services.volumes import run_helper
 
 # Docker's address pools when its daemon.json sets none (libnetwork's defaults): 15 networks
 # of /16 in 172.17-31, and 16 of /20 in 192.168.0.0/16. The first is the default bridge's.
@@ -82,7 +80,7 @@ async def ports_in_use(docker: DockerClient, *, image: str, labels: dict[str, st
     """The host ports the engine's host uses now, and those its containers will use (a stopped
     container's published ports are taken again when it starts)."""
     script = f"cat {_PORT_FILES} 2>/dev/null"
-    listing = await run_on_host(docker, image=image, script=script, labels=labels, network="host")
+    listing = await run_helper(docker, image=image, script=script, labels=labels, network="host")
     ports = parse_proc_net(listing)
     for container in await docker.list_containers():
         # a running one's ports may be forwarded without a listening proxy (no userland-proxy)
@@ -108,34 +106,5 @@ def parse_proc_net(listing: str) -> set[int]:
 
 async def free_disk(docker: DockerClient, *, image: str) -> int:
     """Bytes free on the file system of the engine's data root (where volumes live too)."""
-    out = await run_on_host(docker, image=image, script="df -Pk / | tail -n 1", labels={})
+    out = await run_helper(docker, image=image, script="df -Pk / | tail -n 1", labels={})
     return int(out.split()[3]) * 1024
-
-
-async def run_on_host(
-    docker: DockerClient,
-    *,
-    image: str,
-    script: str,
-    labels: dict[str, str],
-    network: str = "none",
-) -> str:
-    """Run a shell script in a throw-away helper container; its output, or DockerFailed."""
-    config = {
-        "Image": image,
-        "Cmd": ["sh", "-c", script],
-        "Labels": {"clonebot.helper": "true", **labels},
-        "HostConfig": {"NetworkMode": network},
-    }
-    cid = await docker.create_container(
-        name=f"clonebot-probe-{secrets.token_hex(4)}", config=config
-    )
-    try:
-        await docker.start_container(cid)
-        code = await docker.wait_container(cid)
-        out = await docker.container_logs(cid)
-    finally:
-        await asyncio.shield(docker.remove_container(cid))
-    if code != 0:
-        raise DockerFailed(f"a helper on the Docker host failed: {out.strip()[-300:]}")
-    return out

@@ -187,22 +187,43 @@ async def measure_volumes(
     script = f"for i in $(seq 0 {len(volumes) - 1}); do "
     script += "s=$(du -sk /from/$i 2>/dev/null | tail -n 1 | cut -f1); echo ${s:-0}; done; "
     script += "df -Pk /from | tail -n 1"
-    cid = await docker.create_container(
-        name=f"clonebot-measure-{secrets.token_hex(4)}",
-        config=_helper_config(image, ["sh", "-c", script], mounts, labels=labels),
+    out = await run_helper(
+        docker,
+        image=image,
+        script=script,
+        mounts=mounts,
+        labels=labels,
+        what="measuring the volumes",
     )
+    lines = out.strip().splitlines()
+    used = {v: int(lines[i].split()[0]) * 1024 for i, v in enumerate(volumes)}
+    return VolumeSizes(used=used, free=int(lines[-1].split()[3]) * 1024)
+
+
+async def run_helper(
+    docker: DockerClient,
+    *,
+    image: str,
+    script: str,
+    labels: dict[str, str],
+    mounts: list[JSON] | None = None,
+    network: str = "none",
+    what: str = "a helper on the Docker host",
+) -> str:
+    """Run a shell script in a throw-away helper container: its output, or DockerFailed."""
+    config = _helper_config(image, ["sh", "-c", script], mounts or [], labels=labels)
+    config["HostConfig"]["NetworkMode"] = network
+    cid = await docker.create_container(name=f"clonebot-run-{secrets.token_hex(4)}", config=config)
     try:
         await docker.start_container(cid)
         code = await docker.wait_container(cid)
         out = await docker.container_logs(cid)
-        if code != 0:
-            raise DockerFailed(f"measuring the volumes failed: {out.strip()[-300:]}")
     finally:
         # even under a second cancellation: a helper left behind holds the source's volumes
         await asyncio.shield(docker.remove_container(cid))
-    lines = out.strip().splitlines()
-    used = {v: int(lines[i].split()[0]) * 1024 for i, v in enumerate(volumes)}
-    return VolumeSizes(used=used, free=int(lines[-1].split()[3]) * 1024)
+    if code != 0:
+        raise DockerFailed(f"{what} failed: {out.strip()[-300:]}")
+    return out
 
 
 @asynccontextmanager
