@@ -169,6 +169,11 @@ async def test_the_stack_clones_and_moves_traffic_through_its_haproxy(
 ) -> None:
     # not root: the engine is reached through the socket's group alone
     assert (await stack.compose("exec", "-T", "clonebot", "id", "-un")).strip() == "clonebot"
+    # the container has all clonebot needs: the engine, the helper, the stack's HAProxy and
+    # database (Slack is off: its checks are skipped)
+    checks = json.loads(await stack.clonebot("doctor", "--json"))
+    assert [c["check"] for c in checks if not (c["ok"] or c["skipped"])] == [], checks
+    assert {c["check"] for c in checks if c["ok"]} >= {"router socket", "database", "helper image"}
     source = (await make_source(web_nodes=1, db_nodes=1)).name
     clone = f"{source}-copy"
 
