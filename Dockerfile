@@ -35,6 +35,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 RUN python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" >requirements.txt \
     && /build/venv/bin/pip wheel --no-cache-dir --wheel-dir /wheels/deps -r requirements.txt
+
 FROM deps AS builder
 # clonebot's own wheel
 COPY bot bot
