@@ -65,7 +65,6 @@ COPY --from=builder /wheels/clonebot /tmp/clonebot
 RUN /opt/clonebot/bin/pip install --no-cache-dir --disable-pip-version-check --no-index \
         --no-deps /tmp/clonebot/*.whl \
     && /opt/clonebot/bin/pip check \
-    && /opt/clonebot/bin/pip uninstall -q -y --disable-pip-version-check pip setuptools \
     && rm -rf /tmp/clonebot
 ENV PATH=/opt/clonebot/bin:$PATH \
     PYTHONUNBUFFERED=1 \
