@@ -26,6 +26,7 @@ from services.planning import ClonePlan, NodePlan, VolumePlan
 from services.progress import BytesCopied, EventSink, StepDone, StepStarted, Warned, step
 from services.settings import Settings
 from services.volumes import FinalPass, copy_helper, ensure_helper_image, pre_copy
+from storage.outage import is_outage
 
 log = logging.getLogger(__name__)
 FreezeRecorder = Callable[[dict[str, str]], Awaitable[None]]
@@ -219,8 +220,13 @@ async def _resume_all(
     if how:
         try:  # every source runs again: the next job may freeze them
             await on_freeze({})
-        except Exception:  # the job's end clears its record too
-            log.exception("could not record that the sources were resumed")
+        except Exception as exc:  # the job's end clears its record too
+            # the database away (restarting) is no bug: one line, not a traceback
+            log.warning(
+                "could not record that the sources were resumed: %s",
+                exc,
+                exc_info=not is_outage(exc),
+            )
 
 
 class _MasterCopy:

@@ -27,6 +27,7 @@ from services.job_locks import (
 from services.progress import BytesCopied, Event, EventSink, StepDone, StepStarted
 from storage import repositories as repo
 from storage.models import Job, utcnow
+from storage.outage import is_outage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -207,8 +208,11 @@ class JobProgress:
                 try:
                     async with self._svc.sessions() as session, session.begin():
                         await repo.update_job(session, self._job_id, **values)
-                except Exception:  # a view of the job: the job goes on
-                    log.warning("job %s: progress not recorded", self._job_id, exc_info=True)
+                except Exception as exc:  # a view of the job: the job goes on
+                    log.warning(
+                        "job %s: progress not recorded: %s", self._job_id, exc,
+                        exc_info=not is_outage(exc),
+                    )  # fmt: skip
 
     def _apply(self, event: Event) -> str | None:
         if isinstance(event, StepStarted | StepDone | BytesCopied):

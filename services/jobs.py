@@ -43,6 +43,7 @@ from services.workers import this_worker
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import DomainBinding, EnvironmentRecord, IdempotencyKey, Job, Route, utcnow
+from storage.outage import patiently
 
 log = logging.getLogger(__name__)
 
@@ -414,8 +415,13 @@ def _outcome(result: CloneResult | None) -> dict[str, Any]:
 async def _finish(
     svc: Services, job: Job, outcome: dict[str, Any], *, steps: list[dict[str, Any]], worker: str
 ) -> None:
-    """Record the outcome, unless another process took the job over (its recovery's to say)."""
-    try:
+    """Record the outcome, unless another process took the job over (its recovery's to say).
+
+    A database that is away (restarting) is waited for: recovery would not close the job
+    while this process lives, and it would stay running.
+    """
+
+    async def record() -> None:
         keep_frozen = not await _sources_resumed(svc, job.id)
         async with svc.sessions() as session, session.begin():
             current = await repo.get_job(session, job.id)
@@ -430,6 +436,9 @@ async def _finish(
                 keep_frozen=keep_frozen,
                 **outcome,
             )
+
+    try:
+        await patiently(record, what=f"job {job.id}: its outcome")
     except Exception:  # the job stays running with a lapsing lease: recovery closes it
         log.exception("job %s: outcome not recorded (%s)", job.id, outcome["state"])
 

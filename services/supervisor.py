@@ -20,6 +20,7 @@ from services.router import RouterState, apply_routes, router_state
 from services.workers import worker_is_gone
 from storage import repositories as repo
 from storage.models import Job, utcnow
+from storage.outage import is_outage
 
 log = logging.getLogger(__name__)
 # a job its submitter has not started by then was orphaned between recording and running
@@ -50,13 +51,18 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         keeper = await stack.enter_async_context(_RouterKeeper(svc)) if router else None
         while not stop.is_set():
-            if keeper is not None:
-                await keeper.keep()
-            await _run_orphans(svc)
-            if time.monotonic() - last_recovery >= recover_every_s:
-                on_recovered(await recover_jobs(svc))
-                await _expire_keys(svc)
-                last_recovery = time.monotonic()
+            try:
+                if keeper is not None:
+                    await keeper.keep()
+                await _run_orphans(svc)
+                if time.monotonic() - last_recovery >= recover_every_s:
+                    on_recovered(await recover_jobs(svc))
+                    await _expire_keys(svc)
+                    last_recovery = time.monotonic()
+            except Exception as exc:  # the database away (restarting): the next round retries
+                if not is_outage(exc):
+                    raise
+                log.warning("the database does not answer (%s); trying again", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=poll_s)
 

@@ -26,6 +26,7 @@ from services.errors import ClonebotError
 from services.jobs import run_job
 from storage import repositories as repo
 from storage.models import Job, utcnow
+from storage.outage import patiently
 
 log = logging.getLogger(__name__)
 EDIT_EVERY_S = 1.0  # Slack allows about one chat.update a second per message
@@ -159,8 +160,12 @@ async def _run(svc: Services, job_id: str) -> None:
 
 
 async def _reload(svc: Services, job_id: str) -> Job:
-    async with svc.sessions() as session:
-        job = await repo.get_job(session, job_id)
+    async def read() -> Job | None:
+        async with svc.sessions() as session:
+            return await repo.get_job(session, job_id)
+
+    # a database restarting is waited for: the message would otherwise never show the end
+    job = await patiently(read, what=f"following job {job_id}")
     assert job is not None
     return job
 
