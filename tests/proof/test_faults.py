@@ -29,6 +29,7 @@ from services.settings import Settings
 from tests.bot.test_slack_app import Bot, _serving, _until
 from tests.bot.test_traffic_cli import _page, cli, routed  # noqa: F401 (a fixture)
 from tests.conftest import BASE_DOMAIN, OWNER, MakeSource
+from tests.proof.cluster import own_cluster
 from tests.slack.emulator import SlackEmulator
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -109,9 +110,7 @@ async def test_haproxy_killed_mid_clone_is_restarted_with_every_route_and_the_cl
         killed = int(files.pidfile.read_text().split()[0])
         os.kill(killed, signal.SIGKILL)
         began = time.monotonic()
-        await _until(
-            lambda: _pid(files) not in (None, killed), what="a new HAProxy", timeout_s=30
-        )
+        await _until(lambda: _pid(files) not in (None, killed), what="a new HAProxy", timeout_s=30)
         assert f"{prod} web 1" in await _page(routed, shop, within_s=30)
         back = time.monotonic() - began
         print(f"\nHAProxy killed: serving {shop} again {back:.1f} s later")
@@ -134,3 +133,54 @@ def _pid(files: RouterFiles) -> int | None:
         return int(files.pidfile.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+@pytest.mark.parametrize(
+    ("down_s", "held_s"), [(5, 0), (15, 12)], ids=["within-the-lease", "past-the-lease"]
+)
+async def test_postgresql_restarted_mid_clone(
+    routed: Settings,  # noqa: F811
+    slack: SlackEmulator,
+    make_source: MakeSource,
+    docker: DockerClient,
+    tmp_path: Path,
+    down_s: float,
+    held_s: float,
+) -> None:
+    """PostgreSQL stopped while the clone holds its source frozen, started ``down_s`` later;
+    the job held ``held_s`` of it (a lease not renewed for 10 s stops the job)."""
+    prod = (await make_source(web_nodes=1)).name
+    copy = f"{prod}-pg"
+    hold = Hold(tmp_path)
+    with own_cluster() as pg:
+        settings = routed.model_copy(update={"database_url": pg.url})
+        async with asyncio.timeout(300), _serving(settings, slack, tmp_path, **hold.env()) as bot:
+            await bot.command(OWNER, "/clone", f"{prod} {copy}")
+            await hold.reached(bot)
+            await asyncio.to_thread(pg.stop)
+            began = time.monotonic()
+            await asyncio.sleep(held_s)
+            hold.release()  # the job goes on, its database gone
+            await asyncio.sleep(down_s - held_s)
+            await asyncio.to_thread(pg.start)
+            final = await bot.final_message(timeout_s=120)
+            shown = time.monotonic() - began
+            assert await healthz(bot) == 200
+            job = the_job(settings, copy)
+        print(
+            f"\nPostgreSQL down {down_s} s: the job's message {shown:.1f} s after it stopped:"
+            f" {final['text']!r}; the job {job['state']}: {job['error']}"
+        )
+    assert await source_states(docker, prod) == {"running"}
+    helpers = await docker.list_containers(labels=["clonebot.helper", f"{JOB}={job['id']}"])
+    assert helpers == []
+    if held_s == 0:  # the job never noticed: its outcome waited for the database
+        assert final["text"].startswith(f":white_check_mark: *{copy}* is running at"), final
+        assert job["state"] == "succeeded"
+        assert await source_states(docker, copy) == {"running"}
+    else:
+        assert final["text"].startswith(f":x: Cloning {prod} → {copy} failed: "), final
+        assert "its lease could not be renewed for 10 s" in final["text"]
+        assert "Nothing was left behind" in final["text"]
+        assert job["state"] == "rolled back"
+        assert await leftovers(docker, job=job["id"], clone=copy) == []
