@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.models.views import View
 
 from bot.slack import messages
 from bot.slack.bot import Respond, SlackBot, Usage, slack_request
 from bot.slack.messages import escape, usage
+from bot.slack.modals import open_then_fill
 from bot.slack.payloads import read_command
-from bot.slack.views import clone_modal
+from bot.slack.views import CLONE_TITLE, clone_modal
 from services import catalog, jobs, ownership, routing
 from services.access import Request
 from services.errors import BadRequest, EnvironmentNotFound
@@ -85,7 +87,17 @@ async def _clone(bot: SlackBot, asked: Asked) -> str | None:
 
 
 async def open_clone_modal(bot: SlackBot, asked: Asked) -> None:
-    """The /clone form, offering the environments the user may clone."""
+    """The /clone form, offering the environments the user may clone: opened at once, its
+    trigger lasting 3 s, then filled (``bot.slack.modals``)."""
+    await open_then_fill(
+        bot.client,
+        trigger_id=asked.trigger_id or "",
+        title=CLONE_TITLE,
+        fill=lambda: _clone_form(bot, asked),
+    )
+
+
+async def _clone_form(bot: SlackBot, asked: Asked) -> View:
     views = await catalog.visible_environments(bot.svc, user=asked.user, channel=asked.channel)
     # the user's own environments first, and originals before their clones
     mine = sorted(
@@ -94,8 +106,7 @@ async def open_clone_modal(bot: SlackBot, asked: Asked) -> None:
     )
     sources = [v.name for v in mine]
     default = await catalog.suggest_clone_name(bot.svc, source=sources[0]) if sources else ""
-    view = clone_modal(sources, default_name=default, channel=asked.channel)
-    await bot.client.views_open(trigger_id=asked.trigger_id or "", view=view)
+    return clone_modal(sources, default_name=default, channel=asked.channel)
 
 
 async def _env(bot: SlackBot, asked: Asked) -> str | None:

@@ -81,12 +81,15 @@ class SplitForm:
         return self.env if self.mode == "backup" else self.other
 
 
+CLONE_TITLE = "Clone an environment"
+
+
 def clone_modal(sources: Sequence[str], *, default_name: str, channel: str | None) -> View:
     """The /clone form; ``sources`` are the environments the user may clone, the likeliest
     first, and ``default_name`` the default clone name of the first."""
     if not sources:
-        return _notice_modal(
-            "Clone an environment",
+        return notice_modal(
+            CLONE_TITLE,
             "You may clone no environment: only its owner or an admin may clone it. "
             "`/env list` shows the environments you may see.",
         )
@@ -126,7 +129,7 @@ def clone_modal(sources: Sequence[str], *, default_name: str, channel: str | Non
         ),
     ]
     return View(
-        type="modal", callback_id=ids.CLONE_MODAL, title="Clone an environment",
+        type="modal", callback_id=ids.CLONE_MODAL, title=CLONE_TITLE,
         submit="Clone", close="Cancel", blocks=blocks,
         private_metadata=json.dumps(
             {"channel": channel, "source": sources[0], "default": default_name}
@@ -143,7 +146,7 @@ def split_modal(
     # Slack refuses an option value over 150 characters; such a domain is left to /env split
     usable = [d for d in domains if len(d) <= OPTION_VALUE_LIMIT][:OPTIONS_LIMIT]
     if not usable or not others:
-        return _notice_modal(
+        return notice_modal(
             "Split traffic",
             f"A split needs a custom domain and another environment. Bind a domain with "
             f"`/env domain add {env} DOMAIN`.",
@@ -350,7 +353,13 @@ def _home_environment(
     return fit(lines + [f"↪ {route.describe()}" for route in routes])
 
 
-def _notice_modal(title: str, text: str) -> View:
+def loading_modal(title: str) -> View:
+    """A form opened before its content is read: Slack's trigger lasts 3 s, which reading the
+    engine and the database may take under load; ``views.update`` then fills it."""
+    return notice_modal(title, ":hourglass_flowing_sand: Looking this up…")
+
+
+def notice_modal(title: str, text: str) -> View:
     """A modal that only explains why there is nothing to fill in."""
     return View(type="modal", title=title, close="Close", blocks=[SectionBlock(text=text)])
 

@@ -387,11 +387,12 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
 
     # the form offers only what the user may clone: a stranger is told there is nothing
     await bot.command(STRANGER, "/clone", "")
-    nothing = await bot.slack.wait_for("views.open")
+    # (the form opens at once, saying it is looking, then is filled: bot.slack.modals)
+    nothing = await bot.slack.wait_for("views.update")
     assert "You may clone no environment" in json.dumps(nothing.answer["view"]["blocks"])
 
     await bot.command(OWNER, "/clone", "")
-    opened = await bot.slack.wait_for("views.open", lambda p: "clone_modal" in str(p["view"]))
+    opened = await bot.slack.wait_for("views.update", lambda p: "clone_modal" in str(p["view"]))
     view = opened.answer["view"]
     source_field = _select(view, "clone_source")
     # (other tests' sources, owned by the same user, may come first: the engine is shared)

@@ -29,7 +29,7 @@ async def test_the_clone_form_proposes_a_name_no_volume_holds(
     try:
         await bot.command(user, "/clone", "")
         opened = await bot.slack.wait_for(
-            "views.open", lambda p: "clone_modal" in str(p["view"]), timeout_s=20
+            "views.update", lambda p: "clone_modal" in str(p["view"]), timeout_s=20
         )
         view = opened.answer["view"]
         assert _select(view, "clone_source")["initial_option"]["value"] == source

@@ -56,9 +56,12 @@ async def test_clone_form_shows_a_bad_name_under_its_field(
 ) -> None:
     source = await make_source(web_nodes=1, seed_kib=1)
     await played.post("/playground/command", {"user": ADMIN, "channel": CHANNEL, "text": "/clone"})
+    # opened at once, saying it is looking, then filled in place (bot.slack.modals)
     opened = await played.stream.wait_for(lambda e: e["kind"] == "view")
-    view = opened["view"]
     assert opened["user"] == ADMIN and opened["how"] == "open"
+    filled = await played.stream.wait_for(lambda e: e["kind"] == "view" and e["how"] == "update")
+    view = filled["view"]
+    assert filled["user"] == ADMIN and view["id"] == opened["view"]["id"]
     assert view["type"] == "modal" and view["callback_id"] == ids.CLONE_MODAL
     assert [b["block_id"] for b in view["blocks"] if b["type"] == "input"][:2] == [
         ids.CLONE_SOURCE, ids.CLONE_NAME

@@ -141,8 +141,25 @@ async def test_200_slash_commands_in_10_s_are_each_acknowledged_within_3_s(
             f"{statistics.median(waits) * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms; "
             f"{len(busy)} told clonebot was busy (within {told * 1000:.0f} ms)"
         )
-        forms = [c for c in slack.calls_to("views.open") if c.answer.get("ok")]
-        assert len(forms) == sum(a.command == "/clone" and not a.text for a in asked)
+        # every form opened within the 3 s its trigger lasts (Slack refuses a later one)
+        forms = {p["trigger_id"]: n for n, p in enumerate(payloads) if asked[n].command == "/clone"}
+        forms = {t: n for t, n in forms.items() if not asked[n].text}
+        opened = await _forms_opened(slack, set(forms), timeout_s=30)
+        late = {forms[t]: round(at - sent[forms[t]]["sent_at"], 2) for t, at in opened.items()}
+        print(f"{len(opened)} forms opened, the last {max(late.values()):.2f} s after its command")
+        assert {n: s for n, s in late.items() if s >= ACK_S} == {}
+        # and each then filled with what the user may clone (strangers: that they may not)
+        ids = {
+            c.answer["view"]["id"]: forms[str(c.params["trigger_id"])]
+            for c in slack.calls_to("views.open")
+            if c.answer.get("ok") and c.params.get("trigger_id") in forms
+        }
+        filled = await _filled(slack, set(ids), timeout_s=60)
+        shown = [
+            ("clone_modal" in str(v), "You may clone no environment" in str(v))
+            for v in filled.values()
+        ]
+        assert all(form or none for form, none in shown), filled
         # the owner's two clones ran beside the burst and ended with their buttons
         for n in (1, 2):
             final = await slack.wait_for("chat.update", _done(f"{prod}-m{n}"), timeout_s=120)
@@ -192,3 +209,40 @@ async def _burst_from_slack(*, url: str, commands: list[dict[str, str]]) -> list
 def _done(clone: str) -> Callable[[Params], bool]:
     """Whether an edit shows ``clone`` made, with its buttons."""
     return lambda params: str(params.get("text")).startswith(f":white_check_mark: *{clone}*")
+
+
+async def _forms_opened(
+    slack: SlackEmulator, triggers: set[str], *, timeout_s: float
+) -> dict[str, float]:
+    """When (wall clock) views.open was accepted for each of the triggers."""
+    offset = time.time() - time.monotonic()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                opened = {
+                    str(c.params["trigger_id"]): c.at + offset
+                    for c in slack.calls_to("views.open")
+                    if c.answer.get("ok") and c.params.get("trigger_id") in triggers
+                }
+                if len(opened) == len(triggers):
+                    return opened
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"{len(triggers) - len(opened)} forms never opened") from None
+
+
+async def _filled(slack: SlackEmulator, view_ids: set[str], *, timeout_s: float) -> dict[str, Any]:
+    """The view each of the opened forms was filled with (its accepted views.update)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                filled = {
+                    str(c.params["view_id"]): c.params["view"]
+                    for c in slack.calls_to("views.update")
+                    if c.answer.get("ok") and c.params.get("view_id") in view_ids
+                }
+                if len(filled) == len(view_ids):
+                    return filled
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"{len(view_ids) - len(filled)} forms never filled") from None
