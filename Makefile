@@ -4,9 +4,10 @@
 #   make run ARGS="clone prod" run the clonebot CLI (default: `clonebot demo`, then `clonebot serve`)
 #   make bench                 benchmarks (python -m bench)
 #   make clean-docker          stop the private Docker engine that `make run` leaves up
+#   make image                 the production images (Dockerfile, deploy/compose.yaml)
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
-.PHONY: test lint run bench clean-docker deps
+.PHONY: test lint run bench clean-docker deps image
 
 ARGS ?= serve
 
@@ -31,6 +32,12 @@ bench: deps
 
 clean-docker:
 	bash scripts/dockerd.sh stop
+
+# clonebot/clonebot and clonebot/postgres:15 on the engine in $DOCKER_HOST (else the private
+# one, left running as by `make run`); the base is made with debootstrap when the engine lacks it
+image: deps
+	engine=$$(bash scripts/dockerd.sh start); eval "$$engine"; \
+	bash scripts/build-image.sh --local-base
 
 deps:
 	bash scripts/ensure-deps.sh

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from bot.cli_common import AsUser, JsonFlag, out, run
+from bot.cli_common import AsUser, JsonFlag, err, load_settings, out, run
 from services.access import Request
 from services.context import Services
-from services.haproxy import RouterFiles
+from services.errors import ClonebotError
+from services.haproxy import RouterFiles, locked, render_config, write_files
 from services.router import apply_now, router_state
 from services.routing import (
     add_domain,
@@ -26,6 +28,37 @@ commands = typer.Typer()
 
 domain_app = typer.Typer(help="Custom domains of an environment.")
 commands.add_typer(domain_app, name="domain")
+router_app = typer.Typer(help="The router folder an external HAProxy reads.")
+commands.add_typer(router_app, name="router")
+
+
+@router_app.command("init")
+def router_init() -> None:
+    """Write the router folder's first configuration (no route yet) unless it has one: what
+    an external HAProxy starts from (`haproxy -W -S DIR/master.sock -f DIR/haproxy.cfg`);
+    `clonebot serve` brings it to every route once it answers."""
+    settings = load_settings()
+    assert settings.router_dir is not None
+    files = RouterFiles(settings.router_dir)
+
+    async def first_files() -> bool:
+        async with locked(files):
+            if await asyncio.to_thread(files.config.exists):
+                return False
+            config = render_config(files=files, bind=settings.router_bind, backends=[])
+            await write_files(files, config=config, hosts={})
+            return True
+
+    try:
+        wrote = asyncio.run(first_files())
+    except ClonebotError as exc:
+        err.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/] {settings.router_dir}: {exc.strerror}", highlight=False)
+        raise typer.Exit(1) from None
+    done = f"wrote {files.config}" if wrote else f"{files.config} is there: left as it is"
+    out.print(done, highlight=False)
 
 
 async def _applied(svc: Services) -> str:
