@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.models.views import View
 
 from bot.slack import ids
 from bot.slack.bot import Respond, SlackBot, slack_request
 from bot.slack.commands import start_delete, swap
+from bot.slack.modals import open_then_fill
 from bot.slack.payloads import Unreadable, read_click
-from bot.slack.views import split_modal
+from bot.slack.views import SPLIT_TITLE, split_modal
 from services import access, catalog
 from services.permissions import Action
 
@@ -69,9 +71,13 @@ async def _open_split(bot: SlackBot, body: dict[str, Any]) -> None:
         await access.check_request(
             bot.svc, session, request, name=target.env, action=Action.MOVE_TRAFFIC
         )
-    views = await catalog.visible_environments(bot.svc, user=user, channel=channel)
-    webbed = [v for v in views if v.env.web_layer is not None and v.name != target.env]
-    others = sorted((v.name for v in webbed), key=lambda n: (n != target.other, n))
-    domains = [d for v in views if v.name == target.env or v.name in others for d in v.domains]
-    modal = split_modal(target.env, others=others, domains=domains, channel=channel)
-    await bot.client.views_open(trigger_id=trigger_id or "", view=modal)
+
+    async def fill() -> View:
+        views = await catalog.visible_environments(bot.svc, user=user, channel=channel)
+        webbed = [v for v in views if v.env.web_layer is not None and v.name != target.env]
+        others = sorted((v.name for v in webbed), key=lambda n: (n != target.other, n))
+        domains = [d for v in views if v.name == target.env or v.name in others for d in v.domains]
+        return split_modal(target.env, others=others, domains=domains, channel=channel)
+
+    # opened before it is filled: its trigger lasts 3 s (bot.slack.modals)
+    await open_then_fill(bot.client, trigger_id=trigger_id or "", title=SPLIT_TITLE, fill=fill)

@@ -82,6 +82,7 @@ class SplitForm:
 
 
 CLONE_TITLE = "Clone an environment"
+SPLIT_TITLE = "Split traffic"
 
 
 def clone_modal(sources: Sequence[str], *, default_name: str, channel: str | None) -> View:
@@ -147,7 +148,7 @@ def split_modal(
     usable = [d for d in domains if len(d) <= OPTION_VALUE_LIMIT][:OPTIONS_LIMIT]
     if not usable or not others:
         return notice_modal(
-            "Split traffic",
+            SPLIT_TITLE,
             f"A split needs a custom domain and another environment. Bind a domain with "
             f"`/env domain add {env} DOMAIN`.",
         )
@@ -199,7 +200,7 @@ def split_modal(
         ),
     ]
     return View(
-        type="modal", callback_id=ids.SPLIT_MODAL, title="Split traffic", submit="Apply",
+        type="modal", callback_id=ids.SPLIT_MODAL, title=SPLIT_TITLE, submit="Apply",
         close="Cancel", blocks=blocks,
         private_metadata=json.dumps({"env": env, "channel": channel}),
     )  # fmt: skip

@@ -425,7 +425,7 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
 
     # Split traffic…: all of shop.test to the clone
     await bot.click(OWNER, final, "split_traffic")
-    split = await bot.slack.wait_for("views.open", lambda p: "split_modal" in str(p["view"]))
+    split = await bot.slack.wait_for("views.update", lambda p: "split_modal" in str(p["view"]))
     split_view = split.answer["view"]
     assert _select(split_view, "split_other")["initial_option"]["value"] == prod
     reply = await bot.submit(
