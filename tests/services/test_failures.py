@@ -23,10 +23,12 @@ from services.lifecycle import clone_environment
 from services.settings import Settings
 from tests.conftest import MakeSource
 
+# These tests look at the whole engine (everything on it, every helper container): they run
+# alone, not beside parallel workers whose objects come and go meanwhile.
+pytestmark = pytest.mark.alone
+
 
 async def _inventory(docker: DockerClient) -> tuple[set[str], ...]:
-    """Everything on the engine: the tests that compare two are marked ``alone`` (the tests
-    run on parallel workers, whose objects come and go meanwhile)."""
     containers = {c["Id"] for c in await docker.list_containers()}
     networks = {n["Id"] for n in await docker.list_networks(labels=[])}
     volumes = {v["Name"] for v in await docker.list_volumes(labels=[])}
@@ -34,7 +36,6 @@ async def _inventory(docker: DockerClient) -> tuple[set[str], ...]:
     return containers, networks, volumes, images
 
 
-@pytest.mark.alone
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
@@ -58,7 +59,6 @@ async def test_invalid_names_are_refused(
     assert await _inventory(docker) == before
 
 
-@pytest.mark.alone
 async def test_taken_name_missing_source_and_full_disk_are_refused(
     docker: DockerClient, settings: Settings, make_source: MakeSource
 ) -> None:
@@ -88,7 +88,6 @@ class FullPools(DockerClient):
         return info | {"DefaultAddressPools": [{"Base": subnet, "Size": 24}]}
 
 
-@pytest.mark.alone
 async def test_a_clone_whose_networks_the_engine_cannot_make_is_refused_up_front(
     docker: DockerClient, settings: Settings, make_source: MakeSource
 ) -> None:
