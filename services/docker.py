@@ -63,7 +63,14 @@ class ExecSession:
         self._exec = exec_
 
     async def send(self, data: bytes) -> None:
-        await self._stream.write_in(data)
+        try:
+            await self._stream.write_in(data)
+        except (AssertionError, RuntimeError, OSError) as exc:
+            # aiodocker asserts that its connection is there: gone once the command's
+            # container, or the engine itself, stopped
+            raise DockerFailed(
+                "the command in the container is gone: the container or the engine stopped"
+            ) from exc
 
     async def lines(self) -> AsyncIterator[str]:
         """Yield output lines (stdout and stderr) until the command ends."""

@@ -201,7 +201,9 @@ async def _resume_all(
                     await docker.start_container(master_id)
                 break
             except DockerFailed as exc:
-                if exc.status == _CONFLICT:  # 409: it was not paused after all
+                # not paused after all: 409, or this engine's 500 "is not paused" (a restart
+                # of the engine stopped it, its restart policy may have started it again)
+                if exc.status == _CONFLICT or "is not paused" in exc.message:
                     break
                 failure: ClonebotError = exc
             except DockerUnavailable as exc:  # an engine hiccup must not leave it frozen

@@ -28,6 +28,7 @@ from services.errors import (
 from services.freeze import resume_recorded
 from services.job_locks import JobKind, check_not_busy, job_kind, reserving_disk, serialize
 from services.job_run import LEASE, JobProgress, claim, disk_reserver, run_leased
+from services.ledger import sweep_job
 from services.lifecycle import (
     check_delete,
     clone_environment,
@@ -421,6 +422,8 @@ async def _finish(
     while this process lives, and it would stay running.
     """
 
+    await _sweep(svc, job, outcome)
+
     async def record() -> None:
         keep_frozen = not await _sources_resumed(svc, job.id)
         async with svc.sessions() as session, session.begin():
@@ -441,6 +444,18 @@ async def _finish(
         await patiently(record, what=f"job {job.id}: its outcome")
     except Exception:  # the job stays running with a lapsing lease: recovery closes it
         log.exception("job %s: outcome not recorded (%s)", job.id, outcome["state"])
+
+
+async def _sweep(svc: Services, job: Job, outcome: dict[str, Any]) -> None:
+    """A clone that did not succeed leaves nothing: its rollback may have met the engine
+    restarting, so whatever still carries the job's label goes once the engine answers."""
+    if job.kind != JobKind.CLONE or outcome["state"] == "succeeded":
+        return
+    try:
+        if removed := await sweep_job(svc.docker, job.id):
+            log.warning("job %s: removed %d resource(s) its rollback had left", job.id, removed)
+    except ClonebotError as exc:
+        log.warning("job %s: what it made is not all removed: %s", job.id, exc.message)
 
 
 async def _sources_resumed(svc: Services, job_id: str) -> bool:

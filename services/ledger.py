@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from services.docker import JSON, DockerClient
-from services.errors import ClonebotError
+from services.environments import JOB
+from services.errors import ClonebotError, DockerUnavailable
 
 log = logging.getLogger(__name__)
+ENGINE_BACK_S = 120.0  # an engine restarting is waited for this long to remove a job's remains
 
 
 class Ledger:
@@ -55,3 +59,35 @@ class Ledger:
                     if getattr(exc, "status", 0) != 404:
                         log.warning("rollback could not remove %s: %s", ref, exc.message)
             refs.clear()
+
+
+async def remove_job_resources(docker: DockerClient, job_id: str) -> int:
+    """Remove every container, network, volume and image labelled with the job; how many."""
+    label = [f"{JOB}={job_id}"]
+    removed = 0
+    for container in await docker.list_containers(labels=label):
+        await docker.remove_container(container["Id"])
+        removed += 1
+    for network in await docker.list_networks(labels=label):
+        await docker.remove_network(network["Id"])
+        removed += 1
+    for volume in await docker.list_volumes(labels=label):
+        await docker.remove_volume(volume["Name"])
+        removed += 1
+    for image in await docker.list_images(labels=label):
+        await docker.remove_image(image["Id"])
+        removed += 1
+    return removed
+
+
+async def sweep_job(docker: DockerClient, job_id: str, *, within_s: float = ENGINE_BACK_S) -> int:
+    """``remove_job_resources``, tried again every second while the engine does not answer
+    (restarting: a rollback that met it gone left the job's containers, helpers and the rest)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return await remove_job_resources(docker, job_id)
+        except DockerUnavailable:
+            if time.monotonic() + 1 > deadline:
+                raise
+        await asyncio.sleep(1)

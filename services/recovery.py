@@ -8,10 +8,10 @@ from sqlalchemy import update
 
 from services.context import Services
 from services.docker import DockerClient
-from services.environments import JOB
 from services.errors import ClonebotError
 from services.freeze import resume_recorded
 from services.jobs import close_job
+from services.ledger import remove_job_resources
 from services.lifecycle import finish_rename
 from services.workers import this_worker, worker_is_gone
 from storage import repositories as repo
@@ -102,25 +102,6 @@ async def _rename_went_through(svc: Services, job: Job) -> bool:
         await close_job(session, job, action="rename recovered", state="succeeded")
     job.state = "succeeded"
     return True
-
-
-async def remove_job_resources(docker: DockerClient, job_id: str) -> int:
-    """Remove every container, network, volume and image labelled with the job; how many."""
-    label = [f"{JOB}={job_id}"]
-    removed = 0
-    for container in await docker.list_containers(labels=label):
-        await docker.remove_container(container["Id"])
-        removed += 1
-    for network in await docker.list_networks(labels=label):
-        await docker.remove_network(network["Id"])
-        removed += 1
-    for volume in await docker.list_volumes(labels=label):
-        await docker.remove_volume(volume["Name"])
-        removed += 1
-    for image in await docker.list_images(labels=label):
-        await docker.remove_image(image["Id"])
-        removed += 1
-    return removed
 
 
 async def _restore_set_aside(docker: DockerClient, job: Job) -> None:

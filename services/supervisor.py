@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from services.context import Services
-from services.errors import ClonebotError
+from services.errors import ClonebotError, DockerUnavailable
 from services.haproxy import EmbeddedHAProxy, RouterFailed, RouterFiles, locked, render_config
 from services.jobs import run_job
 from services.recovery import recover_jobs
@@ -59,7 +59,9 @@ async def serve(
                     on_recovered(await recover_jobs(svc))
                     await _expire_keys(svc)
                     last_recovery = time.monotonic()
-            except Exception as exc:  # the database away (restarting): the next round retries
+            except DockerUnavailable as exc:  # the engine restarting: the next round retries
+                log.warning("%s; trying again", exc.message)
+            except Exception as exc:  # the database away (restarting): the same
                 if not is_outage(exc):
                     raise
                 log.warning("the database does not answer (%s); trying again", exc)
