@@ -14,6 +14,7 @@ set -euo pipefail
 
 # The names can be changed (another private engine beside this one: a test of this script).
 NAME=${CLONEBOT_DOCKERD_NAME:-clonebot-docker}
+DATA_ROOT=${CLONEBOT_DOCKERD_DATA_ROOT:-/var/lib/$NAME}   # a test may give it a small disk
 SOCK=unix:///run/$NAME.sock
 PIDFILE=/run/$NAME.pid
 STATE=/run/$NAME.started-by-us   # exists while an engine launched by `start` may run
@@ -66,7 +67,7 @@ launch() {
     env -u http_proxy -u https_proxy -u no_proxy -u all_proxy -u ALL_PROXY \
         HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
         setsid /usr/sbin/dockerd --config-file "$CONF" \
-        --data-root /var/lib/$NAME --exec-root /run/$NAME \
+        --data-root "$DATA_ROOT" --exec-root /run/$NAME \
         -H "$SOCK" --pidfile "$PIDFILE" \
         --containerd-namespace $NAME --containerd-plugins-namespace $NAME-plugins \
         --bridge "$BRIDGE" --default-address-pool "base=$POOL,size=24" --iptables=false \
@@ -82,8 +83,8 @@ launch() {
 # It does not when live-restore is on: so our engine starts with it on, and turns it off
 # (a reload) once it answers, so that a stop still stops its containers as before.
 write_config() {
-    printf '{"live-restore": %s, "deprecated-key-path": "/var/lib/%s/key.json"}\n' \
-        "$1" "$NAME" >"$CONF"
+    printf '{"live-restore": %s, "deprecated-key-path": "%s/key.json"}\n' \
+        "$1" "$DATA_ROOT" >"$CONF"
 }
 
 # Once our engine answers, live-restore off (see above): a reload (SIGHUP) of $CONF.
