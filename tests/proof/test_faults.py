@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -28,11 +29,13 @@ from services.haproxy import RouterFiles
 from services.settings import Settings
 from tests.bot.test_slack_app import Bot, _serving, _until
 from tests.bot.test_traffic_cli import _page, cli, routed  # noqa: F401 (a fixture)
-from tests.conftest import BASE_DOMAIN, OWNER, MakeSource
+from tests.conftest import BASE_DOMAIN, OWNER, MakeSource, create_source
 from tests.proof.cluster import own_cluster
+from tests.proof.engine import Engine, own_engine
 from tests.slack.emulator import SlackEmulator
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+ENGINE_DOWN_S = 5  # how long the engine stays stopped while the job goes on
 
 
 class Hold:
@@ -184,3 +187,113 @@ async def test_postgresql_restarted_mid_clone(
         assert "Nothing was left behind" in final["text"]
         assert job["state"] == "rolled back"
         assert await leftovers(docker, job=job["id"], clone=copy) == []
+
+
+async def _engine_source(docker: DockerClient, engine: Engine) -> str:
+    """A source on the test's own engine: its database restarted by the engine (a restart
+    policy), its web node not (none)."""
+    name = f"t{secrets.token_hex(3)}"
+    await create_source(docker, name=name, web_nodes=1, db_nodes=1, db_labels={}, seed_kib=256)
+    engine.docker("update", "--restart", "unless-stopped", f"{name}_db_1")
+    return name
+
+
+async def _engine_leftovers(docker: DockerClient, *, job: str, clone: str) -> list[str]:
+    """The test's engine is its own: no helper at all may be left, nor anything of the job."""
+    helpers = await docker.list_containers(labels=["clonebot.helper"])
+    return await leftovers(docker, job=job, clone=clone) + [f"helper {h}" for h in helpers]
+
+
+async def _node_states(docker: DockerClient, name: str) -> dict[str, str]:
+    return {n.name: n.state for n in (await get_environment(docker, name)).nodes}
+
+
+@pytest.mark.parametrize("goes_on", ["engine-back", "engine-down"])
+async def test_the_engine_restarted_mid_clone(
+    routed: Settings,  # noqa: F811
+    slack: SlackEmulator,
+    tmp_path: Path,
+    goes_on: str,
+) -> None:
+    """The engine stopped (its containers with it) and started again while the clone holds
+    the source frozen; the job goes on once the engine is back, or while it is down (its
+    rollback meets no engine): either way it fails and leaves nothing, the source is what its
+    restart policy gives (never paused), serve stays healthy."""
+    hold = Hold(tmp_path)
+    async with own_engine(routed) as engine, DockerClient(engine.host) as docker:
+        prod = await _engine_source(docker, engine)
+        copy = f"{prod}-eng"
+        settings = routed.model_copy(update={"docker_host": engine.host})
+        async with asyncio.timeout(300), _serving(settings, slack, tmp_path, **hold.env()) as bot:
+            await bot.command(OWNER, "/clone", f"{prod} {copy}")
+            await hold.reached(bot)
+            assert "paused" in (await _node_states(docker, prod)).values()
+            began = time.monotonic()
+            await asyncio.to_thread(engine.stop)
+            if goes_on == "engine-down":
+                hold.release()
+                await asyncio.sleep(ENGINE_DOWN_S)
+            await asyncio.to_thread(engine.start)
+            back = time.monotonic() - began
+            hold.release()
+            final = await bot.final_message(timeout_s=180)
+            shown = time.monotonic() - began
+            assert await healthz(bot) == 200
+            job = the_job(settings, copy)
+        print(
+            f"\nthe engine answered again {back:.1f} s after its stop began; the job's "
+            f"message {shown:.1f} s after: {final['text']!r}; the job {job['state']}"
+        )
+        assert final["text"].startswith(f":x: Cloning {prod} → {copy} failed: "), final
+        assert "AssertionError" not in final["text"]
+        assert job["state"] == "rolled back", job
+        assert await _engine_leftovers(docker, job=job["id"], clone=copy) == []
+        assert await _node_states(docker, prod) == {
+            f"{prod}_db_1": "running",  # unless-stopped
+            f"{prod}_web_1": "exited",  # no restart policy
+        }
+
+
+async def test_the_engine_disk_filled_up_mid_clone(
+    routed: Settings,  # noqa: F811
+    slack: SlackEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine's disk (a 1 GiB file system of its own) filled up to the last byte while
+    the clone holds the source frozen: the job fails and removes what it made, the source
+    runs, serve stays healthy; once the space is back, a clone succeeds."""
+    hold = Hold(tmp_path)
+    async with own_engine(routed) as engine, DockerClient(engine.host) as docker:
+        prod = await _engine_source(docker, engine)
+        copy = f"{prod}-full"
+        settings = routed.model_copy(update={"docker_host": engine.host})
+        # of the 1 GiB, room for the clone is checked before it starts: the fault comes after
+        monkeypatch.setenv("CLONEBOT_DISK_RESERVE", str(64 << 20))
+        async with (
+            asyncio.timeout(300),
+            _serving(settings, slack, tmp_path, **hold.env()) as bot,
+        ):
+            await bot.command(OWNER, "/clone", f"{prod} {copy}")
+            await hold.reached(bot)
+            filler = await asyncio.to_thread(engine.fill)
+            assert engine.free_bytes() == 0
+            began = time.monotonic()
+            hold.release()
+            final = await bot.final_message(timeout_s=120)
+            shown = time.monotonic() - began
+            job = the_job(settings, copy)
+            left = await _engine_leftovers(docker, job=job["id"], clone=copy)
+            states = await _node_states(docker, prod)
+            await asyncio.to_thread(filler.unlink)
+            assert await healthz(bot) == 200
+        print(
+            f"\nthe disk full: the job's message {shown:.1f} s after: {final['text']!r}; "
+            f"the job {job['state']}: {job['error']}"
+        )
+        assert final["text"].startswith(f":x: Cloning {prod} → {copy} failed: "), final
+        assert job["state"] in ("failed", "rolled back"), job
+        assert left == []
+        assert set(states.values()) == {"running"}, states
+        after = cli(settings, "clone", prod, f"{prod}-after", "--as", OWNER)
+        assert await _node_states(docker, f"{prod}-after"), after
