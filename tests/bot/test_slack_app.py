@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import signal
 import sys
@@ -173,22 +174,35 @@ class _serving:
             | self.extra
         )
         with self.log.open("wb") as out:
+            # a process group of its own: one that will not stop is killed with its HAProxy
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot", "serve",
-                stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
+                stdout=out, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
             )  # fmt: skip
-        await _wait_healthy(self.port, self.proc, self.log)
+        try:
+            await _wait_healthy(self.port, self.proc, self.log)
+        except BaseException:
+            await self._stop()  # never left running by a test that failed here
+            raise
         url = f"http://127.0.0.1:{self.port}/slack/events"
         self.sender = await SlackSender(url=url, signing_secret=SECRET).__aenter__()
         return Bot(self.slack, self.sender, self.settings, self.log, self.port)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.sender.__aexit__(None, None, None)
+        assert await self._stop() == 0, _read(self.log)
+        assert "Traceback" not in _read(self.log), _read(self.log)
+
+    async def _stop(self) -> int:
+        """SIGTERM, then after 30 s SIGKILL to its process group: its exit status."""
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), timeout=30)
-        assert code == 0, _read(self.log)
-        assert "Traceback" not in _read(self.log), _read(self.log)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout=30)
+        except TimeoutError:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+            raise AssertionError(f"serve did not stop within 30 s: {_read(self.log)}") from None
 
 
 async def _names(settings: Settings) -> set[str]:
