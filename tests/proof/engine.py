@@ -71,15 +71,31 @@ class Engine:
         return stat.f_bavail * stat.f_frsize
 
     def fill(self) -> Path:
-        """A file taking every free byte of the engine's disk; remove it to give them back."""
+        """Files taking every free byte of the engine's disk; remove the folder to give them
+        back. Most at once (fallocate), the last few MiB written until the disk refuses."""
         filler = self.data_root / "filler"
-        self._run("fallocate", "-l", str(self.free_bytes()), str(filler))
+        filler.mkdir()
+        self._run("fallocate", "-l", str(self.free_bytes() - (8 << 20)), str(filler / "most"))
+        rest = subprocess.run(
+            ["dd", "if=/dev/zero", f"of={filler / 'rest'}", "bs=4K", "count=4096"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "No space left on device" in rest.stderr, rest.stderr
         return filler
 
     def remove_disk(self) -> None:
         with contextlib.suppress(AssertionError):
             self._run("umount", "-l", str(self.data_root))
         shutil.rmtree(self.work, ignore_errors=True)
+
+    def remove_run_files(self) -> None:
+        """What the stopped engine leaves in /run: its exec root (a network namespace
+        mounted in it) and log."""
+        run = Path("/run") / self.name
+        with contextlib.suppress(AssertionError):
+            self._run("umount", str(run / "netns/default"))
+        shutil.rmtree(run, ignore_errors=True)
+        Path(f"{run}.log").unlink(missing_ok=True)
 
 
 @contextlib.asynccontextmanager
@@ -98,6 +114,8 @@ async def own_engine(settings: Settings, *, size_mib: int = 1024) -> AsyncIterat
             await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
         yield engine
     finally:
-        with contextlib.suppress(AssertionError):
+        try:
             engine.stop()
-        engine.remove_disk()
+            engine.remove_run_files()
+        finally:
+            engine.remove_disk()

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -277,7 +278,7 @@ async def test_the_engine_disk_filled_up_mid_clone(
             await bot.command(OWNER, "/clone", f"{prod} {copy}")
             await hold.reached(bot)
             filler = await asyncio.to_thread(engine.fill)
-            assert engine.free_bytes() == 0
+            assert engine.free_bytes() < 16 << 10, engine.free_bytes()
             began = time.monotonic()
             hold.release()
             final = await bot.final_message(timeout_s=120)
@@ -285,7 +286,7 @@ async def test_the_engine_disk_filled_up_mid_clone(
             job = the_job(settings, copy)
             left = await _engine_leftovers(docker, job=job["id"], clone=copy)
             states = await _node_states(docker, prod)
-            await asyncio.to_thread(filler.unlink)
+            await asyncio.to_thread(shutil.rmtree, filler)
             assert await healthz(bot) == 200
         print(
             f"\nthe disk full: the job's message {shown:.1f} s after: {final['text']!r}; "
@@ -296,4 +297,4 @@ async def test_the_engine_disk_filled_up_mid_clone(
         assert left == []
         assert set(states.values()) == {"running"}, states
         after = cli(settings, "clone", prod, f"{prod}-after", "--as", OWNER)
-        assert await _node_states(docker, f"{prod}-after"), after
+        assert set((await _node_states(docker, f"{prod}-after")).values()) == {"running"}, after
