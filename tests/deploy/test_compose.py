@@ -22,7 +22,9 @@ from services.docker import DockerClient
 from services.settings import Settings
 from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource, _free_port, exec_output
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# alone: the stack's HAProxy container is connected to every environment's network on the
+# engine, other tests' too (which then could not remove theirs)
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.alone]
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"

@@ -22,6 +22,9 @@ from services.settings import Settings
 from tests.conftest import OWNER, MakeSource, _free_port
 
 HAPROXY_IMAGE = "clonebot-test/haproxy:latest"  # scripts/build-test-images.sh makes it
+# alone: clonebot connects the HAProxy container to every environment's network on the
+# engine, other tests' too (which then could not remove theirs)
+pytestmark = pytest.mark.alone
 
 
 @pytest.fixture
