@@ -115,7 +115,8 @@ async def _keep_lease(svc: Services, job_id: str, worker: str) -> str:
         except Exception as exc:  # retried until give_up_s
             log.warning("job %s: lease not renewed: %s", job_id, exc or type(exc).__name__)
             if time.monotonic() - renewed >= give_up_s:
-                return f"its lease could not be renewed for {give_up_s:g} s ({exc})"
+                why = "clonebot's database did not answer" if is_outage(exc) else "an error"
+                return f"its lease could not be renewed for {give_up_s:g} s: {why} ({exc})"
             continue
         if not ours:
             return "another process took it over"

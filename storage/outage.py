@@ -1,8 +1,9 @@
 """Riding out a database that is away for a while (a PostgreSQL restart takes seconds).
 
 A refused connection reaches us as an ``OSError`` (asyncpg raises it before SQLAlchemy wraps
-anything); a server shutting down, or a connection it dropped, as a ``DBAPIError``. A
-constraint or a query that is wrong is no outage, and is never tried again.
+anything); a server shutting down, or a connection it dropped, as a ``DBAPIError`` saying
+so. A constraint, a trigger's refusal or a query that is wrong is no outage, and is never
+tried again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -22,9 +23,15 @@ OUTAGE_S = 120.0  # how long a database may be away before what waits on it give
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says the database cannot be reached now (not that a query is wrong)."""
-    if isinstance(exc, DBAPIError):
-        return not isinstance(exc, IntegrityError | ProgrammingError | DataError)
-    return isinstance(exc, OSError)
+    if isinstance(exc, OSError):  # refused, reset, timed out
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        return True
+    # PostgreSQL's classes 08 (connection exception) and 57P (shutting down, starting up)
+    code = getattr(exc.orig, "sqlstate", None)
+    return isinstance(code, str) and code.startswith(("08", "57P"))
 
 
 async def patiently(
