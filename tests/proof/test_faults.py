@@ -36,6 +36,7 @@ from tests.proof.engine import Engine, own_engine
 from tests.slack.emulator import SlackEmulator
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+DONE = ":white_check_mark:"
 ENGINE_DOWN_S = 5  # how long the engine stays stopped while the job goes on
 
 
@@ -208,6 +209,11 @@ async def _engine_leftovers(docker: DockerClient, *, job: str, clone: str) -> li
     return await leftovers(docker, job=job, clone=clone) + [f"helper {h}" for h in helpers]
 
 
+def _ended(text: str, env: str) -> bool:
+    """Whether a message is the result of the job making ``env``."""
+    return text.startswith(f"{DONE} *{env}*") or (text.startswith(":x:") and f"→ {env} " in text)
+
+
 async def _node_states(docker: DockerClient, name: str) -> dict[str, str]:
     return {n.name: n.state for n in (await get_environment(docker, name)).nodes}
 
@@ -244,6 +250,14 @@ async def test_the_engine_restarted_mid_clone(
             shown = time.monotonic() - began
             assert await healthz(bot) == 200
             job = the_job(settings, copy)
+            # the same serve, its engine back: a clone works again
+            await bot.command(OWNER, "/clone", f"{prod} {prod}-again")
+            again = await slack.wait_for(
+                "chat.update",
+                lambda p: _ended(str(p.get("text", "")), f"{prod}-again"),
+                timeout_s=120,
+            )
+            assert again.params["text"].startswith(f"{DONE} *{prod}-again* is running at"), again
         print(
             f"\nthe engine answered again {back:.1f} s after its stop began; the job's "
             f"message {shown:.1f} s after: {final['text']!r}; the job {job['state']}"
