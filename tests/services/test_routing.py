@@ -49,7 +49,11 @@ class Router:
     bind: str
 
     async def get(self, session: aiohttp.ClientSession, host: str) -> str:
-        async with session.get(f"http://{self.bind}/", headers={"Host": host}) as resp:
+        # a connection of its own: a kept-alive one may still be on the worker a reload
+        # replaced, which serves it the old routes until it closes (a loaded machine's
+        # old worker took longer than apply()'s pause)
+        headers = {"Host": host, "Connection": "close"}
+        async with session.get(f"http://{self.bind}/", headers=headers) as resp:
             assert resp.status == 200, (host, resp.status)
             return (await resp.text()).strip()
 
