@@ -6,6 +6,7 @@ The locks it takes (environments, a source's freeze, a slot, disk) are in ``job_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -83,7 +84,8 @@ async def run_leased(svc: Services, job_id: str, *, worker: str, work: Awaitable
     no other host recovers a job still running; then ``LeaseLost`` is raised.
     """
     runner = asyncio.ensure_future(work)
-    keeper = asyncio.create_task(_keep_lease(svc, job_id, worker))
+    stop = asyncio.Event()
+    keeper = asyncio.create_task(_keep_lease(svc, job_id, worker, stop=stop))
     try:
         await asyncio.wait({runner, keeper}, return_when=asyncio.FIRST_COMPLETED)
         if runner.done():
@@ -93,19 +95,25 @@ async def run_leased(svc: Services, job_id: str, *, worker: str, work: Awaitable
         await asyncio.gather(runner, return_exceptions=True)
         raise LeaseLost(f"the job stopped because {reason}; what it had made was removed")
     finally:
-        keeper.cancel()
+        # told, not cancelled: cancelled inside a renewal, the session's connection would be
+        # given back to the pool half reset (SQLAlchemy logs that as an error)
+        stop.set()
         if not runner.done():  # cancelled from outside: the work rolls back before we go
             runner.cancel()
         await asyncio.gather(keeper, runner, return_exceptions=True)
 
 
-async def _keep_lease(svc: Services, job_id: str, worker: str) -> str:
-    """Renew the lease every HEARTBEAT_S; return why it is lost, once it is."""
+async def _keep_lease(svc: Services, job_id: str, worker: str, *, stop: asyncio.Event) -> str:
+    """Renew the lease every HEARTBEAT_S until ``stop``; return why it is lost, once it is
+    (or "" when stopped)."""
     renewed = time.monotonic()
     # gives the job two thirds of the lease to roll back before another host may recover it
     give_up_s = LEASE.total_seconds() / 3
     while True:
-        await asyncio.sleep(HEARTBEAT_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_S)
+        if stop.is_set():
+            return ""
         try:
             async with asyncio.timeout(HEARTBEAT_S):
                 async with svc.sessions() as session, session.begin():
