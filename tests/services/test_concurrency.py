@@ -12,11 +12,12 @@ import signal
 import sys
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from services import job_run
+from services import job_run, planning
 from services.access import Request
 from services.context import Services, open_services
 from services.docker import DockerClient
@@ -25,7 +26,7 @@ from services.errors import BadRequest, ClonebotError, LeaseLost, NotEnoughDisk
 from services.jobs import run_job, submit_clone
 from services.recovery import recover_jobs
 from services.settings import Settings
-from services.volumes import measure_volumes
+from services.volumes import VolumeSizes
 from storage import repositories as repo
 from storage.models import Job
 from tests.conftest import OWNER, MakeSource, exec_output, read_volume
@@ -336,33 +337,31 @@ async def test_two_large_clones_at_once_do_not_both_pass_the_disk_check(
                 await asyncio.sleep(0.2)
         reserved = (await _job(svc, first.id)).reserved_bytes
         assert reserved >= 64 << 20
-        free = await _free_bytes(svc, source.volume)
-        # room for one copy and a half beside the reserve: one clone fits, two do not
+        # room for one copy and a half beside the reserve: one clone fits, two do not. The
+        # free space is pinned: tests on other workers fill and free the same disk meanwhile
+        reserve = 1 << 20
+        real = planning.measure_volumes
+
+        async def measured(*args: Any, **kwargs: Any) -> VolumeSizes:
+            sizes = await real(*args, **kwargs)
+            return dataclasses.replace(sizes, free=reserve + reserved * 3 // 2)
+
+        monkeypatch.setattr(planning, "measure_volumes", measured)
         tight = dataclasses.replace(
-            svc,
-            settings=svc.settings.model_copy(
-                update={"disk_reserve_bytes": max(0, free - reserved * 3 // 2)}
-            ),
+            svc, settings=svc.settings.model_copy(update={"disk_reserve_bytes": reserve})
         )
         second = await submit_clone(
             tight, Request(OWNER), source=source.name, name=f"{source.name}-b"
         )
         with pytest.raises(NotEnoughDisk, match="running jobs will still write"):
             # its plan measures the 64 MiB volume: over a minute once, beside three workers
-            async with asyncio.timeout(180):
+            async with asyncio.timeout(120):
                 await run_job(tight, second.id)
         assert (await _job(svc, second.id)).state == "failed"
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
     assert (await _job(svc, first.id)).reserved_bytes == 0, "an ended job reserves nothing"
-
-
-async def _free_bytes(svc: Services, volume: str) -> int:
-    sizes = await measure_volumes(
-        svc.docker, image=svc.settings.helper_image, volumes=[volume], labels={}
-    )
-    return sizes.free
 
 
 async def test_jobs_past_max_jobs_wait_saying_what_for(
