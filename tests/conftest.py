@@ -33,10 +33,15 @@ ADMIN = "UADMIN1"
 ANONYMOUS = re.compile(r"[0-9a-f]{64}")
 POSTGRES = os.environ.get("CLONEBOT_TEST_POSTGRES_URL", "")
 
+# A wait in busybox sh without a fork: `read -t` from a fifo nobody writes to is a builtin,
+# where busybox's usleep is a process of its own. A writer forking usleep every 2 ms took a
+# fifth of a core, and all of them together a fifth of the test suite's CPU; this one, 7%.
+TICKS = "mkfifo /dev/shm/tick 2>/dev/null; exec 3<>/dev/shm/tick; "
+TICK_2MS = "read -t 0.002 -u 3 _t"
 # busybox sh: the writer appends "<n> <uptime in 1/100 s>" without forking, every 2 ms
 WRITER = (
-    "i=$(cat /data/log 2>/dev/null | wc -l); while :; do i=$((i+1)); read up _ < /proc/uptime; "
-    'echo "$i $up" >> /data/log; usleep 2000; done'
+    TICKS + "i=$(cat /data/log 2>/dev/null | wc -l); while :; do i=$((i+1)); "
+    f'read up _ < /proc/uptime; echo "$i $up" >> /data/log; {TICK_2MS}; done'
 )
 WEB = 'mkdir -p /www && echo "$PAGE" > /www/index.html && exec httpd -f -p 80 -h /www'
 

@@ -27,13 +27,21 @@ from services.lifecycle import (
     rename_environment,
 )
 from services.settings import Settings
-from tests.conftest import IMAGE, OWNER, compose_labels, exec_output, remove_projects
+from tests.conftest import (
+    IMAGE,
+    OWNER,
+    TICK_2MS,
+    TICKS,
+    compose_labels,
+    exec_output,
+    remove_projects,
+)
 
 # every line names the container that wrote it: a clone writing into its source's directory
 # would show in the source's log
 WRITER = (
-    "trap 'exit 0' TERM; h=$(hostname); i=$(cat /data/log 2>/dev/null | wc -l); "
-    'while :; do i=$((i+1)); echo "$i $h" >> /data/log; usleep 2000; done'
+    TICKS + "trap 'exit 0' TERM; h=$(hostname); i=$(cat /data/log 2>/dev/null | wc -l); "
+    f'while :; do i=$((i+1)); echo "$i $h" >> /data/log; {TICK_2MS}; done'
 )
 SLEEP = "trap 'exit 0' TERM; while :; do sleep 1; done"  # stops at once
 
