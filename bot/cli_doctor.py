@@ -10,7 +10,6 @@ import typer
 from pydantic import ValidationError
 
 from bot.cli_common import JsonFlag, bad_setting, out
-from bot.slack.doctor import slack_checks
 from services.doctor import Result, host_checks, run_checks
 from services.errors import ClonebotError
 from services.settings import Settings, get_settings
@@ -38,6 +37,8 @@ def doctor(as_json: JsonFlag = False) -> None:
 
 
 async def diagnose(settings: Settings) -> list[Result]:
+    from bot.slack.doctor import slack_checks  # slack_sdk: only the doctor and serve need it
+
     async with host_checks(settings) as checks:
         return await run_checks([*checks, slack_checks(settings)])
 
@@ -66,6 +67,8 @@ async def start_checks(settings: Settings, *, router: bool) -> None:
     and drives it once it answers. Short of disk or networks, serve starts and warns: clones
     are refused, the rest works.
     """
+    from bot.slack.doctor import slack_checks
+
     async with host_checks(settings) as chains:
         chains = [*chains, slack_checks(settings)]
         if not router:
