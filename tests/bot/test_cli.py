@@ -1,32 +1,17 @@
-"""The command line as a person runs it: a real process, real output, real exit codes."""
+"""The command line as a person runs it: a process of its own, real output, real exit codes
+(see tests/cli.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 from services.docker import DockerClient
 from services.environments import get_environment
 from services.settings import Settings
+from tests.cli import clonebot
 from tests.conftest import OWNER, MakeSource
-
-CLI = [sys.executable, "-m", "bot"]
-
-
-def clonebot(*args: str, settings: Settings) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DOCKER_HOST": settings.docker_host,
-        "DATABASE_URL": settings.database_url,
-        "CLONEBOT_ADMINS": ",".join(settings.admins),
-        "CLONEBOT_ROUTER_BIND": settings.router_bind,
-        "CLONEBOT_ROUTER_DIR": str(settings.router_dir),
-        "CLONEBOT_ROUTER_MODE": settings.router_mode,
-        "COLUMNS": "200",
-    }
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 async def test_envs_lists_sources_with_their_layers(

@@ -13,7 +13,7 @@ from services.docker import DockerClient
 from services.environments import PROJECT
 from services.ownership import share_environment
 from services.settings import Settings
-from tests.bot.test_cli import clonebot
+from tests.cli import clonebot
 from tests.conftest import ADMIN, OWNER, MakeSource
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from bot.slack.doctor import SCOPES
 from services.engine_host import count_room, parse_proc_net, ports_in_use
 from services.settings import Settings
+from tests.cli import run_cli
 from tests.slack.emulator import SlackEmulator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,23 +25,9 @@ CHANNEL = "C0NOTIFY1"
 
 async def clonebot(*args: str, timeout_s: float = 120, **env: str) -> tuple[int, str, str]:
     """The CLI in a process of its own; the loop goes on meanwhile (the emulator answers)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        *args,
-        env={**os.environ, "COLUMNS": "200", **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(timeout_s):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode or 0, out.decode(), err.decode()
+    environ = {**os.environ, "COLUMNS": "200", **env}
+    done = await asyncio.to_thread(run_cli, list(args), env=environ, timeout=timeout_s)
+    return done.returncode, done.stdout, done.stderr
 
 
 def free_port() -> int:

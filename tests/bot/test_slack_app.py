@@ -24,8 +24,8 @@ from services.environments import OWNER as OWNER_LABEL
 from services.environments import list_environments
 from services.settings import Settings
 from storage import repositories as repo
-from tests.bot.test_cli import clonebot
 from tests.bot.test_traffic_cli import _env, _page, cli, routed  # noqa: F401 (a fixture)
+from tests.cli import clonebot
 from tests.conftest import (
     ADMIN,
     IMAGE,

@@ -17,7 +17,7 @@ import pytest
 
 from services.haproxy import RouterFiles
 from services.settings import Settings
-from tests.bot.test_cli import clonebot
+from tests.cli import clonebot, run_cli
 from tests.conftest import OWNER, MakeSource
 
 
@@ -187,13 +187,9 @@ async def test_serve_keeps_an_external_haproxy_on_the_routes(
 async def _shell(settings: Settings, *args: str) -> str:
     """The command line from a shell that has the router's folder but not its bind."""
     env = {k: v for k, v in _env(settings).items() if k != "CLONEBOT_ROUTER_BIND"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, (args, out, err)
-    return out.decode()
+    done = await asyncio.to_thread(run_cli, list(args), env=env, timeout=60)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout
 
 
 async def _requests(bind: str, *, stop: asyncio.Event) -> Counter[str]:

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.settings import Settings
-from tests.bot.test_cli import clonebot
+from tests.cli import clonebot
 
 
 @pytest.mark.parametrize(
