@@ -62,6 +62,7 @@ async def probe_host_paths(
         "Image": image,
         "Cmd": ["sh", "-c", _PROBE, "probe", str(len(ordered))],
         "Labels": {"clonebot.helper": "true", **labels},
+        "StopSignal": "SIGKILL",  # as every helper: see volumes._helper_config
         "HostConfig": {"Mounts": mounts, "NetworkMode": "none"},
     }
     try:

@@ -359,6 +359,9 @@ def _helper_config(
         "Image": image,
         "Cmd": cmd,
         "Labels": {"clonebot.helper": "true", **labels},
+        # it has nothing to save, and its sleep, the container's PID 1, ignores SIGTERM: a
+        # stopping engine waited 10 s for each helper before killing it
+        "StopSignal": "SIGKILL",
         "HostConfig": {"Mounts": mounts, "NetworkMode": "none"},
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -56,3 +57,18 @@ async def test_the_final_pass_brings_over_changes_additions_and_deletions(
     assert listing.split() == [
         ".", "./added", "./changed", "./dir", "./kept", "new", "added", "kept",
     ]  # fmt: skip
+
+
+async def test_a_helper_stops_at_once_when_the_engine_stops_it(
+    docker: DockerClient, settings: Settings, volumes: tuple[str, str]
+) -> None:
+    """As when its engine is stopped or restarted mid-copy: it has nothing to save. Its sleep,
+    PID 1, ignored SIGTERM, and a stopping engine waited 10 s for each helper."""
+    await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
+    name = f"thelper-{secrets.token_hex(3)}"
+    async with copy_helper(
+        docker, image=settings.helper_image, name=name, pairs=[volumes], labels={}
+    ) as helper:
+        started = time.monotonic()
+        await docker.stop_container(helper, timeout_s=10)
+        assert time.monotonic() - started < 5
