@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from slack_sdk.errors import SlackApiError
 
@@ -61,3 +63,21 @@ async def test_a_method_outside_the_fixed_set_and_a_dead_slack_are_labelled_boun
         )
         is None
     )
+
+
+async def test_a_retry_after_longer_than_half_a_minute_fails_the_call_at_once(
+    slack: SlackEmulator,
+) -> None:
+    """Not held for an hour: the caller hears Slack's 429 now and deals with it."""
+    client = MeasuredWebClient(
+        token=slack.bot_token, base_url=slack.api_url, retry_handlers=retry_handlers()
+    )
+    slack.fail("chat.postMessage", 429, retry_after=3600)
+
+    with pytest.raises(SlackApiError) as failed:
+        async with asyncio.timeout(10):
+            await client.chat_postMessage(channel=CHANNEL_ID, text="hello")
+
+    assert failed.value.response.status_code == 429
+    assert slack.faults_left("chat.postMessage") == 0
+    assert (await client.chat_postMessage(channel=CHANNEL_ID, text="again"))["ok"]
