@@ -24,9 +24,10 @@ if [[ ${1:-} != lint ]]; then
     # Most of a test's time is spent waiting on the engine, so they run on parallel
     # workers (pytest-xdist; CLONEBOT_TEST_WORKERS, default 4 on any machine), groups of
     # tests that share one costly fixture on one worker; then those marked `alone` (they
-    # watch the whole engine or the machine, or load it) one after another by themselves.
+    # watch the whole engine or the machine, or load it) one after another, those that use
+    # engines of their own only beside them (tests/conftest.py puts them in two groups).
     step .venv/bin/pytest -q -n "${CLONEBOT_TEST_WORKERS:-4}" \
         --dist loadgroup --durations=10 -m "not alone"
-    step .venv/bin/pytest -q --durations=5 -m alone
+    step .venv/bin/pytest -q -n 2 --dist loadgroup --durations=10 -m alone
 fi
 exit "$status"

@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,24 @@ WRITER = (
     f'read up _ < /proc/uptime; echo "$i $up" >> /data/log; {TICK_2MS}; done'
 )
 WEB = 'mkdir -p /www && echo "$PAGE" > /www/index.html && exec httpd -f -p 80 -h /www'
+
+
+PROOFS = Path(__file__).parent / "proof"
+
+
+@pytest.hookimpl(wrapper=True)  # around pytest-xdist's, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """Every proof runs alone (after the parallel run, see scripts/checks.sh). The alone
+    tests run on two workers: those that use Docker engines of their own and touch nothing the
+    others share (``own_engines``) one after another on one, the rest one after another on
+    the other."""
+    for item in items:
+        if PROOFS in item.path.parents:
+            item.add_marker(pytest.mark.alone)
+        if item.get_closest_marker("alone"):
+            own = item.get_closest_marker("own_engines") is not None
+            item.add_marker(pytest.mark.xdist_group("own_engines" if own else "shared_engine"))
+    yield
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

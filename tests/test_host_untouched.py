@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 # it starts engines of its own and watches the whole machine's links and iptables
-pytestmark = [pytest.mark.slow, pytest.mark.alone]
+pytestmark = [pytest.mark.slow, pytest.mark.alone, pytest.mark.own_engines]
 
 DOCKERD_SH = Path(__file__).resolve().parents[1] / "scripts" / "dockerd.sh"
 BUSYBOX = os.environ.get("CLONEBOT_BUSYBOX", "/bin/busybox")

@@ -1,12 +1,10 @@
 """Fixtures of the proofs.
 
-Every proof test runs alone (after the parallel run, see scripts/checks.sh): each loads the
-machine on purpose, or breaks for a while what all tests share (the engine, PostgreSQL),
-and what it measures must be its own doing."""
+Every proof test runs alone (after the parallel run, see scripts/checks.sh and
+tests/conftest.py): each loads the machine on purpose, or breaks for a while what all tests
+share (the engine, PostgreSQL), and what it measures must be its own doing."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -18,10 +16,3 @@ from tests.bot.test_traffic_cli import routed  # noqa: F401 (a fixture)
 def routed_db(routed: Settings, database_url: str) -> Settings:  # noqa: F811
     """A router of the test's own, on each database in turn (SQLite, then PostgreSQL)."""
     return routed.model_copy(update={"database_url": database_url})
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            item.add_marker(pytest.mark.alone)

@@ -218,6 +218,7 @@ async def _node_states(docker: DockerClient, name: str) -> dict[str, str]:
     return {n.name: n.state for n in (await get_environment(docker, name)).nodes}
 
 
+@pytest.mark.own_engines
 @pytest.mark.parametrize("goes_on", ["engine-back", "engine-down"])
 async def test_the_engine_restarted_mid_clone(
     routed: Settings,  # noqa: F811
@@ -272,6 +273,7 @@ async def test_the_engine_restarted_mid_clone(
         }
 
 
+@pytest.mark.own_engines
 async def test_the_engine_disk_filled_up_mid_clone(
     routed: Settings,  # noqa: F811
     slack: SlackEmulator,
