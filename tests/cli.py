@@ -27,7 +27,12 @@ _PROCESSES.set_forkserver_preload(["bot.cli", "bot.slack.doctor"])
 
 def clonebot(*args: str, settings: Settings) -> subprocess.CompletedProcess[str]:
     """``clonebot ARGS`` with the test's settings, as a person at a shell runs it."""
-    env = {
+    return run_cli(list(args), env=clonebot_env(settings) | {"COLUMNS": "200"})
+
+
+def clonebot_env(settings: Settings) -> dict[str, str]:
+    """The environment of a clonebot process on the test's engine, database and router."""
+    return {
         **os.environ,
         "DOCKER_HOST": settings.docker_host,
         "DATABASE_URL": settings.database_url,
@@ -35,9 +40,7 @@ def clonebot(*args: str, settings: Settings) -> subprocess.CompletedProcess[str]
         "CLONEBOT_ROUTER_BIND": settings.router_bind,
         "CLONEBOT_ROUTER_DIR": str(settings.router_dir),
         "CLONEBOT_ROUTER_MODE": settings.router_mode,
-        "COLUMNS": "200",
     }
-    return run_cli(list(args), env=env)
 
 
 def run_cli(

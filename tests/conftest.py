@@ -115,6 +115,13 @@ def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def routed(settings: Settings, tmp_path: Path) -> Settings:
+    """Settings with a router of the test's own: a free port, files in the test's folder."""
+    bind = f"127.0.0.1:{_free_port()}"
+    return settings.model_copy(update={"router_bind": bind, "router_dir": tmp_path / "router"})
+
+
+@pytest.fixture
 def db_settings(settings: Settings, database_url: str) -> Settings:
     """The test's settings on each database in turn (SQLite, then PostgreSQL)."""
     return settings.model_copy(update={"database_url": database_url})

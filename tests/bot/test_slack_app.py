@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import signal
-import sys
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,210 +16,38 @@ import pytest
 from services.context import open_services
 from services.docker import DockerClient
 from services.environments import OWNER as OWNER_LABEL
-from services.environments import list_environments
 from services.settings import Settings
 from storage import repositories as repo
-from tests.bot.test_traffic_cli import _env, _page, cli, routed  # noqa: F401 (a fixture)
 from tests.cli import clonebot
 from tests.conftest import (
-    ADMIN,
     IMAGE,
     OWNER,
     MakeSource,
-    _free_port,
     compose_labels,
     exec_output,
+)
+from tests.serving import (
+    STRANGER,
+    TEAM_CHANNEL,
+    Bot,
+    Serving,
+    cli,
+    env_names,
+    event_of,
+    is_final,
+    read_log,
+    select_element,
+    served_page,
+    texts,
+    until,
+    until_page,
 )
 from tests.slack.emulator import SlackEmulator
 from tests.slack.signing import (
     CHANNEL_ID,
-    Reply,
-    SlackRequest,
-    SlackSender,
-    block_actions,
     command_request,
-    event_callback,
-    event_request,
-    interaction_request,
     slash_command,
-    view_submission,
 )
-
-STRANGER = "USTRANGER1"
-TEAM_CHANNEL = "CTEAM0001"
-SECRET = "test-signing-secret"
-
-
-@dataclass
-class Bot:
-    """A running `clonebot serve` with Slack on, and what talks to it."""
-
-    slack: SlackEmulator
-    sender: SlackSender
-    settings: Settings
-    log: Path
-    port: int
-    seen: int = 0  # answers given before the last command or click
-
-    async def reply(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """The first answer to the user (through response_url) that matches, of those given
-        since the last command or click: never one an earlier request got."""
-        seen = self.slack.responses[: self.seen]
-        return await self.slack.wait_for_response(
-            lambda r: predicate(r) and not any(r is old for old in seen)
-        )
-
-    async def command(self, user: str, command: str, text: str, **signing: Any) -> Reply:
-        self.seen = len(self.slack.responses)
-        payload = slash_command(
-            command=command, user_id=user, text=text, response_url=self.slack.response_url
-        )
-        return await self.sender.send(command_request(payload), **signing)
-
-    async def click(self, user: str, message: dict[str, Any], action_id: str) -> Reply:
-        """``user`` clicks the button ``action_id`` of a message the bot posted."""
-        self.seen = len(self.slack.responses)
-        payload = block_actions(
-            user_id=user,
-            message=message,
-            action_id=action_id,
-            value=_button(message, action_id)["value"],
-            response_url=self.slack.response_url,
-        )
-        return await self.sender.send(interaction_request(payload))
-
-    async def submit(self, user: str, view: dict[str, Any], values: dict[str, Any]) -> Reply:
-        payload = view_submission(user_id=user, view=view, values=values)
-        return await self.sender.send(interaction_request(payload))
-
-    async def final_message(self, *, timeout_s: float = 60) -> dict[str, Any]:
-        """The first job message that reached its end (it has buttons, or says it failed)."""
-        call = await self.slack.wait_for("chat.update", _is_final, timeout_s=timeout_s)
-        return self.slack.workspace.message(call.params["channel"], call.params["ts"])
-
-
-def _is_final(params: dict[str, Any]) -> bool:
-    text = str(params.get("text", ""))
-    return text.startswith(":white_check_mark:") or text.startswith(":x:")
-
-
-def _button(message: dict[str, Any], action_id: str) -> dict[str, Any]:
-    for block in message["blocks"]:
-        for element in block.get("elements", []):
-            if element.get("action_id") == action_id:
-                return element  # type: ignore[no-any-return]
-    raise AssertionError(f"no button {action_id} in {message['blocks']}")
-
-
-@pytest.fixture
-async def bot(
-    routed: Settings,  # noqa: F811
-    slack: SlackEmulator,
-    tmp_path: Path,
-) -> AsyncIterator[Bot]:
-    async with _serving(routed, slack, tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def slack_env() -> dict[str, str]:
-    """Settings of the bot beyond the router's (a test may add SLACK_APP_TOKEN)."""
-    return {}
-
-
-def _read(log: Path) -> str:
-    return log.read_text()
-
-
-async def _wait_healthy(port: int, proc: asyncio.subprocess.Process, log: Path) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            assert proc.returncode is None, _read(log)
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"/healthz never answered: {_read(log)}")
-
-
-class _serving:
-    """`clonebot serve` with Slack at the emulator, from start until its clean stop."""
-
-    def __init__(self, settings: Settings, slack: SlackEmulator, tmp: Path, **extra: str) -> None:
-        self.settings, self.slack, self.tmp, self.extra = settings, slack, tmp, extra
-        self.port = _free_port()
-        self.log = tmp / "serve.log"
-
-    async def __aenter__(self) -> Bot:
-        env = (
-            _env(self.settings)
-            | {
-                "CLONEBOT_ADMINS": ADMIN,
-                "SLACK_BOT_TOKEN": self.slack.bot_token,
-                "SLACK_SIGNING_SECRET": SECRET,
-                "SLACK_API_URL": self.slack.api_url,
-                "PORT": str(self.port),
-                "CLONEBOT_HTTP_HOST": "127.0.0.1",
-                "CLONEBOT_NOTIFY_CHANNEL": TEAM_CHANNEL,
-                "CLONEBOT_DM_AFTER": "0",
-            }
-            | self.extra
-        )
-        with self.log.open("wb") as out:
-            # a process group of its own: one that will not stop is killed with its HAProxy
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "serve",
-                stdout=out, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-            )  # fmt: skip
-        try:
-            await _wait_healthy(self.port, self.proc, self.log)
-        except BaseException:
-            await self._stop()  # never left running by a test that failed here
-            raise
-        url = f"http://127.0.0.1:{self.port}/slack/events"
-        self.sender = await SlackSender(url=url, signing_secret=SECRET).__aenter__()
-        return Bot(self.slack, self.sender, self.settings, self.log, self.port)
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.sender.__aexit__(None, None, None)
-        assert await self._stop() == 0, _read(self.log)
-        assert "Traceback" not in _read(self.log), _read(self.log)
-
-    async def _stop(self) -> int:
-        """SIGTERM, then after 30 s SIGKILL to its process group: its exit status."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout=30)
-        except TimeoutError:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
-            raise AssertionError(f"serve did not stop within 30 s: {_read(self.log)}") from None
-
-
-async def _names(settings: Settings) -> set[str]:
-    async with DockerClient(settings.docker_host) as docker:
-        return {e.name for e in await list_environments(docker)}
-
-
-def _texts(slack: SlackEmulator, method: str, channel: str) -> list[str]:
-    return [
-        str(c.params.get("text", ""))
-        for c in slack.calls_to(method)
-        if c.params.get("channel") == channel and c.answer.get("ok")
-    ]
-
-
-async def _until(check: Callable[[], bool], *, what: str, timeout_s: float = 10) -> None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not check():  # noqa: ASYNC110 (polling what another process does)
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout_s:g} s: {what}") from None
 
 
 async def test_clone_from_slack_then_swap_moves_real_traffic(
@@ -242,7 +65,7 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
     refused = await bot.reply(lambda r: "Nothing was done" in r.get("text", ""))
     assert f"{prod} belongs to <@{OWNER}>" in refused["text"]
     assert refused["response_type"] == "ephemeral"
-    assert copy not in await _names(bot.settings)
+    assert copy not in await env_names(bot.settings)
 
     reply = await bot.command(OWNER, "/clone", f"{prod} {copy}")
     assert reply.status == 200 and reply.elapsed_s < 3
@@ -252,20 +75,20 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
     assert final["text"].startswith(f":white_check_mark: *{copy}* is running at")
     edits = [c for c in bot.slack.calls_to("chat.update") if c.params["ts"] == posted.answer["ts"]]
     assert len(edits) >= 2  # progress, then the result
-    assert copy in await _names(bot.settings)
-    assert await _page(bot.settings, f"{copy}.clonebot.test") == f"{prod} web 1"
+    assert copy in await env_names(bot.settings)
+    assert await served_page(bot.settings, f"{copy}.clonebot.test") == f"{prod} web 1"
     # the team channel heard of it, start and end
-    await _until(
-        lambda: len(_texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)) >= 2,
+    await until(
+        lambda: len(texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)) >= 2,
         what="the clone's start and end told to the team",
     )
-    team = _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)
+    team = texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)
     assert team[0].startswith(f":hourglass_flowing_sand: Cloning {prod} → {copy}")
     assert team[1].startswith(f":white_check_mark: *{copy}* is running")
 
     # the clone serves something of its own, to tell the two apart
     await exec_output(docker, f"{copy}-web-1", "echo copy > /www/index.html")
-    assert await _page(bot.settings, "shop.test") == f"{prod} web 1"
+    assert await served_page(bot.settings, "shop.test") == f"{prod} web 1"
 
     # a stranger clicking Swap: refused, alone; the traffic stays
     await bot.click(STRANGER, final, "swap_domains")
@@ -273,15 +96,15 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
         lambda r: "Nothing was done" in r.get("text", "") and copy in r.get("text", "")
     )
     assert refused["replace_original"] is False
-    assert await _page(bot.settings, "shop.test") == f"{prod} web 1"
+    assert await served_page(bot.settings, "shop.test") == f"{prod} web 1"
 
     # the owner's click moves the real traffic
     reply = await bot.click(OWNER, final, "swap_domains")
     assert reply.status == 200
     await bot.reply(lambda r: "swapped their domains" in r.get("text", ""))
-    assert await _page(bot.settings, "shop.test", within_s=2) == "copy"
-    await _until(
-        lambda: any("swapped" in t for t in _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)),
+    assert await served_page(bot.settings, "shop.test", within_s=2) == "copy"
+    await until(
+        lambda: any("swapped" in t for t in texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)),
         what="the swap told to the team",
     )
     # the owner's App Home follows their jobs: the clone listed, no job left running
@@ -300,20 +123,19 @@ async def test_clone_from_slack_then_swap_moves_real_traffic(
     # it serves the shop now: deleting it would take the shop down
     await bot.click(OWNER, final, "delete_clone")
     await bot.reply(lambda r: f"{copy} serves shop.test: swap" in r["text"])
-    assert copy in await _names(bot.settings)
+    assert copy in await env_names(bot.settings)
     await bot.command(OWNER, "/env", f"swap {copy} {prod}")
-    await _until_page(bot.settings, "shop.test", f"{prod} web 1", within_s=3)
+    await until_page(bot.settings, "shop.test", f"{prod} web 1", within_s=3)
     await bot.click(OWNER, final, "delete_clone")
     await bot.slack.wait_for("chat.update", lambda p: "was deleted" in p["text"], timeout_s=30)
-    assert copy not in await _names(bot.settings)
-    await _until(
+    assert copy not in await env_names(bot.settings)
+    await until(
         lambda: any(
-            f"*{copy}* was deleted" in t
-            for t in _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)
+            f"*{copy}* was deleted" in t for t in texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)
         ),
         what="the deletion told to the team",
     )
-    assert await _page(bot.settings, "shop.test") == f"{prod} web 1"
+    assert await served_page(bot.settings, "shop.test") == f"{prod} web 1"
 
 
 def _direct(slack: SlackEmulator, user: str) -> list[str]:
@@ -325,23 +147,23 @@ def _direct(slack: SlackEmulator, user: str) -> list[str]:
 
 
 async def test_a_failed_clone_says_what_failed_and_that_nothing_was_left(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     slack: SlackEmulator,
     make_source: MakeSource,
     tmp_path: Path,
 ) -> None:
     prod = (await make_source(web_nodes=1)).name
     # a disk reserve no host has: the clone's plan finds too little free space
-    async with _serving(routed, slack, tmp_path, CLONEBOT_DISK_RESERVE=str(10**18)) as bot:
+    async with Serving(routed, slack, tmp_path, CLONEBOT_DISK_RESERVE=str(10**18)) as bot:
         await bot.command(OWNER, "/clone", f"{prod} {prod}-big")
         final = await bot.final_message()
         assert final["text"].startswith(f":x: Cloning {prod} → {prod}-big failed: ")
         assert "not enough" in final["text"].lower()
         assert "Nothing was left behind" in final["text"]
         assert "actions" not in {b["type"] for b in final["blocks"]}
-        await _until(
+        await until(
             lambda: any(
-                t.startswith(":x:") for t in _texts(slack, "chat.postMessage", TEAM_CHANNEL)
+                t.startswith(":x:") for t in texts(slack, "chat.postMessage", TEAM_CHANNEL)
             ),
             what="the failure told to the team",
         )
@@ -350,7 +172,7 @@ async def test_a_failed_clone_says_what_failed_and_that_nothing_was_left(
             metrics = await resp.text()
         assert 'clonebot_jobs{state="failed"} 1' in metrics
         assert 'clonebot_slack_requests_total{status="200"} 1' in metrics
-    assert f"{prod}-big" not in await _names(routed)
+    assert f"{prod}-big" not in await env_names(routed)
 
 
 async def test_forged_or_stale_requests_are_refused_with_401(
@@ -363,7 +185,7 @@ async def test_forged_or_stale_requests_are_refused_with_401(
     await asyncio.sleep(1)
     assert bot.slack.calls_to("chat.postMessage") == [] and bot.slack.responses == []
     assert json.loads(cli(bot.settings, "jobs", "--json")) == []
-    assert {f"{prod}-x", f"{prod}-y"}.isdisjoint(await _names(bot.settings))
+    assert {f"{prod}-x", f"{prod}-y"}.isdisjoint(await env_names(bot.settings))
 
 
 async def test_a_command_delivered_three_times_starts_one_job(
@@ -386,7 +208,7 @@ async def test_a_command_delivered_three_times_starts_one_job(
     assert [(j["kind"], j["environment"], j["state"]) for j in jobs] == [
         ("clone", f"{prod}-once", "succeeded")
     ]
-    progress = _texts(bot.slack, "chat.postMessage", CHANNEL_ID)
+    progress = texts(bot.slack, "chat.postMessage", CHANNEL_ID)
     assert len(progress) == 1, progress
 
 
@@ -408,7 +230,7 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
     await bot.command(OWNER, "/clone", "")
     opened = await bot.slack.wait_for("views.update", lambda p: "clone_modal" in str(p["view"]))
     view = opened.answer["view"]
-    source_field = _select(view, "clone_source")
+    source_field = select_element(view, "clone_source")
     # (other tests' sources, owned by the same user, may come first: the engine is shared)
     assert prod in [option["value"] for option in source_field["options"]]
 
@@ -427,7 +249,7 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
     errors = bad.json()
     assert errors["response_action"] == "errors"
     assert "Bad_Name" in errors["errors"]["clone_name"]
-    assert copy not in await _names(bot.settings)
+    assert copy not in await env_names(bot.settings)
 
     good = await bot.submit(OWNER, view, values(copy))
     assert good.status == 200 and good.text == ""
@@ -441,7 +263,7 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
     await bot.click(OWNER, final, "split_traffic")
     split = await bot.slack.wait_for("views.update", lambda p: "split_modal" in str(p["view"]))
     split_view = split.answer["view"]
-    assert _select(split_view, "split_other")["initial_option"]["value"] == prod
+    assert select_element(split_view, "split_other")["initial_option"]["value"] == prod
     reply = await bot.submit(
         OWNER,
         split_view,
@@ -458,21 +280,9 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
     )  # fmt: skip
     assert reply.status == 200 and reply.text == ""
     # HAProxy is told after the ack
-    await _until_page(bot.settings, "shop.test", "copy", within_s=3)
+    await until_page(bot.settings, "shop.test", "copy", within_s=3)
     routes = json.loads(cli(bot.settings, "routes", "--json"))
     assert [s[0] for s in routes["shop.test"] if s[1] > 0] == [f"{copy}-1"]
-
-
-async def _until_page(settings: Settings, host: str, page: str, *, within_s: float) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while (served := await _page(settings, host)) != page:
-        assert asyncio.get_running_loop().time() < deadline, f"{host} still serves {served!r}"
-        await asyncio.sleep(0.05)
-
-
-def _select(view: dict[str, Any], block_id: str) -> dict[str, Any]:
-    block = next(b for b in view["blocks"] if b.get("block_id") == block_id)
-    return block["element"]  # type: ignore[no-any-return]
 
 
 async def test_env_commands_answer_the_user_and_bad_input_gets_usage(
@@ -501,7 +311,7 @@ async def test_env_commands_answer_the_user_and_bad_input_gets_usage(
     assert theirs["response_type"] == "ephemeral"
     # App Home: the user's environments
     await bot.sender.send(
-        _event({"type": "app_home_opened", "user": OWNER, "channel": "D1", "tab": "home"})
+        event_of({"type": "app_home_opened", "user": OWNER, "channel": "D1", "tab": "home"})
     )
     await bot.slack.wait_for("views.publish", lambda p: p["user_id"] == OWNER)
     home = bot.slack.workspace.home(OWNER)
@@ -510,18 +320,14 @@ async def test_env_commands_answer_the_user_and_bad_input_gets_usage(
     assert any(s.startswith(f"*{prod}* · yours") for s in sections), sections
 
 
-def _event(event: dict[str, Any]) -> SlackRequest:
-    return event_request(event_callback(event))
-
-
 async def test_the_same_clone_over_socket_mode(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     slack: SlackEmulator,
     make_source: MakeSource,
     tmp_path: Path,
 ) -> None:
     prod = (await make_source(web_nodes=1, db_nodes=0)).name
-    serving = _serving(routed, slack, tmp_path, SLACK_APP_TOKEN=slack.app_token)
+    serving = Serving(routed, slack, tmp_path, SLACK_APP_TOKEN=slack.app_token)
     async with serving:
         payload = slash_command(
             command="/clone", user_id=OWNER, text=f"{prod} {prod}-sock",
@@ -531,9 +337,9 @@ async def test_the_same_clone_over_socket_mode(
         assert not ack  # an empty ack: the answer is the progress message
         posted = await slack.wait_for("chat.postMessage", lambda p: p["channel"] == CHANNEL_ID)
         assert posted.params["text"].startswith(f"Cloning {prod} → {prod}-sock")
-        call = await slack.wait_for("chat.update", _is_final, timeout_s=60)
+        call = await slack.wait_for("chat.update", is_final, timeout_s=60)
         assert call.params["text"].startswith(f":white_check_mark: *{prod}-sock* is running")
-    assert f"{prod}-sock" in await _names(routed)
+    assert f"{prod}-sock" in await env_names(routed)
 
 
 async def test_env_traffic_and_ownership_commands_reach_haproxy_and_the_right_channels(
@@ -550,7 +356,7 @@ async def test_env_traffic_and_ownership_commands_reach_haproxy_and_the_right_ch
     await env(f"notify {blue} <#CBLUE0001|blue-team>", f"about *{blue}* now go to <#CBLUE0001>")
     await env(f"domain add {blue} www.test", f"www.test now leads to *{blue}*")
     await env(f"domain add {blue} shop.test", f"shop.test now leads to *{blue}*")
-    assert await _page(bot.settings, "www.test") == f"{blue} web 1"
+    assert await served_page(bot.settings, "www.test") == f"{blue} web 1"
 
     # a swap delivered twice (Slack retried it) swaps once
     payload = slash_command(
@@ -560,21 +366,21 @@ async def test_env_traffic_and_ownership_commands_reach_haproxy_and_the_right_ch
     await bot.sender.send(command_request(payload))
     await bot.sender.send(command_request(payload), retry_num=1)
     await bot.reply(lambda r: "swapped their domains" in r["text"])
-    await _until_page(bot.settings, "www.test", f"{green} web 1", within_s=3)
+    await until_page(bot.settings, "www.test", f"{green} web 1", within_s=3)
     await asyncio.sleep(1)  # a second swap would have swapped back by now
-    assert await _page(bot.settings, "www.test") == f"{green} web 1"
-    swapped = [t for t in _texts(bot.slack, "chat.postMessage", "CBLUE0001") if "swapped" in t]
+    assert await served_page(bot.settings, "www.test") == f"{green} web 1"
+    swapped = [t for t in texts(bot.slack, "chat.postMessage", "CBLUE0001") if "swapped" in t]
     assert len(swapped) == 1, swapped  # blue's own channel, once
 
     said = await env(f"failover shop.test {green} {blue}", ":shield:")
     assert said.startswith(f":shield: shop.test is served by *{green}*")
-    assert await _page(bot.settings, "shop.test", within_s=3) == f"{green} web 1"
+    assert await served_page(bot.settings, "shop.test", within_s=3) == f"{green} web 1"
 
     await env(f"owner {green} <@{STRANGER}|stranger>", f"*{green}* now belongs to <@{STRANGER}>")
-    await _until(
+    await until(
         lambda: any(
             f"*{green}* now belongs to <@{STRANGER}> (was <@{OWNER}>)" in t
-            for t in _texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)
+            for t in texts(bot.slack, "chat.postMessage", TEAM_CHANNEL)
         ),
         what="the hand-over told to the team channel (green has no channel of its own)",
     )
@@ -613,7 +419,7 @@ async def test_a_rewritten_variable_is_reported_by_name_never_by_value(
     # the clone itself has the rewritten value: only the report leaves it out
     clone_env = (await docker.inspect_container(f"{prod}-slack-app-1"))["Config"]["Env"]
     assert f"DATABASE_URL=postgres://app:{password}@{prod}-slack-db-1/app" in clone_env
-    await _until(lambda: bot.slack.workspace.home(OWNER) is not None, what="App Home published")
+    await until(lambda: bot.slack.workspace.home(OWNER) is not None, what="App Home published")
 
     # in a thread: the emulator, on this loop, goes on answering the bot meanwhile
     as_json = await asyncio.to_thread(
@@ -638,7 +444,7 @@ async def test_a_rewritten_variable_is_reported_by_name_never_by_value(
     everything = [
         *(json.dumps(c.params, ensure_ascii=False) for c in bot.slack.calls),
         *(json.dumps(r, ensure_ascii=False) for r in bot.slack.responses),
-        as_json, as_text.stdout, as_text.stderr, listed, json.dumps(stored), _read(bot.log),
+        as_json, as_text.stdout, as_text.stderr, listed, json.dumps(stored), read_log(bot.log),
     ]  # fmt: skip
     assert [text for text in everything if password in text] == []
     database = Path(bot.settings.database_url.removeprefix("sqlite+aiosqlite:///"))

@@ -7,13 +7,12 @@ import secrets
 
 from services.docker import DockerClient
 from services.environments import PROJECT
-from tests.bot.test_slack_app import Bot, _select, bot  # noqa: F401 (a fixture)
-from tests.bot.test_traffic_cli import cli, routed  # noqa: F401 (a fixture)
 from tests.conftest import OWNER, MakeSource
+from tests.serving import Bot, cli, select_element
 
 
 async def test_the_clone_form_proposes_a_name_no_volume_holds(
-    bot: Bot,  # noqa: F811
+    bot: Bot,
     make_source: MakeSource,
     docker: DockerClient,
 ) -> None:
@@ -32,7 +31,7 @@ async def test_the_clone_form_proposes_a_name_no_volume_holds(
             "views.update", lambda p: "clone_modal" in str(p["view"]), timeout_s=20
         )
         view = opened.answer["view"]
-        assert _select(view, "clone_source")["initial_option"]["value"] == source
-        assert _select(view, "clone_name")["initial_value"] == f"{source}-clone2"
+        assert select_element(view, "clone_source")["initial_option"]["value"] == source
+        assert select_element(view, "clone_name")["initial_value"] == f"{source}-clone2"
     finally:
         await docker.remove_volume(volume)

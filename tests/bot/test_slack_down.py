@@ -10,16 +10,15 @@ from services.context import open_services
 from services.docker import DockerClient
 from services.environments import PROJECT
 from services.ownership import share_environment
-from tests.bot.test_slack_app import Bot, _event, bot  # noqa: F401 (a fixture)
-from tests.bot.test_traffic_cli import routed  # noqa: F401 (a fixture)
 from tests.conftest import OWNER, MakeSource
+from tests.serving import Bot, event_of
 
 FRIEND = "UFRIEND01"
 
 
 @pytest.mark.slow  # a bot and its router
 async def test_env_list_and_app_home_show_an_environment_that_is_down(
-    bot: Bot,  # noqa: F811
+    bot: Bot,
     docker: DockerClient,
     make_source: MakeSource,
 ) -> None:
@@ -35,7 +34,7 @@ async def test_env_list_and_app_home_show_an_environment_that_is_down(
         assert f"• *{down}* ({role}) · *down* · owner <@{OWNER}>" in listed["text"]
 
     await bot.sender.send(
-        _event({"type": "app_home_opened", "user": FRIEND, "channel": "D1", "tab": "home"})
+        event_of({"type": "app_home_opened", "user": FRIEND, "channel": "D1", "tab": "home"})
     )
     await bot.slack.wait_for("views.publish", lambda p: p["user_id"] == FRIEND)
     home = bot.slack.workspace.home(FRIEND)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bot.test_slack_app import Bot, bot  # noqa: F401 (a fixture)
-from tests.bot.test_traffic_cli import _page, routed  # noqa: F401 (a fixture)
 from tests.conftest import OWNER, MakeSource
+from tests.serving import Bot, served_page
 
 
 @pytest.mark.slow
 async def test_slack_refuses_to_bind_another_environments_internal_domain(
-    bot: Bot,  # noqa: F811
+    bot: Bot,
     make_source: MakeSource,
 ) -> None:
     prod, mine = [(await make_source(web_nodes=1, db_nodes=0)).name for _ in range(2)]
@@ -23,4 +22,4 @@ async def test_slack_refuses_to_bind_another_environments_internal_domain(
         "clonebot gives every environment its internal domain (<env>.clonebot.test): bind a "
         "domain of your own"
     )
-    assert await _page(bot.settings, f"{prod}.clonebot.test") == f"{prod} web 1"
+    assert await served_page(bot.settings, f"{prod}.clonebot.test") == f"{prod} web 1"

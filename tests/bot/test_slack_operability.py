@@ -13,9 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.docker import DockerClient
 from services.settings import Settings
-from tests.bot.test_slack_app import _serving, _until_page
-from tests.bot.test_traffic_cli import cli, routed  # noqa: F401 (a fixture)
 from tests.conftest import OWNER, MakeSource, exec_output
+from tests.serving import Serving, cli, until_page
 from tests.slack.emulator import SlackEmulator
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -46,7 +45,7 @@ def _json_lines(log: Path) -> list[dict[str, Any]]:
 @pytest.mark.docker
 @pytest.mark.slow
 async def test_slack_on_metrics_count_requests_calls_jobs_and_routes_and_logs_are_json(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     slack: SlackEmulator,
     make_source: MakeSource,
     docker: DockerClient,
@@ -56,7 +55,7 @@ async def test_slack_on_metrics_count_requests_calls_jobs_and_routes_and_logs_ar
     copy = f"{prod}-ops"
     cli(routed, "domain", "add", prod, "shop.test", "--as", OWNER)
     slack.fail("chat.postMessage", 429)  # the job's first message: rate-limited once, retried
-    async with _serving(routed, slack, tmp_path, CLONEBOT_LOG_FORMAT="json") as bot:
+    async with Serving(routed, slack, tmp_path, CLONEBOT_LOG_FORMAT="json") as bot:
         reply = await bot.command(OWNER, "/clone", f"{prod} {copy}")
         assert reply.status == 200
         final = await bot.final_message()
@@ -64,7 +63,7 @@ async def test_slack_on_metrics_count_requests_calls_jobs_and_routes_and_logs_ar
         await exec_output(docker, f"{copy}-web-1", "echo copy > /www/index.html")
         before_swap = await _scrape(bot.port)
         await bot.command(OWNER, "/env", f"swap {prod} {copy}")
-        await _until_page(routed, "shop.test", "copy", within_s=5)
+        await until_page(routed, "shop.test", "copy", within_s=5)
         seen = await _scrape(bot.port)
 
     def value(name: str, **labels: str) -> float:

@@ -11,9 +11,8 @@ from aiohttp import web
 
 from bot.slack.bot import BUSY, WORKERS
 from services.settings import Settings
-from tests.bot.test_slack_app import _serving, _until
-from tests.bot.test_traffic_cli import routed  # noqa: F401 (a fixture)
 from tests.conftest import OWNER
+from tests.serving import Serving, until
 from tests.slack.emulator import SlackEmulator
 from tests.slack.signing import command_request, slash_command
 
@@ -37,13 +36,13 @@ class _HoldingSlack(SlackEmulator):
 
 
 async def test_past_the_queue_limit_a_request_is_answered_busy_at_once(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     tmp_path: Path,
 ) -> None:
     slack = _HoldingSlack()
     async with (
         slack,
-        _serving(routed, slack, tmp_path, CLONEBOT_SLACK_QUEUE=str(QUEUE)) as bot,
+        Serving(routed, slack, tmp_path, CLONEBOT_SLACK_QUEUE=str(QUEUE)) as bot,
     ):
         held_url = f"{slack.response_url}?hold=1"
 
@@ -58,7 +57,7 @@ async def test_past_the_queue_limit_a_request_is_answered_busy_at_once(
             # every worker answers a request whose answer Slack holds; QUEUE more wait
             for _ in range(WORKERS):
                 await env_help(held_url)
-            await _until(lambda: slack.held == WORKERS, what="every worker busy")
+            await until(lambda: slack.held == WORKERS, what="every worker busy")
             for _ in range(QUEUE):
                 await env_help(held_url)
 
@@ -74,7 +73,7 @@ async def test_past_the_queue_limit_a_request_is_answered_busy_at_once(
             return sum("*/env* commands:" in r["text"] for r in slack.responses)
 
         # the requests acknowledged before are all answered; the queue takes requests again
-        await _until(lambda: helped() == WORKERS + QUEUE, what="the waiting ones", timeout_s=30)
+        await until(lambda: helped() == WORKERS + QUEUE, what="the waiting ones", timeout_s=30)
         await env_help(slack.response_url)
-        await _until(lambda: helped() == WORKERS + QUEUE + 1, what="one after the burst")
+        await until(lambda: helped() == WORKERS + QUEUE + 1, what="one after the burst")
         assert [r["text"] for r in slack.responses].count(BUSY) == 1

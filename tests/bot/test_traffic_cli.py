@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,62 +16,23 @@ import pytest
 
 from services.haproxy import RouterFiles
 from services.settings import Settings
-from tests.cli import clonebot, run_cli
+from tests.cli import clonebot, clonebot_env, run_cli
 from tests.conftest import OWNER, MakeSource
-
-
-@pytest.fixture
-def routed(settings: Settings, tmp_path: Path) -> Settings:
-    """Settings with a router of the test's own: a free port, files in the test's folder."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        bind = f"127.0.0.1:{sock.getsockname()[1]}"
-    return settings.model_copy(update={"router_bind": bind, "router_dir": tmp_path / "router"})
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DOCKER_HOST": settings.docker_host,
-        "DATABASE_URL": settings.database_url,
-        "CLONEBOT_ROUTER_BIND": settings.router_bind,
-        "CLONEBOT_ROUTER_DIR": str(settings.router_dir),
-        "CLONEBOT_ROUTER_MODE": settings.router_mode,
-    }
-
-
-def cli(settings: Settings, *args: str) -> str:
-    done = clonebot(*args, settings=settings)
-    assert done.returncode == 0, (args, done.stdout, done.stderr)
-    return done.stdout
+from tests.serving import cli, served_page
 
 
 @pytest.fixture
 async def serving(routed: Settings) -> AsyncIterator[asyncio.subprocess.Process]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "serve",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=_env(routed),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        env=clonebot_env(routed),
     )  # fmt: skip
     try:
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
-
-
-async def _page(settings: Settings, host: str, *, within_s: float = 15) -> str:
-    """The page HAProxy answers for ``host``, waiting for it to come up."""
-    async with aiohttp.ClientSession() as session:
-        for _ in range(int(within_s * 10)):
-            try:
-                url = f"http://{settings.router_bind}/"
-                async with session.get(url, headers={"Host": host}) as resp:
-                    if resp.status == 200:
-                        return (await resp.text()).strip()
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"no answer for {host} within {within_s} s")
 
 
 async def test_changes_made_while_haproxy_is_down_apply_when_serve_starts(
@@ -88,19 +48,19 @@ async def test_changes_made_while_haproxy_is_down_apply_when_serve_starts(
     with log.open("wb") as out_file:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "serve",
-            stdout=out_file, stderr=asyncio.subprocess.STDOUT, env=_env(routed),
+            stdout=out_file, stderr=asyncio.subprocess.STDOUT, env=clonebot_env(routed),
         )  # fmt: skip
     try:
         # serve recovers and runs its checks first (seconds on a loaded machine)
-        served = await _page(routed, "shop.test", within_s=60)
+        served = await served_page(routed, "shop.test", within_s=60)
         assert served == f"{blue} web 1", log.read_text()
         # HAProxy killed: serve starts it again, with every route
         assert routed.router_dir is not None
         master = int((routed.router_dir / "haproxy.pid").read_text().split()[0])
         os.kill(master, signal.SIGKILL)
         await asyncio.sleep(0.5)
-        assert await _page(routed, "shop.test") == f"{blue} web 1"
-        assert await _page(routed, f"{blue}.clonebot.test") == f"{blue} web 1"
+        assert await served_page(routed, "shop.test") == f"{blue} web 1"
+        assert await served_page(routed, f"{blue}.clonebot.test") == f"{blue} web 1"
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -112,10 +72,10 @@ async def test_swap_from_the_command_line_moves_served_traffic(
 ) -> None:
     blue, green = (await make_source(web_nodes=1)).name, (await make_source(web_nodes=1)).name
     cli(routed, "domain", "add", blue, "shop.test", "--as", OWNER)
-    assert await _page(routed, "shop.test") == f"{blue} web 1"
+    assert await served_page(routed, "shop.test") == f"{blue} web 1"
     out = cli(routed, "swap", blue, green, "--as", OWNER)
     assert "applied to HAProxy" in out
-    assert await _page(routed, "shop.test", within_s=2) == f"{green} web 1"
+    assert await served_page(routed, "shop.test", within_s=2) == f"{green} web 1"
 
 
 async def test_bad_traffic_input_is_one_line(routed: Settings, make_source: MakeSource) -> None:
@@ -159,7 +119,7 @@ async def test_serve_keeps_an_external_haproxy_on_the_routes(
     with log.open("wb") as out_file:
         serve = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "serve",
-            stdout=out_file, stderr=asyncio.subprocess.STDOUT, env=_env(external),
+            stdout=out_file, stderr=asyncio.subprocess.STDOUT, env=clonebot_env(external),
         )  # fmt: skip
     haproxy = None
     try:
@@ -172,10 +132,10 @@ async def test_serve_keeps_an_external_haproxy_on_the_routes(
             "haproxy", "-W", "-S", str(files.master), "-f", str(files.config),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
-        assert await _page(external, "shop.test") == f"{blue} web 1"
+        assert await served_page(external, "shop.test") == f"{blue} web 1"
         out = cli(external, "swap", blue, green, "--as", OWNER)
         assert "applied to HAProxy" in out
-        assert await _page(external, "shop.test", within_s=2) == f"{green} web 1"
+        assert await served_page(external, "shop.test", within_s=2) == f"{green} web 1"
     finally:
         if haproxy is not None:  # first: a failing assertion below must not leave it running
             haproxy.terminate()
@@ -186,7 +146,7 @@ async def test_serve_keeps_an_external_haproxy_on_the_routes(
 
 async def _shell(settings: Settings, *args: str) -> str:
     """The command line from a shell that has the router's folder but not its bind."""
-    env = {k: v for k, v in _env(settings).items() if k != "CLONEBOT_ROUTER_BIND"}
+    env = {k: v for k, v in clonebot_env(settings).items() if k != "CLONEBOT_ROUTER_BIND"}
     done = await asyncio.to_thread(run_cli, list(args), env=env, timeout=60)
     assert done.returncode == 0, (args, done.stdout, done.stderr)
     return done.stdout
@@ -216,13 +176,13 @@ async def test_a_swap_from_a_shell_without_the_routers_bind_leaves_it_listening(
     that setting (so with the default 127.0.0.1:8080) only changes the routes."""
     blue, green = [(await make_source(web_nodes=1, db_nodes=0)).name for _ in range(2)]
     await _shell(routed, "domain", "add", blue, "shop.test", "--as", OWNER)
-    assert await _page(routed, "shop.test") == f"{blue} web 1"
+    assert await served_page(routed, "shop.test") == f"{blue} web 1"
     stop = asyncio.Event()
     load = asyncio.create_task(_requests(routed.router_bind, stop=stop))
     for turn in range(2):
         out = await _shell(routed, "swap", blue, green, "--as", OWNER)
         assert "applied to HAProxy" in out
-        assert await _page(routed, "shop.test", within_s=2) == (
+        assert await served_page(routed, "shop.test", within_s=2) == (
             f"{green} web 1" if turn % 2 == 0 else f"{blue} web 1"
         )
     await asyncio.sleep(1.5)  # serve's keeper has had its turn too

@@ -9,10 +9,9 @@ from __future__ import annotations
 import pytest
 
 from services.settings import Settings
-from tests.bot.test_traffic_cli import routed  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
-def routed_db(routed: Settings, database_url: str) -> Settings:  # noqa: F811
+def routed_db(routed: Settings, database_url: str) -> Settings:
     """A router of the test's own, on each database in turn (SQLite, then PostgreSQL)."""
     return routed.model_copy(update={"database_url": database_url})

@@ -28,11 +28,10 @@ from services.docker import DockerClient
 from services.environments import JOB, PROJECT, get_environment
 from services.haproxy import RouterFiles
 from services.settings import Settings
-from tests.bot.test_slack_app import Bot, _serving, _until
-from tests.bot.test_traffic_cli import _page, cli, routed  # noqa: F401 (a fixture)
 from tests.conftest import BASE_DOMAIN, OWNER, MakeSource, create_source
 from tests.proof.cluster import own_cluster
 from tests.proof.engine import Engine, own_engine
+from tests.serving import Bot, Serving, cli, served_page, until
 from tests.slack.emulator import SlackEmulator
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -50,7 +49,7 @@ class Hold:
         return {"CLONEBOT_FAILPOINT": self.point, "CLONEBOT_FAILPOINT_RELEASE": str(self.file)}
 
     async def reached(self, bot: Bot) -> None:
-        await _until(
+        await until(
             lambda: f"failpoint {self.point} reached" in bot.log.read_text(),
             what=f"the clone held at {self.point}",
             timeout_s=120,
@@ -93,7 +92,7 @@ async def source_states(docker: DockerClient, name: str) -> set[str]:
 
 
 async def test_haproxy_killed_mid_clone_is_restarted_with_every_route_and_the_clone_ends(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     slack: SlackEmulator,
     make_source: MakeSource,
     docker: DockerClient,
@@ -106,8 +105,8 @@ async def test_haproxy_killed_mid_clone_is_restarted_with_every_route_and_the_cl
     hold = Hold(tmp_path)
     files = RouterFiles(routed.router_dir)  # type: ignore[arg-type]
 
-    async with asyncio.timeout(240), _serving(routed, slack, tmp_path, **hold.env()) as bot:
-        assert f"{prod} web 1" in await _page(routed, shop)
+    async with asyncio.timeout(240), Serving(routed, slack, tmp_path, **hold.env()) as bot:
+        assert f"{prod} web 1" in await served_page(routed, shop)
         await bot.command(OWNER, "/clone", f"{prod} {copy}")
         await hold.reached(bot)
         assert "paused" in await source_states(docker, prod)
@@ -115,16 +114,16 @@ async def test_haproxy_killed_mid_clone_is_restarted_with_every_route_and_the_cl
         killed = int(files.pidfile.read_text().split()[0])
         os.kill(killed, signal.SIGKILL)
         began = time.monotonic()
-        await _until(lambda: _pid(files) not in (None, killed), what="a new HAProxy", timeout_s=30)
-        assert f"{prod} web 1" in await _page(routed, shop, within_s=30)
+        await until(lambda: _pid(files) not in (None, killed), what="a new HAProxy", timeout_s=30)
+        assert f"{prod} web 1" in await served_page(routed, shop, within_s=30)
         back = time.monotonic() - began
         print(f"\nHAProxy killed: serving {shop} again {back:.1f} s later")
 
         hold.release()
         final = await bot.final_message(timeout_s=120)
         assert final["text"].startswith(f":white_check_mark: *{copy}* is running at"), final
-        assert f"{prod} web 1" in await _page(routed, f"{copy}.{BASE_DOMAIN}", within_s=30)
-        assert f"{prod} web 1" in await _page(routed, shop)
+        assert f"{prod} web 1" in await served_page(routed, f"{copy}.{BASE_DOMAIN}", within_s=30)
+        assert f"{prod} web 1" in await served_page(routed, shop)
         assert await healthz(bot) == 200
         assert "HAProxy stopped: starting it again with every route" in bot.log.read_text()
 
@@ -144,7 +143,7 @@ def _pid(files: RouterFiles) -> int | None:
     ("down_s", "held_s"), [(5, 0), (15, 12)], ids=["within-the-lease", "past-the-lease"]
 )
 async def test_postgresql_restarted_mid_clone(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     slack: SlackEmulator,
     make_source: MakeSource,
     docker: DockerClient,
@@ -159,7 +158,7 @@ async def test_postgresql_restarted_mid_clone(
     hold = Hold(tmp_path)
     with own_cluster() as pg:
         settings = routed.model_copy(update={"database_url": pg.url})
-        async with asyncio.timeout(300), _serving(settings, slack, tmp_path, **hold.env()) as bot:
+        async with asyncio.timeout(300), Serving(settings, slack, tmp_path, **hold.env()) as bot:
             await bot.command(OWNER, "/clone", f"{prod} {copy}")
             await hold.reached(bot)
             await asyncio.to_thread(pg.stop)
@@ -221,7 +220,7 @@ async def _node_states(docker: DockerClient, name: str) -> dict[str, str]:
 @pytest.mark.own_engines
 @pytest.mark.parametrize("goes_on", ["engine-back", "engine-down"])
 async def test_the_engine_restarted_mid_clone(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     slack: SlackEmulator,
     tmp_path: Path,
     goes_on: str,
@@ -235,7 +234,7 @@ async def test_the_engine_restarted_mid_clone(
         prod = await _engine_source(docker, engine)
         copy = f"{prod}-eng"
         settings = routed.model_copy(update={"docker_host": engine.host})
-        async with asyncio.timeout(300), _serving(settings, slack, tmp_path, **hold.env()) as bot:
+        async with asyncio.timeout(300), Serving(settings, slack, tmp_path, **hold.env()) as bot:
             await bot.command(OWNER, "/clone", f"{prod} {copy}")
             await hold.reached(bot)
             assert "paused" in (await _node_states(docker, prod)).values()
@@ -275,7 +274,7 @@ async def test_the_engine_restarted_mid_clone(
 
 @pytest.mark.own_engines
 async def test_the_engine_disk_filled_up_mid_clone(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     slack: SlackEmulator,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -292,7 +291,7 @@ async def test_the_engine_disk_filled_up_mid_clone(
         monkeypatch.setenv("CLONEBOT_DISK_RESERVE", str(64 << 20))
         async with (
             asyncio.timeout(300),
-            _serving(settings, slack, tmp_path, **hold.env()) as bot,
+            Serving(settings, slack, tmp_path, **hold.env()) as bot,
         ):
             await bot.command(OWNER, "/clone", f"{prod} {copy}")
             await hold.reached(bot)

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from services.settings import Settings
-from tests.bot.test_slack_app import TEAM_CHANNEL, _serving, _texts, _until
-from tests.bot.test_traffic_cli import cli, routed  # noqa: F401 (a fixture)
 from tests.conftest import OWNER, MakeSource
+from tests.serving import TEAM_CHANNEL, Serving, cli, texts, until
 from tests.slack.emulator import Call, SlackEmulator
 from tests.slack.signing import CHANNEL_ID
 
@@ -33,7 +32,7 @@ def _after_a_429(calls: list[Call]) -> list[float]:
 
 
 async def test_a_clone_from_slack_survives_slack_answering_429_and_500(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     slack: SlackEmulator,
     make_source: MakeSource,
     tmp_path: Path,
@@ -48,7 +47,7 @@ async def test_a_clone_from_slack_survives_slack_answering_429_and_500(
 
     async with (
         asyncio.timeout(180),
-        _serving(routed, slack, tmp_path) as bot,
+        Serving(routed, slack, tmp_path) as bot,
     ):
         began = time.monotonic()
         reply = await bot.command(OWNER, "/clone", f"{prod} {copy}")
@@ -63,17 +62,17 @@ async def test_a_clone_from_slack_survives_slack_answering_429_and_500(
         assert {"swap_domains", "split_traffic", "delete_clone"} <= set(buttons), buttons
         # one message in the channel, the one the clone's progress went to: no retry posted
         # a second, and none fell back to a direct message
-        progress = _texts(slack, "chat.postMessage", CHANNEL_ID)
+        progress = texts(slack, "chat.postMessage", CHANNEL_ID)
         assert len(progress) == 1 and progress[0].startswith(f"Cloning {prod} → {copy}")
         [posted] = [c for c in slack.calls_to("chat.postMessage") if c.answer.get("ok")][:1]
         assert posted.params["channel"] == CHANNEL_ID
         assert final["ts"] == posted.answer["ts"]
-        await _until(
-            lambda: len(_texts(slack, "chat.postMessage", TEAM_CHANNEL)) >= 2,
+        await until(
+            lambda: len(texts(slack, "chat.postMessage", TEAM_CHANNEL)) >= 2,
             what="the clone's start and end told to the team",
             timeout_s=30,
         )
-        team = _texts(slack, "chat.postMessage", TEAM_CHANNEL)
+        team = texts(slack, "chat.postMessage", TEAM_CHANNEL)
         assert team[0].startswith(f":hourglass_flowing_sand: Cloning {prod} → {copy}")
         assert team[1].startswith(f":white_check_mark: *{copy}* is running")
 
@@ -88,7 +87,7 @@ async def test_a_clone_from_slack_survives_slack_answering_429_and_500(
 
 
 async def test_slack_failing_for_good_loses_the_edits_but_not_the_job_or_the_notice(
-    routed: Settings,  # noqa: F811
+    routed: Settings,
     slack: SlackEmulator,
     make_source: MakeSource,
     tmp_path: Path,
@@ -101,19 +100,19 @@ async def test_slack_failing_for_good_loses_the_edits_but_not_the_job_or_the_not
 
     async with (
         asyncio.timeout(180),
-        _serving(routed, slack, tmp_path) as bot,
+        Serving(routed, slack, tmp_path) as bot,
     ):
         await bot.command(OWNER, "/clone", f"{prod} {copy}")
         posted = await slack.wait_for("chat.postMessage", lambda p: p["channel"] == CHANNEL_ID)
-        await _until(
-            lambda: len(_texts(slack, "chat.postMessage", TEAM_CHANNEL)) >= 2,
+        await until(
+            lambda: len(texts(slack, "chat.postMessage", TEAM_CHANNEL)) >= 2,
             what="the clone's end told to the team, Slack's edits failing",
             timeout_s=120,
         )
         told = time.monotonic()
-        team = _texts(slack, "chat.postMessage", TEAM_CHANNEL)
+        team = texts(slack, "chat.postMessage", TEAM_CHANNEL)
         assert team[1].startswith(f":white_check_mark: *{copy}* is running")
-        await _until(
+        await until(
             lambda: any(t.startswith(f":white_check_mark: *{copy}*") for t in _dms(slack)),
             what="the owner's direct message",
         )

@@ -32,8 +32,8 @@ from aiohttp import web
 from bot.playground.workspace import Params
 from bot.slack.bot import BUSY
 from services.settings import Settings
-from tests.bot.test_slack_app import SECRET, _serving, _texts
 from tests.conftest import OWNER, MakeSource
+from tests.serving import SECRET, Serving, texts
 from tests.slack.emulator import SlackEmulator
 from tests.slack.signing import CHANNEL_ID, slash_command
 
@@ -93,7 +93,7 @@ async def test_200_slash_commands_in_10_s_are_each_acknowledged_within_3_s(
     prod = (await make_source(web_nodes=1)).name
     asked = _burst(prod)
     slack = _AnsweredSlack()
-    async with slack, _serving(routed_db, slack, tmp_path) as bot, asyncio.timeout(240):
+    async with slack, Serving(routed_db, slack, tmp_path) as bot, asyncio.timeout(240):
         payloads = [
             slash_command(
                 command=a.command, user_id=a.user, text=a.text,
@@ -164,7 +164,7 @@ async def test_200_slash_commands_in_10_s_are_each_acknowledged_within_3_s(
         for n in (1, 2):
             final = await slack.wait_for("chat.update", _done(f"{prod}-m{n}"), timeout_s=120)
             assert final.params["channel"] == CHANNEL_ID
-        progress = _texts(slack, "chat.postMessage", CHANNEL_ID)
+        progress = texts(slack, "chat.postMessage", CHANNEL_ID)
         assert len(progress) == 2, progress
 
 
