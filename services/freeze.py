@@ -157,7 +157,7 @@ async def _freeze_one(
     frozen[master.id] = time.monotonic()
     try:
         if how == "paused":
-            await _pause(docker, master.id)
+            await pause(docker, master.id)
         else:
             await docker.stop_container(master.id)
     except DockerFailed as exc:
@@ -172,7 +172,7 @@ async def _freeze_one(
         ) from exc
 
 
-async def _pause(docker: DockerClient, ref: str) -> None:
+async def pause(docker: DockerClient, ref: str) -> None:
     """Pause; the cgroup freezer may give up on a busy process ("unable to freeze"): that is
     tried again twice, a moment later, before the pause counts as failed."""
     for attempt in range(3):

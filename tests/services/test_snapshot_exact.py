@@ -17,6 +17,7 @@ import pytest
 
 from services.docker import DockerClient
 from services.environments import OWNER, PROJECT
+from services.freeze import pause
 from services.lifecycle import clone_environment
 from services.settings import Settings
 from services.volumes import (
@@ -27,7 +28,7 @@ from services.volumes import (
     measure_volumes,
     pre_copy,
 )
-from tests.conftest import IMAGE, compose_labels, exec_output, remove_projects
+from tests.conftest import IMAGE, TICKS, compose_labels, exec_output, remove_projects
 from tests.conftest import OWNER as TEST_OWNER
 
 # What each source volume holds before the copy. Old mtimes (2020) so that a rename keeps a
@@ -59,14 +60,17 @@ setfacl -m u:1234:rw,g:99:r /v0/attrs/x
 setfacl -d -m u:1234:rx /v0/attrs
 """
 # The writer renames and deletes files all the time (log rotation, Maildir, temp files).
-_CHURN = r"""
+_CHURN = (
+    TICKS
+    + r"""
 cd /v0/churn; i=0
 while :; do
   i=$((i + 1)); k=$((i % 300 + 1))
   if [ -e a/$k ]; then mv a/$k b/$k; else mv b/$k a/$k; fi
-  echo t > tmp.$k; rm tmp.$k; usleep 1000
+  echo t > tmp.$k; rm tmp.$k; read -t 0.001 -u 3 _t
 done
 """
+)
 # Changes made while the other volume is pre-copied: none of them moves an mtime forward.
 _DURING_PRE_COPY = r"""
 set -e
@@ -239,7 +243,7 @@ async def test_a_copy_under_renames_deletes_and_quiet_changes_equals_the_frozen_
                 docker, helper=helper, count=2, on_warning=warnings.append
             ) as final:
                 await exec_output(docker, source.container, _BEFORE_FREEZE)
-                await docker.pause_container(source.container)  # the freeze
+                await pause(docker, source.container)  # the freeze, as a clone's
                 try:
                     await final.fire()
                     for src, dst in pairs:
@@ -296,7 +300,9 @@ async def test_each_of_twelve_volumes_gets_its_own_size(
 
 # The source's database: exact data beside a writer that renames files and a directory of old
 # files, and deletes temp files, all the time.
-_DB = r"""
+_DB = (
+    TICKS
+    + r"""
 cd /data
 if [ ! -e ready ]; then
   mkdir -p churn/a churn/d1 static
@@ -315,9 +321,10 @@ while :; do
   if [ -e a/$k ]; then mv a/$k b/$k; else mv b/$k a/$k; fi
   echo t > tmp.$k; rm tmp.$k
   if [ -d d1 ]; then mv d1 d2; else mv d2 d1; fi
-  usleep 1000
+  read -t 0.001 -u 3 _t
 done
 """
+)
 
 
 @pytest.mark.slow
