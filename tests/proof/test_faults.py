@@ -132,6 +132,65 @@ async def test_haproxy_killed_mid_clone_is_restarted_with_every_route_and_the_cl
     assert await docker.list_containers(labels=["clonebot.helper", f"{PROJECT}={copy}"]) == []
 
 
+async def test_an_external_haproxy_killed_mid_clone_and_started_again_gets_every_route(
+    routed: Settings,
+    slack: SlackEmulator,
+    make_source: MakeSource,
+    docker: DockerClient,
+    tmp_path: Path,
+) -> None:
+    """CLONEBOT_ROUTER_MODE=external: the HAProxy that serve drives is its operator's. Killed
+    while the source is frozen and started again from the router folder, as its supervisor
+    (compose's restart policy) would: it serves the routes at once, and the clone's own."""
+    external = routed.model_copy(update={"router_mode": "external"})
+    prod = (await make_source(web_nodes=1)).name
+    copy = f"{prod}-ext"
+    shop = f"shop-{prod}.test"
+    cli(external, "domain", "add", prod, shop, "--as", OWNER)
+    hold = Hold(tmp_path)
+    files = RouterFiles(external.router_dir)  # type: ignore[arg-type]
+
+    async with asyncio.timeout(240), Serving(external, slack, tmp_path, **hold.env()) as bot:
+        haproxy = await _operators_haproxy(files)
+        try:
+            assert f"{prod} web 1" in await served_page(external, shop, within_s=30)
+            await bot.command(OWNER, "/clone", f"{prod} {copy}")
+            await hold.reached(bot)
+            assert "paused" in await source_states(docker, prod)
+
+            haproxy.kill()
+            await haproxy.wait()
+            began = time.monotonic()
+            haproxy = await _operators_haproxy(files)
+            assert f"{prod} web 1" in await served_page(external, shop, within_s=30)
+            back = time.monotonic() - began
+
+            hold.release()
+            final = await bot.final_message(timeout_s=120)
+            assert final["text"].startswith(f":white_check_mark: *{copy}* is running at"), final
+            clone_page = await served_page(external, f"{copy}.{BASE_DOMAIN}", within_s=30)
+            routed_s = time.monotonic() - began
+            assert f"{prod} web 1" in clone_page
+            assert await healthz(bot) == 200
+        finally:
+            haproxy.terminate()
+            await haproxy.wait()
+    print(
+        f"\nexternal HAProxy killed and started again: serving {shop} {back:.1f} s later, "
+        f"the clone's domain {routed_s:.1f} s later"
+    )
+    assert the_job(external, copy)["state"] == "succeeded"
+    assert await source_states(docker, prod) == {"running"}
+
+
+async def _operators_haproxy(files: RouterFiles) -> asyncio.subprocess.Process:
+    """HAProxy as its operator runs it beside clonebot: from the router folder serve writes."""
+    return await asyncio.create_subprocess_exec(
+        "haproxy", "-W", "-S", str(files.master), "-f", str(files.config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def _pid(files: RouterFiles) -> int | None:
     try:
         return int(files.pidfile.read_text().split()[0])
