@@ -267,7 +267,17 @@ class DockerClient:
     @asynccontextmanager
     async def exec_session(self, ref: str, cmd: list[str]) -> AsyncIterator[ExecSession]:
         container = self.api.containers.container(ref)
-        exec_ = await _translate(f"exec in {ref}", container.exec(cmd, stdin=True))
+        try:
+            exec_ = await _translate(f"exec in {ref}", container.exec(cmd, stdin=True))
+        except DockerFailed as exc:
+            if exc.status != _CONFLICT:
+                raise
+            # Docker's words name the container by its id: say what happened instead
+            state = "paused" if "is paused" in exc.message else "not running"
+            raise DockerFailed(
+                f"a command could not start: its container is {state} (it, or the engine, stopped)",
+                status=exc.status,
+            ) from exc
         stream = exec_.start(detach=False)
         try:
             await _translate(f"exec in {ref}", stream._init())

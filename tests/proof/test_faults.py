@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -329,6 +330,51 @@ async def test_the_engine_restarted_mid_clone(
             f"{prod}_db_1": "running",  # unless-stopped
             f"{prod}_web_1": "exited",  # no restart policy
         }
+
+
+@pytest.mark.own_engines
+@pytest.mark.parametrize("point", ["pre-copy", "start"])
+async def test_the_engine_restarted_during_the_first_copy_or_the_start(
+    routed: Settings,
+    slack: SlackEmulator,
+    tmp_path: Path,
+    point: str,
+) -> None:
+    """The engine stopped and started again while the clone is held before its first copy
+    (the copy helper running) or between starting its data stores and its web layer: the job
+    ends either way; a failed one leaves nothing, a clone said to be running is; the source is
+    what its restart policy gives, never paused."""
+    hold = Hold(tmp_path, point)
+    async with own_engine(routed) as engine, DockerClient(engine.host) as docker:
+        prod = await _engine_source(docker, engine)
+        copy = f"{prod}-{point}"
+        settings = routed.model_copy(update={"docker_host": engine.host})
+        async with asyncio.timeout(300), Serving(settings, slack, tmp_path, **hold.env()) as bot:
+            await bot.command(OWNER, "/clone", f"{prod} {copy}")
+            await hold.reached(bot)
+            began = time.monotonic()
+            await asyncio.to_thread(engine.restart)
+            hold.release()
+            final = await bot.final_message(timeout_s=180)
+            shown = time.monotonic() - began
+            assert await healthz(bot) == 200
+            job = the_job(settings, copy)
+        states = await _node_states(docker, prod)
+        print(
+            f"\nthe engine restarted at {point}: the job's message {shown:.1f} s after the stop "
+            f"began: {final['text']!r}; the job {job['state']}; the source {states}"
+        )
+        assert "AssertionError" not in final["text"]
+        assert not re.search(r"[0-9a-f]{64}", final["text"]), "a container named by its id"
+        assert states[f"{prod}_db_1"] == "running", states  # unless-stopped
+        assert "paused" not in states.values(), states
+        if job["state"] == "succeeded":
+            assert final["text"].startswith(f"{DONE} *{copy}* is running at"), final
+            assert set((await _node_states(docker, copy)).values()) == {"running"}
+        else:
+            assert final["text"].startswith(f":x: Cloning {prod} → {copy} failed: "), final
+            assert job["state"] == "rolled back", job
+            assert await _engine_leftovers(docker, job=job["id"], clone=copy) == []
 
 
 @pytest.mark.own_engines
