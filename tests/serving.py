@@ -220,15 +220,22 @@ def cli(settings: Settings, *args: str) -> str:
 
 
 async def served_page(settings: Settings, host: str, *, within_s: float = 15) -> str:
-    """The page HAProxy answers for ``host``, waiting for it to come up."""
+    """The page the test's router answers for ``host``, waiting for it to come up."""
+    return await page_at(settings.router_bind, host, within_s=within_s)
+
+
+async def page_at(address: str, host: str, *, within_s: float = 15) -> str:
+    """What the router at ``address`` answers for ``host``: the first 200's body."""
+    last = "no answer"
     async with aiohttp.ClientSession() as session:
         for _ in range(int(within_s * 10)):
             try:
-                url = f"http://{settings.router_bind}/"
+                url = f"http://{address}/"
                 async with session.get(url, headers={"Host": host}) as resp:
                     if resp.status == 200:
                         return (await resp.text()).strip()
-            except aiohttp.ClientError:
-                pass
+                    last = f"{resp.status} {(await resp.text()).strip()}"
+            except aiohttp.ClientError as exc:
+                last = repr(exc)
             await asyncio.sleep(0.1)
-    raise AssertionError(f"no answer for {host} within {within_s} s")
+    raise AssertionError(f"no 200 for {host} within {within_s} s: {last}")

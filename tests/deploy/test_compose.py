@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from services.docker import DockerClient
 from services.settings import Settings
 from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource, _free_port, exec_output
+from tests.serving import page_at
 
 # alone: the stack's HAProxy container is connected to every environment's network on the
 # engine, other tests' too (which then could not remove theirs)
@@ -149,23 +149,6 @@ async def _remove_images(docker: DockerClient, tags: list[str]) -> None:
             await docker.remove_image(image["Id"])
 
 
-async def _page(port: int, host: str, *, within_s: float = 15) -> str:
-    """What the router on the host's port answers for ``host``: the first 200's body."""
-    last = "no answer"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(int(within_s * 5)):
-            try:
-                url = f"http://127.0.0.1:{port}/"
-                async with session.get(url, headers={"Host": host}) as resp:
-                    if resp.status == 200:
-                        return (await resp.text()).strip()
-                    last = f"{resp.status} {(await resp.text()).strip()}"
-            except aiohttp.ClientError as exc:
-                last = repr(exc)
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"no 200 for {host} within {within_s} s: {last}")
-
-
 async def test_the_stack_clones_and_moves_traffic_through_its_haproxy(
     make_source: MakeSource, docker: DockerClient, stack: Stack
 ) -> None:
@@ -190,12 +173,13 @@ async def test_the_stack_clones_and_moves_traffic_through_its_haproxy(
     await exec_output(docker, f"{source}_web_1", "echo source only > /www/index.html")
     added = await stack.clonebot("domain", "add", source, "shop.test", "--as", OWNER)
     assert "applied to HAProxy" in added, added
-    assert await _page(stack.router_port, "shop.test") == "source only"
+    router = f"127.0.0.1:{stack.router_port}"  # the stack's HAProxy, as its users reach it
+    assert await page_at(router, "shop.test") == "source only"
 
     started = time.monotonic()
     swapped = await stack.clonebot("swap", source, clone, "--as", OWNER)
     assert "applied to HAProxy" in swapped, swapped
-    assert await _page(stack.router_port, "shop.test", within_s=5) == f"{source} web 1"
+    assert await page_at(router, "shop.test", within_s=5) == f"{source} web 1"
     stack.timings["swap"] = time.monotonic() - started
-    assert await _page(stack.router_port, f"{clone}.{BASE_DOMAIN}") == f"{source} web 1"
-    assert await _page(stack.router_port, f"{source}.{BASE_DOMAIN}") == "source only"
+    assert await page_at(router, f"{clone}.{BASE_DOMAIN}") == f"{source} web 1"
+    assert await page_at(router, f"{source}.{BASE_DOMAIN}") == "source only"

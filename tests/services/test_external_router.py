@@ -8,7 +8,6 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from services.access import Request
@@ -20,6 +19,7 @@ from services.router import apply_routes
 from services.routing import add_domain, swap_domains
 from services.settings import Settings
 from tests.conftest import OWNER, MakeSource, _free_port
+from tests.serving import page_at
 
 HAPROXY_IMAGE = "clonebot-test/haproxy:latest"  # scripts/build-test-images.sh makes it
 # alone: clonebot connects the HAProxy container to every environment's network on the
@@ -48,20 +48,6 @@ async def haproxy_container(docker: DockerClient, tmp_path: Path) -> AsyncIterat
         yield name, port
     finally:
         await docker.remove_container(name)
-
-
-async def _page(port: int, host: str, *, within_s: float = 15) -> str:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(int(within_s * 10)):
-            try:
-                url = f"http://127.0.0.1:{port}/"
-                async with session.get(url, headers={"Host": host}) as resp:
-                    if resp.status == 200:
-                        return (await resp.text()).strip()
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"no answer for {host} within {within_s} s")
 
 
 async def _until_answers(svc: Services, files: RouterFiles) -> None:
@@ -99,17 +85,20 @@ async def test_an_haproxy_in_a_container_serves_the_routes(
 
         await docker.start_container(name)
         await _until_answers(svc, files)
-        assert await _page(port, "shop.test") == f"{blue} web 1"
-        assert await _page(port, f"{green}.clonebot.test") == f"{green} web 1"
+        assert await page_at(f"127.0.0.1:{port}", "shop.test") == f"{blue} web 1"
+        assert await page_at(f"127.0.0.1:{port}", f"{green}.clonebot.test") == f"{green} web 1"
 
         await swap_domains(svc, me, first=blue, second=green)
         assert await apply_routes(svc, files=files, bind=external.router_bind)
-        assert await _page(port, "shop.test", within_s=2) == f"{green} web 1"
+        assert await page_at(f"127.0.0.1:{port}", "shop.test", within_s=2) == f"{green} web 1"
 
         # a clone is reached on its own network; deleting it leaves HAProxy on nothing of it
         clone = await run_job(svc, (await submit_clone(svc, me, source=blue, name=None)).id)
         await apply_routes(svc, files=files, bind=external.router_bind)
-        assert await _page(port, f"{clone.environment}.clonebot.test") == f"{blue} web 1"
+        assert (
+            await page_at(f"127.0.0.1:{port}", f"{clone.environment}.clonebot.test")
+            == f"{blue} web 1"
+        )
         deleted = await run_job(
             svc, (await submit_delete(svc, me, name=clone.environment, force=False)).id
         )
@@ -119,4 +108,4 @@ async def test_an_haproxy_in_a_container_serves_the_routes(
             == []
         )
         assert await apply_routes(svc, files=files, bind=external.router_bind)
-        assert await _page(port, "shop.test") == f"{green} web 1"
+        assert await page_at(f"127.0.0.1:{port}", "shop.test") == f"{green} web 1"
