@@ -321,7 +321,7 @@ while :; do
   if [ -e a/$k ]; then mv a/$k b/$k; else mv b/$k a/$k; fi
   echo t > tmp.$k; rm tmp.$k
   if [ -d d1 ]; then mv d1 d2; else mv d2 d1; fi
-  read -t 0.001 -u 3 _t
+  read -t 0.002 -u 3 _t  # about the pace it had with usleep 1000 and its fork
 done
 """
 )
