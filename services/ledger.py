@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from services.docker import JSON, DockerClient
 from services.environments import JOB
@@ -61,22 +62,25 @@ class Ledger:
             refs.clear()
 
 
+_Lister = Callable[..., Awaitable[list[JSON]]]
+_Remover = Callable[[str], Awaitable[object]]
+
+
 async def remove_job_resources(docker: DockerClient, job_id: str) -> int:
     """Remove every container, network, volume and image labelled with the job; how many."""
     label = [f"{JOB}={job_id}"]
+    # containers first: they hold the networks, volumes and images after them
+    kinds: list[tuple[_Lister, _Remover, str]] = [
+        (docker.list_containers, docker.remove_container, "Id"),
+        (docker.list_networks, docker.remove_network, "Id"),
+        (docker.list_volumes, docker.remove_volume, "Name"),
+        (docker.list_images, docker.remove_image, "Id"),
+    ]
     removed = 0
-    for container in await docker.list_containers(labels=label):
-        await docker.remove_container(container["Id"])
-        removed += 1
-    for network in await docker.list_networks(labels=label):
-        await docker.remove_network(network["Id"])
-        removed += 1
-    for volume in await docker.list_volumes(labels=label):
-        await docker.remove_volume(volume["Name"])
-        removed += 1
-    for image in await docker.list_images(labels=label):
-        await docker.remove_image(image["Id"])
-        removed += 1
+    for list_all, remove, key in kinds:
+        for found in await list_all(labels=label):
+            await remove(found[key])
+            removed += 1
     return removed
 
 
