@@ -12,10 +12,8 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -63,17 +61,6 @@ class Engine:
 
     def stop(self) -> None:
         self._run("bash", str(ROOT / "scripts/dockerd.sh"), "stop", env=self.env)
-
-    def kill(self) -> None:
-        """SIGKILL to dockerd, as the OOM killer or a crash: its containerd and the containers
-        go on without it."""
-        pid = int(Path(f"/run/{self.name}.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        for _ in range(100):  # up to 10 s
-            if not Path(f"/proc/{pid}").exists():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"dockerd {pid} still runs 10 s after SIGKILL")
 
     def restart(self) -> None:
         self.stop()

@@ -378,50 +378,6 @@ async def test_the_engine_restarted_during_the_first_copy_or_the_start(
 
 
 @pytest.mark.own_engines
-async def test_the_engine_killed_mid_clone(
-    routed: Settings,
-    slack: SlackEmulator,
-    tmp_path: Path,
-) -> None:
-    """dockerd killed with SIGKILL while the clone holds the source frozen, and started again:
-    the containers outlive it (containerd keeps them, the source's database still paused). The
-    job ends either way; the source is never left paused; a failed job leaves nothing."""
-    hold = Hold(tmp_path)
-    async with own_engine(routed) as engine, DockerClient(engine.host) as docker:
-        prod = await _engine_source(docker, engine)
-        copy = f"{prod}-kill"
-        settings = routed.model_copy(update={"docker_host": engine.host})
-        async with asyncio.timeout(300), Serving(settings, slack, tmp_path, **hold.env()) as bot:
-            await bot.command(OWNER, "/clone", f"{prod} {copy}")
-            await hold.reached(bot)
-            assert "paused" in (await _node_states(docker, prod)).values()
-            began = time.monotonic()
-            await asyncio.to_thread(engine.kill)
-            await asyncio.to_thread(engine.start)
-            back = time.monotonic() - began
-            states_back = await _node_states(docker, prod)
-            hold.release()
-            final = await bot.final_message(timeout_s=180)
-            shown = time.monotonic() - began
-            assert await healthz(bot) == 200
-            job = the_job(settings, copy)
-        states = await _node_states(docker, prod)
-        print(
-            f"\nthe killed engine answered again {back:.1f} s after the kill, the source "
-            f"{states_back}; the job's message {shown:.1f} s after: {final['text']!r}; "
-            f"the job {job['state']}; the source then {states}"
-        )
-        assert "AssertionError" not in final["text"]
-        assert states[f"{prod}_db_1"] == "running", states  # never left paused
-        assert "paused" not in states.values(), states
-        if job["state"] == "succeeded":
-            assert final["text"].startswith(f"{DONE} *{copy}* is running at"), final
-        else:
-            assert final["text"].startswith(f":x: Cloning {prod} → {copy} failed: "), final
-            assert await _engine_leftovers(docker, job=job["id"], clone=copy) == []
-
-
-@pytest.mark.own_engines
 async def test_the_engine_disk_filled_up_mid_clone(
     routed: Settings,
     slack: SlackEmulator,
