@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
 from services.docker import DockerClient, gather_all
 from services.environments import JOB
-from services.errors import ClonebotError, CloneFailed, NameTaken
+from services.errors import HookFailed, NameTaken
 from services.failpoints import failpoint
 from services.freeze import FreezeRecorder, ignore_freeze, snapshot_stateful
-from services.ledger import Ledger
+from services.hooks import HookRun, read_hooks, run_hooks
+from services.ledger import Ledger, undo_on_failure
 from services.naming import Rewrite
 from services.planning import ClonePlan, NodePlan, PortRemap
 from services.progress import Event, EventSink, StepStarted, Warned, ignore_events, step
@@ -32,6 +32,7 @@ class CloneResult:
     ports: list[PortRemap] = field(default_factory=list)
     error: str | None = None
     elapsed_ms: int = 0
+    hooks: list[HookRun] = field(default_factory=list)
 
 
 async def execute_clone(
@@ -45,13 +46,18 @@ async def execute_clone(
     """Create the clone the plan describes; on any failure remove all it created and raise.
 
     ``on_freeze`` is told which source containers are about to be frozen, before they are.
+    The source's on-clone hooks are read (a bad declaration refused) before anything is made,
+    and run once the clone's nodes are up; a snapshot's are stopped again after.
     """
     started = time.monotonic()
     ledger = Ledger(docker)
     current = _CurrentStep(emit)
-    for warning in plan.warnings:
+    declared = await read_hooks(docker=docker, settings=settings, env=plan.source, job=plan.job)
+    for warning in plan.warnings + declared.warnings:
         emit(Warned(warning))
-    try:
+    async with undo_on_failure(
+        ledger.rollback, step=lambda: current.name, passthrough=(NameTaken, HookFailed)
+    ):
         current.name = "networks"
         async with step(current, "networks"):
             await _create_networks(docker, plan, ledger)
@@ -65,14 +71,20 @@ async def execute_clone(
             docker, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze
         )
         current.name = "start"
-        if not plan.snapshot:
+        # a snapshot with hooks is started for them: its copy must not keep what they mask
+        if not plan.snapshot or declared.hooks:
             await _start_all(docker, plan, emit)
-    except (Exception, asyncio.CancelledError) as exc:
-        await asyncio.shield(ledger.rollback())
-        if isinstance(exc, asyncio.CancelledError | NameTaken):
-            raise
-        cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
-        raise CloneFailed(step=current.name, cause=cause) from exc
+        current.name = "hooks"
+        hooks = await run_hooks(
+            docker=docker,
+            hooks=declared.hooks,
+            nodes=plan.nodes,
+            timeout_s=settings.hook_timeout_s,
+            emit=current,
+        )
+        if plan.snapshot and declared.hooks:
+            current.name = "stop"
+            await _stop_all(docker, plan)
     return CloneResult(
         job=plan.job,
         environment=plan.name,
@@ -81,10 +93,11 @@ async def execute_clone(
         freeze_ms=freeze.longest_ms,
         started=not plan.snapshot,
         nodes=[n.name for n in plan.nodes],
-        warnings=plan.warnings + freeze.warnings,
+        warnings=plan.warnings + declared.warnings + freeze.warnings,
         rewrites=plan.rewrites,
         ports=plan.ports,
         elapsed_ms=int((time.monotonic() - started) * 1000),
+        hooks=hooks,
     )
 
 
@@ -145,3 +158,10 @@ async def _start_all(docker: DockerClient, plan: ClonePlan, emit: EventSink) -> 
     await gather_all(*(start(n) for n in plan.nodes if n.stateful))
     await failpoint("start")
     await gather_all(*(start(n) for n in _stateless(plan)))
+
+
+async def _stop_all(docker: DockerClient, plan: ClonePlan) -> None:
+    """Stop the clone's nodes in the reverse order of ``_start_all``: the layers using the
+    data stores first, then the stores."""
+    await gather_all(*(docker.stop_container(n.name) for n in _stateless(plan)))
+    await gather_all(*(docker.stop_container(n.name) for n in plan.nodes if n.stateful))

@@ -5,14 +5,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from services.docker import JSON, DockerClient
 from services.environments import JOB
-from services.errors import ClonebotError, DockerUnavailable
+from services.errors import ClonebotError, CloneFailed, DockerUnavailable
 
 log = logging.getLogger(__name__)
 ENGINE_BACK_S = 120.0  # an engine restarting is waited for this long to remove a job's remains
+
+
+@asynccontextmanager
+async def undo_on_failure(
+    undo: Callable[[], Awaitable[None]],
+    *,
+    step: str | Callable[[], str],
+    passthrough: tuple[type[Exception], ...] = (),
+) -> AsyncIterator[None]:
+    """Run the block; should it fail or be cancelled, ``undo`` what it made, then raise.
+
+    The undo runs to its end even when the job is cancelled meanwhile. A failure is raised as
+    ``CloneFailed`` naming ``step`` (a callable names the step running when it failed);
+    cancellation, and the ``passthrough`` errors, are raised as they are.
+    """
+    try:
+        yield
+    except (Exception, asyncio.CancelledError) as exc:
+        await asyncio.shield(undo())
+        if isinstance(exc, (asyncio.CancelledError, *passthrough)):
+            raise
+        cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
+        failed = step if isinstance(step, str) else step()
+        raise CloneFailed(step=failed, cause=cause) from exc
 
 
 class Ledger:

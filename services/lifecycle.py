@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from services.cloning import CloneResult, execute_clone
@@ -10,15 +9,15 @@ from services.docker import DockerClient, gather_all
 from services.environments import JOB, PROJECT, Environment, Node, get_environment
 from services.errors import (
     BadRequest,
-    ClonebotError,
-    CloneFailed,
     DockerFailed,
     EnvironmentNotFound,
+    HookFailed,
     NotAClone,
 )
 from services.failpoints import failpoint
 from services.freeze import FreezeRecorder, ignore_freeze, snapshot_stateful
-from services.ledger import Ledger
+from services.hooks import read_hooks, run_hooks
+from services.ledger import Ledger, undo_on_failure
 from services.naming import (
     Holder,
     check_name_free,
@@ -27,7 +26,7 @@ from services.naming import (
     held_names,
 )
 from services.planning import ClonePlan, NodePlan, plan_clone, plan_refresh, plan_rename
-from services.progress import EventSink, ignore_events, step
+from services.progress import EventSink, Warned, ignore_events, step
 from services.settings import Settings
 
 
@@ -71,16 +70,22 @@ async def refresh_clone(
     name it had).
 
     The clone's stateful nodes are stopped while their data is replaced, and come back
-    as they were if the refresh fails.
+    as they were if the refresh fails. The source's on-clone hooks run again in the new
+    nodes (the data they masked came back with the copy); a failing one fails the refresh.
     """
     started = time.monotonic()
     clone = await get_environment(docker, name)
     plan = await plan_refresh(docker, settings, clone=clone, source=source, job=job)
+    declared = await read_hooks(docker=docker, settings=settings, env=plan.source, job=plan.job)
+    for warning in declared.warnings:
+        emit(Warned(warning))
     old = [n for n in clone.nodes if n.layer in {layer.name for layer in plan.layers}]
     ledger = Ledger(docker)
     async with step(emit, "stop", ", ".join(n.name for n in old)):
         await _set_aside(docker, old, suffix=plan.job)
-    try:
+    async with undo_on_failure(
+        lambda: _restore(docker, ledger, old), step="refresh", passthrough=(HookFailed,)
+    ):
         for vol in plan.volumes:
             # a bind the source gained since the clone was made: without this, the copy
             # helper's mount would create the volume unlabelled, and a delete would leave it
@@ -90,12 +95,13 @@ async def refresh_clone(
             docker, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze
         )
         await gather_all(*(docker.start_container(n.name) for n in plan.nodes))
-    except (Exception, asyncio.CancelledError) as exc:
-        await asyncio.shield(_restore(docker, ledger, old))
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
-        raise CloneFailed(step="refresh", cause=cause) from exc
+        hooks = await run_hooks(
+            docker=docker,
+            hooks=declared.hooks,
+            nodes=plan.nodes,
+            timeout_s=settings.hook_timeout_s,
+            emit=emit,
+        )
     await _remove_nodes(docker, old)
     await _remove_snapshots(
         docker, {n.image_id for n in old} - {n.config["Image"] for n in plan.nodes}
@@ -107,8 +113,9 @@ async def refresh_clone(
         state="succeeded",
         freeze_ms=report.longest_ms,
         nodes=[n.name for n in plan.nodes],
-        warnings=report.warnings,
+        warnings=declared.warnings + report.warnings,
         elapsed_ms=int((time.monotonic() - started) * 1000),
+        hooks=hooks,
     )
 
 
@@ -155,7 +162,9 @@ async def rename_environment(
     was_running = {n.id for n in old if n.state in ("running", "paused", "restarting")}
     await on_freeze({n.id: "stopped" if n.id in was_running else "kept" for n in old})
     ledger = Ledger(docker)
-    try:
+    async with undo_on_failure(
+        lambda: _undo_rename(docker, ledger, old, was_running), step="rename"
+    ):
         async with step(emit, "stop", name):
             # the layers using the data stores first, then the stores
             await gather_all(*(docker.stop_container(n.id) for n in old if not _stateful(plan, n)))
@@ -176,12 +185,6 @@ async def rename_environment(
         again = [n for n in plan.nodes if n.source.id in was_running]
         for stateful in (True, False):
             await gather_all(*(_start(docker, n, emit) for n in again if n.stateful is stateful))
-    except (Exception, asyncio.CancelledError) as exc:
-        await asyncio.shield(_undo_rename(docker, ledger, old, was_running))
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
-        raise CloneFailed(step="rename", cause=cause) from exc
     # the point of no return, written down before the old nodes go: recovery completes it
     await on_freeze({n.id: "replaced" for n in old})
     await finish_rename(docker, name=name, old=[n.id for n in old])
