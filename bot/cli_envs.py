@@ -18,7 +18,7 @@ from services.jobs import run_job, submit_clone, submit_delete, submit_refresh, 
 from services.naming import Rewrite
 from services.progress import EventSink, ignore_events
 from storage import repositories as repo
-from storage.models import Job
+from storage.models import Job, JobState
 
 commands = typer.Typer()
 
@@ -135,7 +135,7 @@ def _job(submit: Callable[[Services], Awaitable[Job]], *, as_json: bool) -> None
 
 async def _submit_and_run(svc: Services, submitted: Awaitable[Job], emit: EventSink) -> Job:
     job = await submitted
-    if job.state != "queued":  # a repeated request: show the job it already started
+    if job.state != JobState.QUEUED:  # a repeated request: show the job it already started
         return job
     return await run_job(svc, job.id, emit=emit)
 

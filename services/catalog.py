@@ -17,7 +17,7 @@ from services.environments import Environment, list_environments
 from services.naming import default_clone_name, held_names
 from services.permissions import Action, decide
 from storage import repositories as repo
-from storage.models import DomainBinding, EnvironmentRecord, Job, Route
+from storage.models import DomainBinding, EnvironmentRecord, Job, JobState, Route
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ async def running_jobs(svc: Services, *, user: str) -> Sequence[Job]:
     """The jobs ``user`` asked for that are queued or running, oldest first."""
     query = (
         select(Job)
-        .where(Job.requester == user, Job.state.in_(("queued", "running")))
+        .where(Job.requester == user, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
         .order_by(Job.created_at)
     )
     async with svc.sessions() as session:

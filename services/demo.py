@@ -21,7 +21,7 @@ from services.ownership import share_environment
 from services.permissions import Role
 from services.routing import add_domain, remove_domain
 from storage import repositories as repo
-from storage.models import DomainBinding, EnvironmentRecord
+from storage.models import DomainBinding, EnvironmentRecord, JobState
 
 DEMO = "demo"
 OWNER = "U0OWNER01"  # the playground's owner
@@ -85,7 +85,7 @@ async def remove_demo(
         job = await submit_delete(svc, user, name=name, force=True)
     except EnvironmentNotFound:
         return False
-    if job.state == "queued":  # else a delete asked before is running or done
+    if job.state == JobState.QUEUED:  # else a delete asked before is running or done
         await run_job(svc, job.id)
     return True
 

@@ -33,9 +33,8 @@ from sqlalchemy import select, text
 from services.errors import Busy, NotEnoughDisk
 from services.workers import worker_is_gone
 from storage.db import AsyncSession
-from storage.models import Job, utcnow
+from storage.models import UNFINISHED, Job, JobState, utcnow
 
-UNFINISHED = ("queued", "running", "recovering")
 # any fixed number: the PostgreSQL advisory lock every job lock is checked and taken under
 _JOB_LOCK = 0x636C6F6E656A6F62  # "clonejob"
 
@@ -105,7 +104,7 @@ async def check_not_busy(session: AsyncSession, job: Job) -> None:
         live = is_live(other, now=now)
         # a queued job of a dead process is run, if ever, by `serve`, checked again then; a
         # started one holds what it holds until recovery has put things back
-        if other.id == job.id or (other.state == "queued" and not live):
+        if other.id == job.id or (other.state == JobState.QUEUED and not live):
             continue
         for theirs in holds(other):
             for wanted in mine:
@@ -131,7 +130,7 @@ async def free_slot(session: AsyncSession, *, job_id: str, max_jobs: int) -> str
     now = utcnow()
     running = [
         j for j in await unfinished_jobs(session)
-        if j.state == "running" and j.id != job_id and is_live(j, now=now)
+        if j.state == JobState.RUNNING and j.id != job_id and is_live(j, now=now)
     ]  # fmt: skip
     if len(running) < max_jobs:
         return None

@@ -27,7 +27,7 @@ from services.job_locks import (
 )
 from services.progress import BytesCopied, Event, EventSink, StepDone, StepStarted
 from storage import repositories as repo
-from storage.models import Job, utcnow
+from storage.models import Job, JobState, utcnow
 from storage.outage import is_outage
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ async def claim(svc: Services, job_id: str, *, worker: str, emit: EventSink) -> 
             await serialize(session)
             job = await repo.get_job(session, job_id)
             assert job is not None
-            if job.state != "queued":
+            if job.state != JobState.QUEUED:
                 return job, False
             await check_not_busy(session, job)
             reason = await free_slot(session, job_id=job_id, max_jobs=svc.settings.max_jobs)

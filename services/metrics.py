@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 
 from services.context import Services
 from services.job_locks import JobKind
-from storage.models import EnvironmentRecord, Job
+from storage.models import EnvironmentRecord, Job, JobState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,7 +39,7 @@ REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # process_*: CPU seconds, memory, open files, start time
 OTHER = "other"
 JOB_KINDS = frozenset(JobKind)
-JOB_OUTCOMES = frozenset({"succeeded", "failed", "rolled back"})
+JOB_OUTCOMES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.ROLLED_BACK})
 ROUTE_CHANGES = frozenset({"reload", "runtime"})
 SLACK_REQUESTS = frozenset({"command", "action", "view", "event", "other", "refused"})
 _HTTP_STATUSES = frozenset(str(status) for status in range(100, 600))

@@ -15,7 +15,7 @@ from services.ledger import remove_job_resources
 from services.lifecycle import finish_rename
 from services.workers import this_worker, worker_is_gone
 from storage import repositories as repo
-from storage.models import Job, utcnow
+from storage.models import Job, JobState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 async def recover_jobs(svc: Services) -> list[Job]:
     """Close every running job whose process is gone; returns them as they now stand."""
     async with svc.sessions() as session:
-        running = await repo.jobs_in_state(session, "running")
+        running = await repo.jobs_in_state(session, JobState.RUNNING)
     orphans = [
         job
         for job in running
@@ -62,8 +62,10 @@ async def _take_over(svc: Services, job: Job) -> bool:
     async with svc.sessions() as session, session.begin():
         result = await session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.state == "running", Job.claimed_by == job.claimed_by)
-            .values(state="recovering", claimed_by=this_worker())
+            .where(
+                Job.id == job.id, Job.state == JobState.RUNNING, Job.claimed_by == job.claimed_by
+            )
+            .values(state=JobState.RECOVERING, claimed_by=this_worker())
         )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -85,9 +87,9 @@ async def _recover(svc: Services, job: Job) -> Job:
     )
     async with svc.sessions() as session, session.begin():
         await close_job(
-            session, job, action=f"{job.kind} recovered", state="rolled back", error=error
+            session, job, action=f"{job.kind} recovered", state=JobState.ROLLED_BACK, error=error
         )
-    job.state, job.error = "rolled back", error
+    job.state, job.error = JobState.ROLLED_BACK, error
     return job
 
 
@@ -99,8 +101,8 @@ async def _rename_went_through(svc: Services, job: Job) -> bool:
     left = [cid for cid in old if await svc.docker.find_container(cid) is not None]
     await finish_rename(svc.docker, name=job.environment, old=left)
     async with svc.sessions() as session, session.begin():
-        await close_job(session, job, action="rename recovered", state="succeeded")
-    job.state = "succeeded"
+        await close_job(session, job, action="rename recovered", state=JobState.SUCCEEDED)
+    job.state = JobState.SUCCEEDED
     return True
 
 

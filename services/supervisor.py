@@ -19,7 +19,7 @@ from services.recovery import recover_jobs
 from services.router import RouterState, apply_routes, router_state
 from services.workers import worker_is_gone
 from storage import repositories as repo
-from storage.models import Job, utcnow
+from storage.models import Job, JobState, utcnow
 from storage.outage import is_outage
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,9 @@ class _RouterKeeper:
 
 async def _orphaned_queued(svc: Services) -> list[Job]:
     """Queued jobs whose submitter is gone (one still waiting for a slot keeps its lease)."""
-    query = select(Job).where(Job.state == "queued", Job.created_at < utcnow() - ORPHANED_AFTER)
+    query = select(Job).where(
+        Job.state == JobState.QUEUED, Job.created_at < utcnow() - ORPHANED_AFTER
+    )
     async with svc.sessions() as session:
         queued = (await session.scalars(query.order_by(Job.created_at))).all()
     now = utcnow()

@@ -7,6 +7,7 @@ Docker is the source of truth for what exists; these tables for who owns it and 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -119,6 +120,21 @@ class ChannelBinding(Base):
     environment: Mapped[EnvironmentRecord] = relationship(back_populates="channels")
 
 
+class JobState(StrEnum):
+    """Where a job is. Unfinished (queued, running, recovering), it holds the environments it
+    works on; finished, it succeeded, failed before it changed anything, or was rolled back."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RECOVERING = "recovering"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled back"
+
+
+UNFINISHED = (JobState.QUEUED, JobState.RUNNING, JobState.RECOVERING)
+
+
 class Job(Base):
     """A clone, refresh, rename or delete, recorded before it starts.
 
@@ -130,8 +146,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # services.job_locks.JobKind
-    # queued, running, recovering, succeeded, failed, rolled back
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)  # JobState
     environment: Mapped[str] = mapped_column(String(63))
     source: Mapped[str | None] = mapped_column(String(63))
     requester: Mapped[str] = mapped_column(String(32))

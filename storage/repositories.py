@@ -16,6 +16,7 @@ from storage.models import (
     EnvironmentRecord,
     IdempotencyKey,
     Job,
+    JobState,
     utcnow,
 )
 
@@ -81,8 +82,10 @@ async def claim_job(
     """
     result = await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == "queued")
-        .values(state="running", claimed_by=worker, lease_until=lease_until, started_at=utcnow())
+        .where(Job.id == job_id, Job.state == JobState.QUEUED)
+        .values(
+            state=JobState.RUNNING, claimed_by=worker, lease_until=lease_until, started_at=utcnow()
+        )
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -93,7 +96,7 @@ async def renew_lease(
     """Extend ``worker``'s lease; False when the job is no longer its (taken over, ended)."""
     result = await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.claimed_by == worker, Job.state == "running")
+        .where(Job.id == job_id, Job.claimed_by == worker, Job.state == JobState.RUNNING)
         .values(lease_until=lease_until)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]

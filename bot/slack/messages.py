@@ -28,7 +28,7 @@ from bot.progress_view import human
 from bot.slack import ids
 from services.naming import Rewrite
 from services.routing import site_url
-from storage.models import Job
+from storage.models import Job, JobState
 
 SECTION_LIMIT = 3000  # characters of a section's text
 RUNNING, DONE = ":hourglass_flowing_sand:", ":white_check_mark:"
@@ -56,7 +56,7 @@ def progress_message(job: Job, *, now: datetime) -> Message:
         ]
     done = sum(not line.running for line in lines)
     facts = [f"Asked by <@{job.requester}>"]
-    if job.state == "queued":  # what it waits for, once a worker has looked at it
+    if job.state == JobState.QUEUED:  # what it waits for, once a worker has looked at it
         facts.append(job.step or "waiting for a worker")
     elif (since := job.started_at or job.created_at) is not None:
         facts.append(f"{duration(int((now - since).total_seconds() * 1000))} elapsed")
@@ -73,7 +73,7 @@ def progress_message(job: Job, *, now: datetime) -> Message:
 def result_message(job: Job, *, base_domain: str, port: int = 80) -> Message:
     """A finished job: what it made and the buttons to use it, or what failed."""
     asked = context_block(f"Asked by <@{job.requester}> · job {job.id}")
-    if job.state != "succeeded":
+    if job.state != JobState.SUCCEEDED:
         failed = HeaderBlock(text=f"{job_title(job)} failed")
         what = SectionBlock(text=":x: " + "\n".join(_failure(job)))
         return Message(text=failure_text(job), blocks=[failed, what, asked])

@@ -25,7 +25,7 @@ from services.context import Services
 from services.errors import ClonebotError
 from services.jobs import run_job
 from storage import repositories as repo
-from storage.models import Job, utcnow
+from storage.models import Job, JobState, utcnow
 from storage.outage import patiently
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ EDIT_EVERY_S = 1.0  # Slack allows about one chat.update a second per message
 # the job's result is tried this often while Slack fails (each try is itself retried by the
 # client on a 5xx, bot.slack.retries): some 25 s of Slack failing, then given up
 LAST_TRIES = 4
+_UNDERWAY = (JobState.QUEUED, JobState.RUNNING)
 RateLimited = Callable[[float], Awaitable[None]]
 
 
@@ -85,7 +86,7 @@ class JobMessages:
             await self._notices.send_to(team, messages.clone_started(job))
             await self._changed(job.requester)
             # the job may have been claimed by another worker: its state is what ends it
-            while (current := await _reload(self._svc, job.id)).state in ("queued", "running"):
+            while (current := await _reload(self._svc, job.id)).state in _UNDERWAY:
                 if editor is not None:
                     editor = await editor.shown(messages.progress_message(current, now=utcnow()))
                 await asyncio.wait({runner}, timeout=self.edit_every_s)
@@ -137,7 +138,7 @@ class JobMessages:
         return None
 
     async def _tell_team(self, job: Job, team: str | None) -> None:
-        if job.state == "succeeded":
+        if job.state == JobState.SUCCEEDED:
             note = messages.clone_done(
                 job, base_domain=self._base, port=self._svc.settings.router_port
             )
