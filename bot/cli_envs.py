@@ -12,10 +12,17 @@ from rich.table import Table
 from bot.cli_common import AsUser, JsonFlag, out, run
 from bot.progress_view import ProgressView
 from services.access import Request
+from services.cloning import CloneResult
 from services.context import Services
 from services.environments import Environment, list_environments
-from services.jobs import run_job, submit_clone, submit_delete, submit_refresh, submit_rename
-from services.naming import Rewrite
+from services.jobs import (
+    job_result,
+    run_job,
+    submit_clone,
+    submit_delete,
+    submit_refresh,
+    submit_rename,
+)
 from services.progress import EventSink, ignore_events
 from storage import repositories as repo
 from storage.models import Job, JobState
@@ -114,10 +121,10 @@ def rename(
             svc, submit_rename(svc, Request(user), name=name, new_name=new_name), ignore_events
         )
     )
-    result: dict[str, Any] = job.result or {}
+    result = _result(job)
     out.print(
         f"renamed {job.environment} to [green]{job.params['to']}[/] in "
-        f"{result.get('elapsed_ms', 0) / 1000:.1f} s (job {job.id})",
+        f"{result.elapsed_ms / 1000:.1f} s (job {job.id})",
         soft_wrap=True,
     )
     _print_details(result)
@@ -141,28 +148,30 @@ async def _submit_and_run(svc: Services, submitted: Awaitable[Job], emit: EventS
 
 
 def _print_result(job: Job) -> None:
-    result: dict[str, Any] = job.result or {}
-    started = "running" if result.get("started", True) else "created, not started (snapshot)"
+    result = _result(job)
+    started = "running" if result.started else "created, not started (snapshot)"
     out.print(
-        f"[green]{job.environment}[/] is {started}: {len(result.get('nodes', []))} nodes in "
-        f"{result.get('elapsed_ms', 0) / 1000:.1f} s; source frozen "
-        f"{result.get('freeze_ms', 0)} ms at most (job {job.id})",
+        f"[green]{job.environment}[/] is {started}: {len(result.nodes)} nodes in "
+        f"{result.elapsed_ms / 1000:.1f} s; source frozen "
+        f"{result.freeze_ms} ms at most (job {job.id})",
         soft_wrap=True,
     )
     _print_details(result)
 
 
-def _print_details(result: dict[str, Any]) -> None:
+def _result(job: Job) -> CloneResult:
+    return job_result(job) or CloneResult(job.id, job.environment, job.source or "", job.state)
+
+
+def _print_details(result: CloneResult) -> None:
     """What the job changed that its user should know: rewrites, ports, warnings."""
-    for rw in map(Rewrite.from_record, result.get("rewrites", [])):
+    for rw in result.rewrites:
         # which hosts changed, never the value: it may hold a password
         out.print(f"  rewrote {rw.node} {rw.describe()}", highlight=False, soft_wrap=True)
-    for port in result.get("ports", []):
-        line = (
-            f"  port {port['node']} {port['container_port']}: host {port['old']} -> {port['new']}"
-        )
+    for port in result.ports:
+        line = f"  port {port.node} {port.container_port}: host {port.old} -> {port.new}"
         out.print(line, highlight=False, soft_wrap=True)
-    for warning in result.get("warnings", []):
+    for warning in result.warnings:
         out.print(f"  [yellow]warning:[/] {warning}", soft_wrap=True)
 
 

@@ -9,6 +9,7 @@ import secrets
 import time
 from typing import Any, assert_never
 
+from pydantic import TypeAdapter
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -43,7 +44,15 @@ from services.progress import EventSink, ignore_events
 from services.workers import this_worker
 from storage import repositories as repo
 from storage.db import AsyncSession
-from storage.models import DomainBinding, EnvironmentRecord, IdempotencyKey, Job, Route, utcnow
+from storage.models import (
+    DomainBinding,
+    EnvironmentRecord,
+    IdempotencyKey,
+    Job,
+    JobState,
+    Route,
+    utcnow,
+)
 from storage.outage import patiently
 
 log = logging.getLogger(__name__)
@@ -171,7 +180,7 @@ def _new_job(request: Request, *, kind: str, environment: str, source: str | Non
     return Job(
         id=secrets.token_hex(6),
         kind=kind,
-        state="queued",
+        state=JobState.QUEUED,
         environment=environment,
         source=source,
         requester=request.user,
@@ -329,7 +338,7 @@ async def _run_job(svc: Services, job_id: str, *, emit: EventSink) -> Job:
         await _recheck(svc, job)
         return await _dispatch(svc, job, progress)
 
-    outcome: dict[str, Any] = {"state": "succeeded"}
+    outcome: dict[str, Any] = {"state": JobState.SUCCEEDED}
     started = time.monotonic()
     try:
         async with progress:
@@ -337,13 +346,13 @@ async def _run_job(svc: Services, job_id: str, *, emit: EventSink) -> Job:
                 result = await run_leased(svc, job_id, worker=worker, work=work())
         outcome |= _outcome(result)
     except (CloneFailed, LeaseLost) as exc:
-        outcome = {"state": "rolled back", "error": exc.message}
+        outcome = {"state": JobState.ROLLED_BACK, "error": exc.message}
         raise
     except ClonebotError as exc:
-        outcome = {"state": "failed", "error": exc.message}
+        outcome = {"state": JobState.FAILED, "error": exc.message}
         raise
     except (Exception, asyncio.CancelledError) as exc:
-        outcome = {"state": "rolled back", "error": f"{type(exc).__name__}: {exc}"}
+        outcome = {"state": JobState.ROLLED_BACK, "error": f"{type(exc).__name__}: {exc}"}
         raise
     finally:
         seconds = time.monotonic() - started
@@ -358,7 +367,7 @@ async def _refuse(svc: Services, job_id: str, exc: Busy) -> None:
         job = await repo.get_job(session, job_id)
         assert job is not None
         await close_job(
-            session, job, action=f"{job.kind} failed", state="failed", error=exc.message
+            session, job, action=f"{job.kind} failed", state=JobState.FAILED, error=exc.message
         )
 
 
@@ -428,7 +437,7 @@ async def _finish(
         keep_frozen = not await _sources_resumed(svc, job.id)
         async with svc.sessions() as session, session.begin():
             current = await repo.get_job(session, job.id)
-            if current is None or (current.state, current.claimed_by) != ("running", worker):
+            if current is None or (current.state, current.claimed_by) != (JobState.RUNNING, worker):
                 log.warning("job %s was taken over; its outcome is not recorded here", job.id)
                 return
             await close_job(
@@ -449,7 +458,7 @@ async def _finish(
 async def _sweep(svc: Services, job: Job, outcome: dict[str, Any]) -> None:
     """A clone that did not succeed leaves nothing: its rollback may have met the engine
     restarting, so whatever still carries the job's label goes once the engine answers."""
-    if job.kind != JobKind.CLONE or outcome["state"] == "succeeded":
+    if job.kind != JobKind.CLONE or outcome["state"] == JobState.SUCCEEDED:
         return
     try:
         if removed := await sweep_job(svc.docker, job.id):
@@ -479,7 +488,7 @@ async def close_job(
 ) -> None:
     """Record how a job ended, settle the name it reserved, and audit it. ``keep_frozen``
     leaves the record of sources it froze for recovery (they could not be resumed)."""
-    ok = values["state"] == "succeeded"
+    ok = values["state"] == JobState.SUCCEEDED
     if not keep_frozen:
         values["frozen"] = []
     await repo.update_job(
@@ -536,3 +545,16 @@ async def _reload(svc: Services, job_id: str) -> Job:
         job = await repo.get_job(session, job_id)
     assert job is not None
     return job
+
+
+_RESULT: TypeAdapter[CloneResult] = TypeAdapter(CloneResult)
+
+
+def job_result(job: Job) -> CloneResult | None:
+    """What a job made, typed, as its record keeps it (None for a job that made nothing: a
+    delete, or a job that failed before it ended). A record an older clonebot wrote lacks
+    newer fields: they take their defaults."""
+    if not job.result:
+        return None
+    known = {"job": job.id, "environment": job.environment, "source": job.source or ""}
+    return _RESULT.validate_python(known | {"state": job.state} | job.result)

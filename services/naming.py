@@ -4,9 +4,8 @@ inside configuration."""
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from services.docker import JSON, DockerClient
 from services.environments import PROJECT
@@ -162,20 +161,9 @@ class Rewrite:
 
     node: str
     variable: str
-    hosts: tuple[tuple[str, str], ...]  # (the source's name, the clone's), each once, in order
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> Rewrite:
-        """A rewrite as a job record keeps it (``dataclasses.asdict``). A record written before
-        rewrites lost their values has ``old`` and ``new`` instead of ``hosts``: they are not
-        read, so a value stored then is never shown again."""
-        hosts = tuple(
-            (str(pair[0]), str(pair[1]))
-            for pair in record.get("hosts") or ()
-            if isinstance(pair, list | tuple) and len(pair) == 2
-        )
-        node, variable = str(record.get("node", "")), str(record.get("variable", ""))
-        return cls(node=node, variable=variable, hosts=hosts)
+    # (the source's name, the clone's), each once, in order; none in a record written before
+    # rewrites lost their values (it had ``old`` and ``new``: never read, never shown again)
+    hosts: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
         """``DATABASE_URL: prod_db_1 → dev-db-1`` (``DATABASE_URL`` alone for an old record)."""

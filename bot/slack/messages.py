@@ -26,7 +26,8 @@ from slack_sdk.models.blocks import (
 
 from bot.progress_view import human
 from bot.slack import ids
-from services.naming import Rewrite
+from services.cloning import CloneResult
+from services.jobs import job_result
 from services.routing import site_url
 from storage.models import Job, JobState
 
@@ -79,7 +80,7 @@ def result_message(job: Job, *, base_domain: str, port: int = 80) -> Message:
         return Message(text=failure_text(job), blocks=[failed, what, asked])
     summary = success_text(job, base_domain=base_domain, port=port)
     blocks: list[Block] = [HeaderBlock(text=job_title(job, done=True)), SectionBlock(text=summary)]
-    if details := _details(job.result or {}):
+    if (result := job_result(job)) is not None and (details := _details(result)):
         blocks.append(SectionBlock(text=details))
     blocks.append(asked)
     if buttons := _buttons(job, base_domain=base_domain, port=port):
@@ -97,16 +98,16 @@ def success_text(job: Job, *, base_domain: str, port: int = 80) -> str:
     env = result_environment(job)
     if job.kind == "delete":
         return f":wastebasket: *{env}* was deleted."
-    result = job.result or {}
-    took = f"{len(result.get('nodes', []))} nodes in {duration(result.get('elapsed_ms', 0))}"
+    result = job_result(job) or CloneResult(job.id, env, job.source or "", job.state)
+    took = f"{len(result.nodes)} nodes in {duration(result.elapsed_ms)}"
     link = f"<{env_url(env, base_domain=base_domain, port=port)}|{env}.{base_domain}>"
     if job.kind == "rename":
         return f"{DONE} *{job.environment}* is now *{env}* ({took}), at {link}."
-    freeze = job.freeze_ms or result.get("freeze_ms", 0)
+    freeze = job.freeze_ms or result.freeze_ms
     frozen = f"*{job.source}* was frozen {freeze} ms at most" if freeze else "nothing was frozen"
     if job.kind == "refresh":
         return f"{DONE} *{env}* has fresh data from *{job.source}* ({took}); {frozen}."
-    if not result.get("started", True):
+    if not result.started:
         return f"{DONE} *{env}* was created, not started (a snapshot): {took}; {frozen}."
     return f"{DONE} *{env}* is running at {link}: {took}; {frozen}."
 
@@ -232,7 +233,8 @@ def _what(job: Job) -> str:
 def _buttons(job: Job, *, base_domain: str, port: int) -> list[ButtonElement | LinkButtonElement]:
     """Swap and split with the source, open, delete: only what makes sense for the result."""
     env = result_environment(job)
-    running = job.kind != "delete" and (job.result or {}).get("started", True)
+    result = job_result(job)
+    running = job.kind != "delete" and (result is None or result.started)
     is_clone = job.kind in ("clone", "refresh") and job.source is not None
     buttons: list[ButtonElement | LinkButtonElement] = []
     if running and is_clone:
@@ -274,17 +276,15 @@ def _buttons(job: Job, *, base_domain: str, port: int) -> list[ButtonElement | L
     return buttons
 
 
-def _details(result: Mapping[str, Any]) -> str:
+def _details(result: CloneResult) -> str:
     """The rewrites, re-mapped ports and warnings of a result, a dozen lines at most."""
     # names and the hosts that changed, never a value: values hold passwords
-    rewrites = [Rewrite.from_record(rw) for rw in result.get("rewrites", [])]
-    lines = [f"• {escape(rw.node)}: `{escape(clip(rw.describe(), 300))}`" for rw in rewrites]
+    lines = [f"• {escape(rw.node)}: `{escape(clip(rw.describe(), 300))}`" for rw in result.rewrites]
     lines += [
-        f"• {escape(p['node'])}: port {escape(p['container_port'])} is on host port {p['new']} "
-        f"(not {p['old']})"
-        for p in result.get("ports", [])
+        f"• {escape(p.node)}: port {escape(p.container_port)} is on host port {p.new} (not {p.old})"
+        for p in result.ports
     ]
-    lines += [f"• :warning: {escape(clip(w))}" for w in result.get("warnings", [])]
+    lines += [f"• :warning: {escape(clip(w))}" for w in result.warnings]
     return fit(lines, most=12)
 
 
