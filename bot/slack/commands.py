@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -17,7 +18,7 @@ from slack_sdk.models.views import View
 
 from bot.slack import messages
 from bot.slack.bot import Respond, SlackBot, Usage, slack_request
-from bot.slack.messages import escape, usage
+from bot.slack.messages import escape
 from bot.slack.modals import open_then_fill
 from bot.slack.payloads import read_command
 from bot.slack.views import CLONE_TITLE, clone_modal
@@ -112,15 +113,14 @@ async def _clone_form(bot: SlackBot, asked: Asked) -> View:
 async def _env(bot: SlackBot, asked: Asked) -> str | None:
     if not asked.words:
         return usage("")
-    if asked.words[0] not in _ENV:
-        return f"`{escape(asked.words[0][:40])}` is not an /env command: `/env help` lists them."
-    sub, args = asked.words[0], asked.words[1:]
-    arity, handler = _ENV[sub]
-    if len(args) not in arity:
-        raise Usage(usage(sub))
-    if sub not in _READS and sub not in _JOBS and not await bot.first_delivery(asked.trigger_id):
+    name, args = asked.words[0], asked.words[1:]
+    if (sub := ENV.get(name)) is None:
+        return f"`{escape(name[:40])}` is not an /env command: `/env help` lists them."
+    if len(args) not in sub.takes:
+        raise Usage(usage(name))
+    if sub.repeat is Repeat.IGNORE and not await bot.first_delivery(asked.trigger_id):
         return None  # Slack delivered this command again: it was acted on the first time
-    return await handler(bot, Asked(asked.user, asked.channel, args, asked.trigger_id))
+    return await sub.handler(bot, Asked(asked.user, asked.channel, args, asked.trigger_id))
 
 
 async def _list(bot: SlackBot, asked: Asked) -> str:
@@ -305,22 +305,64 @@ def _channel(word: str) -> str:
     return match.group(1) or match.group(2)
 
 
-# subcommand -> (the numbers of words it takes, its handler)
-_ENV: dict[str, tuple[range | tuple[int, ...], Handler]] = {
-    "list": ((0,), _list),
-    "info": ((1,), _info),
-    "delete": ((1,), _delete),
-    "rename": ((2,), _rename),
-    "refresh": ((1,), _refresh),
-    "share": ((3,), _share),
-    "owner": ((2,), _owner),
-    "adopt": ((2,), _adopt),
-    "domain": ((3,), _domain),
-    "swap": ((2,), _swap),
-    "split": ((3, 4), _split),
-    "failover": ((3,), _failover),
-    "notify": ((2,), _notify),
-    "help": (range(0, 100), _help),
+class Repeat(Enum):
+    """What a second delivery of the same command (Slack retries) does."""
+
+    ANSWER = "answer"  # it changes nothing: answered again
+    JOB = "job"  # the job's own key finds the job the first delivery started
+    IGNORE = "ignore"  # it changed something: acted on once, later deliveries ignored
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``/env`` subcommand, in one place: its words, what it does, how many words it
+    takes, its handler, and what a repeated delivery does."""
+
+    words: str
+    does: str
+    takes: tuple[int, ...]
+    handler: Handler
+    repeat: Repeat = Repeat.IGNORE
+
+    def usage(self, name: str) -> str:
+        return f"`/env {name}{' ' if self.words else ''}{self.words}`: {self.does}"
+
+
+ENV: dict[str, Subcommand] = {
+    "list": Subcommand("", "the environments you may see", (0,), _list, Repeat.ANSWER),
+    "info": Subcommand(
+        "ENV", "its layers, nodes, domains, routes and people", (1,), _info, Repeat.ANSWER
+    ),
+    "delete": Subcommand("ENV", "delete a clone", (1,), _delete, Repeat.JOB),
+    "rename": Subcommand(
+        "ENV NEW-NAME", "a new name and internal domain", (2,), _rename, Repeat.JOB
+    ),
+    "refresh": Subcommand("CLONE", "copy its source's data again", (1,), _refresh, Repeat.JOB),
+    "share": Subcommand(
+        "ENV @someone viewer|operator", "let someone see it, or move its traffic", (3,), _share
+    ),
+    "owner": Subcommand("ENV @someone", "hand it over", (2,), _owner),
+    "adopt": Subcommand(
+        "ENV @someone", "give an environment nobody owns an owner (admins)", (2,), _adopt
+    ),
+    "domain": Subcommand("add|remove ENV DOMAIN", "bind or unbind a custom domain", (3,), _domain),
+    "swap": Subcommand("ENV OTHER", "exchange their custom domains", (2,), _swap),
+    "split": Subcommand(
+        "DOMAIN ENV=90 OTHER=10 [sticky]", "share a domain's traffic by weight", (3, 4), _split
+    ),
+    "failover": Subcommand(
+        "DOMAIN PRIMARY BACKUP", "BACKUP serves when PRIMARY fails", (3,), _failover
+    ),
+    "notify": Subcommand("ENV #channel", "where its team notifications go", (2,), _notify),
+    "help": Subcommand("", "this list", tuple(range(100)), _help, Repeat.ANSWER),
 }
-_READS = {"list", "info", "help"}  # change nothing: a second delivery answers again
-_JOBS = {"delete", "rename", "refresh"}  # a job's own key makes a second delivery find it
+CLONE_USAGE = "`/clone SOURCE [NAME]` clones SOURCE now; `/clone` alone opens a form"
+
+
+def usage(command: str) -> str:
+    """How to use ``/clone``, one ``/env`` subcommand, or (for anything else) all of ``/env``."""
+    if command == "/clone":
+        return f"Usage: {CLONE_USAGE}"
+    if (sub := ENV.get(command)) is not None:
+        return f"Usage: {sub.usage(command)} (`/env help` lists every command)"
+    return "\n".join(["*/env* commands:", *(s.usage(n) for n, s in ENV.items()), CLONE_USAGE])

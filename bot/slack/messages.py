@@ -169,34 +169,6 @@ def refusal(reason: str) -> str:
     return f":no_entry: Nothing was done: {reason}"
 
 
-_CLONE_USAGE = "`/clone SOURCE [NAME]` clones SOURCE now; `/clone` alone opens a form"
-_ENV_USAGE = {
-    "list": "`/env list`: the environments you may see",
-    "info": "`/env info ENV`: its layers, nodes, domains, routes and people",
-    "delete": "`/env delete ENV`: delete a clone",
-    "rename": "`/env rename ENV NEW-NAME`: a new name and internal domain",
-    "refresh": "`/env refresh CLONE`: copy its source's data again",
-    "share": "`/env share ENV @someone viewer|operator`: let someone see it, or move its traffic",
-    "owner": "`/env owner ENV @someone`: hand it over",
-    "adopt": "`/env adopt ENV @someone`: give an environment nobody owns an owner (admins)",
-    "domain": "`/env domain add|remove ENV DOMAIN`: bind or unbind a custom domain",
-    "swap": "`/env swap ENV OTHER`: exchange their custom domains",
-    "split": "`/env split DOMAIN ENV=90 OTHER=10 [sticky]`: share a domain's traffic by weight",
-    "failover": "`/env failover DOMAIN PRIMARY BACKUP`: BACKUP serves when PRIMARY fails",
-    "notify": "`/env notify ENV #channel`: where its team notifications go",
-    "help": "`/env help`: this list",
-}
-
-
-def usage(command: str) -> str:
-    """How to use ``/clone``, one ``/env`` subcommand, or (for anything else) all of ``/env``."""
-    if command == "/clone":
-        return f"Usage: {_CLONE_USAGE}"
-    if command in _ENV_USAGE:
-        return f"Usage: {_ENV_USAGE[command]} (`/env help` lists every command)"
-    return "\n".join(["*/env* commands:", *_ENV_USAGE.values(), _CLONE_USAGE])
-
-
 def _notice(sentence: str, *, by: str, job: str | None = None) -> Message:
     who = f"by <@{by}>" + (f" · job {job}" if job else "")
     return Message(text=sentence, blocks=[SectionBlock(text=sentence), context_block(who)])

@@ -15,6 +15,7 @@ from slack_sdk.models.views import View
 
 from bot.playground.contract import check_blocks, check_view
 from bot.slack import ids
+from bot.slack.commands import usage
 from bot.slack.messages import (
     Message,
     clone_done,
@@ -27,7 +28,6 @@ from bot.slack.messages import (
     refusal,
     result_message,
     split_changed,
-    usage,
 )
 from bot.slack.views import (
     CloneForm,
