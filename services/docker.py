@@ -15,7 +15,8 @@ import posixpath
 import tarfile
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import aiodocker
 import aiohttp
@@ -53,6 +54,17 @@ async def _or_none(what: str, call: Awaitable[T]) -> T | None:
 
 
 _HEADERS = 64 * 1024  # enough for a directory's tar header, with its PAX records
+_EXIT_POLLS = 40  # 2 s of waiting for an ended command's exit code
+
+
+@dataclass(frozen=True)
+class FileRead:
+    """A file read from a container: ``data`` is None when it was not read (too big, or
+    ``kind`` "other": not a regular file)."""
+
+    kind: Literal["file", "other"]
+    size: int
+    data: bytes | None
 
 
 class ExecSession:
@@ -72,11 +84,17 @@ class ExecSession:
                 "the command in the container is gone: the container or the engine stopped"
             ) from exc
 
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield output (stdout and stderr) as it arrives, until the command ends: for output
+        of any size, where ``lines`` would hold a line without end in memory."""
+        while (msg := await self._stream.read_out()) is not None:
+            yield msg.data
+
     async def lines(self) -> AsyncIterator[str]:
         """Yield output lines (stdout and stderr) until the command ends."""
         pending = b""
-        while (msg := await self._stream.read_out()) is not None:
-            pending += msg.data
+        async for data in self.chunks():
+            pending += data
             *complete, pending = pending.split(b"\n")
             for line in complete:
                 yield line.decode(errors="replace")
@@ -84,7 +102,13 @@ class ExecSession:
             yield pending.decode(errors="replace")
 
     async def exit_code(self) -> int:
-        info = await _translate("exec inspect", self._exec.inspect())
+        """The command's exit code, once its output ended; -1 when the engine has none."""
+        for _ in range(_EXIT_POLLS):
+            info = await _translate("exec inspect", self._exec.inspect())
+            # the output can end a moment before the engine has reaped the command
+            if not info.get("Running"):
+                break
+            await asyncio.sleep(0.05)
         code = info.get("ExitCode")
         return -1 if code is None else int(code)
 
@@ -230,6 +254,32 @@ class DockerClient:
         )
         await _translate(f"copy {path} from {src} to {dst}", _drain(put))
 
+    async def read_file(self, ref: str, path: str, *, limit: int) -> FileRead | None:
+        """A small file of a container (which need not have run: its mounts are there too);
+        None when there is nothing at ``path``. Past ``limit`` bytes, or when it is not a
+        regular file (a link, a directory), nothing of it is read."""
+
+        async def fetch() -> FileRead:
+            call = self.api._query(f"containers/{ref}/archive", params={"path": path})
+            head = b""
+            async with call as resp:  # a file too big is never read to its end
+                while len(head) < _HEADERS + limit and (more := await resp.content.read(_HEADERS)):
+                    head += more
+            try:
+                with tarfile.open(fileobj=io.BytesIO(head), mode="r|") as tar:
+                    info = tar.next()
+                    if info is None or not info.isreg():
+                        return FileRead(kind="other", size=info.size if info else 0, data=None)
+                    if info.size > limit:
+                        return FileRead(kind="file", size=info.size, data=None)
+                    stream = tar.extractfile(info)
+                    data = stream.read() if stream is not None else b""
+            except tarfile.TarError as exc:
+                raise DockerFailed(f"the engine's archive of {path} is unreadable: {exc}") from exc
+            return FileRead(kind="file", size=info.size, data=data)
+
+        return await _or_none(f"read {path} in {ref}", fetch())
+
     async def copy_attributes(self, *, src: str, dst: str, path: str) -> None:
         """Give the existing directory ``path`` of ``dst`` the mode, owner and times it has in
         ``src``, leaving its entries alone: the engine sets a directory's times from its tar
@@ -265,10 +315,14 @@ class DockerClient:
         await _translate(f"set the attributes of {path} in {dst}", _drain(put))
 
     @asynccontextmanager
-    async def exec_session(self, ref: str, cmd: list[str]) -> AsyncIterator[ExecSession]:
+    async def exec_session(
+        self, ref: str, cmd: list[str], *, stdin: bool = True
+    ) -> AsyncIterator[ExecSession]:
+        """Run ``cmd`` in a running container; without ``stdin`` the command reads an empty
+        input (one that reads it would otherwise wait for it forever)."""
         container = self.api.containers.container(ref)
         try:
-            exec_ = await _translate(f"exec in {ref}", container.exec(cmd, stdin=True))
+            exec_ = await _translate(f"exec in {ref}", container.exec(cmd, stdin=stdin))
         except DockerFailed as exc:
             if exc.status != _CONFLICT:
                 raise

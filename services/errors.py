@@ -12,9 +12,15 @@ ClonebotError                 base: ``message`` is what a person reads
 ├── DockerFailed              the Docker engine refused or failed an operation
 ├── LeaseLost                 a job that could not keep its lease stopped (and rolled back)
 └── CloneFailed               a clone/refresh failed; what it created was removed
+    └── HookFailed            an on-clone hook exited non-zero or ran too long
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.hooks import HookRun
 
 
 class ClonebotError(Exception):
@@ -138,6 +144,15 @@ class CloneFailed(ClonebotError):
         super().__init__(f"{step} failed: {cause}; everything the job created was removed")
         self.step = step
         self.cause = cause
+
+
+class HookFailed(CloneFailed):
+    """An on-clone hook failed; ``runs`` are the hooks run so far, the failed one last, their
+    output's last lines masked (``services/hooks.py``)."""
+
+    def __init__(self, *, summary: str, runs: list[HookRun]) -> None:
+        super().__init__(step="hooks", cause=summary)
+        self.runs = runs
 
 
 def _size(n: int) -> str:

@@ -22,6 +22,7 @@ from services.errors import (
     Busy,
     ClonebotError,
     CloneFailed,
+    HookFailed,
     LeaseLost,
     NameTaken,
     NotAClone,
@@ -347,6 +348,8 @@ async def _run_job(svc: Services, job_id: str, *, emit: EventSink) -> Job:
         outcome |= _outcome(result)
     except (CloneFailed, LeaseLost) as exc:
         outcome = {"state": JobState.ROLLED_BACK, "error": exc.message}
+        if isinstance(exc, HookFailed):  # the record keeps the hooks' masked output
+            outcome["result"] = {"hooks": [dataclasses.asdict(run) for run in exc.runs]}
         raise
     except ClonebotError as exc:
         outcome = {"state": JobState.FAILED, "error": exc.message}

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     busybox: Path = Field(default=Path("/bin/busybox"), alias="CLONEBOT_BUSYBOX")
     disk_reserve_bytes: int = Field(default=512 * 1024 * 1024, ge=0, alias="CLONEBOT_DISK_RESERVE")
     freeze_timeout_s: float = Field(default=30.0, gt=0, alias="CLONEBOT_FREEZE_TIMEOUT")
+    # an on-clone hook still running after this long fails its clone (services/hooks.py)
+    hook_timeout_s: float = Field(default=600.0, gt=0, alias="CLONEBOT_HOOK_TIMEOUT")
     # jobs run at once by every process sharing the database; more wait, saying so
     max_jobs: int = Field(default=4, ge=1, alias="CLONEBOT_MAX_JOBS")
     data_dir: Path = Field(default=Path.home() / ".local/share/clonebot", alias="CLONEBOT_DATA_DIR")
