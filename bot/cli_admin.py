@@ -8,16 +8,30 @@ import contextlib
 import json
 import logging
 import signal
+import sys
+from datetime import datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from bot.audit_export import (
+    TABLE_ROWS,
+    AuditFormat,
+    audit_table,
+    write_csv,
+    write_json,
+    write_jsonl,
+)
 from bot.cli_common import AsUser, JsonFlag, load_settings, out, run
 from bot.cli_doctor import start_checks
 from bot.logs import configure_logging
 from services.access import Request
+from services.audit import stream_entries
 from services.context import Services
+from services.durations import NEVER, parse_duration
+from services.errors import BadRequest
+from services.expiry import ExpirySink, log_notice
 from services.ownership import (
     adopt_environment,
     bind_channel,
@@ -29,7 +43,7 @@ from services.recovery import recover_jobs
 from services.supervisor import serve as supervise
 from storage import repositories as repo
 from storage.db import upgrade
-from storage.models import AuditEntry, Job
+from storage.models import AuditEntry, Job, utcnow
 
 commands = typer.Typer()
 
@@ -116,24 +130,60 @@ def jobs(as_json: JsonFlag = False) -> None:
 @commands.command()
 def audit(
     env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
-    as_json: JsonFlag = False,
+    since: Annotated[
+        str, typer.Option(help="Only entries this recent: 7d, 12h, 90m… or never (everything).")
+    ] = NEVER,
+    how: Annotated[
+        AuditFormat | None,
+        typer.Option("--format", help="table for people; json, jsonl or csv to export all."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
 ) -> None:
     """The audit log: every action taken and every refusal, newest first."""
 
-    async def work(svc: Services) -> list[AuditEntry]:
-        async with svc.sessions() as session:
-            return list(await repo.list_audit(session, environment=env))
+    async def work(svc: Services) -> None:
+        chosen = _audit_format(how, as_json=as_json)
+        window = parse_duration(since, what="--since")
+        cutoff = None if window is None else utcnow() - window
+        if chosen is AuditFormat.TABLE:
+            await _print_audit_table(svc, environment=env, since=cutoff)
+            return
+        entries = stream_entries(svc, environment=env, since=cutoff)
+        await _AUDIT_WRITERS[chosen](entries, to=sys.stdout)
 
-    entries = run(work)
-    if as_json:
-        print(json.dumps([_audit_json(e) for e in entries], indent=2))
-        return
-    table = Table("when", "who", "action", "environment", "allowed", "reason")
-    for e in entries:
-        allowed = "yes" if e.allowed else "[red]refused[/]"
-        when = e.at.strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(when, e.actor, e.action, e.environment or "", allowed, e.reason)
-    out.print(table)
+    run(work)
+
+
+_AUDIT_WRITERS = {
+    AuditFormat.JSON: write_json,
+    AuditFormat.JSONL: write_jsonl,
+    AuditFormat.CSV: write_csv,
+}
+
+
+def _audit_format(how: AuditFormat | None, *, as_json: bool) -> AuditFormat:
+    if as_json and how not in (None, AuditFormat.JSON):
+        raise BadRequest(f"--json is --format json: give one of --json and --format {how}")
+    return AuditFormat.JSON if as_json else how or AuditFormat.TABLE
+
+
+async def _print_audit_table(
+    svc: Services, *, environment: str | None, since: datetime | None
+) -> None:
+    shown: list[AuditEntry] = []
+    async for entry in stream_entries(
+        svc, environment=environment, since=since, page=TABLE_ROWS + 1
+    ):
+        shown.append(entry)
+        if len(shown) > TABLE_ROWS:
+            break
+
+    out.print(audit_table(shown[:TABLE_ROWS]))
+    if len(shown) > TABLE_ROWS:
+        out.print(
+            f"the newest {TABLE_ROWS} shown: --since narrows, --format csv or jsonl exports all",
+            highlight=False,
+        )
 
 
 @commands.command()
@@ -161,18 +211,22 @@ def serve(
         async with contextlib.AsyncExitStack() as stack:
             settings = svc.settings
             if settings.slack_bot_token is None or settings.playground:
-                svc, how = await _serve_playground(svc, stack)
+                svc, how, on_expiry = await _serve_playground(svc, stack)
             else:
                 from bot.slack.app import running_app  # Bolt loads only where it serves
+                from bot.slack.expiry import expiry_sink
 
-                await stack.enter_async_context(running_app(svc))
+                bot = await stack.enter_async_context(running_app(svc))
+                on_expiry = expiry_sink(bot.notices)
                 how = (
                     "Slack over Socket Mode"
                     if settings.slack_app_token
                     else f"Slack at http://{settings.http_host}:{settings.port}/slack/events"
                 )
             out.print(f"clonebot serving; {how}; stop with Ctrl-C", highlight=False)
-            await supervise(svc, stop=stop, on_recovered=_print_recovered, router=router)
+            await supervise(
+                svc, stop=stop, on_recovered=_print_recovered, router=router, on_expiry=on_expiry
+            )
 
     # a SIGTERM while starting (before the loop's own handler) stops at once, as asked: it
     # finds nothing started yet that would need stopping
@@ -182,20 +236,23 @@ def serve(
 
 async def _serve_playground(
     svc: Services, stack: contextlib.AsyncExitStack
-) -> tuple[Services, str]:
+) -> tuple[Services, str, ExpirySink]:
     """The Slack app played by the playground on 127.0.0.1:PORT, its address printed first;
     if PORT is taken, clonebot runs on without it (and without /healthz), as it says."""
     from bot.playground.serving import running_playground  # Bolt loads only where it serves
+    from bot.slack.expiry import expiry_sink
 
     try:
-        played, playground = await stack.enter_async_context(running_playground(svc))
+        played, playground, bot = await stack.enter_async_context(running_playground(svc))
     except OSError as exc:
         log.warning("the playground is off: port %s: %s", svc.settings.port, exc.strerror)
-        return svc, "Slack is off (set SLACK_BOT_TOKEN to turn it on)"
+        return svc, "Slack is off (set SLACK_BOT_TOKEN to turn it on)", log_notice
     out.print(f"Playground: {playground.url}", highlight=False)
+    told = expiry_sink(bot.notices)
     if svc.settings.slack_bot_token is not None:
-        return played, "the playground plays Slack (CLONEBOT_PLAYGROUND=1: the tokens are unused)"
-    return played, "Slack is off; the playground plays it (set SLACK_BOT_TOKEN for Slack)"
+        how = "the playground plays Slack (CLONEBOT_PLAYGROUND=1: the tokens are unused)"
+        return played, how, told
+    return played, "Slack is off; the playground plays it (set SLACK_BOT_TOKEN for Slack)", told
 
 
 def _exit_now(signum: int, frame: object) -> None:
@@ -236,8 +293,3 @@ def _job_json(j: Job) -> dict[str, object]:
     data["created_at"] = j.created_at.isoformat()
     data["finished_at"] = j.finished_at.isoformat() if j.finished_at else None
     return data
-
-
-def _audit_json(e: AuditEntry) -> dict[str, object]:
-    keys = ("actor", "action", "environment", "channel", "allowed", "reason", "detail")
-    return {"at": e.at.isoformat(), **{k: getattr(e, k) for k in keys}}

@@ -25,7 +25,7 @@ from services.jobs import (
 )
 from services.progress import EventSink, ignore_events
 from storage import repositories as repo
-from storage.models import Job, JobState
+from storage.models import EnvironmentRecord, Job, JobState
 
 commands = typer.Typer()
 
@@ -35,26 +35,39 @@ def envs(as_json: JsonFlag = False) -> None:
     """List the environments on the Docker engine, with their owners; those that are down
     (recorded, with no container) too."""
 
-    async def work(svc: Services) -> list[tuple[Environment, str | None]]:
+    async def work(svc: Services) -> list[tuple[Environment, EnvironmentRecord | None]]:
         async with svc.sessions() as session:
             records = {r.name: r for r in await repo.list_environments(session)}
         found = await list_environments(svc.docker)
         up = {e.name for e in found}
         down = [n for n, r in records.items() if r.state == "ready" and n not in up]
         found = sorted([*found, *(Environment(n, layers=()) for n in down)], key=lambda e: e.name)
-        return [(e, records[e.name].owner if e.name in records else e.owner) for e in found]
+        return [(e, records.get(e.name)) for e in found]
 
     environments = run(work)
     if as_json:
-        print(json.dumps([_env_json(e, owner) for e, owner in environments], indent=2))
+        print(json.dumps([_env_json(e, record) for e, record in environments], indent=2))
         return
-    table = Table("environment", "layers", "nodes", "cloned from", "owner")
-    for env, owner in environments:
+    table = Table("environment", "layers", "nodes", "cloned from", "owner", "expires")
+    for env, record in environments:
         layers = ", ".join(f"{layer.name} ({layer.scaling})" for layer in env.layers)
         running = sum(n.state == "running" for n in env.nodes)
         nodes = f"{running}/{len(env.nodes)} running" if env.nodes else "[yellow]down[/]"
-        table.add_row(env.name, layers, nodes, env.cloned_from or "", owner or "(unowned)")
+        if record is not None and record.stopped and env.nodes:
+            nodes += f" ({record.stopped})"
+        owner = _owner(env, record) or "(unowned)"
+        table.add_row(env.name, layers, nodes, env.cloned_from or "", owner, _expires(record))
     out.print(table)
+
+
+def _owner(env: Environment, record: EnvironmentRecord | None) -> str | None:
+    return record.owner if record is not None else env.owner
+
+
+def _expires(record: EnvironmentRecord | None) -> str:
+    if record is None or record.expires_at is None:
+        return "never" if record is not None and record.cloned_from else ""
+    return record.expires_at.strftime("%Y-%m-%d %H:%M UTC")
 
 
 @commands.command()
@@ -65,11 +78,21 @@ def clone(
     ] = None,
     user: AsUser = ...,  # type: ignore[assignment]
     snapshot: Annotated[bool, typer.Option(help="Create the clone without starting it.")] = False,
+    ttl: Annotated[
+        str | None,
+        typer.Option(
+            help="How long the clone lives: 3d, 12h, 2w (default CLONEBOT_DEFAULT_TTL), or "
+            "never (SOURCE's owner or an admin)."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Make a complete, running copy of an environment (it becomes yours)."""
+    request = Request(user)
     _job(
-        lambda svc: submit_clone(svc, Request(user), source=source, name=name, snapshot=snapshot),
+        lambda svc: submit_clone(
+            svc, request, source=source, name=name, snapshot=snapshot, ttl=ttl
+        ),
         as_json=as_json,
     )
 
@@ -175,12 +198,15 @@ def _print_details(result: CloneResult) -> None:
         out.print(f"  [yellow]warning:[/] {warning}", soft_wrap=True)
 
 
-def _env_json(env: Environment, owner: str | None) -> dict[str, Any]:
+def _env_json(env: Environment, record: EnvironmentRecord | None) -> dict[str, Any]:
+    expires = record.expires_at if record is not None else None
     return {
         "name": env.name,
-        "owner": owner,
+        "owner": _owner(env, record),
         "cloned_from": env.cloned_from,
         "state": "up" if env.nodes else "down",
+        "expires_at": expires.isoformat() if expires is not None else None,
+        "stopped": record.stopped if record is not None else None,
         "layers": [
             {
                 "name": layer.name,

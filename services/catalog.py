@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select
 
@@ -42,6 +43,8 @@ class EnvironmentView:
     notify_channel: str | None = None
     domains: tuple[str, ...] = ()
     routes: tuple[RouteView, ...] = field(default=())
+    expires_at: datetime | None = None  # a clone's; None: never
+    stopped: str | None = None  # why clonebot stopped it (services.sleep.Stopped), if it did
 
     @property
     def name(self) -> str:
@@ -96,6 +99,7 @@ async def visible_environments(
                 env=env, owner=view.owner, role=view.role, cloned_from=view.cloned_from,
                 may_clone=view.may_clone, notify_channel=record.notify_channel,
                 domains=tuple(sorted(domains.get(env.name, ()))), routes=own_routes,
+                expires_at=record.expires_at, stopped=record.stopped,
             )
         )  # fmt: skip
     return sorted(views, key=lambda v: v.name)

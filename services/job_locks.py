@@ -44,6 +44,8 @@ class JobKind(StrEnum):
     REFRESH = "refresh"
     RENAME = "rename"
     DELETE = "delete"
+    STOP = "stop"
+    START = "start"
 
 
 def job_kind(job: Job) -> JobKind | None:
@@ -71,7 +73,7 @@ def holds(job: Job) -> list[Hold]:
             return mine + ([Hold(job.source, exclusive=False)] if job.source else [])
         case JobKind.RENAME:
             return [*mine, Hold(str(job.params.get("to", "")), exclusive=True)]
-        case JobKind.DELETE:
+        case JobKind.DELETE | JobKind.STOP | JobKind.START:
             return mine
         case _:
             assert_never(kind)

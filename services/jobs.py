@@ -42,6 +42,8 @@ from services.log_context import job_logged
 from services.naming import check_name_free, default_clone_name, held_names, validate_name
 from services.permissions import Action
 from services.progress import EventSink, ignore_events
+from services.sleep import Stopped, start_environment, stop_environment
+from services.ttl import clone_expiry, may_keep
 from services.workers import this_worker
 from storage import repositories as repo
 from storage.db import AsyncSession
@@ -67,10 +69,12 @@ async def submit_clone(
     name: str | None,
     snapshot: bool = False,
     notify: str | None = None,
+    ttl: str | None = None,
 ) -> Job:
     """Check, reserve the name and record a clone job; refusals raise before anything is kept.
 
-    ``notify`` is the clone's notify channel, if it should have its own."""
+    ``notify`` is the clone's notify channel, if it should have its own; ``ttl`` its life as
+    the user typed it (``3d``, ``never``), else ``CLONEBOT_DEFAULT_TTL``."""
     access.check_user(request.user)
     if name is not None:
         validate_name(name)
@@ -78,12 +82,14 @@ async def submit_clone(
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
         await access.check_request(svc, session, request, name=source, action=Action.CLONE)
+        keep = await may_keep(svc, session, user=request.user, source=source)
+        expires = clone_expiry(svc.settings, ttl=ttl, may_keep=keep, source=source)
         name = name or await _default_name(svc, session, source)
         await _check_free(svc, session, name)
         session.add(
             EnvironmentRecord(
                 name=name, owner=request.user, cloned_from=source, state="creating",
-                notify_channel=notify,
+                notify_channel=notify, expires_at=expires,
             )
         )  # fmt: skip
         job = _new_job(request, kind="clone", environment=name, source=source)
@@ -114,19 +120,39 @@ async def submit_rename(svc: Services, request: Request, *, name: str, new_name:
         return await _record(session, request, job, action=Action.RENAME)
 
 
-async def submit_delete(svc: Services, request: Request, *, name: str, force: bool) -> Job:
+async def submit_delete(
+    svc: Services, request: Request, *, name: str, force: bool, why: str | None = None
+) -> Job:
     """Record a delete; refused while the environment serves a custom domain or a route, as
     deleting it would take that traffic down (swap back, or remove the domain, first).
 
     An environment that is down (recorded, no container) may be deleted: that frees its name;
     the volumes it left go only with ``force``, as a source's do."""
+    params: dict[str, Any] = {"force": force} | ({"why": why} if why else {})
     return await _submit_on(
-        svc, request, name=name, kind="delete", action=Action.DELETE, params={"force": force}
+        svc, request, name=name, kind="delete", action=Action.DELETE, params=params
     )
 
 
-async def _serving(session: AsyncSession, name: str) -> str | None:
-    """Why deleting ``name`` would break traffic, if it would."""
+async def submit_stop(
+    svc: Services, request: Request, *, name: str, why: Stopped = Stopped.ASKED
+) -> Job:
+    """Record stopping a clone (asleep, or expired); refused while it serves a custom domain
+    or takes part in a route (a failover backup gets no requests, and must stay up)."""
+    return await _submit_on(
+        svc, request, name=name, kind="stop", action=Action.SLEEP, params={"why": why.value}
+    )
+
+
+async def submit_start(svc: Services, request: Request, *, name: str) -> Job:
+    """Record starting a stopped clone again."""
+    return await _submit_on(svc, request, name=name, kind="start", action=Action.SLEEP)
+
+
+async def serving_reason(
+    session: AsyncSession, name: str, *, doing: str = "deleting"
+) -> str | None:
+    """Why ``doing`` ``name`` (deleting, stopping) would break traffic, if it would."""
     record = await repo.get_environment(session, name)
     if record is None:
         return None
@@ -134,13 +160,13 @@ async def _serving(session: AsyncSession, name: str) -> str | None:
     if domains := sorted((await session.scalars(query)).all()):
         return (
             f"{name} serves {', '.join(domains)}: swap the domains back or remove them "
-            f"before deleting it"
+            f"before {doing} it"
         )
     query = select(Route.domain).where(
         or_(Route.primary_id == record.id, Route.secondary_id == record.id)
     )
     if routes := sorted((await session.scalars(query)).all()):
-        return f"{name} takes part in the route of {', '.join(routes)}: change it first"
+        return f"{name} takes part in the route of {', '.join(routes)}: change it before {doing} it"
     return None
 
 
@@ -160,17 +186,22 @@ async def _submit_on(
         check = access.check_recorded if kind == "delete" else access.check_request
         env, record = await check(svc, session, request, name=name, action=action)
         # only once allowed: a refusal must not tell a stranger what the environment serves
-        if kind == "delete" and (serving := await _serving(session, name)) is not None:
+        if kind in _STOPS and (serving := await serving_reason(session, name, doing=_STOPS[kind])):
             raise BadRequest(serving)
         if kind == "delete":
             await check_delete(svc.docker, name=name, force=bool((params or {}).get("force")))
         # the record follows a source's rename; the clone's label keeps the name it was made from
         source = record.cloned_from or (env.cloned_from if env is not None else None)
+        if kind in ("stop", "start") and source is None:  # a source is never stopped by us
+            raise NotAClone(name, kind)
         if kind == "refresh":
             await _check_source(svc, session, request, clone=name, source=source)
         job = _new_job(request, kind=kind, environment=name, source=source)
         job.params = params or {}
         return await _record(session, request, job, action=action)
+
+
+_STOPS = {"delete": "deleting", "stop": "stopping"}  # what would take traffic down
 
 
 async def _earlier(session: AsyncSession, request: Request) -> Job | None:
@@ -200,7 +231,7 @@ async def _record(session: AsyncSession, request: Request, job: Job, *, action: 
         environment=job.environment,
         channel=request.channel,
         allowed=True,
-        detail={"job": job.id, "source": job.source},
+        detail={"job": job.id, "source": job.source, **job.params},
     )
     try:
         # the name's reservation, added by the caller, is written first (its query would
@@ -306,7 +337,14 @@ async def _recheck(svc: Services, job: Job) -> None:
                     svc, session, request, name=job.environment, action=Action.DELETE
                 )
                 # a domain bound, or a route made, while the delete waited for a slot
-                if (serving := await _serving(session, job.environment)) is not None:
+                if (serving := await serving_reason(session, job.environment)) is not None:
+                    raise BadRequest(serving)
+            case JobKind.STOP | JobKind.START:
+                await access.check_request(
+                    svc, session, request, name=job.environment, action=Action.SLEEP
+                )
+                serving = await serving_reason(session, job.environment, doing="stopping")
+                if kind is JobKind.STOP and serving is not None:
                     raise BadRequest(serving)
             case None:  # ``_dispatch`` refuses it
                 return
@@ -415,6 +453,14 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
             force = bool(job.params.get("force"))
             await delete_environment(svc.docker, name=job.environment, force=force)
             return None
+        case JobKind.STOP:
+            return await stop_environment(
+                svc.docker, name=job.environment, job=job.id, emit=progress.emit
+            )
+        case JobKind.START:
+            return await start_environment(
+                svc.docker, name=job.environment, job=job.id, emit=progress.emit
+            )
         case _:
             assert_never(kind)
 
@@ -510,6 +556,8 @@ async def close_job(
             await repo.delete_environment(session, job.environment)
     if job.kind == "delete" and ok:
         await repo.delete_environment(session, job.environment)
+    if job.kind in ("stop", "start") and ok and record is not None:
+        record.stopped = job.params.get("why") if job.kind == "stop" else None
     if job.kind == "rename":
         await _settle_rename(session, job, ok=ok)
     repo.record_audit(

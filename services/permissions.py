@@ -19,6 +19,8 @@ class Action(StrEnum):
     MOVE_TRAFFIC = "move traffic"
     ADOPT = "adopt"
     FORGET = "forget"  # free a down environment's name, its record gone
+    SLEEP = "sleep or wake"  # stop a clone, or start it again
+    EXTEND = "extend"  # put a clone's expiry later
 
 
 class Role(StrEnum):
@@ -28,7 +30,8 @@ class Role(StrEnum):
 
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.VIEWER: frozenset({Action.VIEW}),
-    Role.OPERATOR: frozenset({Action.VIEW, Action.MOVE_TRAFFIC}),
+    # who works on a clone day to day: its traffic, waking it, keeping it longer
+    Role.OPERATOR: frozenset({Action.VIEW, Action.MOVE_TRAFFIC, Action.SLEEP, Action.EXTEND}),
 }
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from services.durations import parse_duration
+from services.errors import BadRequest
 
 SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -58,6 +62,12 @@ class Settings(BaseSettings):
     dm_after_s: float = Field(default=60.0, ge=0, alias="CLONEBOT_DM_AFTER")
     # log lines: "text" for a person at a terminal, "json" (one object a line) for a collector
     log_format: Literal["text", "json"] = Field(default="text", alias="CLONEBOT_LOG_FORMAT")
+    # a clone's life unless its /clone says otherwise (--ttl); "never" keeps clones for ever
+    default_ttl: timedelta | None = Field(default=timedelta(days=7), alias="CLONEBOT_DEFAULT_TTL")
+    # an expired clone is stopped, and deleted this long after ("never": kept stopped)
+    expiry_grace: timedelta | None = Field(default=timedelta(days=2), alias="CLONEBOT_EXPIRY_GRACE")
+    # how often `serve` looks for clones to remind of their expiry, stop or delete
+    expiry_check_s: float = Field(default=60.0, gt=0, alias="CLONEBOT_EXPIRY_CHECK")
     admins: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(), alias="CLONEBOT_ADMINS"
     )
@@ -71,6 +81,17 @@ class Settings(BaseSettings):
             if not SLACK_USER.fullmatch(user):
                 raise ValueError(f"{user!r} is not a Slack user ID (like U012AB3CD)")
         return value
+
+    @field_validator("default_ttl", "expiry_grace", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        """The project's grammar (``services.durations``): ``3d``, ``12h``, ``never``."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_duration(value, what="the duration")
+        except BadRequest as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("base_domain")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,6 +14,7 @@ from sqlalchemy import select
 
 from services.context import Services
 from services.errors import ClonebotError, DockerUnavailable
+from services.expiry import ExpirySink, log_notice, sweep_expiry
 from services.haproxy import EmbeddedHAProxy, RouterFailed, RouterFiles, locked, render_config
 from services.jobs import run_job
 from services.recovery import recover_jobs
@@ -37,6 +39,7 @@ async def serve(
     recover_every_s: float = 30.0,
     on_recovered: Callable[[list[Job]], None] = lambda jobs: None,
     router: bool = True,
+    on_expiry: ExpirySink = log_notice,
 ) -> None:
     """Recover jobs of dead processes, then keep running orphaned queued jobs until ``stop``.
 
@@ -44,10 +47,14 @@ async def serve(
 
     With a router, HAProxy is started and kept equal to the database's routes (and restarted
     with them if it dies).
+
+    Every CLONEBOT_EXPIRY_CHECK seconds, clones are reminded of their expiry, stopped or
+    deleted (``services.expiry``); ``on_expiry`` tells their owners and teams.
     """
     on_recovered(await recover_jobs(svc))
     await _expire_keys(svc)
     last_recovery = time.monotonic()
+    last_expiry = -math.inf
     async with contextlib.AsyncExitStack() as stack:
         keeper = await stack.enter_async_context(_RouterKeeper(svc)) if router else None
         while not stop.is_set():
@@ -55,6 +62,9 @@ async def serve(
                 if keeper is not None:
                     await keeper.keep()
                 await _run_orphans(svc)
+                if time.monotonic() - last_expiry >= svc.settings.expiry_check_s:
+                    last_expiry = time.monotonic()
+                    await sweep_expiry(svc, notify=on_expiry)
                 if time.monotonic() - last_recovery >= recover_every_s:
                     on_recovered(await recover_jobs(svc))
                     await _expire_keys(svc)

@@ -62,6 +62,12 @@ class EnvironmentRecord(Base):
     # "creating" while a clone job holds the name; "ready" once it exists in Docker
     state: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # a clone's: when it is stopped (then deleted, CLONEBOT_EXPIRY_GRACE later); None: never
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    # how far its expiry went (services.expiry.Stage): reminders sent, stopped; 0 once extended
+    expiry_stage: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # why clonebot stopped it, while it is stopped (services.sleep.Stopped): None when running
+    stopped: Mapped[str | None] = mapped_column(String(16))
 
     collaborators: Mapped[list[Collaborator]] = relationship(
         back_populates="environment", cascade="all, delete-orphan", lazy="selectin"

@@ -155,9 +155,21 @@ def record_audit(
 
 
 async def list_audit(
-    session: AsyncSession, *, environment: str | None = None, limit: int = 200
+    session: AsyncSession,
+    *,
+    environment: str | None = None,
+    since: datetime | None = None,
+    before: int | None = None,
+    limit: int = 200,
 ) -> Sequence[AuditEntry]:
+    """Entries newest first: about ``environment``, made at ``since`` or later, and older than
+    entry ``before`` (the last id of the page before: pages by id, never by offset, so an
+    entry written meanwhile neither repeats nor hides one)."""
     query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
     if environment is not None:
         query = query.where(AuditEntry.environment == environment)
+    if since is not None:
+        query = query.where(AuditEntry.at >= since)
+    if before is not None:
+        query = query.where(AuditEntry.id < before)
     return (await session.scalars(query)).all()

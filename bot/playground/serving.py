@@ -7,12 +7,16 @@ import contextlib
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from bot.playground.links import environment_links
 from bot.playground.people import ADMIN, TEAM_CHANNEL
 from bot.playground.server import Playground
 from services.context import Services
 from services.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.slack.bot import SlackBot
 
 LOOPBACK = "127.0.0.1"  # the page switches users, an admin among them: never another host's
 
@@ -36,12 +40,15 @@ def playground_settings(settings: Settings) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running_playground(svc: Services) -> AsyncIterator[tuple[Services, Playground]]:
+async def running_playground(
+    svc: Services,
+) -> AsyncIterator[tuple[Services, Playground, SlackBot]]:
     """The Slack app and the playground on 127.0.0.1:PORT until the block ends, with the
-    services as the app sees them (the playground's settings); OSError if PORT is taken."""
+    services as the app sees them (the playground's settings) and the bot; OSError if PORT is
+    taken."""
     from bot.slack.app import running_app  # Bolt loads only where it serves
 
     played = dataclasses.replace(svc, settings=playground_settings(svc.settings))
     playground = Playground(played.settings, links=lambda: environment_links(played))
-    async with running_app(played, playground=playground):
-        yield played, playground
+    async with running_app(played, playground=playground) as bot:
+        yield played, playground, bot

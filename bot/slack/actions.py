@@ -4,6 +4,7 @@ message stays as it was."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -11,9 +12,9 @@ from slack_sdk.models.views import View
 
 from bot.slack import ids
 from bot.slack.bot import Respond, SlackBot, slack_request
-from bot.slack.commands import start_delete, swap
+from bot.slack.commands import extend, start_delete, start_power, swap
 from bot.slack.modals import open_then_fill
-from bot.slack.payloads import Unreadable, read_click
+from bot.slack.payloads import Unreadable, read_click, read_extend
 from bot.slack.views import SPLIT_TITLE, split_modal
 from services import access, catalog
 from services.permissions import Action
@@ -34,6 +35,21 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
     async def delete_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
         await ack()
         bot.after_ack(respond, lambda: _delete(bot, body))
+
+    @app.action(ids.SLEEP)
+    async def sleep_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
+        await ack()
+        bot.after_ack(respond, lambda: _power(bot, body, wake=False))
+
+    @app.action(ids.WAKE)
+    async def wake_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
+        await ack()
+        bot.after_ack(respond, lambda: _power(bot, body, wake=True))
+
+    @app.action(re.compile(f"^{ids.EXTEND}_"))
+    async def extend_clicked(ack: AsyncAck, body: dict[str, Any], respond: Respond) -> None:
+        await ack()
+        bot.after_ack(respond, lambda: _extend(bot, body))
 
     @app.action(ids.OPEN)
     async def open_clicked(ack: AsyncAck) -> None:
@@ -61,6 +77,20 @@ async def _delete(bot: SlackBot, body: dict[str, Any]) -> None:
     target, user, channel, trigger_id = _clicked(body)
     request = slack_request(user, channel, trigger_id)
     await start_delete(bot, request, name=target.env, channel=channel)
+
+
+async def _power(bot: SlackBot, body: dict[str, Any], *, wake: bool) -> None:
+    target, user, channel, trigger_id = _clicked(body)
+    request = slack_request(user, channel, trigger_id)
+    await start_power(bot, request, name=target.env, wake=wake, channel=channel)
+
+
+async def _extend(bot: SlackBot, body: dict[str, Any]) -> str | None:
+    click, env, by = read_extend(body)
+    channel = click.channel.id if click.channel else None
+    if not await bot.first_delivery(click.trigger_id):
+        return None
+    return await extend(bot, slack_request(click.user.id, channel, None), name=env, by=by)
 
 
 async def _open_split(bot: SlackBot, body: dict[str, Any]) -> None:

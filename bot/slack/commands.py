@@ -22,7 +22,7 @@ from bot.slack.messages import escape
 from bot.slack.modals import open_then_fill
 from bot.slack.payloads import read_command
 from bot.slack.views import CLONE_TITLE, clone_modal
-from services import catalog, jobs, ownership, routing
+from services import audit, catalog, expiry, jobs, ownership, routing
 from services.access import Request
 from services.errors import BadRequest, EnvironmentNotFound
 
@@ -79,12 +79,35 @@ async def _clone_asked(bot: SlackBot, command: dict[str, Any], respond: Respond)
 
 
 async def _clone(bot: SlackBot, asked: Asked) -> str | None:
-    if len(asked.words) > 2:
-        raise Usage(usage("/clone"))
-    source, name = asked.words[0], (asked.words[1] if len(asked.words) == 2 else None)
-    job = await jobs.submit_clone(bot.svc, asked.request, source=source, name=name)
+    """``/clone SOURCE [NAME] [--ttl D] [--snapshot]``."""
+    words, ttl, snapshot = _clone_words(asked.words)
+    source, name = words[0], (words[1] if len(words) == 2 else None)
+    job = await jobs.submit_clone(
+        bot.svc, asked.request, source=source, name=name, snapshot=snapshot, ttl=ttl
+    )
     bot.jobs.start(job, channel=asked.channel or asked.user)
     return None
+
+
+def _clone_words(given: list[str]) -> tuple[list[str], str | None, bool]:
+    """The source and name, the ``--ttl`` and whether ``--snapshot``, wherever they stand."""
+    words: list[str] = []
+    ttl, snapshot = None, False
+    rest = iter(given)
+    for word in rest:
+        if word == "--snapshot":
+            snapshot = True
+        elif word == "--ttl":
+            ttl = next(rest, "")
+        elif word.startswith("--ttl="):
+            ttl = word.removeprefix("--ttl=")
+        elif word.startswith("-"):
+            raise Usage(usage("/clone"))
+        else:
+            words.append(word)
+    if not 1 <= len(words) <= 2 or ttl == "":
+        raise Usage(usage("/clone"))
+    return words, ttl, snapshot
 
 
 async def open_clone_modal(bot: SlackBot, asked: Asked) -> None:
@@ -134,7 +157,10 @@ async def _list(bot: SlackBot, asked: Asked) -> str:
         running = sum(n.state == "running" for n in v.env.nodes)
         state = "*down*" if v.down else f"{running}/{len(v.env.nodes)} nodes running"
         domains = f" · {', '.join(v.domains)}" if v.domains else ""
-        lines.append(f"• *{v.name}* ({v.role}{origin}) · {state} · owner {owner}{domains}")
+        life = messages.lifetime(
+            expires_at=v.expires_at, stopped=v.stopped, clone=v.cloned_from is not None
+        )
+        lines.append(f"• *{v.name}* ({v.role}{origin}) · {state} · owner {owner}{domains}{life}")
     return messages.fit(lines)
 
 
@@ -154,7 +180,8 @@ async def _info(bot: SlackBot, asked: Asked) -> str:
         f"<{_site(bot, env.name)}|{env.name}.{bot.base_domain}>",
     ]
     if view.cloned_from:
-        lines.append(f"Cloned from *{view.cloned_from}*")
+        life = messages.lifetime(expires_at=view.expires_at, stopped=view.stopped, clone=True)
+        lines.append(f"Cloned from *{view.cloned_from}*{life}")
     for layer in env.layers:
         nodes = ", ".join(f"`{escape(n.name)}` {n.state}" for n in layer.nodes)
         lines.append(f"• layer *{layer.name}* ({layer.scaling}): {nodes}")
@@ -182,6 +209,42 @@ async def start_delete(bot: SlackBot, request: Request, *, name: str, channel: s
     """A delete job, followed like a clone: its end is told to the team ("was deleted")."""
     job = await jobs.submit_delete(bot.svc, request, name=name, force=False)
     bot.jobs.start(job, channel=channel or request.user)
+
+
+async def _sleep(bot: SlackBot, asked: Asked) -> None:
+    request, channel = asked.request, asked.channel
+    await start_power(bot, request, name=asked.words[0], wake=False, channel=channel)
+
+
+async def _wake(bot: SlackBot, asked: Asked) -> None:
+    request, channel = asked.request, asked.channel
+    await start_power(bot, request, name=asked.words[0], wake=True, channel=channel)
+
+
+async def start_power(
+    bot: SlackBot, request: Request, *, name: str, wake: bool, channel: str | None
+) -> None:
+    """A job stopping a clone (it sleeps until woken) or starting it, followed like a clone."""
+    if wake:
+        job = await jobs.submit_start(bot.svc, request, name=name)
+    else:
+        job = await jobs.submit_stop(bot.svc, request, name=name)
+    bot.jobs.start(job, channel=channel or request.user)
+
+
+async def _extend(bot: SlackBot, asked: Asked) -> str:
+    name, by = asked.words
+    return await extend(bot, asked.request, name=name, by=by)
+
+
+async def extend(bot: SlackBot, request: Request, *, name: str, by: str) -> str:
+    """Put a clone's expiry later; one its expiry stopped starts again (a job, followed)."""
+    extended = await expiry.extend_environment(bot.svc, request, name=name, by=by)
+    if extended.start is not None:
+        bot.jobs.start(extended.start, channel=request.channel or request.user)
+    note = messages.extended(name, until=extended.expires_at, by=request.user)
+    await bot.notices.send(note, about=(name,))
+    return note.text
 
 
 async def _rename(bot: SlackBot, asked: Asked) -> None:
@@ -289,6 +352,12 @@ async def _notify(bot: SlackBot, asked: Asked) -> str:
     return f"Notifications about *{name}* now go to <#{channel}>."
 
 
+async def _audit(bot: SlackBot, asked: Asked) -> str:
+    name = asked.words[0]
+    entries = await audit.recent_entries(bot.svc, asked.request, name=name)
+    return messages.audit_entries(name, entries)
+
+
 async def _help(bot: SlackBot, asked: Asked) -> str:
     return usage("")
 
@@ -333,6 +402,7 @@ ENV: dict[str, Subcommand] = {
     "info": Subcommand(
         "ENV", "its layers, nodes, domains, routes and people", (1,), _info, Repeat.ANSWER
     ),
+    "audit": Subcommand("ENV", "its last 20 audit entries", (1,), _audit, Repeat.ANSWER),
     "delete": Subcommand("ENV", "delete a clone", (1,), _delete, Repeat.JOB),
     "rename": Subcommand(
         "ENV NEW-NAME", "a new name and internal domain", (2,), _rename, Repeat.JOB
@@ -354,9 +424,17 @@ ENV: dict[str, Subcommand] = {
         "DOMAIN PRIMARY BACKUP", "BACKUP serves when PRIMARY fails", (3,), _failover
     ),
     "notify": Subcommand("ENV #channel", "where its team notifications go", (2,), _notify),
+    "extend": Subcommand(
+        "CLONE 3d|never", "put its expiry later (never: the source's owner, admins)", (2,), _extend
+    ),
+    "sleep": Subcommand("CLONE", "stop it until woken", (1,), _sleep, Repeat.JOB),
+    "wake": Subcommand("CLONE", "start it again", (1,), _wake, Repeat.JOB),
     "help": Subcommand("", "this list", tuple(range(100)), _help, Repeat.ANSWER),
 }
-CLONE_USAGE = "`/clone SOURCE [NAME]` clones SOURCE now; `/clone` alone opens a form"
+CLONE_USAGE = (
+    "`/clone SOURCE [NAME] [--ttl 3d] [--snapshot]` clones SOURCE now (it expires after --ttl, "
+    "else the default); `/clone` alone opens a form"
+)
 
 
 def usage(command: str) -> str:

@@ -36,6 +36,7 @@ async def publish_home(bot: SlackBot, user: str) -> None:
         EnvironmentSummary(
             name=v.name, owner=v.owner, role=v.role, cloned_from=v.cloned_from,
             layers={layer.name: len(layer.nodes) for layer in v.env.layers}, down=v.down,
+            expires_at=v.expires_at, stopped=v.stopped,
         )
         for v in views
     ]  # fmt: skip

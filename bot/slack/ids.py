@@ -13,6 +13,9 @@ SWAP = "swap_domains"
 SPLIT = "split_traffic"
 OPEN = "open_env"  # a link button: Slack still sends the click, which only needs an ack
 DELETE = "delete_clone"
+SLEEP = "sleep_env"
+WAKE = "wake_env"
+EXTEND = "extend_env"  # a prefix (extend_env_1d, …): its value names env and duration
 
 # modals (callback_id)
 CLONE_MODAL = "clone_modal"
@@ -55,3 +58,16 @@ def decode_target(value: str) -> Target:
     if not 1 <= len(names) <= 2 or not all(names):
         raise ValueError(f"not a button value of clonebot: {value!r}")
     return Target(names[0], names[1] if len(names) == 2 else None)
+
+
+def encode_extend(env: str, by: str) -> str:
+    """An *Extend* button's value: ``"dev-copy|1d"``."""
+    return f"{env}{_SEPARATOR}{by}"
+
+
+def decode_extend(value: str) -> tuple[str, str]:
+    """The environment and the duration an *Extend* button names (checked by the caller)."""
+    env, separator, by = value.partition(_SEPARATOR)
+    if not separator or not env or not by:
+        raise ValueError(f"not an extend button of clonebot: {value!r}")
+    return env, by

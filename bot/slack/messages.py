@@ -7,9 +7,10 @@ notifications, and warns without it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from slack_sdk.models.blocks import (
@@ -29,7 +30,8 @@ from bot.slack import ids
 from services.cloning import CloneResult
 from services.jobs import job_result
 from services.routing import site_url
-from storage.models import Job, JobState
+from services.settings import SLACK_USER
+from storage.models import AuditEntry, Job, JobState
 
 SECTION_LIMIT = 3000  # characters of a section's text
 RUNNING, DONE = ":hourglass_flowing_sand:", ":white_check_mark:"
@@ -90,7 +92,8 @@ def result_message(job: Job, *, base_domain: str, port: int = 80) -> Message:
 
 def job_title(job: Job, *, done: bool = False) -> str:
     """Like "Cloning prod → dev-copy" or "Refreshing dev-copy from prod"; "Cloned …" when done."""
-    return f"{_VERBS[job.kind][done]} {_what(job)}"
+    verbs = _VERBS.get(job.kind, (job.kind, job.kind))  # a newer clonebot's kind, as it is
+    return f"{verbs[done]} {_what(job)}"
 
 
 def success_text(job: Job, *, base_domain: str, port: int = 80) -> str:
@@ -103,6 +106,10 @@ def success_text(job: Job, *, base_domain: str, port: int = 80) -> str:
     link = f"<{env_url(env, base_domain=base_domain, port=port)}|{env}.{base_domain}>"
     if job.kind == "rename":
         return f"{DONE} *{job.environment}* is now *{env}* ({took}), at {link}."
+    if job.kind == "stop":
+        return f":zzz: *{env}* is stopped{_STOPPED_BECAUSE.get(str(job.params.get('why')), '')}."
+    if job.kind == "start":
+        return f"{DONE} *{env}* is running again at {link} ({took})."
     freeze = job.freeze_ms or result.freeze_ms
     frozen = f"*{job.source}* was frozen {freeze} ms at most" if freeze else "nothing was frozen"
     if job.kind == "refresh":
@@ -124,7 +131,9 @@ def _failure(job: Job) -> tuple[str, str]:
         "refresh": f"*{job.environment}* was put back as it was.",
         "rename": f"*{job.environment}* keeps its name.",
         "delete": f"Run `/env delete {job.environment}` again to remove what is left.",
-    }[job.kind]
+        "stop": f"*{job.environment}* may be partly stopped: `/env wake {job.environment}`.",
+        "start": f"*{job.environment}* may be partly started: `/env wake` tries again.",
+    }.get(job.kind, "")
     return escape(clip(job.error or "unknown error")), after
 
 
@@ -141,6 +150,11 @@ def clone_done(job: Job, *, base_domain: str, port: int = 80) -> Message:
 
 def clone_failed(job: Job) -> Message:
     return _notice(failure_text(job), by=job.requester, job=job.id)
+
+
+def extended(name: str, *, until: datetime | None, by: str) -> Message:
+    life = f"expires {when(until)}" if until is not None else "never expires"
+    return _notice(f":hourglass: *{name}* now {life}", by=by)
 
 
 def domains_swapped(a: str, b: str, by: str) -> Message:
@@ -169,6 +183,29 @@ def refusal(reason: str) -> str:
     return f":no_entry: Nothing was done: {reason}"
 
 
+def audit_entries(name: str, entries: Sequence[AuditEntry]) -> str:
+    """``/env audit``: the latest entries about an environment, newest first, a short line
+    each: when (UTC), who, what, and whether it was allowed or why it was refused."""
+    if not entries:
+        return f"Nothing is recorded about *{escape(name)}* yet."
+    lines = [f"*Audit of {escape(name)}*: the last {len(entries)}, newest first"]
+    for e in entries:
+        when = e.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        who = f"<@{e.actor}>" if SLACK_USER.fullmatch(e.actor) else escape(e.actor)
+        outcome = "allowed" if e.allowed else f"*refused*: {_mentions(escape(clip(e.reason, 200)))}"
+        lines.append(f"`{when}` {who} {escape(e.action)} · {outcome}")
+    return fit(lines)
+
+
+def _mentions(escaped: str) -> str:
+    """Escaped text with its user and channel mentions (``<@U…>``, ``<#C…>``) live again:
+    a reason names people that way, and nothing but an ID can come back through here."""
+    return _ESCAPED_MENTION.sub(r"<\1>", escaped)
+
+
+_ESCAPED_MENTION = re.compile(r"&lt;([@#][UWCG][A-Z0-9]{2,20})&gt;")
+
+
 def _notice(sentence: str, *, by: str, job: str | None = None) -> Message:
     who = f"by <@{by}>" + (f" · job {job}" if job else "")
     return Message(text=sentence, blocks=[SectionBlock(text=sentence), context_block(who)])
@@ -189,6 +226,13 @@ _VERBS = {
     "refresh": ("Refreshing", "Refreshed"),
     "rename": ("Renaming", "Renamed"),
     "delete": ("Deleting", "Deleted"),
+    "stop": ("Stopping", "Stopped"),
+    "start": ("Starting", "Started"),
+}
+_STOPPED_BECAUSE = {
+    "idle": " (asleep: it had no request for a while); a request to it wakes it",
+    "expired": " (expired): `/env extend` brings it back, else it is deleted",
+    "asked": "; `/env wake` starts it again",
 }
 
 
@@ -207,7 +251,7 @@ def _buttons(job: Job, *, base_domain: str, port: int) -> list[ButtonElement | L
     env = result_environment(job)
     result = job_result(job)
     running = job.kind != "delete" and (result is None or result.started)
-    is_clone = job.kind in ("clone", "refresh") and job.source is not None
+    is_clone = job.kind in ("clone", "refresh", "start", "stop") and job.source is not None
     buttons: list[ButtonElement | LinkButtonElement] = []
     if running and is_clone:
         pair = ids.encode_target(ids.Target(env, job.source))
@@ -228,24 +272,36 @@ def _buttons(job: Job, *, base_domain: str, port: int) -> list[ButtonElement | L
         url = env_url(env, base_domain=base_domain, port=port)
         buttons.append(LinkButtonElement(text="Open", url=url, action_id=ids.OPEN))
     if is_clone:
-        delete = ConfirmObject(
-            title="Delete the clone?",
-            text=f"Delete *{env}* with its containers, networks and volumes? Its data is lost.",
-            confirm="Delete",
-            deny="Keep it",
-            style="danger",
-        )
-        value = ids.encode_target(ids.Target(env))
-        buttons.append(
-            ButtonElement(
-                text="Delete clone",
-                action_id=ids.DELETE,
-                value=value,
-                style="danger",
-                confirm=delete,
-            )
-        )
+        # a snapshot was never started: waking it starts it
+        snapshot = job.kind == "clone" and not running
+        buttons.append(sleep_button(env) if running else wake_button(env, snapshot=snapshot))
+        buttons.append(delete_button(env))
     return buttons
+
+
+def sleep_button(env: str) -> ButtonElement:
+    value = ids.encode_target(ids.Target(env))
+    return ButtonElement(text="Sleep", action_id=ids.SLEEP, value=value)
+
+
+def wake_button(env: str, *, snapshot: bool = False) -> ButtonElement:
+    value = ids.encode_target(ids.Target(env))
+    text = "Start" if snapshot else "Wake"
+    return ButtonElement(text=text, action_id=ids.WAKE, value=value, style="primary")
+
+
+def delete_button(env: str, *, text: str = "Delete clone") -> ButtonElement:
+    confirm = ConfirmObject(
+        title="Delete the clone?",
+        text=f"Delete *{env}* with its containers, networks and volumes? Its data is lost.",
+        confirm="Delete",
+        deny="Keep it",
+        style="danger",
+    )
+    value = ids.encode_target(ids.Target(env))
+    return ButtonElement(
+        text=text, action_id=ids.DELETE, value=value, style="danger", confirm=confirm
+    )
 
 
 def _details(result: CloneResult) -> str:
@@ -355,6 +411,22 @@ def duration(ms: int) -> str:
     if minutes < 60:
         return f"{minutes} min {seconds} s"
     return f"{minutes // 60} h {minutes % 60} min"
+
+
+def when(at: datetime) -> str:
+    """A date every reader sees in their own time zone (Slack's date token), UTC as fallback."""
+    fallback = at.strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def lifetime(*, expires_at: datetime | None, stopped: str | None, clone: bool) -> str:
+    """`` · expires …``, `` · stopped (expired)``: what a list says of a clone's life."""
+    parts = [f"stopped ({stopped})"] if stopped else []
+    if expires_at is not None:
+        parts.append(f"expires {when(expires_at)}")
+    elif clone:
+        parts.append("never expires")
+    return "".join(f" · {part}" for part in parts)
 
 
 def context_block(text: str) -> ContextBlock:

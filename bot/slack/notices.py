@@ -39,6 +39,10 @@ class Notices:
             return
         await self.send_to(channel, message)
 
+    @property
+    def default_channel(self) -> str | None:
+        return self._svc.settings.notify_channel
+
     async def send_to(self, channel: str | None, message: Message) -> None:
         if channel is not None:
             await self._post(channel, message)

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from bot.slack import ids
+from services.durations import parse_duration
 from services.errors import BadRequest, InvalidName
 from services.naming import validate_name
 
@@ -279,6 +280,18 @@ def read_click(body: Mapping[str, Any]) -> tuple[BlockActions, ids.Target]:
     except (ValueError, InvalidName):
         raise Unreadable("this button names no environment of clonebot's") from None
     return click, target
+
+
+def read_extend(body: Mapping[str, Any]) -> tuple[BlockActions, str, str]:
+    """A click on an *Extend* button: the click, the environment, the duration it adds."""
+    click = _check(BlockActions, body)
+    try:
+        env, by = ids.decode_extend(click.actions[0].value or "")
+        validate_name(env)
+        parse_duration(by)
+    except (ValueError, InvalidName, BadRequest):
+        raise Unreadable("this button names no environment of clonebot's") from None
+    return click, env, by
 
 
 def read_submission(body: Mapping[str, Any]) -> ViewSubmission:

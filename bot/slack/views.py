@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, get_args
 
 from slack_sdk.models.blocks import (
@@ -30,7 +31,15 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from bot.slack import ids
-from bot.slack.messages import RUNNING, clip, context_block, env_url, fit, job_title
+from bot.slack.messages import (
+    RUNNING,
+    clip,
+    context_block,
+    env_url,
+    fit,
+    job_title,
+    lifetime,
+)
 from bot.slack.payloads import InputValue, Unreadable, read_metadata, read_view
 from storage.models import Job
 
@@ -272,6 +281,8 @@ class EnvironmentSummary:
     layers: Mapping[str, int]  # layer name -> its number of nodes
     cloned_from: str | None = None
     down: bool = False  # recorded, with no container
+    expires_at: datetime | None = None
+    stopped: str | None = None  # why clonebot stopped it, if it did
 
 
 @dataclass(frozen=True)
@@ -348,7 +359,8 @@ def _home_environment(
     nodes = ", ".join(f"{layer} ×{count}" for layer, count in env.layers.items())
     url = f"<{env_url(env.name, base_domain=base_domain, port=port)}|{env.name}.{base_domain}>"
     state = "*down*: no container; its record, domains and routes are kept" if env.down else ""
-    lines = [f"*{env.name}* · {whose}{origin}", state or nodes or "no nodes", url]
+    life = lifetime(expires_at=env.expires_at, stopped=env.stopped, clone=bool(env.cloned_from))
+    lines = [f"*{env.name}* · {whose}{origin}{life}", state or nodes or "no nodes", url]
     if domains:
         lines.append(clip("Domains: " + ", ".join(domains), 1000))
     return fit(lines + [f"↪ {route.describe()}" for route in routes])

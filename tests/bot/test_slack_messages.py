@@ -236,7 +236,7 @@ def test_a_finished_clone_offers_swap_split_open_and_delete() -> None:
     assert "dev-copy-web-2: `DB_URL`" in seen and "PASS" not in json.dumps(doc)
     assert "port 80/tcp is on host port 32768 (not 8080)" in seen
     assert ":warning: db-1 could not be paused" in seen
-    assert list(actions) == [ids.SWAP, ids.SPLIT, ids.OPEN, ids.DELETE]
+    assert list(actions) == [ids.SWAP, ids.SPLIT, ids.OPEN, ids.SLEEP, ids.DELETE]
 
     swap = actions[ids.SWAP]
     assert swap["text"]["text"] == "Swap domains"
@@ -257,6 +257,8 @@ def test_a_finished_clone_offers_swap_split_open_and_delete() -> None:
     assert delete["confirm"]["style"] == "danger"
     assert "Delete *dev-copy*" in delete["confirm"]["text"]["text"]
     assert ids.decode_target(delete["value"]) == ids.Target("dev-copy")
+    assert ids.decode_target(actions[ids.SLEEP]["value"]) == ids.Target("dev-copy")
+    assert "confirm" not in actions[ids.SLEEP]  # a stopped clone keeps everything: no loss
 
 
 def test_links_carry_the_routers_port_unless_it_is_80() -> None:
@@ -291,7 +293,8 @@ def test_a_snapshot_is_created_not_started_and_has_nothing_to_swap_or_open() -> 
     doc = sent(result_message(snapshot, base_domain=BASE))
 
     assert "*dev-copy* was created, not started" in texts(doc)
-    assert list(buttons(doc)) == [ids.DELETE]
+    assert list(buttons(doc)) == [ids.WAKE, ids.DELETE]
+    assert buttons(doc)[ids.WAKE]["text"]["text"] == "Start"
 
 
 def test_a_rename_opens_the_new_name_and_a_delete_offers_nothing() -> None:
@@ -355,7 +358,7 @@ def test_refusals_and_usage_are_short_and_say_what_to_type() -> None:
         assert f"`/env {sub}" in listing
     assert usage("nonsense") == listing
     assert usage("split").startswith("Usage: `/env split DOMAIN ENV=90 OTHER=10 [sticky]`")
-    assert "`/clone SOURCE [NAME]`" in usage("/clone")
+    assert "`/clone SOURCE [NAME] [--ttl 3d] [--snapshot]`" in usage("/clone")
 
 
 def test_button_values_carry_names_only() -> None:

@@ -97,7 +97,7 @@ async def played(settings: Settings) -> AsyncIterator[Played]:
     asked = settings.model_copy(update={"port": _free_port(), "http_host": "0.0.0.0"})
     async with (
         open_services(asked) as svc,
-        running_playground(svc) as (app_svc, playground),
+        running_playground(svc) as (app_svc, playground, _),
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
     ):
         stream = Stream()

@@ -33,6 +33,8 @@ set notify channel | YY-Y | ----   | ----   | ----     | YY-Y
 move traffic  | YY-Y  | YY-Y     | ----   | ----     | YY-Y
 adopt         | ----  | ----     | ----   | ----     | YY-Y
 forget        | ----  | ----     | ----   | ----     | YY-Y
+sleep or wake | YY-Y  | YY-Y     | ----   | ----     | YY-Y
+extend        | YY-Y  | YY-Y     | ----   | ----     | YY-Y
 """
 SITUATIONS = ("unbound", "bound, from the bound channel", "bound, from another channel", "CLI")
 
