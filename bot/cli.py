@@ -7,10 +7,28 @@ from __future__ import annotations
 
 import typer
 
-from bot import cli_admin, cli_demo, cli_doctor, cli_envs, cli_lifecycle, cli_traffic
+from bot import (
+    cli_admin,
+    cli_approvals,
+    cli_demo,
+    cli_doctor,
+    cli_envs,
+    cli_lifecycle,
+    cli_schedules,
+    cli_traffic,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
-for commands in (cli_envs, cli_lifecycle, cli_admin, cli_traffic, cli_demo, cli_doctor):
+for commands in (
+    cli_envs,
+    cli_lifecycle,
+    cli_schedules,
+    cli_approvals,
+    cli_admin,
+    cli_traffic,
+    cli_demo,
+    cli_doctor,
+):
     app.add_typer(commands.commands)
 
 

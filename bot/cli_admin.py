@@ -31,7 +31,6 @@ from services.audit import stream_entries
 from services.context import Services
 from services.durations import NEVER, parse_duration
 from services.errors import BadRequest
-from services.expiry import ExpirySink, log_notice
 from services.ownership import (
     adopt_environment,
     bind_channel,
@@ -40,6 +39,7 @@ from services.ownership import (
     share_environment,
 )
 from services.recovery import recover_jobs
+from services.supervisor import Tellers
 from services.supervisor import serve as supervise
 from storage import repositories as repo
 from storage.db import upgrade
@@ -211,22 +211,20 @@ def serve(
         async with contextlib.AsyncExitStack() as stack:
             settings = svc.settings
             if settings.slack_bot_token is None or settings.playground:
-                svc, how, on_expiry = await _serve_playground(svc, stack)
+                svc, how, tell = await _serve_playground(svc, stack)
             else:
                 from bot.slack.app import running_app  # Bolt loads only where it serves
-                from bot.slack.expiry import expiry_sink
+                from bot.slack.sweeps import tellers
 
                 bot = await stack.enter_async_context(running_app(svc))
-                on_expiry = expiry_sink(bot.notices)
+                tell = tellers(bot.notices)
                 how = (
                     "Slack over Socket Mode"
                     if settings.slack_app_token
                     else f"Slack at http://{settings.http_host}:{settings.port}/slack/events"
                 )
             out.print(f"clonebot serving; {how}; stop with Ctrl-C", highlight=False)
-            await supervise(
-                svc, stop=stop, on_recovered=_print_recovered, router=router, on_expiry=on_expiry
-            )
+            await supervise(svc, stop=stop, on_recovered=_print_recovered, router=router, tell=tell)
 
     # a SIGTERM while starting (before the loop's own handler) stops at once, as asked: it
     # finds nothing started yet that would need stopping
@@ -236,19 +234,19 @@ def serve(
 
 async def _serve_playground(
     svc: Services, stack: contextlib.AsyncExitStack
-) -> tuple[Services, str, ExpirySink]:
+) -> tuple[Services, str, Tellers]:
     """The Slack app played by the playground on 127.0.0.1:PORT, its address printed first;
     if PORT is taken, clonebot runs on without it (and without /healthz), as it says."""
     from bot.playground.serving import running_playground  # Bolt loads only where it serves
-    from bot.slack.expiry import expiry_sink
+    from bot.slack.sweeps import tellers
 
     try:
         played, playground, bot = await stack.enter_async_context(running_playground(svc))
     except OSError as exc:
         log.warning("the playground is off: port %s: %s", svc.settings.port, exc.strerror)
-        return svc, "Slack is off (set SLACK_BOT_TOKEN to turn it on)", log_notice
+        return svc, "Slack is off (set SLACK_BOT_TOKEN to turn it on)", Tellers()
     out.print(f"Playground: {playground.url}", highlight=False)
-    told = expiry_sink(bot.notices)
+    told = tellers(bot.notices)
     if svc.settings.slack_bot_token is not None:
         how = "the playground plays Slack (CLONEBOT_PLAYGROUND=1: the tokens are unused)"
         return played, how, told

@@ -64,6 +64,8 @@ class Request:
     user: str
     channel: str | None = None
     key: str | None = None
+    # the approval a change to a protected environment is made with (services.approvals)
+    approval: str | None = None
 
 
 async def check_request(

@@ -6,6 +6,8 @@ ClonebotError                 base: ``message`` is what a person reads
 │   ├── NameTaken             an environment, or what is left of one, holds the name
 │   ├── EnvironmentNotFound   no environment of that name
 │   ├── NotEnoughDisk         the Docker host lacks space for the copy
+│   ├── QuotaExceeded         the user's clones reached CLONEBOT_MAX_* (what to delete named)
+│   ├── ApprovalNeeded        a protected environment's change waits for a second person
 │   ├── Busy                  another job holds the environment
 │   └── NotAClone             an operation meant for clones was asked of a source
 ├── DockerUnavailable         the Docker engine cannot be reached
@@ -72,6 +74,30 @@ class NotEnoughDisk(Refused):
         self.needed = needed
         self.free = free
         self.reserved = reserved
+
+
+class ApprovalNeeded(Refused):
+    """Nothing was done yet: the change waits for approval ``approval`` (asked just now when
+    ``new``; else one asked before for the same change is still pending)."""
+
+    def __init__(
+        self, *, approval: str, protected: tuple[str, ...], change: str, new: bool
+    ) -> None:
+        names = ", ".join(protected)
+        super().__init__(
+            f"{names} {'is' if len(protected) == 1 else 'are'} protected: to {change}, "
+            f"someone else with rights on it must approve (approval {approval})"
+        )
+        self.approval, self.protected, self.change, self.new = approval, protected, change, new
+
+
+class QuotaExceeded(Refused):
+    """A user's clones reached a limit; ``message`` says what is used and what to delete."""
+
+
+def size_text(n: int) -> str:
+    """1.5 GiB, 300.0 MiB, 12 B."""
+    return _size(n)
 
 
 class NoNetworkRoom(Refused):

@@ -42,6 +42,18 @@ class Server:
 
 
 @dataclass(frozen=True)
+class Page:
+    """What a backend without servers answers to every request: an HTML page, status 503."""
+
+    html: str  # one line, without a single quote (it is quoted with them in the configuration)
+    retry_after_s: int | None = None  # sent as Retry-After: when the visitor may try again
+
+    def __post_init__(self) -> None:
+        if "'" in self.html or "\n" in self.html:
+            raise ValueError("a page is one line without a single quote")
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     servers: tuple[Server, ...]
@@ -50,6 +62,7 @@ class Backend:
     # traffic to the backup servers within seconds, requests in flight with it
     health_check: bool = False
     check_host: str = "localhost"
+    page: Page | None = None  # answered by HAProxy itself: no server is asked
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,8 @@ def render_config(*, files: RouterFiles, bind: str, backends: Sequence[Backend])
 
 def _render_backend(backend: Backend) -> list[str]:
     lines = [f"backend {backend.name}", "    balance roundrobin"]
+    if backend.page is not None:
+        lines.append(_render_page(backend.page))
     if backend.sticky:
         lines.append("    cookie CLONEBOT_SIDE insert indirect nocache")
     if backend.health_check:
@@ -129,6 +144,15 @@ def _render_backend(backend: Backend) -> list[str]:
     for server in backend.servers:
         lines.append(_render_server(server, backend))
     return lines
+
+
+def _render_page(page: Page) -> str:
+    # single quotes: HAProxy expands environment variables ($NAME) between double quotes
+    retry = f" hdr Retry-After {page.retry_after_s}" if page.retry_after_s is not None else ""
+    return (
+        "    http-request return status 503 content-type 'text/html; charset=utf-8'"
+        f" hdr Cache-Control no-store{retry} string '{page.html}'"
+    )
 
 
 def _failover_lines(host: str) -> list[str]:
@@ -189,6 +213,18 @@ def render_map(hosts: Mapping[str, str]) -> str:
 _COMMANDS_A_LINE = 50
 
 
+@dataclass(frozen=True)
+class BackendCount:
+    requests: int  # HTTP requests it got (req_tot)
+    up: bool  # a server of it is up; a backend answering a page has none, and is UP
+
+
+@dataclass(frozen=True)
+class Counters:
+    worker: str  # the pid of the worker that counted: another one counts from 0 again
+    backends: dict[str, BackendCount]
+
+
 class RuntimeAPI:
     """HAProxy's admin socket: one line of commands a connection."""
 
@@ -231,6 +267,27 @@ class RuntimeAPI:
         answer = await self.command(f"show map {path}")
         pairs = (line.split()[1:3] for line in answer.splitlines() if line.strip())
         return {host: backend for host, backend in pairs}
+
+    async def backend_requests(self) -> Counters:
+        """Every backend's HTTP requests since the worker answering started (a reload or a
+        restart starts a new one, from 0), and whether it has a server up."""
+        # one connection, the worker's pid and its counters read together
+        answer = await self.command("show info; show stat -1 2 -1")  # backends only
+        info, _, stat = answer.partition("\n# ")
+        pids = [ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Pid:")]
+        lines = stat.splitlines()
+        if not pids or not lines:
+            raise RouterFailed(f"show info; show stat: {answer.strip()[:200]}")
+        fields = lines[0].split(",")
+        name, kind, requests, status = (
+            fields.index(f) for f in ("pxname", "svname", "req_tot", "status")
+        )
+        counts: dict[str, BackendCount] = {}
+        for line in lines[1:]:
+            row = line.split(",")
+            if len(row) == len(fields) and row[kind] == "BACKEND":
+                counts[row[name]] = BackendCount(int(row[requests] or 0), row[status] == "UP")
+        return Counters(pids[0], counts)
 
     async def set_weight(self, *, backend: str, server: str, weight: int) -> None:
         await self._ok(f"set server {backend}/{server} weight {weight}")

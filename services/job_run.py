@@ -26,6 +26,7 @@ from services.job_locks import (
     serialize,
 )
 from services.progress import BytesCopied, Event, EventSink, StepDone, StepStarted
+from services.quotas import check_copied_bytes
 from storage import repositories as repo
 from storage.models import Job, JobState, utcnow
 from storage.outage import is_outage
@@ -137,6 +138,9 @@ def disk_reserver(svc: Services, job_id: str) -> DiskReserver:
     async def reserve(copy: int, reserve: int, free: int) -> None:
         async with svc.sessions() as session, session.begin():
             await serialize(session)
+            job = await repo.get_job(session, job_id)
+            assert job is not None
+            await check_copied_bytes(session, svc.settings, job=job, copy=copy)
             others = await reserved_by_others(session, job_id=job_id)
             if copy + reserve + others > free:
                 raise NotEnoughDisk(needed=copy + reserve, free=free, reserved=others)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services import access, metrics
 from services.access import Request
+from services.approvals import Change, ChangeKind, require
 from services.cloning import CloneResult
 from services.context import Services
 from services.errors import (
@@ -26,6 +27,7 @@ from services.errors import (
     LeaseLost,
     NameTaken,
     NotAClone,
+    QuotaExceeded,
 )
 from services.freeze import resume_recorded
 from services.job_locks import JobKind, check_not_busy, job_kind, reserving_disk, serialize
@@ -42,6 +44,7 @@ from services.log_context import job_logged
 from services.naming import check_name_free, default_clone_name, held_names, validate_name
 from services.permissions import Action
 from services.progress import EventSink, ignore_events
+from services.quotas import check_clone_count
 from services.sleep import Stopped, start_environment, stop_environment
 from services.ttl import clone_expiry, may_keep
 from services.workers import this_worker
@@ -82,6 +85,16 @@ async def submit_clone(
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
         await access.check_request(svc, session, request, name=source, action=Action.CLONE)
+        await serialize(session)  # two clones asked at once are counted one after the other
+        try:
+            await check_clone_count(session, svc.settings, user=request.user)
+        except QuotaExceeded as exc:  # a refusal like any other: audited
+            repo.record_audit(
+                session, actor=request.user, action=Action.CLONE.value, environment=source,
+                channel=request.channel, allowed=False, reason=exc.message,
+            )  # fmt: skip
+            await session.commit()
+            raise
         keep = await may_keep(svc, session, user=request.user, source=source)
         expires = clone_expiry(svc.settings, ttl=ttl, may_keep=keep, source=source)
         name = name or await _default_name(svc, session, source)
@@ -110,7 +123,12 @@ async def submit_rename(svc: Services, request: Request, *, name: str, new_name:
     async with svc.sessions() as session:
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
-        await access.check_request(svc, session, request, name=name, action=Action.RENAME)
+        _, record = await access.check_request(
+            svc, session, request, name=name, action=Action.RENAME
+        )
+        args = {"name": name, "new_name": new_name}
+        change = Change(ChangeKind.RENAME, args, Action.RENAME, (name,))
+        await require(svc, session, request, change=change, records=[record])
         if new_name == name:
             raise BadRequest(f"{name} is already called {new_name}")
         await _check_free(svc, session, new_name, renaming=name)
@@ -185,6 +203,8 @@ async def _submit_on(
             return earlier
         check = access.check_recorded if kind == "delete" else access.check_request
         env, record = await check(svc, session, request, name=name, action=action)
+        if (change := _approved_change(kind, name, action, params)) is not None:
+            await require(svc, session, request, change=change, records=[record])
         # only once allowed: a refusal must not tell a stranger what the environment serves
         if kind in _STOPS and (serving := await serving_reason(session, name, doing=_STOPS[kind])):
             raise BadRequest(serving)
@@ -202,6 +222,18 @@ async def _submit_on(
 
 
 _STOPS = {"delete": "deleting", "stop": "stopping"}  # what would take traffic down
+
+
+def _approved_change(
+    kind: str, name: str, action: Action, params: dict[str, Any] | None
+) -> Change | None:
+    """The change a job of ``kind`` makes, as a protected environment's approval binds it."""
+    if kind == "delete":
+        args = {"name": name, "force": bool((params or {}).get("force"))}
+        return Change(ChangeKind.DELETE, args, action, (name,))
+    if kind == "refresh":
+        return Change(ChangeKind.REFRESH, {"name": name}, action, (name,))
+    return None
 
 
 async def _earlier(session: AsyncSession, request: Request) -> Job | None:
@@ -538,6 +570,7 @@ async def close_job(
     """Record how a job ended, settle the name it reserved, and audit it. ``keep_frozen``
     leaves the record of sources it froze for recovery (they could not be resumed)."""
     ok = values["state"] == JobState.SUCCEEDED
+    copied = await _copied_bytes(session, job) if ok else None
     if not keep_frozen:
         values["frozen"] = []
     await repo.update_job(
@@ -549,17 +582,9 @@ async def close_job(
         lease_until=None,
     )
     record = await repo.get_environment(session, job.environment)
-    if job.kind == "clone" and record is not None and record.state == "creating":
-        if ok:
-            record.state = "ready"
-        else:
-            await repo.delete_environment(session, job.environment)
-    if job.kind == "delete" and ok:
-        await repo.delete_environment(session, job.environment)
-    if job.kind in ("stop", "start") and ok and record is not None:
-        record.stopped = job.params.get("why") if job.kind == "stop" else None
-    if job.kind == "rename":
-        await _settle_rename(session, job, ok=ok)
+    if copied is not None and record is not None:  # what counts against its owner's quota
+        record.copied_bytes = copied
+    await _settle_record(session, job, record, ok=ok)
     repo.record_audit(
         session,
         actor=job.requester,
@@ -570,6 +595,40 @@ async def close_job(
         reason=values.get("error") or "",
         detail={"job": job.id},
     )
+
+
+async def _settle_record(
+    session: AsyncSession, job: Job, record: EnvironmentRecord | None, *, ok: bool
+) -> None:
+    """What the job's end means for its environment's record."""
+    kind = job_kind(job)
+    match kind:
+        case JobKind.CLONE:  # the name it reserved: kept, or freed
+            if record is not None and record.state == "creating":
+                if ok:
+                    record.state = "ready"
+                else:
+                    await repo.delete_environment(session, job.environment)
+        case JobKind.DELETE:
+            if ok:
+                await repo.delete_environment(session, job.environment)
+        case JobKind.RENAME:
+            await _settle_rename(session, job, ok=ok)
+        case JobKind.STOP | JobKind.START:  # why it is stopped, while it is
+            if ok and record is not None:
+                record.stopped = job.params.get("why") if kind is JobKind.STOP else None
+        case JobKind.REFRESH | None:
+            pass
+        case _:
+            assert_never(kind)
+
+
+async def _copied_bytes(session: AsyncSession, job: Job) -> int | None:
+    """What a clone's or refresh's copy wrote (its reservation, before it is released)."""
+    if job.kind not in (JobKind.CLONE, JobKind.REFRESH):
+        return None
+    current = await repo.get_job(session, job.id)
+    return current.reserved_bytes if current is not None else None
 
 
 async def _settle_rename(session: AsyncSession, job: Job, *, ok: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from services import access
 from services.access import Request
+from services.approvals import Change, ChangeKind, require
 from services.context import Services
 from services.environments import environment_exists
 from services.errors import BadRequest, EnvironmentNotFound, Forbidden
@@ -52,6 +53,9 @@ async def hand_over_environment(
     access.check_user(new_owner)
     async with svc.sessions() as session:
         record = await _checked(svc, session, request, name=name, action=Action.HAND_OVER)
+        args = {"name": name, "new_owner": new_owner}
+        change = Change(ChangeKind.HAND_OVER, args, Action.HAND_OVER, (name,))
+        await require(svc, session, request, change=change, records=[record])
         previous, record.owner = record.owner, new_owner
         detail = {"from": previous, "to": new_owner}
         _audit(session, request, Action.HAND_OVER, name, detail=detail)

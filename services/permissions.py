@@ -21,6 +21,7 @@ class Action(StrEnum):
     FORGET = "forget"  # free a down environment's name, its record gone
     SLEEP = "sleep or wake"  # stop a clone, or start it again
     EXTEND = "extend"  # put a clone's expiry later
+    PROTECT = "protect"  # make its changes need a second person's approval
 
 
 class Role(StrEnum):

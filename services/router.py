@@ -28,6 +28,7 @@ from services.haproxy import (
     write_files,
 )
 from services.routing import is_internal, routable_domain
+from services.sleep import Stopped, stopped_page
 from storage.models import DomainBinding, EnvironmentRecord, Route
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,16 @@ class RouterState:
     left_out: dict[str, str] = field(default_factory=dict)
 
 
+ENV_PREFIX, WAKE_PREFIX = "env_", "wake_"
+
+
 def env_backend(name: str) -> str:
-    return f"env_{name}"
+    return f"{ENV_PREFIX}{name}"
+
+
+def page_backend(name: str, why: Stopped) -> str:
+    """The backend answering for a stopped clone: ``wake_`` where a request wakes it."""
+    return f"{WAKE_PREFIX if why is Stopped.IDLE else 'stopped_'}{name}"
 
 
 async def router_state(svc: Services) -> RouterState:
@@ -61,7 +70,7 @@ async def router_state(svc: Services) -> RouterState:
     environment whose labels HAProxy cannot be given is left out, with a warning; the others
     are routed all the same.
     """
-    (envs, left_out), (names, bindings, routes) = await asyncio.gather(
+    (envs, left_out), (names, bindings, routes, stopped) = await asyncio.gather(
         _web_nodes(svc), _routes(svc)
     )
     base = svc.settings.base_domain
@@ -71,6 +80,7 @@ async def router_state(svc: Services) -> RouterState:
         domain = binding.domain
         if _bound(domain, base) and names.get(binding.environment_id) in envs:
             hosts[domain] = env_backend(names[binding.environment_id])
+    hosts = _stopped_pages(stopped, envs, backends, hosts)
     for route in routes:
         if not _bound(route.domain, base) or not _well_formed(route):
             continue
@@ -81,6 +91,24 @@ async def router_state(svc: Services) -> RouterState:
             hosts[route.domain] = backend.name
     _warn(left_out)
     return RouterState(tuple(sorted(backends.values(), key=lambda b: b.name)), hosts, left_out)
+
+
+def _stopped_pages(
+    stopped: dict[str, Stopped],
+    envs: dict[str, list[WebNode]],
+    backends: dict[str, Backend],
+    hosts: dict[str, str],
+) -> dict[str, str]:
+    """The domains of a clone clonebot stopped sent to a page saying so (adding its backend to
+    ``backends``); routes keep their backends. A clone started by other means than clonebot
+    (a web node runs again) is served as usual."""
+    pages: dict[str, str] = {}
+    for name, why in stopped.items():
+        if name in envs and not any(n.address for n in envs[name]):
+            page = Backend(page_backend(name, why), (), page=stopped_page(name, why))
+            backends[page.name] = page
+            pages[env_backend(name)] = page.name
+    return {host: pages.get(backend, backend) for host, backend in hosts.items()}
 
 
 def _bound(domain: str, base: str) -> bool:
@@ -106,13 +134,17 @@ def _warn(left_out: dict[str, str]) -> None:
 
 async def _routes(
     svc: Services,
-) -> tuple[dict[int, str], Sequence[DomainBinding], Sequence[Route]]:
-    """Environment names by id, domain bindings and routes, as the database has them."""
+) -> tuple[dict[int, str], Sequence[DomainBinding], Sequence[Route], dict[str, Stopped]]:
+    """Environment names by id, domain bindings and routes, as the database has them; and
+    why clonebot stopped the environments it stopped."""
     async with svc.sessions() as session:
-        names = {r.id: r.name for r in (await session.scalars(select(EnvironmentRecord))).all()}
+        records = (await session.scalars(select(EnvironmentRecord))).all()
         bindings = (await session.scalars(select(DomainBinding))).all()
         routes = (await session.scalars(select(Route))).all()
-    return names, bindings, routes
+    names = {r.id: r.name for r in records}
+    known = {s.value for s in Stopped}  # a newer clonebot's reason: its domain answers 503
+    stopped = {r.name: Stopped(r.stopped) for r in records if r.stopped in known}
+    return names, bindings, routes, stopped
 
 
 @dataclass(frozen=True)

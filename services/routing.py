@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 
 from services import access
 from services.access import Request
+from services.approvals import Change, ChangeKind, require
 from services.context import Services
 from services.errors import BadRequest
 from services.permissions import Action
@@ -126,6 +128,11 @@ async def swap_domains(svc: Services, request: Request, *, first: str, second: s
         raise BadRequest(f"swapping {first} with itself changes nothing: name two environments")
     async with svc.sessions() as session:
         a, b = await _checked(svc, session, request, first, second, web=True)
+        change = Change(
+            ChangeKind.SWAP, {"first": first, "second": second}, Action.MOVE_TRAFFIC,
+            (first, second),
+        )  # fmt: skip
+        await require(svc, session, request, change=change, records=[a, b])
         bindings = (await session.scalars(select(DomainBinding))).all()
         for binding in bindings:
             if binding.environment_id in (a.id, b.id):
@@ -188,6 +195,10 @@ async def _set_route(
     name = custom_domain(domain, base_domain=svc.settings.base_domain)
     async with svc.sessions() as session:
         first, second = await _checked(svc, session, request, *envs, web=True)
+        await require(
+            svc, session, request, change=_route_change(name, kind, envs, weight, sticky),
+            records=[first, second],
+        )  # fmt: skip
         bound = await _binding(session, name)
         if bound is None or bound.environment_id not in (first.id, second.id):
             raise BadRequest(f"{name} must first be bound to {envs[0]} or {envs[1]}")
@@ -198,6 +209,18 @@ async def _set_route(
         detail = {"domain": name, "primary": envs[0], "secondary": envs[1], "weight": str(weight)}
         _audit(session, request, kind, envs[0], detail)
         await session.commit()
+
+
+def _route_change(
+    domain: str, kind: str, envs: tuple[str, str], weight: int, sticky: bool
+) -> Change:
+    """A route as a change to approve: what ``set_split``/``set_failover`` ask, exactly."""
+    if kind == "failover":
+        args: dict[str, Any] = {"domain": domain, "primary": envs[0], "backup": envs[1]}
+        return Change(ChangeKind.FAILOVER, args, Action.MOVE_TRAFFIC, envs)
+    weights = {envs[0]: weight, envs[1]: 100 - weight}
+    args = {"domain": domain, "weights": weights, "sticky": sticky}
+    return Change(ChangeKind.SPLIT, args, Action.MOVE_TRAFFIC, envs)
 
 
 async def _checked(

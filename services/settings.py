@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from services.durations import parse_duration
+from services.durations import parse_duration, parse_size
 from services.errors import BadRequest
 
 SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
@@ -66,8 +66,18 @@ class Settings(BaseSettings):
     default_ttl: timedelta | None = Field(default=timedelta(days=7), alias="CLONEBOT_DEFAULT_TTL")
     # an expired clone is stopped, and deleted this long after ("never": kept stopped)
     expiry_grace: timedelta | None = Field(default=timedelta(days=2), alias="CLONEBOT_EXPIRY_GRACE")
+    # a protected environment's change waits this long for its approval, then lapses
+    approval_ttl: timedelta = Field(default=timedelta(minutes=30), alias="CLONEBOT_APPROVAL_TTL")
     # how often `serve` looks for clones to remind of their expiry, stop or delete
     expiry_check_s: float = Field(default=60.0, gt=0, alias="CLONEBOT_EXPIRY_CHECK")
+    # a clone without a request through the router this long is stopped until one comes
+    # (services/idle.py); "never": clones never sleep
+    sleep_after: timedelta | None = Field(default=timedelta(hours=4), alias="CLONEBOT_SLEEP_AFTER")
+    # limits per user (admins may exceed): clones, and the data copied into them; unset: none
+    max_clones_per_user: int | None = Field(
+        default=None, ge=1, alias="CLONEBOT_MAX_CLONES_PER_USER"
+    )
+    max_bytes_per_user: int | None = Field(default=None, ge=1, alias="CLONEBOT_MAX_BYTES_PER_USER")
     admins: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(), alias="CLONEBOT_ADMINS"
     )
@@ -82,7 +92,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{user!r} is not a Slack user ID (like U012AB3CD)")
         return value
 
-    @field_validator("default_ttl", "expiry_grace", mode="before")
+    @field_validator("default_ttl", "expiry_grace", "sleep_after", "approval_ttl", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         """The project's grammar (``services.durations``): ``3d``, ``12h``, ``never``."""
@@ -90,6 +100,19 @@ class Settings(BaseSettings):
             return value
         try:
             return parse_duration(value, what="the duration")
+        except BadRequest as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("max_bytes_per_user", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        """``20G``, ``500M`` (``services.durations``); empty: no limit."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        try:
+            return parse_size(value, what="the size")
         except BadRequest as exc:
             raise ValueError(exc.message) from None
 

@@ -5,6 +5,7 @@ A stopped clone keeps its containers, volumes and networks; started again it is 
 
 from __future__ import annotations
 
+import html
 import time
 from enum import StrEnum
 
@@ -12,6 +13,7 @@ from services.cloning import CloneResult
 from services.docker import DockerClient, gather_all
 from services.environments import Environment, Node, get_environment
 from services.errors import NotAClone
+from services.haproxy import Page
 from services.progress import EventSink, ignore_events, step
 
 _RUNNING = ("running", "paused", "restarting")
@@ -23,6 +25,34 @@ class Stopped(StrEnum):
     ASKED = "asked"  # /env sleep: a request to its domain does not wake it
     IDLE = "idle"  # no request for CLONEBOT_SLEEP_AFTER: a request wakes it
     EXPIRED = "expired"  # its expiry came: deleted CLONEBOT_EXPIRY_GRACE later
+
+
+# a visitor's browser asks again this often while a clone asleep for idleness starts
+WAKING_REFRESH_S = 5
+_WAKING = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+    '<meta http-equiv="refresh" content="{refresh}"><title>Waking up {name}</title></head>'
+    "<body><h1>{name} is waking up</h1><p>It was asleep after a while without visits. "
+    "This page reloads itself in a few seconds.</p></body></html>"
+)
+_STOPPED = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{name} is stopped'
+    "</title></head><body><h1>{name} is stopped</h1><p>{why}</p></body></html>"
+)
+_WHY = {
+    Stopped.ASKED: "Its owner put it to sleep; they can wake it again.",
+    Stopped.EXPIRED: "Its time ran out; its owner can extend it to bring it back.",
+}
+
+
+def stopped_page(name: str, why: Stopped) -> Page:
+    """What a request to a stopped clone's domains gets: asleep for idleness, a page that
+    reloads itself while clonebot starts it (the request wakes it); else why it is stopped."""
+    shown = html.escape(name, quote=True)
+    if why is Stopped.IDLE:
+        text = _WAKING.format(name=shown, refresh=WAKING_REFRESH_S)
+        return Page(text, retry_after_s=WAKING_REFRESH_S)
+    return Page(_STOPPED.format(name=shown, why=_WHY[why]))
 
 
 async def stop_environment(

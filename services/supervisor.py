@@ -7,7 +7,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -15,10 +16,20 @@ from sqlalchemy import select
 from services.context import Services
 from services.errors import ClonebotError, DockerUnavailable
 from services.expiry import ExpirySink, log_notice, sweep_expiry
-from services.haproxy import EmbeddedHAProxy, RouterFailed, RouterFiles, locked, render_config
+from services.haproxy import (
+    EmbeddedHAProxy,
+    RouterFailed,
+    RouterFiles,
+    RuntimeAPI,
+    locked,
+    render_config,
+)
+from services.idle import IdleWatch, SleepSink, ignore_notices
 from services.jobs import run_job
 from services.recovery import recover_jobs
 from services.router import RouterState, apply_routes, router_state
+from services.schedules import ScheduleSink, sweep_schedules
+from services.schedules import log_notice as log_schedule_notice
 from services.workers import worker_is_gone
 from storage import repositories as repo
 from storage.models import Job, JobState, utcnow
@@ -31,6 +42,16 @@ ORPHANED_AFTER = timedelta(seconds=10)
 KEYS_KEPT = timedelta(days=1)
 
 
+@dataclass(frozen=True)
+class Tellers:
+    """How the sweeps of ``serve`` tell owners and teams what they did (a front door words it;
+    by default the log says it)."""
+
+    expiry: ExpirySink = log_notice
+    schedule: ScheduleSink = log_schedule_notice
+    sleep: SleepSink = ignore_notices
+
+
 async def serve(
     svc: Services,
     *,
@@ -39,7 +60,7 @@ async def serve(
     recover_every_s: float = 30.0,
     on_recovered: Callable[[list[Job]], None] = lambda jobs: None,
     router: bool = True,
-    on_expiry: ExpirySink = log_notice,
+    tell: Tellers | None = None,
 ) -> None:
     """Recover jobs of dead processes, then keep running orphaned queued jobs until ``stop``.
 
@@ -49,22 +70,40 @@ async def serve(
     with them if it dies).
 
     Every CLONEBOT_EXPIRY_CHECK seconds, clones are reminded of their expiry, stopped or
-    deleted (``services.expiry``); ``on_expiry`` tells their owners and teams.
+    deleted (``services.expiry``). Then clones whose refresh schedule is due are refreshed
+    (``services.schedules``). With a router, every round, clones idle for CLONEBOT_SLEEP_AFTER
+    are stopped and those asleep woken by a request (``services.idle``). ``tell`` tells owners
+    and teams what these did.
+
+    The sweeps and the idle watch run beside the loop (``_Beside``): their jobs (a refresh, a
+    wake) may take minutes, and must not hold up the router or the recovery.
     """
     on_recovered(await recover_jobs(svc))
     await _expire_keys(svc)
     last_recovery = time.monotonic()
     last_expiry = -math.inf
+
+    tell = tell or Tellers()
+
+    async def sweep() -> None:
+        await sweep_expiry(svc, notify=tell.expiry)
+        await sweep_schedules(svc, notify=tell.schedule)
+
     async with contextlib.AsyncExitStack() as stack:
         keeper = await stack.enter_async_context(_RouterKeeper(svc)) if router else None
+        idle = _idle_watch(svc, notify=tell.sleep) if router else None
+        beside = await stack.enter_async_context(_Beside())
         while not stop.is_set():
             try:
-                if keeper is not None:
+                if idle is not None:
+                    beside.start("idle watch", idle.check)
+                # not while a clone wakes: its page stays until one of its nodes listens
+                if keeper is not None and not (idle is not None and idle.waking):
                     await keeper.keep()
                 await _run_orphans(svc)
                 if time.monotonic() - last_expiry >= svc.settings.expiry_check_s:
                     last_expiry = time.monotonic()
-                    await sweep_expiry(svc, notify=on_expiry)
+                    beside.start("sweep", sweep)
                 if time.monotonic() - last_recovery >= recover_every_s:
                     on_recovered(await recover_jobs(svc))
                     await _expire_keys(svc)
@@ -77,6 +116,45 @@ async def serve(
                 log.warning("the database does not answer (%s); trying again", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=poll_s)
+
+
+class _Beside:
+    """Work that runs beside the loop, one task of each name at a time: a round that finds the
+    last one still running starts none. Stopped (its jobs rolled back) when the block ends."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def __aenter__(self) -> _Beside:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def start(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        running = self._tasks.get(name)
+        if running is None or running.done():
+            self._tasks[name] = asyncio.create_task(_logged(name, work))
+
+
+async def _logged(name: str, work: Callable[[], Awaitable[None]]) -> None:
+    """``work``; what stops it is logged, and the next round tries again."""
+    try:
+        await work()
+    except DockerUnavailable as exc:  # the engine restarting
+        log.warning("%s: %s; trying again", name, exc.message)
+    except Exception as exc:
+        if is_outage(exc):  # the database away (restarting)
+            log.warning("%s: the database does not answer (%s); trying again", name, exc)
+        else:
+            log.exception("%s failed; trying again", name)
+
+
+def _idle_watch(svc: Services, *, notify: SleepSink) -> IdleWatch:
+    assert svc.settings.router_dir is not None
+    return IdleWatch(svc, api=RuntimeAPI(RouterFiles(svc.settings.router_dir).api), notify=notify)
 
 
 async def _run_orphans(svc: Services) -> None:

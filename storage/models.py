@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -68,6 +69,11 @@ class EnvironmentRecord(Base):
     expiry_stage: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # why clonebot stopped it, while it is stopped (services.sleep.Stopped): None when running
     stopped: Mapped[str | None] = mapped_column(String(16))
+    # the data its last copy (clone or refresh) wrote: what counts against its owner's quota
+    copied_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # changes to it (swap, split, failover, delete, rename, refresh, hand-over, unprotect)
+    # need a second person's approval (services/approvals.py)
+    protected: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
 
     collaborators: Mapped[list[Collaborator]] = relationship(
         back_populates="environment", cascade="all, delete-orphan", lazy="selectin"
@@ -176,6 +182,33 @@ class Job(Base):
     reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
+class Approval(Base):
+    """A change to a protected environment, waiting for (or given) a second person's approval.
+
+    Bound to that exact change (``digest`` of its kind and arguments) and to who asked;
+    used once; lapsing after CLONEBOT_APPROVAL_TTL.
+    """
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # services.approvals.ChangeKind
+    args: Mapped[dict[str, Any]] = mapped_column()
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    environments: Mapped[list[Any]] = mapped_column()  # the names it touches, as asked
+    action: Mapped[str] = mapped_column(String(32))  # what an approver must be allowed
+    requested_by: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str | None] = mapped_column(String(32))
+    # pending, approved, rejected, used (services.approvals.ApprovalState)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    decided_at: Mapped[datetime | None] = mapped_column()
+    slack_channel: Mapped[str | None] = mapped_column(String(32))  # its message, if posted
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+
+
 class IdempotencyKey(Base):
     """A delivery already acted on (Slack retries carry the same key)."""
 
@@ -199,3 +232,26 @@ class AuditEntry(Base):
     allowed: Mapped[bool] = mapped_column()
     reason: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RefreshSchedule(Base):
+    """A clone refreshed from its source on a cron schedule, by ``serve``
+    (``services/schedules.py``); it follows the clone's renames and goes with its delete."""
+
+    __tablename__ = "refresh_schedules"
+
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
+    )
+    cron: Mapped[str] = mapped_column(String(100))  # five fields: minute hour day month weekday
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")  # IANA name the cron reads
+    # the refreshes are asked in this user's name, and checked again as each runs
+    set_by: Mapped[str] = mapped_column(String(32))
+    # the next occurrence; a sweep claims it by moving it on (one process of those sharing
+    # the database runs it)
+    next_run: Mapped[datetime] = mapped_column(index=True)
+    last_run: Mapped[datetime | None] = mapped_column()
+    last_outcome: Mapped[str | None] = mapped_column(String(16))  # services.schedules.Outcome
+    last_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    last_job: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -17,7 +17,7 @@ from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 
 from bot.health import healthz, metrics_handler
-from bot.slack import actions, commands, home, submissions
+from bot.slack import actions, approvals, commands, home, submissions
 from bot.slack.bot import SlackBot
 from bot.slack.client import MeasuredWebClient
 from bot.slack.edge import MAX_BODY, CheckedSocketModeHandler, SlackEdge
@@ -52,7 +52,7 @@ def create_app(svc: Services) -> tuple[AsyncApp, SlackBot]:
     )
     notices = Notices(svc, client)
     bot = SlackBot(svc=svc, client=client, notices=notices, jobs=JobMessages(svc, client, notices))
-    for listeners in (commands, actions, submissions, home):
+    for listeners in (commands, actions, approvals, submissions, home):
         listeners.register(app, bot)
     bot.jobs.on_change = lambda user: home.publish_home(bot, user)
 

@@ -18,7 +18,7 @@ from bot.slack.notices import Notices
 from bot.slack.progress import JobMessages
 from services.access import Request
 from services.context import Services
-from services.errors import ClonebotError
+from services.errors import ApprovalNeeded, ClonebotError
 from services.router import apply_now
 from storage.models import IdempotencyKey
 
@@ -57,6 +57,8 @@ class SlackBot:
     _queue: asyncio.Queue[Work] = field(init=False)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
     _refusals: set[asyncio.Task[None]] = field(default_factory=set)
+    # told when a change waits for approval (bot.slack.approvals posts the request)
+    on_approval_needed: Callable[[ApprovalNeeded], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.queue_limit)
@@ -137,6 +139,14 @@ class SlackBot:
             text = await work
         except Usage as exc:
             text = exc.text
+        except ApprovalNeeded as exc:  # nothing done yet: the team is asked to approve
+            text = f":lock: {exc.message}; the team was asked."
+            if self.on_approval_needed is not None:
+                try:
+                    await self.on_approval_needed(exc)
+                except Exception:
+                    log.exception("approval %s not asked in Slack", exc.approval)
+                    text = f":lock: {exc.message}."
         except ClonebotError as exc:
             text = refusal(exc.message)
         except Exception:

@@ -22,7 +22,7 @@ from bot.slack.messages import escape
 from bot.slack.modals import open_then_fill
 from bot.slack.payloads import read_command
 from bot.slack.views import CLONE_TITLE, clone_modal
-from services import audit, catalog, expiry, jobs, ownership, routing
+from services import approvals, audit, catalog, expiry, jobs, ownership, routing, schedules
 from services.access import Request
 from services.errors import BadRequest, EnvironmentNotFound
 
@@ -247,6 +247,22 @@ async def extend(bot: SlackBot, request: Request, *, name: str, by: str) -> str:
     return note.text
 
 
+async def _protect(bot: SlackBot, asked: Asked) -> str:
+    name = asked.words[0]
+    await approvals.set_protected(bot.svc, asked.request, name=name, protected=True)
+    note = messages.protection(name, protected=True, by=asked.user)
+    await bot.notices.send(note, about=(name,))
+    return note.text
+
+
+async def _unprotect(bot: SlackBot, asked: Asked) -> str:
+    name = asked.words[0]  # a change that waits for a second person's approval itself
+    await approvals.set_protected(bot.svc, asked.request, name=name, protected=False)
+    note = messages.protection(name, protected=False, by=asked.user)
+    await bot.notices.send(note, about=(name,))
+    return note.text
+
+
 async def _rename(bot: SlackBot, asked: Asked) -> None:
     name, new_name = asked.words
     job = await jobs.submit_rename(bot.svc, asked.request, name=name, new_name=new_name)
@@ -358,6 +374,25 @@ async def _audit(bot: SlackBot, asked: Asked) -> str:
     return messages.audit_entries(name, entries)
 
 
+async def _schedule(bot: SlackBot, asked: Asked) -> str:
+    """``/env schedule CLONE`` shows it; ``off`` removes it; ``refresh daily HH:MM [ZONE]`` or
+    ``refresh weekly DAY HH:MM [ZONE]`` sets it (UTC unless a zone is named)."""
+    name, *rest = asked.words
+    svc, request = bot.svc, asked.request
+    if not rest:
+        return messages.refresh_schedule(
+            name, await schedules.get_schedule(svc, request, name=name)
+        )
+    if rest == ["off"]:
+        removed = await schedules.remove_schedule(svc, request, name=name)
+        return f"*{name}* is refreshed on no schedule{' now' if removed else ''}."
+    if rest[0] != "refresh":
+        raise Usage(usage("schedule"))
+    cron, zone = schedules.cron_of_words(rest[1:])
+    found = await schedules.set_schedule(svc, request, name=name, cron=cron, timezone=zone)
+    return messages.refresh_schedule(name, found)
+
+
 async def _help(bot: SlackBot, asked: Asked) -> str:
     return usage("")
 
@@ -428,7 +463,20 @@ ENV: dict[str, Subcommand] = {
         "CLONE 3d|never", "put its expiry later (never: the source's owner, admins)", (2,), _extend
     ),
     "sleep": Subcommand("CLONE", "stop it until woken", (1,), _sleep, Repeat.JOB),
+    "protect": Subcommand(
+        "ENV",
+        "its swaps, splits, deletes, renames… need a second person's approval",
+        (1,),
+        _protect,
+    ),
+    "unprotect": Subcommand("ENV", "take that off (approved by a second person)", (1,), _unprotect),
     "wake": Subcommand("CLONE", "start it again", (1,), _wake, Repeat.JOB),
+    "schedule": Subcommand(
+        "CLONE [off|refresh daily HH:MM|refresh weekly mon HH:MM] [ZONE]",
+        "show, set or remove its scheduled refresh (UTC unless a zone is named)",
+        (1, 2, 4, 5, 6),
+        _schedule,
+    ),
     "help": Subcommand("", "this list", tuple(range(100)), _help, Repeat.ANSWER),
 }
 CLONE_USAGE = (

@@ -15,6 +15,8 @@ OPEN = "open_env"  # a link button: Slack still sends the click, which only need
 DELETE = "delete_clone"
 SLEEP = "sleep_env"
 WAKE = "wake_env"
+APPROVE = "approve_change"  # its value: the approval's id
+REJECT = "reject_change"
 EXTEND = "extend_env"  # a prefix (extend_env_1d, …): its value names env and duration
 
 # modals (callback_id)
@@ -26,6 +28,7 @@ CLONE_SOURCE = "clone_source"
 CLONE_NAME = "clone_name"
 CLONE_OPTIONS = "clone_options"
 CLONE_NOTIFY = "clone_notify"
+CLONE_TTL = "clone_ttl"
 SNAPSHOT = "snapshot"  # the value of the "create without starting" checkbox
 
 # the split modal's inputs

@@ -28,8 +28,10 @@ from slack_sdk.models.blocks import (
 from bot.progress_view import human
 from bot.slack import ids
 from services.cloning import CloneResult
+from services.job_locks import JobKind
 from services.jobs import job_result
 from services.routing import site_url
+from services.schedules import Schedule, ScheduleNotice
 from services.settings import SLACK_USER
 from storage.models import AuditEntry, Job, JobState
 
@@ -92,8 +94,9 @@ def result_message(job: Job, *, base_domain: str, port: int = 80) -> Message:
 
 def job_title(job: Job, *, done: bool = False) -> str:
     """Like "Cloning prod → dev-copy" or "Refreshing dev-copy from prod"; "Cloned …" when done."""
-    verbs = _VERBS.get(job.kind, (job.kind, job.kind))  # a newer clonebot's kind, as it is
-    return f"{verbs[done]} {_what(job)}"
+    kind = KINDS.get(job.kind)
+    verb = job.kind if kind is None else kind.done if done else kind.doing  # a newer kind, as is
+    return f"{verb} {_what(job)}"
 
 
 def success_text(job: Job, *, base_domain: str, port: int = 80) -> str:
@@ -107,7 +110,8 @@ def success_text(job: Job, *, base_domain: str, port: int = 80) -> str:
     if job.kind == "rename":
         return f"{DONE} *{job.environment}* is now *{env}* ({took}), at {link}."
     if job.kind == "stop":
-        return f":zzz: *{env}* is stopped{_STOPPED_BECAUSE.get(str(job.params.get('why')), '')}."
+        why = _STOPPED_BECAUSE.get(str(job.params.get("why")), "")
+        return f"{DONE} :zzz: *{env}* is stopped{why}."
     if job.kind == "start":
         return f"{DONE} *{env}* is running again at {link} ({took})."
     freeze = job.freeze_ms or result.freeze_ms
@@ -126,14 +130,8 @@ def failure_text(job: Job) -> str:
 
 def _failure(job: Job) -> tuple[str, str]:
     """What failed, and what that left: a failed clone leaves nothing behind."""
-    after = {
-        "clone": "Nothing was left behind: all the job had created was removed.",
-        "refresh": f"*{job.environment}* was put back as it was.",
-        "rename": f"*{job.environment}* keeps its name.",
-        "delete": f"Run `/env delete {job.environment}` again to remove what is left.",
-        "stop": f"*{job.environment}* may be partly stopped: `/env wake {job.environment}`.",
-        "start": f"*{job.environment}* may be partly started: `/env wake` tries again.",
-    }.get(job.kind, "")
+    kind = KINDS.get(job.kind)
+    after = kind.after_failure.format(env=job.environment) if kind is not None else ""
     return escape(clip(job.error or "unknown error")), after
 
 
@@ -155,6 +153,12 @@ def clone_failed(job: Job) -> Message:
 def extended(name: str, *, until: datetime | None, by: str) -> Message:
     life = f"expires {when(until)}" if until is not None else "never expires"
     return _notice(f":hourglass: *{name}* now {life}", by=by)
+
+
+def protection(name: str, *, protected: bool, by: str) -> Message:
+    if protected:
+        return _notice(f":lock: *{name}* is protected: its changes need a second person", by=by)
+    return _notice(f":unlock: *{name}* is no longer protected", by=by)
 
 
 def domains_swapped(a: str, b: str, by: str) -> Message:
@@ -221,13 +225,30 @@ def env_url(env: str, *, base_domain: str, port: int = 80) -> str:
     return site_url(f"{env}.{base_domain}", port=port)
 
 
-_VERBS = {
-    "clone": ("Cloning", "Cloned"),
-    "refresh": ("Refreshing", "Refreshed"),
-    "rename": ("Renaming", "Renamed"),
-    "delete": ("Deleting", "Deleted"),
-    "stop": ("Stopping", "Stopped"),
-    "start": ("Starting", "Started"),
+@dataclass(frozen=True)
+class KindWords:
+    """How a job of one kind is told: while it runs, once done, and what a failure left."""
+
+    doing: str
+    done: str
+    after_failure: str  # "{env}": the job's environment
+
+
+KINDS: dict[str, KindWords] = {
+    JobKind.CLONE: KindWords(
+        "Cloning", "Cloned", "Nothing was left behind: all the job had created was removed."
+    ),
+    JobKind.REFRESH: KindWords("Refreshing", "Refreshed", "*{env}* was put back as it was."),
+    JobKind.RENAME: KindWords("Renaming", "Renamed", "*{env}* keeps its name."),
+    JobKind.DELETE: KindWords(
+        "Deleting", "Deleted", "Run `/env delete {env}` again to remove what is left."
+    ),
+    JobKind.STOP: KindWords(
+        "Stopping", "Stopped", "*{env}* may be partly stopped: `/env wake {env}` starts it."
+    ),
+    JobKind.START: KindWords(
+        "Starting", "Started", "*{env}* may be partly started: `/env wake {env}` tries again."
+    ),
 }
 _STOPPED_BECAUSE = {
     "idle": " (asleep: it had no request for a while); a request to it wakes it",
@@ -431,3 +452,32 @@ def lifetime(*, expires_at: datetime | None, stopped: str | None, clone: bool) -
 
 def context_block(text: str) -> ContextBlock:
     return ContextBlock(elements=[MarkdownTextObject(text=text)])
+
+
+def refresh_schedule(name: str, schedule: Schedule | None) -> str:
+    """What ``/env schedule`` answers: the clone's refresh schedule and how its last run went."""
+    if schedule is None:
+        return (
+            f"*{name}* is refreshed on no schedule: "
+            f"`/env schedule {name} refresh daily 03:00` sets one."
+        )
+    text = (
+        f":calendar: *{name}* is refreshed from its source {schedule.spoken}, in the name of "
+        f"<@{schedule.set_by}>; next {when(schedule.next_run)}"
+    )
+    if schedule.last_run is not None and schedule.last_outcome is not None:
+        reason = f": {escape(clip(schedule.last_reason, 300))}" if schedule.last_reason else ""
+        text += f"\nLast: {schedule.last_outcome.value} {when(schedule.last_run)}{reason}"
+    return text
+
+
+def refresh_not_run(notice: ScheduleNotice) -> Message:
+    """A scheduled refresh skipped (the clone in use) or failed: for its owner and team."""
+    env, reason = notice.environment, escape(clip(notice.reason, 500))
+    if notice.kind == "skipped":
+        text = f":double_vertical_bar: The scheduled refresh of *{env}* was skipped: {reason}."
+    else:
+        text = f":x: The scheduled refresh of *{env}* failed: {reason}."
+    text += f" Next: {when(notice.next_run)}."
+    who = f"scheduled by <@{notice.set_by}>" + (f" · job {notice.job}" if notice.job else "")
+    return Message(text=text, blocks=[SectionBlock(text=text), context_block(who)])

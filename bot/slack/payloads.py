@@ -11,6 +11,7 @@ edge answers it with a 400, a listener with an ephemeral "I could not read that"
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl
@@ -292,6 +293,20 @@ def read_extend(body: Mapping[str, Any]) -> tuple[BlockActions, str, str]:
     except (ValueError, InvalidName, BadRequest):
         raise Unreadable("this button names no environment of clonebot's") from None
     return click, env, by
+
+
+_APPROVAL = re.compile(r"[0-9a-f]{8}")
+
+
+def read_approval_click(body: Mapping[str, Any]) -> tuple[BlockActions, str, bool]:
+    """A click on *Approve* or *Reject*: the click, the approval's id, whether approved."""
+    click = _check(BlockActions, body)
+    action = click.actions[0]
+    if action.action_id not in (ids.APPROVE, ids.REJECT):
+        raise Unreadable("this button is no approval of clonebot's")
+    if not _APPROVAL.fullmatch(action.value or ""):
+        raise Unreadable("this button names no approval of clonebot's")
+    return click, action.value or "", action.action_id == ids.APPROVE
 
 
 def read_submission(body: Mapping[str, Any]) -> ViewSubmission:

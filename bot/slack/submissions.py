@@ -14,7 +14,14 @@ from bot.slack.commands import traffic_changed
 from bot.slack.payloads import Unreadable, read_submission
 from bot.slack.views import FieldError, field_errors, read_clone_modal, read_split_modal
 from services import jobs, routing
-from services.errors import ClonebotError, EnvironmentNotFound, Forbidden, InvalidName, NameTaken
+from services.errors import (
+    ApprovalNeeded,
+    ClonebotError,
+    EnvironmentNotFound,
+    Forbidden,
+    InvalidName,
+    NameTaken,
+)
 
 log = logging.getLogger(__name__)
 _FAILED = "That failed on clonebot's side; the error is in its log."
@@ -30,7 +37,7 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
             request = slack_request(user, form.channel, body.get("trigger_id"))
             job = await jobs.submit_clone(
                 bot.svc, request, source=form.source, name=form.name, snapshot=form.snapshot,
-                notify=form.notify,
+                notify=form.notify, ttl=form.ttl,
             )  # fmt: skip
         except FieldError as exc:
             await ack(**field_errors(**{exc.block_id: exc.message}))
@@ -76,6 +83,11 @@ def register(app: AsyncApp, bot: SlackBot) -> None:
                 note = messages.failover_set(form.domain, form.primary, form.backup, by=user)
         except (Forbidden, EnvironmentNotFound) as exc:
             await ack(**field_errors(**{ids.SPLIT_OTHER: exc.message}))
+            return
+        except ApprovalNeeded as exc:  # nothing done yet: the team is asked, the form says so
+            if bot.on_approval_needed is not None:
+                await bot.on_approval_needed(exc)
+            await ack(**field_errors(**{ids.SPLIT_DOMAIN: f"{exc.message}; the team was asked"}))
             return
         except ClonebotError as exc:
             await ack(**field_errors(**{ids.SPLIT_DOMAIN: exc.message}))

@@ -41,6 +41,8 @@ from bot.slack.messages import (
     lifetime,
 )
 from bot.slack.payloads import InputValue, Unreadable, read_metadata, read_view
+from services.durations import parse_duration
+from services.errors import BadRequest
 from storage.models import Job
 
 OPTIONS_LIMIT = 100  # options of one select menu
@@ -65,6 +67,7 @@ class CloneForm:
     snapshot: bool
     notify: str | None  # the channel to notify, if one was chosen
     channel: str | None  # where /clone was typed
+    ttl: str | None = None  # how long it lives, as typed; None: the default
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,12 @@ def clone_modal(sources: Sequence[str], *, default_name: str, channel: str | Non
                 action_id=ids.CLONE_NAME, initial_value=default_name, max_length=63
             ),
             hint="Lowercase letters, digits and hyphens, starting with a letter",
+        ),
+        _input(
+            "Expires after",
+            PlainTextInputElement(action_id=ids.CLONE_TTL, max_length=16),
+            hint="Like 3d, 12h or 2w; never (its source's owner, admins); empty: the default",
+            optional=True,
         ),
         _input(
             "Options",
@@ -229,12 +238,20 @@ def read_clone_modal(view: Mapping[str, Any]) -> CloneForm:
     # the name filled in was the first source's default: another source has its own
     name = None if typed == asked.default and source != asked.source else typed
     notify = _field(values, ids.CLONE_NOTIFY)
+    ttl_field = _field(values, ids.CLONE_TTL)
+    ttl = ((ttl_field.value if ttl_field else None) or "").strip() or None
+    if ttl is not None:
+        try:
+            parse_duration(ttl, what="An expiry")
+        except BadRequest as exc:
+            raise FieldError(ids.CLONE_TTL, exc.message) from None
     return CloneForm(
         source=source,
         name=name,
         snapshot=ids.SNAPSHOT in _checked(values, ids.CLONE_OPTIONS),
         notify=notify.selected_conversation if notify else None,
         channel=asked.channel,
+        ttl=ttl,
     )
 
 

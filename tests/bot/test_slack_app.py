@@ -234,11 +234,12 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
     # (other tests' sources, owned by the same user, may come first: the engine is shared)
     assert prod in [option["value"] for option in source_field["options"]]
 
-    def values(name: str) -> dict[str, Any]:
+    def values(name: str, ttl: str = "2d") -> dict[str, Any]:
         return {
             "clone_source": {"clone_source": {"type": "static_select",
                                               "selected_option": {"value": prod}}},
             "clone_name": {"clone_name": {"type": "plain_text_input", "value": name}},
+            "clone_ttl": {"clone_ttl": {"type": "plain_text_input", "value": ttl}},
             "clone_options": {"clone_options": {"type": "checkboxes", "selected_options": []}},
             "clone_notify": {"clone_notify": {"type": "conversations_select",
                                               "selected_conversation": None}},
@@ -250,11 +251,16 @@ async def test_clone_modal_shows_a_bad_name_then_clones_and_split_modal_applies_
     assert errors["response_action"] == "errors"
     assert "Bad_Name" in errors["errors"]["clone_name"]
     assert copy not in await env_names(bot.settings)
+    bad_ttl = (await bot.submit(OWNER, view, values(copy, ttl="2 days"))).json()
+    assert "An expiry is a whole number" in bad_ttl["errors"]["clone_ttl"]
+    assert copy not in await env_names(bot.settings)
 
     good = await bot.submit(OWNER, view, values(copy))
     assert good.status == 200 and good.text == ""
     final = await bot.final_message()
     assert final["text"].startswith(f":white_check_mark: *{copy}* is running")
+    listed = {e["name"]: e for e in json.loads(cli(bot.settings, "envs", "--json"))}
+    assert listed[copy]["expires_at"] is not None, "the form's expiry was kept"
     rate_limited = [c for c in bot.slack.calls_to("chat.update") if c.answer.get("error")]
     assert rate_limited, "the emulator answered no edit with 429"
     await exec_output(docker, f"{copy}-web-1", "echo copy > /www/index.html")

@@ -17,13 +17,16 @@ from bot.playground.contract import check_blocks, check_view
 from bot.slack import ids
 from bot.slack.commands import usage
 from bot.slack.messages import (
+    KINDS,
     Message,
     clone_done,
     clone_failed,
     clone_started,
     domains_swapped,
     failover_set,
+    failure_text,
     handed_over,
+    job_title,
     progress_message,
     refusal,
     result_message,
@@ -42,6 +45,7 @@ from bot.slack.views import (
     read_split_modal,
     split_modal,
 )
+from services.job_locks import JobKind
 from storage.models import Job
 from tests.slack.signing import view_submission
 
@@ -418,10 +422,16 @@ def test_the_clone_modal_offers_the_sources_and_reads_back_what_was_chosen() -> 
         clone_name={"value": " shop-test "},
         clone_options={"selected_options": [option(ids.SNAPSHOT)]},
         clone_notify={"selected_conversation": "C0TEAM1"},
+        clone_ttl={"value": " 3d "},
     )
     assert read_clone_modal(changed) == CloneForm(
-        source="shop", name="shop-test", snapshot=True, notify="C0TEAM1", channel="C0CHAN1"
-    )
+        source="shop", name="shop-test", snapshot=True, notify="C0TEAM1", channel="C0CHAN1",
+        ttl="3d",
+    )  # fmt: skip
+    with pytest.raises(FieldError) as bad_ttl:
+        read_clone_modal(submitted(view, clone_ttl={"value": "soon"}))
+    assert bad_ttl.value.block_id == ids.CLONE_TTL
+    assert "An expiry is a whole number with s, m, h, d or w" in bad_ttl.value.message
     # another source, the name left as filled in: that source's own default name
     other = submitted(view, clone_source={"selected_option": option("shop")})
     assert read_clone_modal(other).name is None
@@ -525,3 +535,12 @@ def test_an_empty_home_tab_says_how_to_start_and_a_full_one_fits() -> None:
     )
     assert len(full["blocks"]) <= 100
     assert "… and 20 more" in texts(full)
+
+
+def test_every_job_kind_has_its_words() -> None:
+    """A new kind of job must say what it does, and what its failure leaves."""
+    assert set(KINDS) == set(JobKind)
+    for kind in JobKind:
+        failed = job(kind=kind.value, state="failed", error="boom")
+        assert KINDS[kind].doing in job_title(failed)
+        assert KINDS[kind].after_failure.format(env=failed.environment) in failure_text(failed)

@@ -35,6 +35,7 @@ adopt         | ----  | ----     | ----   | ----     | YY-Y
 forget        | ----  | ----     | ----   | ----     | YY-Y
 sleep or wake | YY-Y  | YY-Y     | ----   | ----     | YY-Y
 extend        | YY-Y  | YY-Y     | ----   | ----     | YY-Y
+protect       | YY-Y  | ----     | ----   | ----     | YY-Y
 """
 SITUATIONS = ("unbound", "bound, from the bound channel", "bound, from another channel", "CLI")
 

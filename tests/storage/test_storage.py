@@ -38,6 +38,8 @@ TABLES = {
     "audit_log",
     "domains",
     "routes",
+    "refresh_schedules",
+    "approvals",
     "alembic_version",
 }
 PARIS_SUMMER = timezone(timedelta(hours=2))

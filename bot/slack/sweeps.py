@@ -1,7 +1,9 @@
-"""A clone's expiry in Slack: the reminders, the notices, and when a date is shown.
+"""What `serve`'s sweeps tell Slack: a clone's expiry, a scheduled refresh that did not run,
+a clone put to sleep or woken.
 
-The owner gets a direct message, the team a notice in the clone's notify channel; both carry
-*Extend 1 day*, *Extend 7 days* and *Delete now* (each click authorized again).
+The owner gets a direct message, the team a notice in the clone's notify channel (else the
+default one). Expiry notices carry *Extend 1 day*, *Extend 7 days* and *Delete now*, a sleep
+notice *Wake* (each click authorized again).
 """
 
 from __future__ import annotations
@@ -11,10 +13,20 @@ from datetime import datetime
 from slack_sdk.models.blocks import ActionsBlock, Block, ButtonElement, SectionBlock
 
 from bot.slack import ids
-from bot.slack.messages import Message, context_block, delete_button, when
+from bot.slack.messages import (
+    Message,
+    context_block,
+    delete_button,
+    refresh_not_run,
+    wake_button,
+    when,
+)
 from bot.slack.notices import Notices
 from services.durations import describe_left
-from services.expiry import ExpiryNotice, ExpirySink
+from services.expiry import ExpiryNotice
+from services.idle import SleepNotice
+from services.schedules import ScheduleNotice
+from services.supervisor import Tellers
 from storage.models import utcnow
 
 EXTENSIONS = (("Extend 1 day", "1d"), ("Extend 7 days", "7d"))
@@ -59,14 +71,38 @@ def _buttons(notice: ExpiryNotice) -> list[ButtonElement]:
     return [*buttons, delete_button(env, text="Delete now")]
 
 
-def expiry_sink(notices: Notices) -> ExpirySink:
-    """Tell the owner (a direct message) and the team (a notice) of an expiry."""
+def sleep_message(notice: SleepNotice) -> Message:
+    env = notice.environment
+    if notice.kind == "woke":
+        text = f":sunrise: *{env}* woke up for a visitor."
+        return Message(text=text, blocks=[SectionBlock(text=text)])
+    idle = f"no request for {describe_left(notice.idle_for)}" if notice.idle_for else "idle"
+    text = f":zzz: *{env}* is asleep ({idle}): the next visit wakes it, or *Wake*."
+    blocks: list[Block] = [
+        SectionBlock(text=text),
+        context_block(f"owner <@{notice.owner}>"),
+        ActionsBlock(elements=[wake_button(env)]),
+    ]
+    return Message(text=text, blocks=blocks)
 
-    async def tell(notice: ExpiryNotice) -> None:
+
+def tellers(notices: Notices) -> Tellers:
+    """Owner (a direct message) and team (a notice) told of what the sweeps did; its own
+    notify channel is kept in each notice: a deleted clone's record is gone."""
+
+    async def expiry(notice: ExpiryNotice) -> None:
         message = expiry_message(notice, now=utcnow())
         if notice.owner is not None:
             await notices.direct(notice.owner, message)
-        # its own notify channel, kept in the notice: a deleted clone's record is gone
         await notices.send_to(notice.channel or notices.default_channel, message)
 
-    return tell
+    async def schedule(notice: ScheduleNotice) -> None:
+        message = refresh_not_run(notice)
+        if notice.owner is not None:
+            await notices.direct(notice.owner, message)
+        await notices.send_to(notice.channel or notices.default_channel, message)
+
+    async def sleep(notice: SleepNotice) -> None:
+        await notices.send_to(notice.channel or notices.default_channel, sleep_message(notice))
+
+    return Tellers(expiry=expiry, schedule=schedule, sleep=sleep)
