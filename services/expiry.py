@@ -2,7 +2,8 @@
 
 A clone's expiry is set when it is asked for (``--ttl``, else ``CLONEBOT_DEFAULT_TTL``) and
 moved by ``extend``. Sources never expire. A clone that serves a custom domain or takes part
-in a route is never stopped or deleted by its expiry: its owner is told instead. ``serve``
+in a route is never stopped or deleted by its expiry: its owner is told instead; a protected
+one is stopped, never deleted (that needs a person's approval). ``serve``
 sweeps every ``CLONEBOT_EXPIRY_CHECK`` seconds (``sweep_expiry``); the stop and the delete
 are jobs asked in the owner's name, checked again as they run like any other.
 """
@@ -146,7 +147,8 @@ async def _sweep_one(
         return
     owner = Request(record.owner)
     if record.stopped == Stopped.EXPIRED:
-        if deletes_at is not None and now >= deletes_at:
+        # a protected clone's delete needs a person's approval: its expiry only stops it
+        if deletes_at is not None and now >= deletes_at and not record.protected:
             job = await submit_delete(svc, owner, name=record.name, force=False, why="expired")
             if (await run_job(svc, job.id)).state == JobState.SUCCEEDED:
                 notice("deleted")

@@ -15,6 +15,7 @@ from sqlalchemy import update
 
 from services import routing
 from services.access import Request
+from services.approvals import pending_approvals, set_protected
 from services.context import Services
 from services.environments import get_environment
 from services.errors import BadRequest, EnvironmentNotFound, Forbidden, NotAClone
@@ -260,3 +261,22 @@ async def test_a_clone_serving_a_domain_may_not_be_put_to_sleep(
     with pytest.raises(BadRequest, match="before stopping it"):
         await submit_stop(svc, Request(OWNER), name=clone)
     assert await _states(svc, clone) == {"running"}
+
+
+async def test_a_protected_clone_is_stopped_at_its_expiry_but_never_deleted_by_it(
+    svc: Services, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1, db_nodes=0)
+    clone = await _clone(svc, source.name, ttl="1h")
+    await set_protected(svc, Request(OWNER), name=clone, protected=True)
+    await _expire_in(svc, clone, timedelta(seconds=-1))
+    told = Told()
+    await sweep_expiry(svc, notify=told)
+    assert await _states(svc, clone) == {"exited"}
+
+    await _expire_in(svc, clone, timedelta(days=-3))
+    await sweep_expiry(svc, notify=told)
+
+    assert told.kinds() == ["stopped"]
+    assert await _states(svc, clone) == {"exited"}, "kept: deleting it needs an approval"
+    assert await pending_approvals(svc) == []
