@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -10,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.context import Services
 from services.environments import Environment, Glimpse, get_environment, glimpse_environments
-from services.errors import EnvironmentNotFound, Forbidden, InvalidUser
+from services.errors import EnvironmentNotFound, Forbidden, InvalidUser, Refused
 from services.permissions import Access, Action, Decision, Role, decide
 from services.settings import SLACK_USER, Settings
 from storage import repositories as repo
@@ -134,6 +135,24 @@ async def _checked_record(
         channel=request.channel,
     )
     return record
+
+
+@asynccontextmanager
+async def audited_refusals(
+    session: AsyncSession, request: Request, *, action: Action, environment: str
+) -> AsyncIterator[None]:
+    """A refusal raised in the block (a quota, a forbidden ``never``) is written to the audit
+    log, as the permission check's are, then raised."""
+    try:
+        yield
+    except Refused as exc:
+        await session.rollback()
+        repo.record_audit(
+            session, actor=request.user, action=action.value, environment=environment,
+            channel=request.channel, allowed=False, reason=exc.message,
+        )  # fmt: skip
+        await session.commit()
+        raise
 
 
 async def authorize(

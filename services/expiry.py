@@ -87,12 +87,14 @@ async def extend_environment(svc: Services, request: Request, *, name: str, by: 
         )
         if record.cloned_from is None:
             raise NotAClone(name, "extend")
-        if longer is None and not await may_keep(
-            svc, session, user=request.user, source=record.cloned_from
+        source = record.cloned_from
+        async with access.audited_refusals(
+            session, request, action=Action.EXTEND, environment=name
         ):
-            raise Forbidden(
-                f"only {record.cloned_from}'s owner or an admin may keep {name} for ever"
-            )
+            if longer is None and not await may_keep(
+                svc, session, user=request.user, source=source
+            ):
+                raise Forbidden(f"only {source}'s owner or an admin may keep {name} for ever")
         if record.expires_at is None and longer is not None:
             raise BadRequest(f"{name} never expires: nothing to extend")
         now = utcnow()

@@ -27,7 +27,6 @@ from services.errors import (
     LeaseLost,
     NameTaken,
     NotAClone,
-    QuotaExceeded,
 )
 from services.freeze import resume_recorded
 from services.job_locks import JobKind, check_not_busy, job_kind, reserving_disk, serialize
@@ -86,17 +85,12 @@ async def submit_clone(
             return earlier
         await access.check_request(svc, session, request, name=source, action=Action.CLONE)
         await serialize(session)  # two clones asked at once are counted one after the other
-        try:
+        async with access.audited_refusals(
+            session, request, action=Action.CLONE, environment=source
+        ):
             await check_clone_count(session, svc.settings, user=request.user)
-        except QuotaExceeded as exc:  # a refusal like any other: audited
-            repo.record_audit(
-                session, actor=request.user, action=Action.CLONE.value, environment=source,
-                channel=request.channel, allowed=False, reason=exc.message,
-            )  # fmt: skip
-            await session.commit()
-            raise
-        keep = await may_keep(svc, session, user=request.user, source=source)
-        expires = clone_expiry(svc.settings, ttl=ttl, may_keep=keep, source=source)
+            keep = await may_keep(svc, session, user=request.user, source=source)
+            expires = clone_expiry(svc.settings, ttl=ttl, may_keep=keep, source=source)
         name = name or await _default_name(svc, session, source)
         await _check_free(svc, session, name)
         session.add(

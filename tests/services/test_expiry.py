@@ -116,6 +116,9 @@ async def test_only_the_sources_owner_or_an_admin_may_keep_a_clone_for_ever(
 
     with pytest.raises(Forbidden, match=f"only {source.name}'s owner or an admin"):
         await extend_environment(svc, Request(TEAMMATE), name=clone, by="never")
+    async with svc.sessions() as session:
+        refusals = [a for a in await repo.list_audit(session, environment=clone) if not a.allowed]
+    assert [(a.actor, a.action) for a in refusals] == [(TEAMMATE, "extend")], "audited"
     assert (await _record(svc, clone)).expires_at is not None
     assert (await extend_environment(svc, Request(TEAMMATE), name=clone, by="3d")).expires_at
     assert (
