@@ -1,11 +1,12 @@
 """Protected environments: their changes wait for a second person's approval.
 
-A change to a protected environment (a swap, split or failover of its traffic, a delete, a
-rename, a refresh into it, a hand-over, or taking the protection off) is not made when asked:
-``require`` records an approval request and raises ``ApprovalNeeded``. Another person with
-the same right on every environment of the change approves it (or rejects it); the change is
-then made in the asker's name (``perform``), checked again as it runs. An approval is bound
-to that exact change and to whoever asked, used once, and lapses after CLONEBOT_APPROVAL_TTL.
+A change to a protected environment (a swap, split or failover of its traffic, unbinding one
+of its domains, a delete, a rename, a refresh into it, a hand-over, or taking the protection
+off) is not made when asked: ``require`` records an approval request and raises
+``ApprovalNeeded``. Another person with the same right on every environment of the change
+approves it (or rejects it); the change is then made in the asker's name (``perform``),
+checked again as it runs. An approval is bound to that exact change and to whoever asked,
+used once, and lapses after CLONEBOT_APPROVAL_TTL.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ChangeKind(StrEnum):
     RENAME = "rename"
     REFRESH = "refresh"
     HAND_OVER = "hand over"
+    DOMAIN_REMOVE = "domain remove"
     UNPROTECT = "unprotect"
 
 
@@ -86,6 +88,8 @@ def describe(kind: str, args: dict[str, Any]) -> str:
             return f"hand {args['name']} over to <@{args['new_owner']}>"
         case ChangeKind.UNPROTECT:
             return f"take the protection off {args['name']}"
+        case ChangeKind.DOMAIN_REMOVE:
+            return f"unbind {args['domain']} from {args['env']}"
     return kind
 
 
@@ -259,6 +263,9 @@ async def perform(svc: Services, approval: Approval) -> Performed:
         case ChangeKind.UNPROTECT:
             await set_protected(svc, request, name=args["name"], protected=False)
             return Performed(environments=names)
+        case ChangeKind.DOMAIN_REMOVE:
+            await routing.remove_domain(svc, request, env=args["env"], domain=args["domain"])
+            return Performed(traffic=True, environments=names)
     raise BadRequest(f"approval {approval.id} is of a kind this clonebot does not know")
 
 

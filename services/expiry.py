@@ -23,11 +23,11 @@ from services import access
 from services.access import Request
 from services.context import Services
 from services.durations import parse_duration
-from services.errors import BadRequest, ClonebotError, Forbidden, NotAClone
+from services.errors import BadRequest, ClonebotError, NotAClone
 from services.jobs import run_job, serving_reason, submit_delete, submit_start, submit_stop
 from services.permissions import Action
 from services.sleep import Stopped
-from services.ttl import may_keep
+from services.ttl import check_life, may_keep, original_source
 from storage import repositories as repo
 from storage.models import EnvironmentRecord, Job, JobState, utcnow
 
@@ -87,18 +87,17 @@ async def extend_environment(svc: Services, request: Request, *, name: str, by: 
         )
         if record.cloned_from is None:
             raise NotAClone(name, "extend")
-        source = record.cloned_from
-        async with access.audited_refusals(
-            session, request, action=Action.EXTEND, environment=name
-        ):
-            if longer is None and not await may_keep(
-                svc, session, user=request.user, source=source
-            ):
-                raise Forbidden(f"only {source}'s owner or an admin may keep {name} for ever")
         if record.expires_at is None and longer is not None:
             raise BadRequest(f"{name} never expires: nothing to extend")
         now = utcnow()
         expires = None if longer is None else max(now, record.expires_at or now) + longer
+        source = await original_source(session, record.cloned_from)
+        async with access.audited_refusals(
+            session, request, action=Action.EXTEND, environment=name
+        ):
+            if not await may_keep(svc, session, user=request.user, source=source):
+                life = None if expires is None else expires - now
+                check_life(svc.settings, life=life, source=source)
         record.expires_at, record.expiry_stage = expires, Stage.NONE
         stopped = record.stopped == Stopped.EXPIRED
         detail = {"until": expires.isoformat() if expires else "never"}
@@ -134,7 +133,8 @@ async def _sweep_one(
 ) -> None:
     assert record.expires_at is not None
     grace = svc.settings.expiry_grace
-    deletes_at = None if grace is None else record.expires_at + grace
+    # a protected clone's delete needs a person's approval: its expiry only stops it
+    deletes_at = None if grace is None or record.protected else record.expires_at + grace
 
     def notice(kind: Literal["reminder", "kept", "stopped", "deleted"], reason: str = "") -> None:
         expires = record.expires_at or now
@@ -149,8 +149,7 @@ async def _sweep_one(
         return
     owner = Request(record.owner)
     if record.stopped == Stopped.EXPIRED:
-        # a protected clone's delete needs a person's approval: its expiry only stops it
-        if deletes_at is not None and now >= deletes_at and not record.protected:
+        if deletes_at is not None and now >= deletes_at:
             job = await submit_delete(svc, owner, name=record.name, force=False, why="expired")
             if (await run_job(svc, job.id)).state == JobState.SUCCEEDED:
                 notice("deleted")
@@ -162,8 +161,9 @@ async def _sweep_one(
                 notice("kept", serving)
         else:
             job = await submit_stop(svc, owner, name=record.name, why=Stopped.EXPIRED)
-            if (await run_job(svc, job.id)).state == JobState.SUCCEEDED:
-                await _advance(svc, record, Stage.STOPPED)
+            stopped = (await run_job(svc, job.id)).state == JobState.SUCCEEDED
+            # told once, by the process that moved it (two may have stopped it)
+            if stopped and await _advance(svc, record, Stage.STOPPED):
                 notice("stopped")
     else:
         for stage, before in REMINDERS:

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from datetime import datetime, timedelta
 from typing import Any, assert_never
 
 from pydantic import TypeAdapter
@@ -45,7 +46,7 @@ from services.permissions import Action
 from services.progress import EventSink, ignore_events
 from services.quotas import check_clone_count
 from services.sleep import Stopped, start_environment, stop_environment
-from services.ttl import clone_expiry, may_keep
+from services.ttl import clone_expiry, may_keep, original_source
 from services.workers import this_worker
 from storage import repositories as repo
 from storage.db import AsyncSession
@@ -90,7 +91,8 @@ async def submit_clone(
         ):
             await check_clone_count(session, svc.settings, user=request.user)
             keep = await may_keep(svc, session, user=request.user, source=source)
-            expires = clone_expiry(svc.settings, ttl=ttl, may_keep=keep, source=source)
+            origin = await original_source(session, source)
+            expires = clone_expiry(svc.settings, ttl=ttl, may_keep=keep, source=origin)
         name = name or await _default_name(svc, session, source)
         await _check_free(svc, session, name)
         session.add(
@@ -100,7 +102,7 @@ async def submit_clone(
             )
         )  # fmt: skip
         job = _new_job(request, kind="clone", environment=name, source=source)
-        job.params = {"snapshot": snapshot}
+        job.params = job.params | {"snapshot": snapshot}
         return await _record(session, request, job, action=Action.CLONE)
 
 
@@ -128,7 +130,7 @@ async def submit_rename(svc: Services, request: Request, *, name: str, new_name:
         await _check_free(svc, session, new_name, renaming=name)
         session.add(EnvironmentRecord(name=new_name, state="creating"))
         job = _new_job(request, kind="rename", environment=name, source=None)
-        job.params = {"to": new_name}
+        job.params = job.params | {"to": new_name}
         return await _record(session, request, job, action=Action.RENAME)
 
 
@@ -208,10 +210,12 @@ async def _submit_on(
         source = record.cloned_from or (env.cloned_from if env is not None else None)
         if kind in ("stop", "start") and source is None:  # a source is never stopped by us
             raise NotAClone(name, kind)
+        if kind == "start" and record.stopped == Stopped.EXPIRED and _past(record.expires_at):
+            raise BadRequest(f"{name} expired and was stopped: extend it (`/env extend {name} 1d`)")
         if kind == "refresh":
             await _check_source(svc, session, request, clone=name, source=source)
         job = _new_job(request, kind=kind, environment=name, source=source)
-        job.params = params or {}
+        job.params = job.params | (params or {})
         return await _record(session, request, job, action=action)
 
 
@@ -235,6 +239,8 @@ async def _earlier(session: AsyncSession, request: Request) -> Job | None:
 
 
 def _new_job(request: Request, *, kind: str, environment: str, source: str | None) -> Job:
+    """A queued job; its params start with the approval it was asked with, if any (its run
+    checks protection again: one protected meanwhile needs it)."""
     return Job(
         id=secrets.token_hex(6),
         kind=kind,
@@ -243,7 +249,7 @@ def _new_job(request: Request, *, kind: str, environment: str, source: str | Non
         source=source,
         requester=request.user,
         channel=request.channel,
-        params={},
+        params={"approval": request.approval} if request.approval else {},
         steps=[],
         frozen=[],
     )
@@ -376,6 +382,29 @@ async def _recheck(svc: Services, job: Job) -> None:
                 return
             case _:
                 assert_never(kind)
+        await _recheck_record(svc, session, job, kind)
+
+
+async def _recheck_record(svc: Services, session: AsyncSession, job: Job, kind: JobKind) -> None:
+    """What may have changed in the record since the job was asked: protected (its change
+    then needs an approval), or extended (an expiry's stop or delete no longer due)."""
+    record = await repo.get_environment(session, job.environment)
+    if record is None:
+        return
+    name = job.environment
+    if kind in _PROTECTED_KINDS and record.protected and not job.params.get("approval"):
+        raise BadRequest(f"{name} was protected since this was asked: ask again, to be approved")
+    if job.params.get("why") == Stopped.EXPIRED:
+        grace = svc.settings.expiry_grace if kind is JobKind.DELETE else timedelta(0)
+        if record.expires_at is None or grace is None or utcnow() < record.expires_at + grace:
+            raise BadRequest(f"{name} was extended meanwhile: its expiry is not due")
+
+
+_PROTECTED_KINDS = (JobKind.DELETE, JobKind.RENAME, JobKind.REFRESH)
+
+
+def _past(moment: datetime | None) -> bool:
+    return moment is not None and moment <= utcnow()
 
 
 async def run_job(svc: Services, job_id: str, *, emit: EventSink = ignore_events) -> Job:

@@ -113,8 +113,18 @@ async def remove_domain(svc: Services, request: Request, *, env: str, domain: st
         bound = await _binding(session, name)
         if bound is None or bound.environment_id != record.id:
             raise BadRequest(f"{name} is not bound to {env}")
-        await session.delete(bound)
         route = await session.get(Route, name)
+        # its route goes with it: a protected environment sharing it loses that traffic too
+        sharing = [
+            r for i in ((route.primary_id, route.secondary_id) if route else ())
+            if i != record.id and (r := await session.get(EnvironmentRecord, i)) is not None
+        ]  # fmt: skip
+        change = Change(
+            ChangeKind.DOMAIN_REMOVE, {"env": env, "domain": name}, Action.MOVE_TRAFFIC,
+            (env, *(r.name for r in sharing)),
+        )  # fmt: skip
+        await require(svc, session, request, change=change, records=[record, *sharing])
+        await session.delete(bound)
         if route is not None:
             await session.delete(route)
         _audit(session, request, "domain remove", env, {"domain": name})

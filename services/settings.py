@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(default="text", alias="CLONEBOT_LOG_FORMAT")
     # a clone's life unless its /clone says otherwise (--ttl); "never" keeps clones for ever
     default_ttl: timedelta | None = Field(default=timedelta(days=7), alias="CLONEBOT_DEFAULT_TTL")
+    # the longest life (--ttl, an extension) anyone but the source's owner or an admin gives
+    max_ttl: timedelta | None = Field(default=timedelta(days=30), alias="CLONEBOT_MAX_TTL")
     # an expired clone is stopped, and deleted this long after ("never": kept stopped)
     expiry_grace: timedelta | None = Field(default=timedelta(days=2), alias="CLONEBOT_EXPIRY_GRACE")
     # a protected environment's change waits this long for its approval, then lapses
@@ -92,7 +94,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{user!r} is not a Slack user ID (like U012AB3CD)")
         return value
 
-    @field_validator("default_ttl", "expiry_grace", "sleep_after", "approval_ttl", mode="before")
+    @field_validator(
+        "default_ttl", "max_ttl", "expiry_grace", "sleep_after", "approval_ttl", mode="before"
+    )
     @classmethod
     def _duration(cls, value: object) -> object:
         """The project's grammar (``services.durations``): ``3d``, ``12h``, ``never``."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from sqlalchemy import select
 
@@ -85,10 +86,6 @@ async def serve(
 
     tell = tell or Tellers()
 
-    async def sweep() -> None:
-        await sweep_expiry(svc, notify=tell.expiry)
-        await sweep_schedules(svc, notify=tell.schedule)
-
     async with contextlib.AsyncExitStack() as stack:
         keeper = await stack.enter_async_context(_RouterKeeper(svc)) if router else None
         idle = _idle_watch(svc, notify=tell.sleep) if router else None
@@ -103,7 +100,9 @@ async def serve(
                 await _run_orphans(svc)
                 if time.monotonic() - last_expiry >= svc.settings.expiry_check_s:
                     last_expiry = time.monotonic()
-                    beside.start("sweep", sweep)
+                    # apart: an hour-long refresh must not hold up an hour-before reminder
+                    beside.start("expiry", partial(sweep_expiry, svc, notify=tell.expiry))
+                    beside.start("schedules", partial(sweep_schedules, svc, notify=tell.schedule))
                 if time.monotonic() - last_recovery >= recover_every_s:
                     on_recovered(await recover_jobs(svc))
                     await _expire_keys(svc)

@@ -121,6 +121,10 @@ async def _decide(bot: SlackBot, body: dict[str, Any]) -> str | None:
         await _show(bot, approval, change=change, outcome=outcome)
         return f"Approved, but {escape(change)} could not be made: {escape(exc.message)}"
     await _follow(bot, performed, channel=approval.slack_channel or channel or click.user.id)
+    if performed.job is not None:  # its own message tells how it ends
+        outcome = f"Its job {performed.job.id} started."
+        await _show(bot, approval, change=change, outcome=outcome)
+        return f"Approved: {escape(change)}; job {performed.job.id} started."
     await _show(bot, approval, change=change, outcome="It was made.")
     return f"Approved: {escape(change)}; done."
 

@@ -163,3 +163,34 @@ async def test_deleting_and_unprotecting_a_protected_clone_wait_for_approval(
     with pytest.raises(BadRequest, match="no approval"):
         await decide(svc, Request(ADMIN), approval_id="0000ffff", approve=True)
     assert unprotect.value.approval != delete.value.approval
+
+
+async def test_unbinding_a_protected_environments_domain_waits_for_approval(
+    svc: Services, make_source: MakeSource
+) -> None:
+    """Not a side door: unbinding prod's domain then binding it to a clone is a swap."""
+    prod, _ = await _pair(svc, make_source)
+    before = await _domains(svc)
+
+    with pytest.raises(ApprovalNeeded) as needed:
+        await routing.remove_domain(svc, Request(TEAMMATE), env=prod, domain=f"{prod}.test")
+
+    assert await _domains(svc) == before
+    assert f"to unbind {prod}.test from {prod}" in needed.value.message
+    approved = await decide(svc, Request(OWNER), approval_id=needed.value.approval, approve=True)
+    assert (await perform(svc, approved)).traffic
+    assert f"{prod}.test" not in await _domains(svc)
+
+
+async def test_a_job_asked_before_its_environment_was_protected_is_refused_when_it_runs(
+    svc: Services, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1, db_nodes=0)
+    clone = f"{source.name}-c"
+    await run_job(svc, (await submit_clone(svc, Request(OWNER), source=source.name, name=clone)).id)
+    queued = await submit_delete(svc, Request(OWNER), name=clone, force=False)
+    await set_protected(svc, Request(OWNER), name=clone, protected=True)
+
+    with pytest.raises(BadRequest, match="was protected since this was asked"):
+        await run_job(svc, queued.id)
+    assert await get_environment(svc.docker, clone)

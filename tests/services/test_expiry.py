@@ -22,6 +22,7 @@ from services.errors import BadRequest, EnvironmentNotFound, Forbidden, NotAClon
 from services.expiry import ExpiryNotice, Stage, extend_environment, sweep_expiry
 from services.jobs import run_job, submit_clone, submit_start, submit_stop
 from services.ownership import hand_over_environment
+from services.sleep import Stopped
 from storage import repositories as repo
 from storage.models import EnvironmentRecord, utcnow
 from tests.conftest import ADMIN, OWNER, MakeSource
@@ -119,6 +120,17 @@ async def test_only_the_sources_owner_or_an_admin_may_keep_a_clone_for_ever(
     async with svc.sessions() as session:
         refusals = [a for a in await repo.list_audit(session, environment=clone) if not a.allowed]
     assert [(a.actor, a.action) for a in refusals] == [(TEAMMATE, "extend")], "audited"
+    # nor through a clone of their own clone (it is still the source's data), nor for long
+    for ttl in ("never", "5200w"):
+        with pytest.raises(Forbidden, match=f"only {source.name}'s owner or an admin"):
+            await submit_clone(svc, Request(TEAMMATE), source=clone, name=f"{clone}-x", ttl=ttl)
+    with pytest.raises(Forbidden, match=r"longer than 30d \(CLONEBOT_MAX_TTL\)"):
+        await extend_environment(svc, Request(TEAMMATE), name=clone, by="60d")
+    long = await submit_clone(
+        svc, Request(OWNER), source=kept.environment, name=f"{clone}-o", ttl="60d"
+    )
+    assert (await _record(svc, long.environment)).expires_at is not None
+    await run_job(svc, long.id)
     assert (await _record(svc, clone)).expires_at is not None
     assert (await extend_environment(svc, Request(TEAMMATE), name=clone, by="3d")).expires_at
     assert (
@@ -281,5 +293,30 @@ async def test_a_protected_clone_is_stopped_at_its_expiry_but_never_deleted_by_i
     await sweep_expiry(svc, notify=told)
 
     assert told.kinds() == ["stopped"]
+    assert told.notices[0].deletes_at is None, "never told it will be deleted"
     assert await _states(svc, clone) == {"exited"}, "kept: deleting it needs an approval"
     assert await pending_approvals(svc) == []
+
+
+async def test_an_expired_clone_wakes_only_once_extended_and_a_late_stop_is_refused(
+    svc: Services, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1, db_nodes=0)
+    clone = await _clone(svc, source.name, ttl="1h")
+    await _expire_in(svc, clone, timedelta(seconds=-1))
+    # the sweep asked for the stop, then the owner extended it before the stop ran
+    late = await submit_stop(svc, Request(OWNER), name=clone, why=Stopped.EXPIRED)
+    await extend_environment(svc, Request(OWNER), name=clone, by="1d")
+    with pytest.raises(BadRequest, match="was extended meanwhile"):
+        await run_job(svc, late.id)
+    assert await _states(svc, clone) == {"running"}
+
+    await _expire_in(svc, clone, timedelta(seconds=-1))
+    await sweep_expiry(svc, notify=Told())
+    assert await _states(svc, clone) == {"exited"}
+    with pytest.raises(BadRequest, match="expired and was stopped: extend it"):
+        await submit_start(svc, Request(OWNER), name=clone)
+    extended = await extend_environment(svc, Request(OWNER), name=clone, by="1d")
+    assert extended.start is not None
+    assert (await run_job(svc, extended.start.id)).state == "succeeded"
+    assert await _states(svc, clone) == {"running"}
