@@ -10,6 +10,7 @@ import typer
 from bot import (
     cli_admin,
     cli_approvals,
+    cli_certs,
     cli_demo,
     cli_doctor,
     cli_envs,
@@ -26,6 +27,7 @@ for commands in (
     cli_approvals,
     cli_admin,
     cli_traffic,
+    cli_certs,
     cli_demo,
     cli_doctor,
 ):

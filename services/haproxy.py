@@ -66,6 +66,21 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class TLS:
+    """How the router terminates HTTPS, on a second bind of the same frontend: routing stays
+    by Host, so a domain's certificate (chosen by SNI) is served whichever environment it
+    reaches."""
+
+    bind: str
+    crt_list: str  # the text of certs/crt-list.txt: written before HAProxy reads it
+    # of the crt-list and the files it lists: another one changes the configuration, so a
+    # new or replaced certificate is a reload (the runtime API's ``set ssl cert`` is not
+    # used yet)
+    digest: str
+    strict_sni: bool = False
+
+
+@dataclass(frozen=True)
 class RouterFiles:
     """Where one HAProxy keeps its configuration, host map, sockets and pid file."""
 
@@ -100,12 +115,39 @@ class RouterFiles:
     def log(self) -> Path:
         return self.directory / "haproxy.log"
 
+    @property
+    def certs(self) -> Path:
+        """Certificates with their keys (mode 700; each file mode 600)."""
+        return self.directory / "certs"
+
+    @property
+    def crt_list(self) -> Path:
+        return self.certs / "crt-list.txt"
+
+    @property
+    def default_cert(self) -> Path:
+        """Self-signed: what HAProxy needs to start before any certificate is added."""
+        return self.certs / "default.pem"
+
+    @property
+    def wildcard_cert(self) -> Path:
+        """``*.<base domain>``, copied from CLONEBOT_TLS_WILDCARD_CERT."""
+        return self.certs / "wildcard.pem"
+
+    def cert_of(self, domain: str) -> Path:
+        """A custom domain's chain and key (a domain as ``routing.validate_domain`` keeps it:
+        letters, digits, hyphens and dots, so a file name of its own)."""
+        return self.certs / f"{domain}.pem"
+
 
 NO_ROUTE = "no_route"
 
 
-def render_config(*, files: RouterFiles, bind: str, backends: Sequence[Backend]) -> str:
-    """The whole configuration: one frontend routing by Host through the map, the backends."""
+def render_config(
+    *, files: RouterFiles, bind: str, backends: Sequence[Backend], tls: TLS | None = None
+) -> str:
+    """The whole configuration: one frontend routing by Host through the map, the backends;
+    with ``tls``, the frontend also listens for HTTPS."""
     lines = [
         "global",
         "    master-worker",
@@ -124,6 +166,7 @@ def render_config(*, files: RouterFiles, bind: str, backends: Sequence[Backend])
         "    retries 2",
         "frontend web",
         f"    bind {bind}",
+        *_tls_lines(files, tls),
         f"    use_backend %[req.hdr(host),field(1,:),lower,map({files.hosts},{NO_ROUTE})]",
         f"backend {NO_ROUTE}",
         '    http-request return status 404 content-type text/plain string "no environment here"',
@@ -131,6 +174,28 @@ def render_config(*, files: RouterFiles, bind: str, backends: Sequence[Backend])
     for backend in backends:
         lines += _render_backend(backend)
     return "\n".join(lines) + "\n"
+
+
+def _tls_lines(files: RouterFiles, tls: TLS | None) -> list[str]:
+    if tls is None:
+        return []
+    line = (
+        f"    bind {tls.bind} ssl crt {files.default_cert} crt-list {files.crt_list}"
+        " alpn h2,http/1.1"
+    )
+    return [
+        line + (" strict-sni" if tls.strict_sni else ""),
+        f"    # certificates {tls.digest}",
+    ]
+
+
+def tls_of(config: str) -> tuple[str, bool] | None:
+    """Where a configuration listens for HTTPS, and whether strict-sni; None if it does not."""
+    for line in config.splitlines():
+        words = line.split()
+        if words[:1] == ["bind"] and "ssl" in words[2:]:
+            return words[1], "strict-sni" in words
+    return None
 
 
 def _render_backend(backend: Backend) -> list[str]:
@@ -366,8 +431,12 @@ class EmbeddedHAProxy:
         self.master = MasterCLI(files.master)
         self._master: asyncio.subprocess.Process | None = None
 
-    async def start(self, *, config: str, hosts: Mapping[str, str]) -> None:
-        await self._write(config=config, hosts=hosts)
+    async def start(
+        self, *, config: str, hosts: Mapping[str, str], crt_list: str | None = None
+    ) -> None:
+        await write_files(
+            self.files, config=config, hosts=hosts, binary=self.binary, crt_list=crt_list
+        )
         with self.files.log.open("ab") as log:
             self._master = await asyncio.create_subprocess_exec(
                 self.binary, "-W", "-S", str(self.files.master), "-f", str(self.files.config),
@@ -376,12 +445,15 @@ class EmbeddedHAProxy:
             )  # fmt: skip
         await self._wait_for_worker(previous=None)
 
-    async def apply(self, *, config: str, hosts: Mapping[str, str]) -> bool:
+    async def apply(
+        self, *, config: str, hosts: Mapping[str, str], crt_list: str | None = None
+    ) -> bool:
         """Bring HAProxy to this configuration and map; True when it had to reload."""
         self._require_master()
         return await apply_to_running(
-            self.files, self.api, self.master, config=config, hosts=hosts, binary=self.binary
-        )
+            self.files, self.api, self.master, config=config, hosts=hosts, binary=self.binary,
+            crt_list=crt_list,
+        )  # fmt: skip
 
     async def set_hosts(self, hosts: Mapping[str, str]) -> None:
         """Point hosts at backends: in the file (for a restart), then at once, atomically."""
@@ -406,9 +478,6 @@ class EmbeddedHAProxy:
     @property
     def master_pid(self) -> int | None:
         return self._master.pid if self._master and self._master.returncode is None else None
-
-    async def _write(self, *, config: str, hosts: Mapping[str, str]) -> None:
-        await write_files(self.files, config=config, hosts=hosts, binary=self.binary)
 
     def _require_master(self) -> asyncio.subprocess.Process:
         if self._master is None or self._master.returncode is not None:
@@ -461,18 +530,20 @@ async def apply_to_running(
     config: str,
     hosts: Mapping[str, str],
     binary: str = "haproxy",
+    crt_list: str | None = None,
 ) -> bool:
     """Bring a running HAProxy to ``config`` and ``hosts``; True when it had to reload.
 
-    Only a change of structure (backends, servers, options) is a reload; a map or weight
-    change goes through the runtime API, in a few milliseconds, and to the files.
+    Only a change of structure (backends, servers, options, certificates) is a reload; a
+    map or weight change goes through the runtime API, in a few milliseconds, and to the
+    files. ``crt_list``: the text of the crt-list the configuration names, if it names one.
     """
     started = time.monotonic()
     previous, previous_map = await asyncio.to_thread(
         lambda: (_read(files.config), _read(files.hosts))
     )
     if structure_of(previous) != structure_of(config):
-        await write_files(files, config=config, hosts=hosts, binary=binary)
+        await write_files(files, config=config, hosts=hosts, binary=binary, crt_list=crt_list)
         await master.reload(api)
         metrics.observe_route_change(how="reload", seconds=time.monotonic() - started)
         return True
@@ -521,14 +592,26 @@ def _read(path: Path) -> str:
 
 
 async def write_files(
-    files: RouterFiles, *, config: str, hosts: Mapping[str, str], binary: str = "haproxy"
+    files: RouterFiles,
+    *,
+    config: str,
+    hosts: Mapping[str, str],
+    binary: str = "haproxy",
+    crt_list: str | None = None,
 ) -> None:
-    """Write the configuration and the map, once HAProxy has accepted the configuration."""
+    """Write the configuration and the map, once HAProxy has accepted the configuration.
+
+    ``crt_list`` (the configuration's, with TLS) is written first, for the check to read;
+    the previous one is put back if the configuration is refused.
+    """
     if shutil.which(binary) is None:
         raise RouterFailed(f"HAProxy is not installed: no {binary!r} on PATH")
     await asyncio.to_thread(files.directory.mkdir, parents=True, exist_ok=True)
     if not await asyncio.to_thread(files.hosts.exists):
         await _atomic_write(files.hosts, render_map(hosts))  # the check needs one
+    previous_list = await asyncio.to_thread(_read, files.crt_list)
+    if crt_list is not None:
+        await _atomic_write(files.crt_list, crt_list)
     candidate = await asyncio.to_thread(_write_beside, files.config, config)
     try:
         check = await asyncio.create_subprocess_exec(
@@ -539,6 +622,8 @@ async def write_files(
         if check.returncode != 0:
             alerts = [ln for ln in out.decode().splitlines() if "[ALERT]" in ln]
             reason = "; ".join(alerts) or out.decode().strip() or f"status {check.returncode}"
+            if crt_list is not None and previous_list != crt_list:
+                await _atomic_write(files.crt_list, previous_list)
             raise RouterFailed(f"HAProxy refused the configuration: {reason}")
         await _atomic_write(files.hosts, render_map(hosts))
         await asyncio.to_thread(os.replace, candidate, files.config)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from services.certificates import router_tls
 from services.context import Services
 from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT, SERVICE
 from services.haproxy import (
+    TLS,
     Backend,
     MasterCLI,
     RouterFailed,
@@ -25,6 +27,7 @@ from services.haproxy import (
     bind_of,
     locked,
     render_config,
+    tls_of,
     write_files,
 )
 from services.routing import is_internal, routable_domain
@@ -299,18 +302,42 @@ async def apply_routes(svc: Services, *, files: RouterFiles, bind: str | None = 
     A change in backends or servers is a seamless reload; anything else a runtime change.
     """
     async with locked(files):
-        if bind is None:
-            current = await asyncio.to_thread(_read, files.config)
-            bind = bind_of(current) or svc.settings.router_bind
         state = await router_state(svc)
-        config = render_config(files=files, bind=bind, backends=state.backends)
+        config, tls = await router_config(svc, files=files, state=state, bind=bind)
+        crt_list = tls.crt_list if tls is not None else None
         master = MasterCLI(files.master)
         if not await master.alive():
-            await write_files(files, config=config, hosts=state.hosts)
+            await write_files(files, config=config, hosts=state.hosts, crt_list=crt_list)
             return False
         api = RuntimeAPI(files.api)
-        await apply_to_running(files, api, master, config=config, hosts=state.hosts)
+        await apply_to_running(
+            files, api, master, config=config, hosts=state.hosts, crt_list=crt_list
+        )
         return True
+
+
+async def router_config(
+    svc: Services, *, files: RouterFiles, state: RouterState, bind: str | None
+) -> tuple[str, TLS | None]:
+    """HAProxy's configuration for ``state``, and how it serves HTTPS (None: it does not).
+
+    ``bind`` given: this process runs the router, and its settings say how it listens
+    (``CLONEBOT_ROUTER_TLS_BIND``, the wildcard, strict SNI). None: as the current
+    configuration says, where there is one; the certificates are the database's either way.
+    Call it holding the router's lock: it writes the certificates' folder.
+    """
+    settings, own = svc.settings, bind is not None
+    tls_bind: str | None = settings.router_tls_bind
+    strict = settings.tls_strict_sni
+    if bind is None:
+        current = await asyncio.to_thread(_read, files.config)
+        bind = bind_of(current) or settings.router_bind
+        if current:
+            tls_bind, strict = tls_of(current) or (None, False)
+    tls = None
+    if tls_bind is not None:
+        tls = await router_tls(svc, files=files, bind=tls_bind, strict_sni=strict, own=own)
+    return render_config(files=files, bind=bind, backends=state.backends, tls=tls), tls
 
 
 def _read(path: Path) -> str:

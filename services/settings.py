@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", alias="DATABASE_URL")
     router_bind: str = Field(default="127.0.0.1:8080", alias="CLONEBOT_ROUTER_BIND")
     router_dir: Path | None = Field(default=None, alias="CLONEBOT_ROUTER_DIR")
+    # HTTPS: the router also listens here and terminates TLS (unset: plain HTTP only)
+    router_tls_bind: str | None = Field(default=None, alias="CLONEBOT_ROUTER_TLS_BIND")
+    # a PEM file with the chain and key of *.<base domain>: the internal domains' certificate
+    tls_wildcard_cert: Path | None = Field(default=None, alias="CLONEBOT_TLS_WILDCARD_CERT")
+    # refuse a TLS handshake whose SNI names no certificate, rather than serve the default one
+    tls_strict_sni: bool = Field(default=False, alias="CLONEBOT_TLS_STRICT_SNI")
     # "embedded": `clonebot serve` starts and keeps its own HAProxy; "external": an HAProxy
     # run by others reads CLONEBOT_ROUTER_DIR (started with `haproxy -W -S DIR/master.sock
     # -f DIR/haproxy.cfg`), and clonebot only writes the files and talks to its sockets
@@ -206,6 +212,43 @@ class Settings(BaseSettings):
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("use HOST:PORT, like 127.0.0.1:8080")
         return value
+
+    @field_validator("router_tls_bind", "tls_wildcard_cert", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("router_tls_bind")
+    @classmethod
+    def _tls_host_and_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("use HOST:PORT, like 127.0.0.1:8443")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        if self.router_tls_bind is None:
+            for name, value in (
+                ("CLONEBOT_TLS_WILDCARD_CERT", self.tls_wildcard_cert),
+                ("CLONEBOT_TLS_STRICT_SNI", self.tls_strict_sni or None),
+            ):
+                if value is not None:
+                    raise ValueError(f"{name} is for HTTPS: set CLONEBOT_ROUTER_TLS_BIND too")
+            return self
+        if self.router_tls_bind == self.router_bind:
+            raise ValueError("CLONEBOT_ROUTER_TLS_BIND must differ from CLONEBOT_ROUTER_BIND")
+        if self.tls_wildcard_cert is not None:
+            # here, not at the top: services.certificates reads the settings' module itself
+            from services.certificates import check_wildcard
+
+            try:
+                check_wildcard(self.tls_wildcard_cert, base_domain=self.base_domain)
+            except BadRequest as exc:
+                raise ValueError(f"CLONEBOT_TLS_WILDCARD_CERT: {exc.message}") from None
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -18,17 +18,17 @@ from services.context import Services
 from services.errors import ClonebotError, DockerUnavailable
 from services.expiry import ExpirySink, log_notice, sweep_expiry
 from services.haproxy import (
+    TLS,
     EmbeddedHAProxy,
     RouterFailed,
     RouterFiles,
     RuntimeAPI,
     locked,
-    render_config,
 )
 from services.idle import IdleWatch, SleepSink, ignore_notices
 from services.jobs import run_job
 from services.recovery import recover_jobs
-from services.router import RouterState, apply_routes, router_state
+from services.router import RouterState, apply_routes, router_config, router_state
 from services.schedules import ScheduleSink, sweep_schedules
 from services.schedules import log_notice as log_schedule_notice
 from services.workers import worker_is_gone
@@ -210,12 +210,16 @@ class _RouterKeeper:
                 return
             state = await router_state(self._svc)
             if state != self._applied:
-                await self._router.apply(config=self._config(state), hosts=state.hosts)
+                config, tls = await self._config(state)
+                crt_list = tls.crt_list if tls else None
+                await self._router.apply(config=config, hosts=state.hosts, crt_list=crt_list)
                 self._applied = state
 
     async def _start(self, router: EmbeddedHAProxy) -> None:
         state = await router_state(self._svc)
-        await router.start(config=self._config(state), hosts=state.hosts)
+        config, tls = await self._config(state)
+        crt_list = tls.crt_list if tls else None
+        await router.start(config=config, hosts=state.hosts, crt_list=crt_list)
         self._applied = state
 
     async def _reconcile_external(self) -> None:
@@ -231,9 +235,10 @@ class _RouterKeeper:
                 )  # fmt: skip
             self._answered = answered
 
-    def _config(self, state: RouterState) -> str:
+    async def _config(self, state: RouterState) -> tuple[str, TLS | None]:
+        """This process runs the router: its settings say how it listens (HTTPS too)."""
         bind = self._svc.settings.router_bind
-        return render_config(files=self._files, bind=bind, backends=state.backends)
+        return await router_config(self._svc, files=self._files, state=state, bind=bind)
 
 
 async def _orphaned_queued(svc: Services) -> list[Job]:

@@ -95,6 +95,24 @@ class DomainBinding(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Certificate(Base):
+    """A TLS certificate of a custom domain: it belongs to the domain, whichever environment
+    holds it, so a swap moves the traffic and the same certificate is served. Its chain and
+    key are a file of the router folder (``certs/<domain>.pem``, mode 600), never here."""
+
+    __tablename__ = "certificates"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    subject: Mapped[str] = mapped_column(Text)
+    issuer: Mapped[str] = mapped_column(Text)
+    serial: Mapped[str] = mapped_column(String(64))  # upper-case hex, as openssl prints it
+    not_before: Mapped[datetime] = mapped_column()
+    not_after: Mapped[datetime] = mapped_column(index=True)  # what a renewal looks for
+    fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of the leaf, hex
+    added_by: Mapped[str] = mapped_column(String(32))
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Route(Base):
     """How a domain's traffic is shared: a weighted split, or a primary with a backup."""
 

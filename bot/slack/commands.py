@@ -393,6 +393,22 @@ async def _schedule(bot: SlackBot, asked: Asked) -> str:
     return messages.refresh_schedule(name, found)
 
 
+async def _cert(bot: SlackBot, asked: Asked) -> str:
+    """``/env cert DOMAIN``: its certificate as anyone who may view its environment sees it."""
+    from services.certificates import get_certificate  # to move up with the imports
+
+    found = await get_certificate(bot.svc, asked.request, domain=asked.words[0])
+    return "\n".join(
+        [
+            f"*{escape(found.domain)}* · expires {found.not_after:%Y-%m-%d %H:%M} UTC",
+            f"subject: {escape(found.subject)}",
+            f"issuer: {escape(found.issuer)}",
+            f"serial: `{found.serial}` · SHA-256 `{found.fingerprint}`",
+            f"added by <@{found.added_by}> on {found.added_at:%Y-%m-%d}",
+        ]
+    )
+
+
 async def _help(bot: SlackBot, asked: Asked) -> str:
     return usage("")
 
@@ -476,6 +492,9 @@ ENV: dict[str, Subcommand] = {
         "show, set or remove its scheduled refresh (UTC unless a zone is named)",
         (1, 2, 4, 5, 6),
         _schedule,
+    ),
+    "cert": Subcommand(
+        "DOMAIN", "its TLS certificate: subject, issuer, serial, expiry", (1,), _cert, Repeat.ANSWER
     ),
     "help": Subcommand("", "this list", tuple(range(100)), _help, Repeat.ANSWER),
 }

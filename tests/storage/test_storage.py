@@ -40,6 +40,7 @@ TABLES = {
     "routes",
     "refresh_schedules",
     "approvals",
+    "certificates",
     "alembic_version",
 }
 PARIS_SUMMER = timezone(timedelta(hours=2))

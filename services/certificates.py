@@ -1,0 +1,359 @@
+"""TLS certificates: a custom domain's, added by a person; the wildcard of the internal domains,
+given by the operator; and the router's own self-signed default.
+
+A certificate belongs to the domain, not to the environment: a swap moves the domain's
+traffic and the same certificate keeps being served. The chain and key are one file of the
+router folder (``certs/<domain>.pem``, mode 600, in a folder of mode 700), never the database,
+a log line or Slack; the database keeps what a person may see (subject, issuer, serial,
+validity, fingerprint) and who added it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509.oid import NameOID
+from sqlalchemy import select
+
+from services import access
+from services.access import Request
+from services.context import Services
+from services.errors import BadRequest, Forbidden
+from services.haproxy import TLS, RouterFiles, locked
+from services.permissions import Action
+from services.routing import is_internal, validate_domain
+from storage import repositories as repo
+from storage.db import AsyncSession
+from storage.models import Certificate, DomainBinding, EnvironmentRecord, utcnow
+
+_PEM = serialization.Encoding.PEM
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A certificate chain (the leaf first) and the leaf's private key, checked together."""
+
+    chain: tuple[x509.Certificate, ...]
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    def pem(self) -> bytes:
+        """What HAProxy reads: the chain, then the key (unencrypted: HAProxy has no prompt)."""
+        key = self.key.private_bytes(
+            _PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return b"".join(c.public_bytes(_PEM) for c in self.chain) + key
+
+
+def load_pair(*, cert_pem: bytes, key_pem: bytes) -> KeyPair:
+    """The chain and key, or ``BadRequest`` saying in one line what is wrong (never quoting
+    the key)."""
+    try:
+        chain = tuple(x509.load_pem_x509_certificates(cert_pem))
+    except ValueError:
+        raise BadRequest("the certificate is not PEM (-----BEGIN CERTIFICATE-----)") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise BadRequest("the key has a passphrase: HAProxy needs it unencrypted") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise BadRequest("the key is not a PEM private key (-----BEGIN PRIVATE KEY-----)") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise BadRequest("the key is neither RSA nor ECDSA, the kinds HAProxy serves")
+    if _public(chain[0].public_key()) != _public(key.public_key()):
+        raise BadRequest("the key does not match the certificate (another public key)")
+    return KeyPair(chain, key)
+
+
+def _public(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(_PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def names_of(cert: x509.Certificate) -> list[str]:
+    """The DNS names a certificate is for (its Subject Alternative Name; clients ignore the
+    common name when there is one, and browsers always do)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName)]
+
+
+def covers(pattern: str, domain: str) -> bool:
+    """Whether a certificate's name is valid for ``domain`` (RFC 6125): the same name, or a
+    ``*`` for exactly the whole leftmost label (``*.example.com`` is not ``example.com``,
+    nor ``a.b.example.com``)."""
+    if pattern == domain:
+        return True
+    if not pattern.startswith("*.") or "*" in pattern[2:]:
+        return False
+    first, _, rest = domain.partition(".")
+    return bool(first) and rest == pattern[2:]
+
+
+def check_pair(pair: KeyPair, *, domain: str, now: datetime | None = None) -> None:
+    """Refuse a certificate that is not for ``domain`` or not valid now."""
+    names = names_of(pair.leaf)
+    if not any(covers(name, domain) for name in names):
+        listed = ", ".join(names[:5]) or "no DNS name"
+        raise BadRequest(f"the certificate is not for {domain}: it names {listed}")
+    now = now or datetime.now(UTC)
+    if pair.leaf.not_valid_after_utc <= now:
+        raise BadRequest(f"the certificate expired on {pair.leaf.not_valid_after_utc:%Y-%m-%d}")
+    if pair.leaf.not_valid_before_utc > now:
+        raise BadRequest(
+            f"the certificate is not valid before {pair.leaf.not_valid_before_utc:%Y-%m-%d %H:%M}"
+        )
+
+
+def check_wildcard(path: Path, *, base_domain: str) -> KeyPair:
+    """The operator's wildcard file (chain and key in one PEM), for ``*.<base domain>``."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise BadRequest(f"{path}: {exc.strerror}") from None
+    pair = load_pair(cert_pem=text, key_pem=text)
+    if not any(covers(n, f"x.{base_domain}") for n in names_of(pair.leaf)):
+        raise BadRequest(f"{path} is not a certificate for *.{base_domain}")
+    return pair
+
+
+async def add_certificate(
+    svc: Services, request: Request, *, domain: str, cert_pem: bytes, key_pem: bytes
+) -> Certificate:
+    """Give a bound custom domain its certificate (replacing the one it had), if ``request``
+    may move the traffic of the environment the domain is bound to. Nothing is written
+    unless the certificate parses, matches the key, covers the domain and is valid now."""
+    name = _custom(svc, domain)
+    pair = load_pair(cert_pem=cert_pem, key_pem=key_pem)
+    check_pair(pair, domain=name)
+    files = _files(svc)
+    async with svc.sessions() as session:
+        env = await _holder(svc, session, request, name, Action.MOVE_TRAFFIC)
+        staged = await asyncio.to_thread(_stage, files, name, pair.pem())
+        try:
+            async with locked(files):
+                record = await session.get(Certificate, name) or Certificate(domain=name)
+                _describe(record, pair.leaf, added_by=request.user)
+                session.add(record)
+                _audit(session, request, "cert add", env, record)
+                await session.commit()
+                # under the router's lock: an apply sees the row and its file, or neither
+                await asyncio.to_thread(os.replace, staged, files.cert_of(name))
+        finally:
+            await asyncio.to_thread(staged.unlink, missing_ok=True)
+    return record
+
+
+async def remove_certificate(svc: Services, request: Request, *, domain: str) -> Certificate:
+    """Take a domain's certificate away (its key file too); its HTTPS is then the default
+    certificate's, or refused with strict SNI."""
+    name = validate_domain(domain)
+    files = _files(svc)
+    async with svc.sessions() as session:
+        record = await session.get(Certificate, name)
+        if record is None:
+            raise BadRequest(f"{name} has no certificate")
+        env = await _holder(svc, session, request, name, Action.MOVE_TRAFFIC, bound=False)
+        async with locked(files):
+            await session.delete(record)
+            _audit(session, request, "cert remove", env, record)
+            await session.commit()
+            await asyncio.to_thread(files.cert_of(name).unlink, missing_ok=True)
+    return record
+
+
+async def get_certificate(svc: Services, request: Request, *, domain: str) -> Certificate:
+    """A domain's certificate as a person may see it (never its key), if ``request`` may
+    view the environment the domain is bound to."""
+    name = validate_domain(domain)
+    async with svc.sessions() as session:
+        await _holder(svc, session, request, name, Action.VIEW, bound=False)
+        record = await session.get(Certificate, name)
+    if record is None:
+        raise BadRequest(f"{name} has no certificate")
+    return record
+
+
+async def list_certificates(svc: Services) -> Sequence[Certificate]:
+    """Every domain's certificate, the soonest to expire first: for the host's operator."""
+    async with svc.sessions() as session:
+        query = select(Certificate).order_by(Certificate.not_after, Certificate.domain)
+        return (await session.scalars(query)).all()
+
+
+def _custom(svc: Services, domain: str) -> str:
+    name = validate_domain(domain)
+    base = svc.settings.base_domain
+    if is_internal(name, base_domain=base):
+        raise BadRequest(
+            f"{name} is an internal domain: those are served with the wildcard certificate "
+            f"of *.{base} (CLONEBOT_TLS_WILDCARD_CERT)"
+        )
+    return name
+
+
+async def _holder(
+    svc: Services,
+    session: AsyncSession,
+    request: Request,
+    domain: str,
+    action: Action,
+    *,
+    bound: bool = True,
+) -> str | None:
+    """The environment ``domain`` is bound to, once ``request`` may do ``action`` to it.
+
+    A domain bound to none (its certificate stays with the name) is for admins alone;
+    ``bound`` refuses it whoever asks."""
+    binding = await session.get(DomainBinding, domain)
+    record = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
+    if record is None:
+        if bound:
+            raise BadRequest(f"{domain} is bound to no environment: bind it first (domain add)")
+        if request.user not in svc.settings.admins:
+            reason = f"{domain} is bound to no environment: only an admin may do this"
+            repo.record_audit(
+                session, actor=request.user, action=action.value, environment=None,
+                channel=request.channel, allowed=False, reason=reason,
+            )  # fmt: skip
+            await session.commit()
+            raise Forbidden(reason)
+        return None
+    await access.check_recorded(svc, session, request, name=record.name, action=action)
+    return record.name
+
+
+def _describe(record: Certificate, leaf: x509.Certificate, *, added_by: str) -> None:
+    serial = f"{leaf.serial_number:X}"
+    record.subject = leaf.subject.rfc4514_string()
+    record.issuer = leaf.issuer.rfc4514_string()
+    record.serial = serial.zfill(len(serial) + len(serial) % 2)
+    record.not_before, record.not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    record.fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+    record.added_by, record.added_at = added_by, utcnow()
+
+
+def _audit(
+    session: AsyncSession, request: Request, action: str, env: str | None, record: Certificate
+) -> None:
+    detail = {"domain": record.domain, "serial": record.serial, "sha256": record.fingerprint}
+    repo.record_audit(
+        session, actor=request.user, action=action, environment=env, channel=request.channel,
+        allowed=True, detail=detail,
+    )  # fmt: skip
+
+
+def _files(svc: Services) -> RouterFiles:
+    assert svc.settings.router_dir is not None
+    return RouterFiles(svc.settings.router_dir)
+
+
+def _certs_folder(files: RouterFiles) -> Path:
+    files.certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(files.certs, 0o700)  # mkdir's mode is filtered by the umask
+    return files.certs
+
+
+def _stage(files: RouterFiles, domain: str, pem: bytes) -> Path:
+    """``pem`` in a new file of mode 600 beside the domain's (mkstemp's mode)."""
+    fd, name = tempfile.mkstemp(dir=_certs_folder(files), prefix=f".{domain}.", suffix=".new")
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    return Path(name)
+
+
+def _install(files: RouterFiles, path: Path, pem: bytes) -> None:
+    if path.exists() and path.read_bytes() == pem:
+        return
+    staged = _stage(files, path.stem, pem)
+    os.replace(staged, path)
+
+
+def default_pair(*, now: datetime | None = None) -> KeyPair:
+    """A self-signed certificate for no real name: HAProxy needs one to listen for HTTPS
+    before any certificate is added (and serves it when no SNI matches, unless strict)."""
+    now = now or datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clonebot default certificate")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=3650))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("default.clonebot.invalid")]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return KeyPair((cert,), key)
+
+
+def _prepare(files: RouterFiles, *, wildcard: Path | None, base_domain: str, own: bool) -> None:
+    """The default certificate made once; the owner of the router copies in the wildcard
+    its settings name (or takes away one it no longer names)."""
+    _certs_folder(files)
+    if not files.default_cert.exists():
+        _install(files, files.default_cert, default_pair().pem())
+    if not own:
+        return
+    if wildcard is None:
+        files.wildcard_cert.unlink(missing_ok=True)
+    else:
+        _install(
+            files, files.wildcard_cert, check_wildcard(wildcard, base_domain=base_domain).pem()
+        )
+
+
+def _crt_list(files: RouterFiles, domains: Sequence[str], *, base_domain: str) -> tuple[str, str]:
+    """The crt-list (each file with the SNI names it is served for) and its digest, over the
+    list and the files' contents: a replaced certificate is another digest."""
+    entries: list[tuple[Path, str]] = []
+    if files.wildcard_cert.exists():
+        entries.append((files.wildcard_cert, f"*.{base_domain}"))
+    for domain in domains:
+        # a row committed a moment before its file is moved in is left for the next apply
+        if files.cert_of(domain).exists():
+            entries.append((files.cert_of(domain), domain))
+    text = "".join(f"{path} {sni}\n" for path, sni in entries)
+    digest = hashlib.sha256(text.encode())
+    for path, _ in entries:
+        digest.update(path.read_bytes())
+    return text, digest.hexdigest()[:16]
+
+
+async def router_tls(
+    svc: Services, *, files: RouterFiles, bind: str, strict_sni: bool, own: bool
+) -> TLS:
+    """How the router serves HTTPS on ``bind``: every domain's certificate by its SNI name.
+
+    ``own``: this process runs the router, and its settings say how it listens (the
+    wildcard certificate among it); another process keeps what the router folder has."""
+    async with svc.sessions() as session:
+        domains = (await session.scalars(select(Certificate.domain))).all()
+    base, wildcard = svc.settings.base_domain, svc.settings.tls_wildcard_cert
+
+    def build() -> TLS:
+        _prepare(files, wildcard=wildcard, base_domain=base, own=own)
+        text, digest = _crt_list(files, domains, base_domain=base)
+        return TLS(bind=bind, crt_list=text, digest=digest, strict_sni=strict_sni)
+
+    return await asyncio.to_thread(build)
