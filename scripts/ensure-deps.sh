@@ -16,6 +16,7 @@ declare -A PACKAGES=(
     [/bin/ip]=iproute2                       # scripts/dockerd.sh makes its own bridge
     [/usr/bin/rsync]=rsync [/usr/bin/getfacl]=acl [/usr/bin/getfattr]=attr # the copy helper (services/volumes.py)
     [/usr/bin/chromium]=chromium [/usr/bin/chromedriver]=chromium-driver # the playground's browser tests
+    [/usr/bin/curl]=curl [/usr/bin/openssl]=openssl # the TLS clients of the HTTPS tests
 )
 missing=()
 for path in "${!PACKAGES[@]}"; do
