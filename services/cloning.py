@@ -70,18 +70,27 @@ async def execute_clone(
         freeze = await snapshot_stateful(
             docker, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze
         )
-        current.name = "start"
         # a snapshot with hooks is started for them: its copy must not keep what they mask
-        if not plan.snapshot or declared.hooks:
-            await _start_all(docker, plan, emit)
-        current.name = "hooks"
-        hooks = await run_hooks(
-            docker=docker,
-            hooks=declared.hooks,
-            nodes=plan.nodes,
-            timeout_s=settings.hook_timeout_s,
-            emit=current,
-        )
+        starting = not plan.snapshot or bool(declared.hooks)
+        hooks: list[HookRun] = []
+        # the data stores and their hooks first, then the layers that serve: nothing is
+        # served (the router sends a running web node traffic) before the data is masked
+        for stateful in (True, False):
+            nodes = [n for n in plan.nodes if n.stateful is stateful]
+            current.name = "start"
+            if starting:
+                await _start_nodes(docker, nodes, emit)
+            if stateful and starting:
+                await failpoint("start")
+            current.name = "hooks"
+            layers = {n.layer for n in nodes}
+            hooks += await run_hooks(
+                docker=docker,
+                hooks=[h for h in declared.hooks if h.layer in layers],
+                nodes=nodes,
+                timeout_s=settings.hook_timeout_s,
+                emit=current,
+            )
         if plan.snapshot and declared.hooks:
             current.name = "stop"
             await _stop_all(docker, plan)
@@ -149,19 +158,16 @@ async def _create_node(
         )
 
 
-async def _start_all(docker: DockerClient, plan: ClonePlan, emit: EventSink) -> None:
+async def _start_nodes(docker: DockerClient, nodes: list[NodePlan], emit: EventSink) -> None:
     async def start(node: NodePlan) -> None:
         async with step(emit, "start", node.name):
             await docker.start_container(node.name)
 
-    # data stores first, so that the layers using them find them up
-    await gather_all(*(start(n) for n in plan.nodes if n.stateful))
-    await failpoint("start")
-    await gather_all(*(start(n) for n in _stateless(plan)))
+    await gather_all(*(start(n) for n in nodes))
 
 
 async def _stop_all(docker: DockerClient, plan: ClonePlan) -> None:
-    """Stop the clone's nodes in the reverse order of ``_start_all``: the layers using the
-    data stores first, then the stores."""
+    """Stop the clone's nodes in the reverse order they started: the layers using the data
+    stores first, then the stores."""
     await gather_all(*(docker.stop_container(n.name) for n in _stateless(plan)))
     await gather_all(*(docker.stop_container(n.name) for n in plan.nodes if n.stateful))

@@ -79,13 +79,22 @@ async def refresh_clone(
     declared = await read_hooks(docker=docker, settings=settings, env=plan.source, job=plan.job)
     for warning in declared.warnings:
         emit(Warned(warning))
-    old = [n for n in clone.nodes if n.layer in {layer.name for layer in plan.layers}]
+    refreshed = {layer.name for layer in plan.layers}
+    old = [n for n in clone.nodes if n.layer in refreshed]
+    masking = [h for h in declared.hooks if h.layer in refreshed]
+    # while hooks mask the new data, the layers that serve are held stopped: the router
+    # sends a running web node traffic, and the new data is not masked yet
+    held = [n for n in clone.nodes if n not in old and n.state in _UP] if masking else []
     ledger = Ledger(docker)
-    async with step(emit, "stop", ", ".join(n.name for n in old)):
+    async with step(emit, "stop", ", ".join(n.name for n in old + held)):
         await _set_aside(docker, old, suffix=plan.job)
-    async with undo_on_failure(
-        lambda: _restore(docker, ledger, old), step="refresh", passthrough=(HookFailed,)
-    ):
+        await gather_all(*(docker.stop_container(n.id) for n in held))
+
+    async def undo() -> None:
+        await _restore(docker, ledger, old)
+        await gather_all(*(docker.start_container(n.id) for n in held))
+
+    async with undo_on_failure(undo, step="refresh", passthrough=(HookFailed,)):
         for vol in plan.volumes:
             # a bind the source gained since the clone was made: without this, the copy
             # helper's mount would create the volume unlabelled, and a delete would leave it
@@ -97,11 +106,14 @@ async def refresh_clone(
         await gather_all(*(docker.start_container(n.name) for n in plan.nodes))
         hooks = await run_hooks(
             docker=docker,
-            hooks=declared.hooks,
+            hooks=masking,
             nodes=plan.nodes,
             timeout_s=settings.hook_timeout_s,
             emit=emit,
         )
+        if held:
+            async with step(emit, "start", ", ".join(n.name for n in held)):
+                await gather_all(*(docker.start_container(n.id) for n in held))
     await _remove_nodes(docker, old)
     await _remove_snapshots(
         docker, {n.image_id for n in old} - {n.config["Image"] for n in plan.nodes}
@@ -117,6 +129,9 @@ async def refresh_clone(
         elapsed_ms=int((time.monotonic() - started) * 1000),
         hooks=hooks,
     )
+
+
+_UP = ("running", "paused", "restarting")
 
 
 async def _set_aside(docker: DockerClient, nodes: list[Node], *, suffix: str) -> None:

@@ -10,7 +10,9 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +38,14 @@ from services.jobs import run_job, submit_clone
 from services.lifecycle import clone_environment, refresh_clone
 from services.settings import Settings
 from storage import repositories as repo
-from tests.conftest import IMAGE, OWNER, compose_labels, in_volume, remove_projects
+from tests.conftest import (
+    IMAGE,
+    OWNER,
+    MakeSource,
+    compose_labels,
+    in_volume,
+    remove_projects,
+)
 
 RECIPE = Path(__file__).parents[2] / "deploy" / "recipes" / "mask-users.sql"
 MASK_KEY = "k3y-0f-the-test-" + secrets.token_hex(8)
@@ -435,3 +444,31 @@ async def test_hostile_declarations_are_refused_before_anything_is_made(
     project.rmdir()
     result = await clone_environment(docker, settings, source=source, name=f"{source}-b")
     assert f"the project folder {project} is not on the Docker host" in " ".join(result.warnings)
+
+
+def _started(node: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(node["State"]["StartedAt"][:26].rstrip("Z") + "+00:00")
+
+
+@pytest.mark.docker
+async def test_nothing_serves_the_clone_before_its_data_stores_hooks_are_done(
+    docker: DockerClient, settings: Settings, make_source: MakeSource
+) -> None:
+    """The router sends a running web node traffic: the web layer starts only once the
+    database's hook (here 2 s long) has masked the data, after a clone and after a refresh."""
+    source = await make_source(web_nodes=1, db_nodes=1, db_labels={LABEL: "sleep 2"})
+    clone = f"{source.name}-m"
+
+    result = await clone_environment(docker, settings, source=source.name, name=clone)
+
+    assert [(r.layer, r.exit_code) for r in result.hooks] == [("db", 0)]
+    db = await docker.inspect_container(f"{clone}-db-1")
+    web = await docker.inspect_container(f"{clone}-web-1")
+    assert _started(web) - _started(db) >= timedelta(seconds=2), "web started during the hook"
+
+    await refresh_clone(docker, settings, name=clone)
+
+    db = await docker.inspect_container(f"{clone}-db-1")
+    web = await docker.inspect_container(f"{clone}-web-1")
+    assert web["State"]["Running"]
+    assert _started(web) - _started(db) >= timedelta(seconds=2), "web served during the hook"
