@@ -295,8 +295,14 @@ class OutputTail:
         return [line.rstrip("\r")[:_SHOWN_LINE] for line in text.split("\n")] if lines else []
 
 
-_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|DSN|PRIVATE|SALT|CERT", re.IGNORECASE
+)
 _SHORTEST_VALUE = 3  # shorter values ("1", "on") would mask half of any output
+# any other value this long is masked too (environment values never leave the host); the
+# names below hold what a process's own output shows anyway
+_SHORTEST_OTHER = 8
+_PLAIN_NAMES = frozenset({"PATH", "HOME", "HOSTNAME", "LANG", "LC_ALL", "TERM", "SHELL", "USER"})
 _MASKS = [
     # scheme://user:password@host
     (re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*):[^\s/@]+@"), r"\1:***@"),
@@ -304,7 +310,7 @@ _MASKS = [
     (
         re.compile(
             r"""(?ix)
-            ( [\w.-]*? (?:passw(?:or)?d|pwd|secret|token|api[_-]?key|access[_-]?key
+            ( [\w.-]*? (?:pass(?:w(?:or)?d)?|pwd|secret|token|api[_-]?key|access[_-]?key
                         |private[_-]?key|auth[_-]?key|credential)[\w.-]* ["']? )
             ( \s*[:=]\s* )
             ( "[^"]*" | '[^']*' | [^\s"',;&]+ )
@@ -313,6 +319,17 @@ _MASKS = [
         r"\1\2***",
     ),
     (re.compile(r"\b[Bb]earer\s+[\w.~+/=-]+"), "Bearer ***"),
+    (re.compile(r"\b[Bb]asic\s+[A-Za-z0-9+/=]{8,}"), "Basic ***"),
+    # --password VALUE, -p VALUE after a known client, mysql's -pVALUE
+    (re.compile(r"(--?(?:password|passwd|pass|pwd|secret|token)\s+)(\S+)"), r"\1***"),
+    (re.compile(r"(\bmysql\w*\b[^\n]*?\s-p)(\S+)"), r"\1***"),
+    # a DSN's key as its user (https://<key>@sentry.example.com)
+    (re.compile(r"(://)([0-9a-fA-F]{16,}|[\w-]{32,})@"), r"\1***@"),
+    # what is left of a PEM block (its head may have scrolled out of the kept lines)
+    (
+        re.compile(r"(?m)^(?=[^\n]*[A-Z])(?=[^\n]*[a-z])(?=[^\n]*[0-9])[A-Za-z0-9+/]{40,}={0,2}$"),
+        "***",
+    ),
     (re.compile(r"\bxox[a-z]-[\w-]+"), "xox?-***"),
     (re.compile(r"\bxapp-[\w-]+"), "xapp-***"),
     (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "AKIA***"),
@@ -324,11 +341,14 @@ _MASKS = [
 
 
 def secret_values(*, env: list[str]) -> list[str]:
-    """The values of ``NAME=value`` entries whose name says they hold a secret."""
+    """The values of a node's ``NAME=value`` entries to mask in what it prints: those whose
+    name says they hold a secret, and any other long enough to be one (a DATABASE_URL)."""
     found = []
     for entry in env:
         name, sep, value = entry.partition("=")
-        if sep and _SECRET_NAME.search(name) and len(value) >= _SHORTEST_VALUE:
+        secret = _SECRET_NAME.search(name) and len(value) >= _SHORTEST_VALUE
+        other = name not in _PLAIN_NAMES and len(value) >= _SHORTEST_OTHER
+        if sep and (secret or other):
             found.append(value)
     return found
 

@@ -132,10 +132,37 @@ def test_credentials_are_masked() -> None:
     assert masked.endswith("3 rows updated, all good")
 
 
-def test_secret_values_come_from_names_that_say_so() -> None:
+def test_secret_values_come_from_names_that_say_so_and_any_long_value() -> None:
     env = ["API_TOKEN=tok-123", "DB_PASSWORD=pw-456", "AWS_SECRET_ACCESS_KEY=sk/789", "X_KEY=ab"]
-    env += ["PLAIN=untouched", "PATH=/usr/bin"]
-    assert secret_values(env=env) == ["tok-123", "pw-456", "sk/789"]
+    env += ["SMTP_PASS=mail-1", "SENTRY_DSN=dsn-22", "PLAIN=short", "PATH=/usr/local/bin:/bin"]
+    env += ["DATABASE_URL=postgres://db/app"]
+    assert secret_values(env=env) == [
+        "tok-123", "pw-456", "sk/789", "mail-1", "dsn-22", "postgres://db/app"
+    ]  # fmt: skip
+
+
+def test_what_clients_print_of_passwords_is_masked() -> None:
+    """What the review found getting through (2026-12-06)."""
+    text = "\n".join(
+        [
+            "DB_PASS=hunter22x",
+            "pass: letmein77",
+            "mysql -u root -phunter33y -e 'select 1'",
+            "pg_dump --password hunter44z app",
+            "Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+            "sent to https://0123456789abcdef0123456789abcdef@sentry.example.com/4",
+            "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj",
+            "-----END PRIVATE KEY-----",
+            "done: 3 rows",
+        ]
+    )
+    masked = mask_secrets(text)
+    for secret in (
+        "hunter22x", "letmein77", "hunter33y", "hunter44z", "YWxhZGRpbjpvcGVuc2VzYW1l",
+        "0123456789abcdef0123456789abcdef", "MIIEvQIBADANBgkqhkiG9w0BAQEF",
+    ):  # fmt: skip
+        assert secret not in masked, secret
+    assert "mysql -u root -p***" in masked and masked.endswith("done: 3 rows")
 
 
 def test_the_output_tail_is_bounded_and_masked_across_lines() -> None:
