@@ -8,7 +8,7 @@ that way (``storage.repositories.record_audit``), so what reads one shows it as 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from services.access import Request, check_recorded
 from services.context import Services
@@ -26,8 +26,11 @@ async def recent_entries(
     (a refusal is audited and raises ``Forbidden``). An environment that is down still has
     its record, and so its audit."""
     async with svc.sessions() as session:
-        await check_recorded(svc, session, request, name=name, action=Action.VIEW)
-        return list(await repo.list_audit(session, environment=name, limit=limit))
+        _, record = await check_recorded(svc, session, request, name=name, action=Action.VIEW)
+        # this environment's, not an earlier one's of the same name (deleted since); its own
+        # first entry is written with its record, in the same instant
+        since = record.created_at - timedelta(seconds=1)
+        return list(await repo.list_audit(session, environment=name, since=since, limit=limit))
 
 
 async def stream_entries(

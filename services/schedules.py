@@ -296,6 +296,9 @@ async def _refresh(svc: Services, *, name: str, set_by: str) -> tuple[Outcome, s
         serving = await serving_reason(session, name, doing="refreshing")
     if record is not None and record.stopped:
         return Outcome.SKIPPED, f"{name} is stopped ({record.stopped}): wake it first", None
+    if record is not None and record.protected:  # its refresh waits for a person's approval
+        reason = f"{name} is protected: refresh it by hand (`/env refresh {name}`), to be approved"
+        return Outcome.SKIPPED, reason, None
     if serving is not None:
         return Outcome.SKIPPED, serving, None
     try:

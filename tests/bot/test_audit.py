@@ -15,7 +15,7 @@ from bot.audit_export import CSV_COLUMNS, TABLE_ROWS
 from services.audit import stream_entries
 from services.context import Services, open_services
 from services.settings import Settings
-from storage.models import AuditEntry, utcnow
+from storage.models import AuditEntry, EnvironmentRecord, utcnow
 from tests.cli import clonebot
 from tests.conftest import OWNER, MakeSource
 from tests.serving import STRANGER, Bot
@@ -170,6 +170,9 @@ async def test_env_audit_shows_the_last_20_to_who_may_view_it(
 ) -> None:
     name = (await make_source(web_nodes=1, db_nodes=0)).name
     async with open_services(bot.settings, migrate=False) as svc:
+        async with svc.sessions() as session, session.begin():  # seen an hour ago
+            made = utcnow() - timedelta(hours=1)
+            session.add(EnvironmentRecord(name=name, owner=OWNER, created_at=made))
         await _write(
             svc,
             *(_entry(f"UACTOR{n:03d}", ago=timedelta(minutes=30 - n), env=name) for n in range(24)),

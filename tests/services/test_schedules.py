@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 
 from services import routing
 from services.access import Request
+from services.approvals import pending_approvals, set_protected
 from services.context import Services, open_services
 from services.errors import BadRequest, Forbidden, NotAClone
 from services.jobs import run_job, submit_clone, submit_delete, submit_refresh, submit_rename
@@ -148,6 +149,24 @@ async def test_a_clone_that_serves_a_custom_domain_is_skipped_with_the_reason(
     async with svc.sessions() as session:
         audited = [(a.actor, a.action) for a in await repo.list_audit(session, environment=clone)]
     assert (OWNER, "scheduled refresh skipped") in audited
+
+
+async def test_a_protected_clone_is_skipped_its_refresh_waits_for_a_person(
+    svc: Services, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1, db_nodes=1)
+    clone = await _clone(svc, source.name)
+    await set_schedule(svc, Request(OWNER), name=clone, cron="0 3 * * *")
+    await set_protected(svc, Request(OWNER), name=clone, protected=True)
+    await _due(svc, clone, ago=timedelta(minutes=1))
+    told = Told()
+
+    await sweep_schedules(svc, notify=told)
+
+    assert [n.kind for n in told.notices] == ["skipped"]
+    assert f"{clone} is protected: refresh it by hand" in told.notices[0].reason
+    assert await _refreshes(svc, clone) == []
+    assert await pending_approvals(svc) == [], "no approval asked that nobody sees"
 
 
 async def test_a_clone_another_job_holds_is_skipped_as_busy(
