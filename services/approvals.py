@@ -21,11 +21,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from services import access
+from services import access, permissions
 from services.access import Request
 from services.context import Services
 from services.errors import ApprovalNeeded, BadRequest, Forbidden
 from services.permissions import Action
+from services.settings import Settings
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import Approval, EnvironmentRecord, Job, utcnow
@@ -111,6 +112,12 @@ async def require(
     if request.approval is not None:
         await _use(session, request, change=change)
         return
+    if not approvers(svc.settings, records=records, action=change.action) - {request.user}:
+        names = ", ".join(protected)
+        raise BadRequest(
+            f"{names} is protected and nobody but you may approve this: an admin "
+            "(CLONEBOT_ADMINS) may, or share it with someone who can"
+        )
     now = utcnow()
     asked = await session.scalar(
         select(Approval).where(
@@ -136,6 +143,36 @@ async def require(
         approval=asked.id, protected=tuple(protected), change=describe(asked.kind, asked.args),
         new=new,
     )  # fmt: skip
+
+
+def approvers(
+    settings: Settings, *, records: Sequence[EnvironmentRecord], action: Action
+) -> set[str]:
+    """Who may approve ``action`` on every one of ``records``: the admins, and the owners and
+    collaborators the permission check allows it on each."""
+    people: set[str] | None = None
+    for record in records:
+        known = {record.owner, *(c.user for c in record.collaborators)} - {None}
+        allowed = {
+            user for user in known | settings.admins
+            if user is not None and permissions.decide(
+                user=user, action=action, access=access.access_of(record), channel=None,
+                admins=settings.admins,
+            ).allowed
+        }  # fmt: skip
+        people = allowed if people is None else people & allowed
+    return people or set()
+
+
+async def approval_channel(svc: Services, approval: Approval) -> str | None:
+    """Where its message must go when an environment of it takes commands only in its
+    channels: where it was asked (a channel it was allowed from); None: the team channel."""
+    async with svc.sessions() as session:
+        for name in approval.environments:
+            record = await repo.get_environment(session, str(name))
+            if record is not None and record.channels:
+                return approval.channel
+    return None
 
 
 async def _use(session: AsyncSession, request: Request, *, change: Change) -> None:

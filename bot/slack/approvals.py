@@ -88,7 +88,10 @@ async def post_approval(bot: SlackBot, approval_id: str) -> None:
         return
     change = approvals.describe(approval.kind, approval.args)
     message = approval_message(approval, change=change).to_dict()
-    team = await bot.notices.channel_for(*(str(n) for n in approval.environments))
+    # a bound environment's people click only in its channels: where it was asked, then
+    team = await approvals.approval_channel(bot.svc, approval) or await bot.notices.channel_for(
+        *(str(n) for n in approval.environments)
+    )
     for where in dict.fromkeys(w for w in (team, approval.channel, approval.requested_by) if w):
         try:
             posted = await bot.client.chat_postMessage(channel=where, **message)

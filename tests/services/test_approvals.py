@@ -194,3 +194,26 @@ async def test_a_job_asked_before_its_environment_was_protected_is_refused_when_
     with pytest.raises(BadRequest, match="was protected since this was asked"):
         await run_job(svc, queued.id)
     assert await get_environment(svc.docker, clone)
+
+
+async def test_a_change_nobody_else_may_approve_is_refused_at_once(
+    svc: Services, make_source: MakeSource
+) -> None:
+    """Without admins, only the owner may delete: nobody could approve their delete."""
+    alone = dataclasses.replace(
+        svc, settings=svc.settings.model_copy(update={"admins": frozenset()})
+    )
+    source = await make_source(web_nodes=1, db_nodes=0)
+    clone = f"{source.name}-c"
+    await run_job(
+        alone, (await submit_clone(alone, Request(OWNER), source=source.name, name=clone)).id
+    )
+    await share_environment(alone, Request(OWNER), name=clone, user=TEAMMATE, role="operator")
+    await set_protected(alone, Request(OWNER), name=clone, protected=True)
+
+    with pytest.raises(BadRequest, match="nobody but you may approve this"):
+        await submit_delete(alone, Request(OWNER), name=clone, force=False)
+    assert await pending_approvals(alone) == []
+    with pytest.raises(ApprovalNeeded):  # an operator may approve a change of traffic
+        await routing.add_domain(alone, Request(OWNER), env=clone, domain=f"{clone}.test")
+        await routing.remove_domain(alone, Request(OWNER), env=clone, domain=f"{clone}.test")
