@@ -509,6 +509,9 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
             await delete_environment(svc.docker, name=job.environment, force=force)
             return None
         case JobKind.STOP:
+            # recorded first: a stop cut short (an error, serve stopping) leaves a clone
+            # partly stopped, which its record must say, for its page and `wake`
+            await _record_stopped(svc, job.environment, why=str(job.params.get("why")))
             return await stop_environment(
                 svc.docker, name=job.environment, job=job.id, emit=progress.emit
             )
@@ -518,6 +521,13 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
             )
         case _:
             assert_never(kind)
+
+
+async def _record_stopped(svc: Services, name: str, *, why: str) -> None:
+    async with svc.sessions() as session, session.begin():
+        await session.execute(
+            update(EnvironmentRecord).where(EnvironmentRecord.name == name).values(stopped=why)
+        )
 
 
 def _outcome(result: CloneResult | None) -> dict[str, Any]:
