@@ -15,6 +15,7 @@ from services.context import open_services
 from services.docker import DockerClient
 from services.environments import get_environment
 from services.settings import Settings
+from storage import repositories as repo
 from storage.models import EnvironmentRecord, utcnow
 from tests.conftest import ADMIN, OWNER, MakeSource, exec_output
 from tests.serving import (
@@ -59,6 +60,13 @@ async def _expire(settings: Settings, name: str) -> None:
         await session.commit()
 
 
+async def _expires(settings: Settings, name: str) -> object:
+    async with open_services(settings, migrate=False) as svc, svc.sessions() as session:
+        record = await repo.get_environment(session, name)
+    assert record is not None
+    return record.expires_at
+
+
 async def test_expiry_reminds_the_owner_and_team_stops_the_clone_and_an_extension_wakes_it(
     routed: Settings, slack: SlackEmulator, tmp_path: Path, make_source: MakeSource,
     docker: DockerClient,
@@ -87,9 +95,11 @@ async def test_expiry_reminds_the_owner_and_team_stops_the_clone_and_an_extensio
         assert "expires <!date^" in listed
 
         # a stranger's click changes nothing; the owner's puts the expiry a day later
+        before = await _expires(bot.settings, copy)
         await bot.click(STRANGER, reminder, "extend_env_1d")
         refused = await bot.reply(lambda r: "Nothing was done" in r["text"])
         assert f"{copy} belongs to <@{OWNER}>" in refused["text"]
+        assert await _expires(bot.settings, copy) == before, "a stranger's click changed it"
         await bot.click(OWNER, reminder, "extend_env_1d")
         await bot.reply(lambda r: f"*{copy}* now expires <!date^" in r["text"])
 

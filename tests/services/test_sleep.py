@@ -218,7 +218,7 @@ async def test_an_idle_clone_sleeps_and_a_request_wakes_it_while_busy_ones_stay_
         assert await _stopped(svc, asked) == Stopped.ASKED
 
 
-async def test_the_waking_page_escapes_the_name_and_haproxy_serves_it(
+async def test_the_waking_page_escapes_the_name_and_haproxy_accepts_its_config(
     routed: Settings,
 ) -> None:
     page = stopped_page("a<b>&\"c'", Stopped.IDLE)
