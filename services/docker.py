@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import posixpath
@@ -167,10 +168,23 @@ class DockerClient:
         )
 
     async def create_container(self, *, name: str | None, config: JSON) -> str:
-        container = await _translate(
-            f"create container {name}", self.api.containers.create(config, name=name)
+        """Create a container. Cancelled while the engine makes it, the container is removed
+        (once made) before the cancellation goes on: its caller never learnt its id, and
+        would leave it behind (a helper holding a source's volumes, say)."""
+        creating = asyncio.ensure_future(
+            _translate(f"create container {name}", self.api.containers.create(config, name=name))
         )
+        try:
+            container = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._remove_made(creating))
+            raise
         return str(container.id)
+
+    async def _remove_made(self, creating: asyncio.Future[Any]) -> None:
+        with contextlib.suppress(Exception):
+            made = await creating
+            await self.remove_container(str(made.id))
 
     async def start_container(self, ref: str) -> None:
         await _translate(f"start container {ref}", self.api.containers.container(ref).start())
