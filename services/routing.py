@@ -238,15 +238,20 @@ async def _checked(
 ) -> list[EnvironmentRecord]:
     """The records of ``names``, if ``request`` may move their traffic; else raise.
 
-    With ``web``, an environment without a web layer (nothing to send traffic to) is refused.
+    With ``web``, an environment without a web layer (nothing to send traffic to) is refused,
+    and so is one clonebot stopped (asleep or expired: nothing would wake it for that traffic).
     """
     checked = await access.check_glimpses(
         svc, session, request, names=names, action=Action.MOVE_TRAFFIC
     )
-    for env, _ in checked:
+    for env, record in checked:
         if web and not env.has_web_layer:
             raise BadRequest(
                 f"{env.name} has no web layer (no container carries clonebot.http.port)"
+            )
+        if web and record.stopped:
+            raise BadRequest(
+                f"{env.name} is stopped ({record.stopped}): wake it first (`/env wake {env.name}`)"
             )
     return [record for _, record in checked]
 

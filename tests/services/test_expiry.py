@@ -24,7 +24,7 @@ from services.jobs import run_job, submit_clone, submit_start, submit_stop
 from services.ownership import hand_over_environment
 from services.sleep import Stopped
 from storage import repositories as repo
-from storage.models import EnvironmentRecord, utcnow
+from storage.models import DomainBinding, EnvironmentRecord, utcnow
 from tests.conftest import ADMIN, OWNER, MakeSource
 
 STRANGER, TEAMMATE = "USTRANGER", "UTEAMMATE"
@@ -320,3 +320,16 @@ async def test_an_expired_clone_wakes_only_once_extended_and_a_late_stop_is_refu
     assert extended.start is not None
     assert (await run_job(svc, extended.start.id)).state == "succeeded"
     assert await _states(svc, clone) == {"running"}
+
+
+async def test_no_traffic_is_sent_to_a_clone_clonebot_stopped(
+    svc: Services, make_source: MakeSource
+) -> None:
+    source = await make_source(web_nodes=1, db_nodes=0)
+    clone = await _clone(svc, source.name)
+    await run_job(svc, (await submit_stop(svc, Request(OWNER), name=clone)).id)
+
+    with pytest.raises(BadRequest, match=rf"{clone} is stopped \(asked\): wake it first"):
+        await routing.add_domain(svc, Request(OWNER), env=clone, domain=f"{clone}.shop.test")
+    async with svc.sessions() as session:
+        assert await session.get(DomainBinding, f"{clone}.shop.test") is None
