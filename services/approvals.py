@@ -230,11 +230,14 @@ async def decide(svc: Services, request: Request, *, approval_id: str, approve: 
     return approval
 
 
-async def pending_approvals(svc: Services) -> list[Approval]:
-    """The approvals waiting for a decision (not lapsed), oldest first."""
+async def pending_approvals(svc: Services, *, approval_id: str | None = None) -> list[Approval]:
+    """The approvals waiting for a decision (not lapsed), oldest first; with ``approval_id``,
+    that one alone if it waits."""
     query = select(Approval).where(
         Approval.state == ApprovalState.PENDING, Approval.expires_at > utcnow()
     )
+    if approval_id is not None:
+        query = query.where(Approval.id == approval_id)
     async with svc.sessions() as session:
         return list((await session.scalars(query.order_by(Approval.created_at))).all())
 

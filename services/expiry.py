@@ -95,7 +95,7 @@ async def extend_environment(svc: Services, request: Request, *, name: str, by: 
         async with access.audited_refusals(
             session, request, action=Action.EXTEND, environment=name
         ):
-            if not await may_keep(svc, session, user=request.user, source=source):
+            if not await may_keep(svc, session, user=request.user, origin=source):
                 life = None if expires is None else expires - now
                 check_life(svc.settings, life=life, source=source)
         record.expires_at, record.expiry_stage = expires, Stage.NONE

@@ -90,8 +90,8 @@ async def submit_clone(
             session, request, action=Action.CLONE, environment=source
         ):
             await check_clone_count(session, svc.settings, user=request.user)
-            keep = await may_keep(svc, session, user=request.user, source=source)
             origin = await original_source(session, source)
+            keep = await may_keep(svc, session, user=request.user, origin=origin)
             expires = clone_expiry(svc.settings, ttl=ttl, may_keep=keep, source=origin)
         name = name or await _default_name(svc, session, source)
         await _check_free(svc, session, name)

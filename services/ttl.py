@@ -49,11 +49,11 @@ async def original_source(session: AsyncSession, name: str) -> str:
     return name
 
 
-async def may_keep(svc: Services, session: AsyncSession, *, user: str, source: str) -> bool:
-    """Whether ``user`` may give a clone of ``source`` no expiry (or a long one): the owner
-    of the source it all comes from (a clone of one's clone of prod is still prod's data),
-    or an admin."""
+async def may_keep(svc: Services, session: AsyncSession, *, user: str, origin: str) -> bool:
+    """Whether ``user`` may give a clone no expiry (or a long one): the owner of ``origin``,
+    the source it all comes from (``original_source``: a clone of one's clone of prod is
+    still prod's data), or an admin."""
     if user in svc.settings.admins:
         return True
-    record = await repo.get_environment(session, await original_source(session, source))
+    record = await repo.get_environment(session, origin)
     return record is not None and record.owner == user

@@ -81,11 +81,10 @@ def decided_message(approval: Approval, *, change: str, outcome: str) -> Message
 async def post_approval(bot: SlackBot, approval_id: str) -> None:
     """The approval's message, in the team channel of its environments (else where it was
     asked, else to the asker); a message that cannot be posted is logged."""
-    approval = next(
-        (a for a in await approvals.pending_approvals(bot.svc) if a.id == approval_id), None
-    )
-    if approval is None:
+    waiting = await approvals.pending_approvals(bot.svc, approval_id=approval_id)
+    if not waiting:
         return
+    approval = waiting[0]
     change = approvals.describe(approval.kind, approval.args)
     message = approval_message(approval, change=change).to_dict()
     # a bound environment's people click only in its channels: where it was asked, then

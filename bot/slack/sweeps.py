@@ -90,17 +90,17 @@ def tellers(notices: Notices) -> Tellers:
     """Owner (a direct message) and team (a notice) told of what the sweeps did; its own
     notify channel is kept in each notice: a deleted clone's record is gone."""
 
+    async def owner_and_team(owner: str | None, channel: str | None, message: Message) -> None:
+        if owner is not None:
+            await notices.direct(owner, message)
+        await notices.send_to(channel or notices.default_channel, message)
+
     async def expiry(notice: ExpiryNotice) -> None:
         message = expiry_message(notice, now=utcnow())
-        if notice.owner is not None:
-            await notices.direct(notice.owner, message)
-        await notices.send_to(notice.channel or notices.default_channel, message)
+        await owner_and_team(notice.owner, notice.channel, message)
 
     async def schedule(notice: ScheduleNotice) -> None:
-        message = refresh_not_run(notice)
-        if notice.owner is not None:
-            await notices.direct(notice.owner, message)
-        await notices.send_to(notice.channel or notices.default_channel, message)
+        await owner_and_team(notice.owner, notice.channel, refresh_not_run(notice))
 
     async def sleep(notice: SleepNotice) -> None:
         await notices.send_to(notice.channel or notices.default_channel, sleep_message(notice))
