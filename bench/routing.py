@@ -3,21 +3,24 @@
 Two environments, blue and green, each with one busybox httpd web node whose page is the
 environment's name. clonebot's own HAProxy (``EmbeddedHAProxy`` started from ``router_state``,
 bound to 127.0.0.1) serves ``shop.bench`` from blue and ``beta.bench`` from green. While
-``wrk`` (a second process) loads ``shop.bench`` for 30 s over 8 connections (enough for the
-``wrk`` rate the target asks, without queueing in HAProxy), clonebot:
+``wrk`` (a second process) loads ``shop.bench`` for 30 s, clonebot:
 
-* in the first half, swaps blue and green 50 times (``swap_domains``, then ``apply_routes``),
-  each timed from the call until a request on a fresh connection gets the other page;
+* in the first half, swaps blue and green 50 times (``swap_domains``, then
+  ``apply_bindings``, as the front doors do), each timed from the call until a request on a
+  fresh connection gets the other page;
 * at half time, reloads HAProxy once, seamlessly (``EmbeddedHAProxy.reload``);
 * in the second half, changes the weights of a split of ``shop.bench`` 50 times
   (``set_split``, then ``apply_routes``).
 
+Each run does this twice, with fresh environments, database and HAProxy: under wrk's 8
+connections (enough for the rate the target asks, without queueing in HAProxy), then 64.
 Swaps go first because a route (what ``set_split`` creates) wins over the binding that a swap
 exchanges: after the first split, a swap no longer moves ``shop.bench``. Every response of the
 load is counted by a wrk Lua script: only 2xx is a success; a failure is a non-2xx answer or a
 socket error of wrk (connect, read, write, or no answer within 10 s). Afterwards, with one
 connection for 5 s each, HAProxy's added latency: through HAProxy vs. straight to the web
-node's bridge address. Targets: >= 2,000 requests/s, 0 failures, swap p99 < 50 ms.
+node's bridge address. Targets, under each load: >= 2,000 requests/s, 0 failures, swap p99
+under 25 ms as the median of the runs and under 50 ms in every run.
 """
 
 from __future__ import annotations
@@ -53,16 +56,27 @@ from services.context import Services, open_services
 from services.docker import DockerClient
 from services.environments import HTTP_PORT, OWNER
 from services.haproxy import EmbeddedHAProxy, RouterFiles, render_config, structure_of
-from services.router import apply_routes, env_backend, router_state
+from services.router import apply_bindings, apply_routes, env_backend, router_state
 from services.routing import add_domain, set_split, swap_domains
 from services.settings import Settings
 
 NAME = "routing"
 USER = "UBENCH1"  # owns both environments (their clonebot.owner label): may move traffic
 SHOP, BETA = "shop.bench", "beta.bench"
-WEB = "mkdir -p /www && echo {page} > /www/index.html && exec httpd -f -p 80 -h /www"
+# The web nodes answer their page from an HAProxy of their own: busybox httpd listens with a
+# backlog of 9, so 64 connections overflowed it and a request waited for a SYN retry (1 s),
+# which measured the node, not the swap.
+NODE_IMAGE = "clonebot-test/haproxy:latest"
+WEB = (
+    "printf 'defaults\\n mode http\\n timeout client 30s\\n timeout connect 3s\\n"
+    " timeout server 30s\\nfrontend page\\n bind :80\\n"
+    " http-request return status 200 content-type text/plain string {page}\\n'"
+    " > /tmp/node.cfg && exec haproxy -f /tmp/node.cfg"
+)
 WRK = "/usr/bin/wrk"
-LOAD_S, THREADS, CONNECTIONS = 30, 2, 8
+LOAD_S, THREADS = 30, 2
+# wrk's connections: 8 carry the rate asked without queueing in HAProxy; 64 load it harder
+LOADS = (8, 64)
 LATENCY_S = 5  # each side of the added-latency comparison, one connection
 SWAPS = WEIGHT_CHANGES = 50
 SPACING_S = (LOAD_S / 2 - 1) / SWAPS  # swaps in the first half, weight changes in the second
@@ -72,7 +86,8 @@ PROBE_TIMEOUT_S = 5
 # counts the busybox node's own slow tail (seen with no change made, and straight at the node):
 # a slow answer is still an answer, counted by its status.
 WRK_TIMEOUT_S = 10
-MIN_RPS, MAX_SWAP_P99_MS = 2000, 50
+# swap p99: the median of the runs under this, and every run under the ceiling
+MIN_RPS, SWAP_P99_MS, MAX_SWAP_P99_MS = 2000, 25, 50
 
 # Counts every response that is not 2xx, by status (wrk's own "Non-2xx or 3xx" line lets 3xx
 # through), and prints one JSON line with them, the socket errors and the latency (µs).
@@ -104,11 +119,21 @@ end
 
 
 async def main() -> dict[str, Any]:
-    """Run the scenario (once by default: it lasts 30 s), print its table, write its JSON."""
+    """Run the scenario under each load (once by default: each lasts 30 s), print a table for
+    each, write their JSON."""
     runs = repetitions(1)
     settings = clonebot_settings()
-    runs_done = [await _one_run(settings) for _ in range(runs)]
-    return _report([figures for figures, _ in runs_done], [bad for _, bad in runs_done])
+    done: dict[int, list[tuple[dict[str, float], dict[str, int]]]] = {c: [] for c in LOADS}
+    for _ in range(runs):  # the loads in turn in each run: both see the same machine
+        for connections in LOADS:
+            done[connections].append(await _one_run(settings, connections=connections))
+    reports = {
+        f"c{c}": _report([f for f, _ in found], [bad for _, bad in found], connections=c)
+        for c, found in done.items()
+    }
+    result = {"loads": reports, "meets_target": all(r["meets_target"] for r in reports.values())}
+    write_results(NAME, result)
+    return result
 
 
 @dataclass
@@ -135,6 +160,13 @@ class Bench:
             raise RuntimeError("apply_routes found no HAProxy running")
         return structure_of(self.haproxy.files.config.read_text()) != before
 
+    async def apply_bindings(self) -> bool:
+        """``apply_bindings``, as the front doors after a swap; True when it reloaded."""
+        before = structure_of(self.haproxy.files.config.read_text())
+        if not await apply_bindings(self.svc):
+            raise RuntimeError("apply_bindings found no HAProxy running")
+        return structure_of(self.haproxy.files.config.read_text()) != before
+
 
 class Swap(NamedTuple):
     """One swap, in ms from the call: until a probe got the other page, until ``swap_domains``
@@ -147,7 +179,9 @@ class Swap(NamedTuple):
     reloaded: bool
 
 
-async def _one_run(settings: Settings) -> tuple[dict[str, float], dict[str, int]]:
+async def _one_run(
+    settings: Settings, *, connections: int
+) -> tuple[dict[str, float], dict[str, int]]:
     """Fresh environments, database and HAProxy, all removed afterwards: the run's figures,
     and its answers other than 2xx by who got them and status."""
     blue, green = new_name("brb"), new_name("brg")
@@ -166,16 +200,23 @@ async def _one_run(settings: Settings) -> tuple[dict[str, float], dict[str, int]
                     await create_network(env=env)
                     labels = {HTTP_PORT: "80", OWNER: USER}
                     await run_node(
-                        env=env, layer="web", number=1, command=WEB.format(page=env), labels=labels
+                        env=env,
+                        layer="web",
+                        number=1,
+                        command=WEB.format(page=env),
+                        labels=labels,
+                        image=NODE_IMAGE,
                     )
-                return await _scenario(settings, work, blue=blue, green=green)
+                return await _scenario(
+                    settings, work, blue=blue, green=green, connections=connections
+                )
             finally:
                 for env in (blue, green):
                     await remove_environment(docker, env)
 
 
 async def _scenario(
-    settings: Settings, work: Path, *, blue: str, green: str
+    settings: Settings, work: Path, *, blue: str, green: str, connections: int
 ) -> tuple[dict[str, float], dict[str, int]]:
     files = RouterFiles(work / "router")
     bind = f"127.0.0.1:{_free_port()}"
@@ -193,7 +234,7 @@ async def _scenario(
             await add_domain(svc, me, env=green, domain=BETA)
             await bench.apply()
             await _wait_for_page(bench, SHOP, blue, started=time.perf_counter())
-            async with _wrk(bench, SHOP, threads=THREADS, connections=CONNECTIONS, s=LOAD_S) as w:
+            async with _wrk(bench, SHOP, threads=THREADS, connections=connections, s=LOAD_S) as w:
                 changes = await _changes(bench)
                 load, statuses = await _wrk_figures(w)
             bench.non2xx.update({f"load {status}": n for status, n in statuses.items()})
@@ -241,7 +282,7 @@ async def _swap(bench: Bench) -> Swap:
     started = time.perf_counter()
     await swap_domains(bench.svc, Request(USER), first=bench.blue, second=bench.green)
     swapped_ms = (time.perf_counter() - started) * 1000
-    reloaded = await bench.apply()
+    reloaded = await bench.apply_bindings()
     applied_ms = (time.perf_counter() - started) * 1000
     bench.on_shop = new
     seen_ms = await _wait_for_page(bench, SHOP, new, started=started)
@@ -400,25 +441,36 @@ def percentile(values: Sequence[float], pct: int) -> float:
     return float(statistics.quantiles(values, n=100, method="inclusive")[pct - 1])
 
 
-def _report(samples: list[dict[str, float]], non2xx: list[dict[str, int]]) -> dict[str, Any]:
+def _report(
+    samples: list[dict[str, float]], non2xx: list[dict[str, int]], *, connections: int
+) -> dict[str, Any]:
     mid = medians(samples)
     failed = mid["failed"] + mid["probe_non2xx"]
+    worst_p99 = max(s["swap_p99_ms"] for s in samples)
     result: dict[str, Any] = {
         "runs": len(samples),
-        "load": f"wrk -t{THREADS} -c{CONNECTIONS} -d{LOAD_S}s --timeout={WRK_TIMEOUT_S}s "
+        "load": f"wrk -t{THREADS} -c{connections} -d{LOAD_S}s --timeout={WRK_TIMEOUT_S}s "
         f"--latency -H 'Host: {SHOP}'",
         "swaps": SWAPS,
         "weight_changes": WEIGHT_CHANGES,
-        "targets": {"rps_min": MIN_RPS, "failed_max": 0, "swap_p99_ms_max": MAX_SWAP_P99_MS},
+        "targets": {
+            "rps_min": MIN_RPS,
+            "failed_max": 0,
+            "swap_p99_ms_median_max": SWAP_P99_MS,
+            "swap_p99_ms_every_run_max": MAX_SWAP_P99_MS,
+        },
         "medians": mid,
+        "swap_p99_ms_by_run": [s["swap_p99_ms"] for s in samples],
         "samples": samples,
         "non2xx_by_status": non2xx,
     }
     result["meets_target"] = (
-        mid["rps"] >= MIN_RPS and failed == 0 and mid["swap_p99_ms"] < MAX_SWAP_P99_MS
-    )
+        mid["rps"] >= MIN_RPS and failed == 0 and mid["swap_p99_ms"] < SWAP_P99_MS
+        and worst_p99 < MAX_SWAP_P99_MS
+    )  # fmt: skip
+    by_run = ", ".join(f"{s['swap_p99_ms']:.1f}" for s in samples)
     print_table(
-        f"routing: {LOAD_S} s of wrk -t{THREADS} -c{CONNECTIONS} on {SHOP}, {SWAPS} swaps, "
+        f"routing: {LOAD_S} s of wrk -t{THREADS} -c{connections} on {SHOP}, {SWAPS} swaps, "
         f"{WEIGHT_CHANGES} weight changes, 1 reload (medians of {len(samples)} runs)",
         [
             ("requests/s (wrk)", mid["rps"], f"target >= {MIN_RPS}"),
@@ -433,12 +485,13 @@ def _report(samples: list[dict[str, float]], non2xx: list[dict[str, int]]) -> di
             ("load latency p50 (ms)", mid["load_p50_ms"], ""),
             ("load latency p99 (ms)", mid["load_p99_ms"], ""),
             ("swap, call -> new page p50 (ms)", mid["swap_p50_ms"], ""),
-            ("swap, call -> new page p99 (ms)", mid["swap_p99_ms"], f"target < {MAX_SWAP_P99_MS}"),
+            ("swap, call -> new page p99 (ms)", mid["swap_p99_ms"], f"target < {SWAP_P99_MS}"),
+            ("  the worst run's p99 (ms)", worst_p99, f"target < {MAX_SWAP_P99_MS}; {by_run}"),
             ("swap, call -> new page max (ms)", mid["swap_max_ms"], ""),
             ("  of which swap_domains p50 (ms)", mid["swap_domains_p50_ms"], ""),
-            ("swap, call -> apply_routes done p50 (ms)", mid["swap_applied_p50_ms"], ""),
-            ("swap, call -> apply_routes done p99 (ms)", mid["swap_applied_p99_ms"], ""),
-            ("swaps that reloaded HAProxy", int(mid["swaps_reloading"]), "other envs changed"),
+            ("swap, call -> map applied p50 (ms)", mid["swap_applied_p50_ms"], ""),
+            ("swap, call -> map applied p99 (ms)", mid["swap_applied_p99_ms"], ""),
+            ("swaps that reloaded HAProxy", int(mid["swaps_reloading"]), "target 0"),
             ("weight change, call -> applied p50 (ms)", mid["weight_call_p50_ms"], ""),
             ("weight changes that reloaded HAProxy", int(mid["weight_changes_reloading"]), ""),
             ("last weights in effect (1 = yes)", int(mid["last_weights_in_effect"]), ""),
@@ -450,5 +503,4 @@ def _report(samples: list[dict[str, float]], non2xx: list[dict[str, int]]) -> di
             ("failed in those 1-connection runs", int(mid["latency_runs_failed"]), ""),
         ],
     )
-    write_results(NAME, result)
     return result

@@ -50,6 +50,7 @@ async def run_node(
     volume: str | None = None,
     stateful: bool = False,
     labels: Mapping[str, str] | None = None,
+    image: str = IMAGE,
 ) -> str:
     """Start one node of ``env`` running ``sh -c command``; its volume (if any) is at /data.
 
@@ -61,7 +62,7 @@ async def run_node(
     args += [*STATEFUL] if stateful else []
     args += [arg for key, value in (labels or {}).items() for arg in ("--label", f"{key}={value}")]
     args += ["-v", f"{volume}:/data"] if volume else []
-    await cli("docker", "run", "-d", *args, IMAGE, "sh", "-c", command)
+    await cli("docker", "run", "-d", *args, image, "sh", "-c", command)
     return name
 
 

@@ -13,6 +13,8 @@ from bot.cli_common import AsUser, JsonFlag, err, out, run
 from services.access import Request
 from services.certificates import add_certificate, list_certificates, remove_certificate
 from services.context import Services
+from services.domain_https import describe, list_https
+from services.renewals import obtain_certificate, renews_at
 from services.router import apply_now
 from storage.models import Certificate
 
@@ -23,33 +25,59 @@ commands.add_typer(cert_app, name="cert")
 
 async def _applied(svc: Services) -> str:
     if await apply_now(svc):
-        return "HAProxy reloaded with it"
+        return "HAProxy serves it"
     return "HAProxy does not run: served when it starts"
+
+
+def _added(found: Certificate) -> str:
+    text = f"{found.domain}: serial {found.serial}, expires {found.not_after:%Y-%m-%d}"
+    if (renews := renews_at(found)) is not None:
+        text += f", issued by ACME, renewed from {renews:%Y-%m-%d}"
+    return text
 
 
 @cert_app.command("add")
 def cert_add(
     domain: str,
     user: AsUser,
-    cert: Annotated[Path, typer.Option("--cert", help="PEM: the certificate, then its chain.")],
-    key: Annotated[Path, typer.Option("--key", help="PEM: its private key, unencrypted.")],
+    cert: Annotated[
+        Path | None, typer.Option("--cert", help="PEM: the certificate, then its chain.")
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="PEM: its private key, unencrypted.")
+    ] = None,
+    acme: Annotated[
+        bool,
+        typer.Option("--acme", help="Get one from the ACME server (CLONEBOT_ACME_DIRECTORY)."),
+    ] = False,
 ) -> None:
-    """Give a bound custom domain its certificate (replacing the one it had)."""
+    """Give a bound custom domain its certificate (replacing the one it had): a person's
+    (--cert and --key), or one from an ACME server, which `serve` renews (--acme)."""
+    pems: tuple[bytes, bytes] | None = None
+    if not acme and cert is not None and key is not None:
+        pems = _read(cert, key)
+    elif not acme or cert is not None or key is not None:
+        err.print("[red]refused:[/] give --cert and --key, or --acme alone", highlight=False)
+        raise typer.Exit(2)
+
+    async def work(svc: Services) -> str:
+        if pems is None:
+            found = await obtain_certificate(svc, Request(user), domain=domain)
+        else:
+            found = await add_certificate(
+                svc, Request(user), domain=domain, cert_pem=pems[0], key_pem=pems[1]
+            )
+        return f"{_added(found)}; {await _applied(svc)}"
+
+    out.print(run(work), highlight=False)
+
+
+def _read(cert: Path, key: Path) -> tuple[bytes, bytes]:
     try:
-        cert_pem, key_pem = cert.read_bytes(), key.read_bytes()
+        return cert.read_bytes(), key.read_bytes()
     except OSError as exc:
         err.print(f"[red]error:[/] {exc.filename}: {exc.strerror}", highlight=False)
         raise typer.Exit(1) from None
-
-    async def work(svc: Services) -> str:
-        found = await add_certificate(
-            svc, Request(user), domain=domain, cert_pem=cert_pem, key_pem=key_pem
-        )
-        return f"{found.domain}: serial {found.serial}, expires {found.not_after:%Y-%m-%d}; " + (
-            await _applied(svc)
-        )
-
-    out.print(run(work), highlight=False)
 
 
 @cert_app.command("remove")
@@ -70,11 +98,15 @@ def cert_show(domain: str, as_json: JsonFlag = False) -> None:
     if not found:
         err.print(f"[red]error:[/] {domain} has no certificate", highlight=False)
         raise typer.Exit(1)
+    https = run(list_https).get(found[0].domain)  # its redirect to HTTPS and HSTS
     if as_json:
-        print(json.dumps(_json(found[0]), indent=2))
+        age = https.hsts_max_age if https else None
+        more = {"redirect": bool(https and https.redirect), "hsts_max_age": age}
+        print(json.dumps({**_json(found[0]), **more}, indent=2))
         return
     for name, value in _json(found[0]).items():
         out.print(f"{name}: {value}", highlight=False)
+    out.print(f"https: {describe(https)}", highlight=False)
 
 
 @commands.command()
@@ -90,7 +122,7 @@ def certs(as_json: JsonFlag = False) -> None:
     out.print(table)
 
 
-def _json(cert: Certificate) -> dict[str, str]:
+def _json(cert: Certificate) -> dict[str, str | None]:
     return {
         "domain": cert.domain,
         "subject": cert.subject,
@@ -101,4 +133,6 @@ def _json(cert: Certificate) -> dict[str, str]:
         "sha256": cert.fingerprint,
         "added_by": cert.added_by,
         "added_at": cert.added_at.isoformat(),
+        "source": cert.source,
+        "renews_at": renews.isoformat() if (renews := renews_at(cert)) else None,
     }

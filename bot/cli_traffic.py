@@ -12,9 +12,10 @@ from rich.table import Table
 from bot.cli_common import AsUser, JsonFlag, err, load_settings, out, run
 from services.access import Request
 from services.context import Services
+from services.domain_https import HttpsState, describe, get_https, set_https
 from services.errors import ClonebotError
 from services.haproxy import RouterFiles, locked, render_config, write_files
-from services.router import apply_now, router_state
+from services.router import apply_bindings, apply_now, router_state
 from services.routing import (
     add_domain,
     parse_weights,
@@ -61,8 +62,8 @@ def router_init() -> None:
     out.print(done, highlight=False)
 
 
-async def _applied(svc: Services) -> str:
-    if await apply_now(svc):
+async def _applied(svc: Services, *, bindings_only: bool = False) -> str:
+    if await (apply_bindings if bindings_only else apply_now)(svc):
         return "applied to HAProxy"
     if svc.settings.router_mode == "external":
         assert svc.settings.router_dir is not None
@@ -77,7 +78,7 @@ def domain_add(env: str, domain: str, user: AsUser) -> None:
 
     async def work(svc: Services) -> str:
         name = await add_domain(svc, Request(user), env=env, domain=domain)
-        return f"{name} -> {env}; {await _applied(svc)}"
+        return f"{name} -> {env}; {await _applied(svc, bindings_only=True)}"
 
     out.print(run(work), highlight=False)
 
@@ -88,7 +89,7 @@ def domain_remove(env: str, domain: str, user: AsUser) -> None:
 
     async def work(svc: Services) -> str:
         name = await remove_domain(svc, Request(user), env=env, domain=domain)
-        return f"{name} removed from {env}; {await _applied(svc)}"
+        return f"{name} removed from {env}; {await _applied(svc, bindings_only=True)}"
 
     out.print(run(work), highlight=False)
 
@@ -99,7 +100,7 @@ def swap(first: str, second: str, user: AsUser) -> None:
 
     async def work(svc: Services) -> str:
         await swap_domains(svc, Request(user), first=first, second=second)
-        return f"domains of {first} and {second} swapped; {await _applied(svc)}"
+        return f"domains of {first} and {second} swapped; {await _applied(svc, bindings_only=True)}"
 
     out.print(run(work), highlight=False)
 
@@ -158,3 +159,42 @@ def routes(as_json: JsonFlag = False) -> None:
             ),
         )
     out.print(table)
+
+
+@domain_app.command("https")
+def domain_https(
+    domain: str,
+    user: AsUser,
+    redirect: Annotated[
+        bool | None, typer.Option("--redirect/--no-redirect", help="Send plain HTTP to HTTPS.")
+    ] = None,
+    hsts: Annotated[
+        bool | None, typer.Option("--hsts/--no-hsts", help="Send Strict-Transport-Security.")
+    ] = None,
+    hsts_max_age: Annotated[
+        int | None,
+        typer.Option(help="HSTS on, with this max-age in seconds (default CLONEBOT_HSTS_MAX_AGE)."),
+    ] = None,
+) -> None:
+    """Show, or turn on or off, a custom domain's redirect of plain HTTP to HTTPS and its HSTS
+    (they stay with the domain through a swap; in effect once it has a certificate)."""
+
+    async def work(svc: Services) -> str:
+        if redirect is None and hsts is None and hsts_max_age is None:
+            return _https_line(await get_https(svc, Request(user), domain=domain))
+        state = await set_https(
+            svc, Request(user), domain=domain, redirect=redirect, hsts=hsts,
+            hsts_max_age=hsts_max_age,
+        )  # fmt: skip
+        return _https_line(state)
+
+    out.print(run(work), highlight=False)
+
+
+def _https_line(state: HttpsState) -> str:
+    line = f"{state.domain}: {describe(state)}"
+    if state.in_effect is None:
+        return f"{line}; HAProxy does not answer: in effect when it starts"
+    if not state.in_effect:
+        return f"{line}; kept until {state.domain} has a certificate and HTTPS is served"
+    return line

@@ -17,6 +17,8 @@ declare -A PACKAGES=(
     [/usr/bin/rsync]=rsync [/usr/bin/getfacl]=acl [/usr/bin/getfattr]=attr # the copy helper (services/volumes.py)
     [/usr/bin/chromium]=chromium [/usr/bin/chromedriver]=chromium-driver # the playground's browser tests
     [/usr/bin/curl]=curl [/usr/bin/openssl]=openssl # the TLS clients of the HTTPS tests
+    [/usr/bin/python3]=python3               # copied into the WebSocket test image (build-test-images.sh)
+    [/usr/bin/pebble]=pebble                 # an ACME server (and its DNS) for the ACME tests
 )
 missing=()
 for path in "${!PACKAGES[@]}"; do

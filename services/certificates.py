@@ -5,18 +5,25 @@ A certificate belongs to the domain, not to the environment: a swap moves the do
 traffic and the same certificate keeps being served. The chain and key are one file of the
 router folder (``certs/<domain>.pem``, mode 600, in a folder of mode 700), never the database,
 a log line or Slack; the database keeps what a person may see (subject, issuer, serial,
-validity, fingerprint) and who added it.
+validity, fingerprint), who added it and whence (a person, or an ACME server:
+``services.renewals``).
+
+A domain's first certificate is a new entry of the crt-list: a seamless reload. Replacing it
+(a person's new one, a renewal) is not: HAProxy takes the new chain and key at once through its
+runtime API, and the file keeps them for a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
@@ -31,14 +38,22 @@ from services import access
 from services.access import Request
 from services.context import Services
 from services.errors import BadRequest, Forbidden
-from services.haproxy import TLS, RouterFiles, locked
+from services.haproxy import TLS, MasterCLI, RouterFailed, RouterFiles, RuntimeAPI, locked
 from services.permissions import Action
 from services.routing import is_internal, validate_domain
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import Certificate, DomainBinding, EnvironmentRecord, utcnow
 
+log = logging.getLogger(__name__)
 _PEM = serialization.Encoding.PEM
+
+
+class Source(StrEnum):
+    """Whence a domain's certificate came (``Certificate.source``)."""
+
+    MANUAL = "manual"  # a person gave the chain and key
+    ACME = "acme"  # issued by CLONEBOT_ACME_DIRECTORY, and renewed
 
 
 @dataclass(frozen=True)
@@ -139,25 +154,110 @@ async def add_certificate(
     """Give a bound custom domain its certificate (replacing the one it had), if ``request``
     may move the traffic of the environment the domain is bound to. Nothing is written
     unless the certificate parses, matches the key, covers the domain and is valid now."""
-    name = _custom(svc, domain)
+    name = custom_domain(svc, domain)
     pair = load_pair(cert_pem=cert_pem, key_pem=key_pem)
     check_pair(pair, domain=name)
-    files = _files(svc)
+    return await save_certificate(svc, request, domain=name, pair=pair, source=Source.MANUAL)
+
+
+async def check_may_add(svc: Services, request: Request, *, domain: str) -> None:
+    """Refuse unless ``request`` may give ``domain`` (a custom domain as ``custom_domain``
+    returns it) a certificate: before asking a CA for one."""
     async with svc.sessions() as session:
-        env = await _holder(svc, session, request, name, Action.MOVE_TRAFFIC)
-        staged = await asyncio.to_thread(_stage, files, name, pair.pem())
-        try:
-            async with locked(files):
-                record = await session.get(Certificate, name) or Certificate(domain=name)
-                _describe(record, pair.leaf, added_by=request.user)
-                session.add(record)
-                _audit(session, request, "cert add", env, record)
-                await session.commit()
-                # under the router's lock: an apply sees the row and its file, or neither
-                await asyncio.to_thread(os.replace, staged, files.cert_of(name))
-        finally:
-            await asyncio.to_thread(staged.unlink, missing_ok=True)
+        await _holder(svc, session, request, domain, Action.MOVE_TRAFFIC)
+
+
+async def save_certificate(
+    svc: Services, request: Request, *, domain: str, pair: KeyPair, source: Source
+) -> Certificate:
+    """``pair`` (checked) as ``domain``'s certificate, replacing the one it had, if
+    ``request`` may move the traffic of the environment the domain is bound to."""
+    async with svc.sessions() as session:
+        env = await _holder(svc, session, request, domain, Action.MOVE_TRAFFIC)
+        record = await _save(
+            svc, session, domain=domain, pair=pair, by=request.user, source=source,
+            audit=lambda r: _audit(session, request, "cert add", env, r),
+        )  # fmt: skip
+    assert record is not None  # nothing expected: always saved
     return record
+
+
+async def renew_certificate(
+    svc: Services, *, domain: str, pair: KeyPair, replacing: str
+) -> Certificate | None:
+    """``pair`` in place of ``domain``'s certificate of fingerprint ``replacing``, in the name
+    of whoever added that one; None when it was replaced or removed meanwhile."""
+    async with svc.sessions() as session:
+        binding = await session.get(DomainBinding, domain)
+        holder = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
+        env = holder.name if holder else None
+
+        def audit(record: Certificate) -> None:
+            _audit(session, Request(record.added_by), "cert renew", env, record)
+
+        current = await session.get(Certificate, domain)
+        by = current.added_by if current else ""
+        return await _save(
+            svc, session, domain=domain, pair=pair, by=by, source=Source.ACME, audit=audit,
+            expect=replacing,
+        )  # fmt: skip
+
+
+async def _save(
+    svc: Services,
+    session: AsyncSession,
+    *,
+    domain: str,
+    pair: KeyPair,
+    by: str,
+    source: Source,
+    audit: Callable[[Certificate], None],
+    expect: str | None = None,
+) -> Certificate | None:
+    """The row, the file and, where HAProxy serves the domain already, HAProxy at once.
+    ``expect``: the fingerprint the certificate replaced must have (else None, nothing done)."""
+    files = _files(svc)
+    pem = pair.pem()
+    staged = await asyncio.to_thread(_stage, files, domain, pem)
+    try:
+        async with locked(files):
+            record = await session.get(Certificate, domain, populate_existing=True)
+            if expect is not None and (record is None or record.fingerprint != expect):
+                return None
+            record = record or Certificate(domain=domain)
+            _describe(record, pair.leaf, added_by=by, source=source)
+            session.add(record)
+            audit(record)
+            await session.commit()
+            # under the router's lock: an apply sees the row and its file, or neither
+            await asyncio.to_thread(os.replace, staged, files.cert_of(domain))
+            await _serve_replaced(files, domain, pem)
+    finally:
+        await asyncio.to_thread(staged.unlink, missing_ok=True)
+    return record
+
+
+async def _serve_replaced(files: RouterFiles, domain: str, pem: bytes) -> None:
+    """The certificate a running HAProxy serves for ``domain`` replaced at once, without a
+    reload; a domain it serves none for yet gets its own with the next apply (the crt-list
+    changes: a reload). Call it holding the router's lock."""
+    path = files.cert_of(domain)
+    listed = await asyncio.to_thread(_read_lines, files.crt_list)
+    if not any(line.split()[:1] == [str(path)] for line in listed):
+        return
+    master = MasterCLI(files.master)
+    if not await master.alive():
+        return  # the file is read when it starts
+    api = RuntimeAPI(files.api)
+    try:
+        await api.replace_cert(path, pem.decode())
+    except RouterFailed as exc:  # a reload reads the file: served all the same
+        log.warning("router: %s; reloading HAProxy for %s's new certificate", exc.message, domain)
+        await master.reload(api)
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
 
 
 async def remove_certificate(svc: Services, request: Request, *, domain: str) -> Certificate:
@@ -197,7 +297,8 @@ async def list_certificates(svc: Services) -> Sequence[Certificate]:
         return (await session.scalars(query)).all()
 
 
-def _custom(svc: Services, domain: str) -> str:
+def custom_domain(svc: Services, domain: str) -> str:
+    """``domain`` as ``routing.validate_domain`` keeps it, refused if it is an internal one."""
     name = validate_domain(domain)
     base = svc.settings.base_domain
     if is_internal(name, base_domain=base):
@@ -239,7 +340,9 @@ async def _holder(
     return record.name
 
 
-def _describe(record: Certificate, leaf: x509.Certificate, *, added_by: str) -> None:
+def _describe(
+    record: Certificate, leaf: x509.Certificate, *, added_by: str, source: Source
+) -> None:
     serial = f"{leaf.serial_number:X}"
     record.subject = leaf.subject.rfc4514_string()
     record.issuer = leaf.issuer.rfc4514_string()
@@ -247,6 +350,7 @@ def _describe(record: Certificate, leaf: x509.Certificate, *, added_by: str) -> 
     record.not_before, record.not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     record.fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
     record.added_by, record.added_at = added_by, utcnow()
+    record.source = source.value
 
 
 def _audit(
@@ -308,11 +412,13 @@ def default_pair(*, now: datetime | None = None) -> KeyPair:
 
 
 def _prepare(files: RouterFiles, *, wildcard: Path | None, base_domain: str, own: bool) -> None:
-    """The default certificate made once; the owner of the router copies in the wildcard
-    its settings name (or takes away one it no longer names)."""
+    """The default certificate made once, and the map of ACME challenges (the configuration
+    reads both); the owner of the router copies in the wildcard its settings name (or takes
+    away one it no longer names)."""
     _certs_folder(files)
     if not files.default_cert.exists():
         _install(files, files.default_cert, default_pair().pem())
+    files.acme_map.touch(exist_ok=True)
     if not own:
         return
     if wildcard is None:
@@ -325,7 +431,8 @@ def _prepare(files: RouterFiles, *, wildcard: Path | None, base_domain: str, own
 
 def _crt_list(files: RouterFiles, domains: Sequence[str], *, base_domain: str) -> tuple[str, str]:
     """The crt-list (each file with the SNI names it is served for) and its digest, over the
-    list and the files' contents: a replaced certificate is another digest."""
+    list and the operator's wildcard: a domain's certificate replaced is the same digest (it
+    goes to HAProxy through the runtime API, ``_serve_replaced``), a domain added another."""
     entries: list[tuple[Path, str]] = []
     if files.wildcard_cert.exists():
         entries.append((files.wildcard_cert, f"*.{base_domain}"))
@@ -335,8 +442,8 @@ def _crt_list(files: RouterFiles, domains: Sequence[str], *, base_domain: str) -
             entries.append((files.cert_of(domain), domain))
     text = "".join(f"{path} {sni}\n" for path, sni in entries)
     digest = hashlib.sha256(text.encode())
-    for path, _ in entries:
-        digest.update(path.read_bytes())
+    if files.wildcard_cert.exists():  # copied in at the start of `serve`: a reload then is fine
+        digest.update(files.wildcard_cert.read_bytes())
     return text, digest.hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ ClonebotError                 base: ``message`` is what a person reads
 ├── DockerUnavailable         the Docker engine cannot be reached
 ├── DockerFailed              the Docker engine refused or failed an operation
 ├── LeaseLost                 a job that could not keep its lease stopped (and rolled back)
+├── AcmeFailed                an ACME server refused or failed an order (nothing was stored)
 └── CloneFailed               a clone/refresh failed; what it created was removed
     └── HookFailed            an on-clone hook exited non-zero or ran too long
 """
@@ -157,6 +158,11 @@ class DockerFailed(ClonebotError):
 
 class FreezeTimeout(ClonebotError):
     """The final pass outlasted CLONEBOT_FREEZE_TIMEOUT; the source was resumed."""
+
+
+class AcmeFailed(ClonebotError):
+    """An ACME server refused a certificate or could not be reached; ``message`` says what it
+    said (never a key)."""
 
 
 class LeaseLost(ClonebotError):

@@ -29,6 +29,10 @@ class RouterFailed(ClonebotError):
     """HAProxy refused a configuration or a runtime command, or did not start."""
 
 
+class RouterDown(RouterFailed):
+    """No HAProxy answers on its runtime API: none runs, or a reload is between workers."""
+
+
 @dataclass(frozen=True)
 class Server:
     name: str
@@ -73,9 +77,9 @@ class TLS:
 
     bind: str
     crt_list: str  # the text of certs/crt-list.txt: written before HAProxy reads it
-    # of the crt-list and the files it lists: another one changes the configuration, so a
-    # new or replaced certificate is a reload (the runtime API's ``set ssl cert`` is not
-    # used yet)
+    # of the crt-list (and the operator's wildcard file): another one changes the
+    # configuration, so a domain given its first certificate is a reload; a domain's
+    # certificate replaced is not, it goes through the runtime API (``RuntimeAPI.replace_cert``)
     digest: str
     strict_sni: bool = False
 
@@ -134,6 +138,22 @@ class RouterFiles:
         """``*.<base domain>``, copied from CLONEBOT_TLS_WILDCARD_CERT."""
         return self.certs / "wildcard.pem"
 
+    @property
+    def acme_map(self) -> Path:
+        """ACME HTTP-01 challenges the router answers itself: the path of each
+        (``/.well-known/acme-challenge/<token>``) to its key authorization."""
+        return self.directory / "acme.map"
+
+    @property
+    def redirects(self) -> Path:
+        """Domains whose plain HTTP is redirected to HTTPS (``services/domain_https.py``)."""
+        return self.directory / "https-redirect.map"
+
+    @property
+    def hsts(self) -> Path:
+        """Domains whose HTTPS answers carry HSTS, each with its max-age."""
+        return self.directory / "hsts.map"
+
     def cert_of(self, domain: str) -> Path:
         """A custom domain's chain and key (a domain as ``routing.validate_domain`` keeps it:
         letters, digits, hyphens and dots, so a file name of its own)."""
@@ -162,11 +182,16 @@ def render_config(
         "    timeout connect 3s",
         "    timeout client 30s",
         "    timeout server 30s",
+        # an upgraded connection (WebSocket) may stay quiet this long; client and server
+        # timeouts stop applying once it is a tunnel
+        "    timeout tunnel 1h",
         "    option redispatch",
         "    retries 2",
         "frontend web",
         f"    bind {bind}",
         *_tls_lines(files, tls),
+        *_acme_lines(files, tls),
+        *_https_lines(files, tls),
         f"    use_backend %[req.hdr(host),field(1,:),lower,map({files.hosts},{NO_ROUTE})]",
         f"backend {NO_ROUTE}",
         '    http-request return status 404 content-type text/plain string "no environment here"',
@@ -186,6 +211,44 @@ def _tls_lines(files: RouterFiles, tls: TLS | None) -> list[str]:
     return [
         line + (" strict-sni" if tls.strict_sni else ""),
         f"    # certificates {tls.digest}",
+    ]
+
+
+ACME_PATH = "/.well-known/acme-challenge/"
+
+
+def _acme_lines(files: RouterFiles, tls: TLS | None) -> list[str]:
+    """HTTP-01 challenges answered before any other rule, whichever environment holds the
+    domain (or none); a path the map does not have goes on to the environment, so one that
+    gets its own certificates still can. With HTTPS only: a certificate is of no use without."""
+    if tls is None:
+        return []
+    found = f"path,map({files.acme_map})"
+    return [
+        f'    http-request return status 200 content-type text/plain lf-string "%[{found}]"'
+        f" if {{ path_beg {ACME_PATH} }} {{ {found} -m found }}"
+    ]
+
+
+_HTTPS_HOST = "txn.https_host"
+_HSTS_AGE = "txn.hsts_max_age"
+
+
+def _https_lines(files: RouterFiles, tls: TLS | None) -> list[str]:
+    """Plain HTTP redirected to HTTPS, and HSTS sent over HTTPS, for the domains in their maps
+    (changed at run time: no reload). The Location names the host without its port: HTTPS on
+    443 as visitors reach it. ACME's challenges are never redirected (plain HTTP by nature)."""
+    if tls is None:
+        return []
+    host = f"var({_HTTPS_HOST})"
+    redirected = f"{{ {host},map({files.redirects}) -m found }}"
+    return [
+        f"    http-request set-var({_HTTPS_HOST}) req.hdr(host),field(1,:),lower",
+        f"    http-request redirect location https://%[{host}]%[pathq] code 301"
+        f" if !{{ ssl_fc }} !{{ path_beg {ACME_PATH} }} {redirected}",
+        f"    http-request set-var({_HSTS_AGE}) {host},map({files.hsts}) if {{ ssl_fc }}",
+        f'    http-response set-header Strict-Transport-Security "max-age=%[var({_HSTS_AGE})]"'
+        f" if {{ var({_HSTS_AGE}) -m found }}",
     ]
 
 
@@ -275,6 +338,38 @@ def render_map(hosts: Mapping[str, str]) -> str:
     return "".join(f"{host} {backend}\n" for host, backend in sorted(hosts.items()))
 
 
+def read_map(text: str) -> dict[str, str]:
+    """The hosts of a map ``render_map`` wrote (a line it could not have written is skipped)."""
+    pairs = (line.split() for line in text.splitlines())
+    return {words[0]: words[1] for words in pairs if len(words) == 2}
+
+
+async def apply_map(
+    files: RouterFiles, *, hosts: Mapping[str, str], current: Mapping[str, str]
+) -> bool:
+    """Bring a running HAProxy's map from ``current`` (its file's) to ``hosts``, in one atomic
+    step, then the file: for a change that moves domains and leaves backends alone. False
+    when none runs (the file is written all the same). Call it holding the router's lock.
+
+    The runtime API is asked first, the master only when it does not answer: a swap waits on
+    each round trip, and each waits for a CPU under load. The file is a few hundred bytes,
+    written in the event loop: a thread would wait for a CPU too.
+    """
+    if hosts == current:
+        return await MasterCLI(files.master).alive()
+    started, api = time.monotonic(), RuntimeAPI(files.api)
+    try:
+        await api.replace_map(files.hosts, hosts)
+    except RouterDown:  # none runs; or a new worker, about to read the file, or having read it
+        _write_all({files.hosts: render_map(hosts)})
+        if not await MasterCLI(files.master).alive():
+            return False
+        await api.replace_map(files.hosts, hosts)
+    metrics.observe_route_change(how="runtime", seconds=time.monotonic() - started)
+    _write_all({files.hosts: render_map(hosts)})
+    return True
+
+
 _COMMANDS_A_LINE = 50
 
 
@@ -300,7 +395,7 @@ class RuntimeAPI:
         try:
             reader, writer = await asyncio.open_unix_connection(str(self._socket))
         except OSError as exc:
-            raise RouterFailed(f"HAProxy's runtime API does not answer: {exc}") from exc
+            raise RouterDown(f"HAProxy's runtime API does not answer: {exc}") from exc
         try:
             writer.write(line.encode() + b"\n")
             await writer.drain()
@@ -354,6 +449,38 @@ class RuntimeAPI:
                 counts[row[name]] = BackendCount(int(row[requests] or 0), row[status] == "UP")
         return Counters(pids[0], counts)
 
+    async def set_map_entry(self, path: Path, *, key: str, value: str) -> None:
+        """One entry of a map set (an entry of the same key replaced). The caller checks that
+        neither has a space, a ";" or a newline."""
+        answer = await self.command(f"del map {path} {key}; add map {path} {key} {value}")
+        self._map_ok(f"add map {path}", answer)
+
+    async def delete_map_entry(self, path: Path, *, key: str) -> None:
+        """An entry of a map taken away (none there is no error)."""
+        self._map_ok(f"del map {path}", await self.command(f"del map {path} {key}"))
+
+    @staticmethod
+    def _map_ok(what: str, answer: str) -> None:
+        rest = answer.replace("Key not found.", "").strip()
+        if rest:
+            raise RouterFailed(f"{what}: {rest.splitlines()[0][:200]}")
+
+    async def replace_cert(self, path: Path, pem: str) -> None:
+        """A certificate HAProxy loaded from ``path`` replaced in memory by ``pem`` (chain and
+        key, as the file has them), for the connections to come; those open keep theirs.
+
+        No reload: the runtime API's transaction (``set ssl cert``, ``commit ssl cert``).
+        The key is in the command, never in an error: those quote HAProxy's first line only.
+        """
+        payload = "\n".join(line for line in pem.strip().splitlines() if line.strip())
+        answer = await self.command(f"set ssl cert {path} <<\n{payload}\n")
+        if "Transaction" not in answer:  # "created" or "updated"
+            raise RouterFailed(f"set ssl cert {path}: {_first_line(answer)}")
+        answer = await self.command(f"commit ssl cert {path}")
+        if "Success!" not in answer:
+            await self.command(f"abort ssl cert {path}")
+            raise RouterFailed(f"commit ssl cert {path}: {_first_line(answer)}")
+
     async def set_weight(self, *, backend: str, server: str, weight: int) -> None:
         await self._ok(f"set server {backend}/{server} weight {weight}")
 
@@ -361,6 +488,11 @@ class RuntimeAPI:
         answer = (await self.command(line)).strip()
         if answer and not answer.startswith("New") and "done" not in answer.lower():
             raise RouterFailed(f"{line}: {answer}")
+
+
+def _first_line(answer: str) -> str:
+    lines = answer.strip().splitlines()
+    return lines[0][:200] if lines else "no answer"
 
 
 class MasterCLI:
@@ -639,7 +771,8 @@ async def locked(files: RouterFiles) -> AsyncIterator[None]:
     reads the routes and writes the files under this lock, so the last to write wrote the
     latest routes, and no one checks a half-written configuration.
     """
-    await asyncio.to_thread(files.directory.mkdir, parents=True, exist_ok=True)
+    # in the event loop: a few microseconds, where a thread would wait for a CPU under load
+    files.directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         # polled, not waited for in a thread: waiters must not use up the thread pool

@@ -6,14 +6,16 @@ import asyncio
 import ipaddress
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import select
 
 from services.certificates import router_tls
 from services.context import Services
+from services.domain_https import write_https_maps
 from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT, SERVICE
 from services.haproxy import (
     TLS,
@@ -23,9 +25,11 @@ from services.haproxy import (
     RouterFiles,
     RuntimeAPI,
     Server,
+    apply_map,
     apply_to_running,
     bind_of,
     locked,
+    read_map,
     render_config,
     tls_of,
     write_files,
@@ -66,25 +70,46 @@ def page_backend(name: str, why: Stopped) -> str:
     return f"{WAKE_PREFIX if why is Stopped.IDLE else 'stopped_'}{name}"
 
 
-async def router_state(svc: Services) -> RouterState:
+@dataclass(frozen=True)
+class WebNodes:
+    """What one container listing shows of the environments' web nodes."""
+
+    envs: dict[str, list[WebNode]]  # by environment, in node order
+    left_out: dict[str, str]  # environments HAProxy cannot be given, and why
+
+
+class Stored(NamedTuple):
+    """What the database says of routing: environment names by id, bindings, routes, and why
+    clonebot stopped the environments it stopped."""
+
+    names: dict[int, str]
+    bindings: Sequence[DomainBinding]
+    routes: Sequence[Route]
+    stopped: dict[str, Stopped]
+
+
+async def router_state(svc: Services, *, nodes: WebNodes | None = None) -> RouterState:
     """Every environment with a web layer at its internal domain, plus bound domains and routes.
 
     One container listing, no inspection: a swap must reach HAProxy in milliseconds. An
     environment whose labels HAProxy cannot be given is left out, with a warning; the others
-    are routed all the same.
+    are routed all the same. ``nodes``: listed already, before taking the router's lock (a
+    listing waits on Docker, and a swap on the lock); the database is read here, under it.
     """
-    (envs, left_out), (names, bindings, routes, stopped) = await asyncio.gather(
-        _web_nodes(svc), _routes(svc)
-    )
-    base = svc.settings.base_domain
+    if nodes is None:
+        listed, stored = await asyncio.gather(web_nodes(svc), _stored(svc))
+    else:
+        listed, stored = nodes, await _stored(svc)
+    envs, base = listed.envs, svc.settings.base_domain
     backends = {env_backend(n): Backend(env_backend(n), _servers(e)) for n, e in envs.items()}
     hosts = {f"{n}.{base}": env_backend(n) for n in envs}
-    for binding in bindings:
+    names = stored.names
+    for binding in stored.bindings:
         domain = binding.domain
         if _bound(domain, base) and names.get(binding.environment_id) in envs:
             hosts[domain] = env_backend(names[binding.environment_id])
-    hosts = _stopped_pages(stopped, envs, backends, hosts)
-    for route in routes:
+    hosts = _stopped_pages(stored.stopped, envs, backends, hosts)
+    for route in stored.routes:
         if not _bound(route.domain, base) or not _well_formed(route):
             continue
         sides = [envs.get(names.get(i, ""), []) for i in (route.primary_id, route.secondary_id)]
@@ -92,8 +117,31 @@ async def router_state(svc: Services) -> RouterState:
             backend = _route_backend(route, sides[0], sides[1])
             backends[backend.name] = backend
             hosts[route.domain] = backend.name
-    _warn(left_out)
-    return RouterState(tuple(sorted(backends.values(), key=lambda b: b.name)), hosts, left_out)
+    _warn(listed.left_out)
+    ordered = tuple(sorted(backends.values(), key=lambda b: b.name))
+    return RouterState(ordered, hosts, dict(listed.left_out))
+
+
+def _rebound(current: Mapping[str, str], stored: Stored, *, base: str) -> dict[str, str] | None:
+    """The map ``router_state`` would give after a change of bindings only, from the map now
+    (``current``) and the database, without Docker: each bound domain goes where its
+    environment's internal domain goes now. None where the map cannot say: an environment it
+    does not route, or a route it does not serve (as yet: a clone just made, say)."""
+    hosts = {d: b for d, b in current.items() if is_internal(d, base_domain=base)}
+    for binding in stored.bindings:
+        name = stored.names.get(binding.environment_id)
+        if not _bound(binding.domain, base) or name is None:
+            continue
+        if (backend := current.get(f"{name}.{base}")) is None:
+            return None
+        hosts[binding.domain] = backend
+    for route in stored.routes:
+        if not _bound(route.domain, base) or not _well_formed(route):
+            continue
+        if current.get(route.domain) != route_backend(route.domain):
+            return None
+        hosts[route.domain] = route_backend(route.domain)
+    return hosts
 
 
 def _stopped_pages(
@@ -135,19 +183,18 @@ def _warn(left_out: dict[str, str]) -> None:
             log.warning("router: %s is left out of routing: %s", env, reason)
 
 
-async def _routes(
-    svc: Services,
-) -> tuple[dict[int, str], Sequence[DomainBinding], Sequence[Route], dict[str, Stopped]]:
-    """Environment names by id, domain bindings and routes, as the database has them; and
-    why clonebot stopped the environments it stopped."""
+async def _stored(svc: Services) -> Stored:
+    # three statements in one transaction: each waits for a CPU under load, a swap on them
+    columns = (EnvironmentRecord.id, EnvironmentRecord.name, EnvironmentRecord.stopped)
     async with svc.sessions() as session:
-        records = (await session.scalars(select(EnvironmentRecord))).all()
+        records = (await session.execute(select(*columns))).all()
         bindings = (await session.scalars(select(DomainBinding))).all()
         routes = (await session.scalars(select(Route))).all()
-    names = {r.id: r.name for r in records}
     known = {s.value for s in Stopped}  # a newer clonebot's reason: its domain answers 503
-    stopped = {r.name: Stopped(r.stopped) for r in records if r.stopped in known}
-    return names, bindings, routes, stopped
+    return Stored(
+        names={id_: name for id_, name, _ in records}, bindings=bindings, routes=routes,
+        stopped={name: Stopped(why) for _, name, why in records if why in known},
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -178,7 +225,7 @@ def _web_node(labels: dict[str, str], networks: dict[str, str], shared: list[str
     return WebNode(layer, int(number), address, int(port))
 
 
-async def _web_nodes(svc: Services) -> tuple[dict[str, list[WebNode]], dict[str, str]]:
+async def web_nodes(svc: Services) -> WebNodes:
     """The web nodes of every environment, by environment, in node order; and the
     environments left out, with why.
 
@@ -220,7 +267,7 @@ async def _web_nodes(svc: Services) -> tuple[dict[str, list[WebNode]], dict[str,
         except _BadLabels as exc:
             left_out[env] = str(exc)
             del found[env]
-    return found, left_out
+    return WebNodes(found, left_out)
 
 
 def _named(env: str, nodes: list[WebNode]) -> list[WebNode]:
@@ -266,8 +313,12 @@ def _servers(nodes: list[WebNode], *, share: int = 100, backup: bool = False) ->
     )
 
 
+def route_backend(domain: str) -> str:
+    return f"route_{domain}"
+
+
 def _route_backend(route: Route, primary: list[WebNode], secondary: list[WebNode]) -> Backend:
-    name = f"route_{route.domain}"
+    name = route_backend(route.domain)
     if route.kind == "failover":
         servers = _servers(primary) + _distinct(primary, _servers(secondary, backup=True))
         return Backend(name, servers, health_check=True, check_host=route.domain)
@@ -294,6 +345,24 @@ async def apply_now(svc: Services) -> bool:
     return await apply_routes(svc, files=RouterFiles(svc.settings.router_dir))
 
 
+async def apply_bindings(svc: Services) -> bool:
+    """``apply_now`` for a change of domain bindings only (a swap, a domain bound or unbound):
+    the map changes, in one atomic step, backends stay, and Docker is not read.
+
+    Each bound domain goes where its environment's internal domain goes in the map now (its
+    backend, or the page of a clone clonebot stopped); a domain with a route keeps it. Where
+    the map cannot say (an environment it does not route yet), as ``apply_now``.
+    """
+    assert svc.settings.router_dir is not None
+    files = RouterFiles(svc.settings.router_dir)
+    async with locked(files):
+        current = read_map(_read(files.hosts))  # a few hundred bytes: no thread
+        hosts = _rebound(current, await _stored(svc), base=svc.settings.base_domain)
+        if current and hosts is not None:
+            return await apply_map(files, hosts=hosts, current=current)
+    return await apply_routes(svc, files=files)
+
+
 async def apply_routes(svc: Services, *, files: RouterFiles, bind: str | None = None) -> bool:
     """Bring a running HAProxy to the database's routes; False when none is running.
 
@@ -301,8 +370,9 @@ async def apply_routes(svc: Services, *, files: RouterFiles, bind: str | None = 
     configuration says. Files are always written, so an HAProxy started later comes up right.
     A change in backends or servers is a seamless reload; anything else a runtime change.
     """
+    nodes = await web_nodes(svc)
     async with locked(files):
-        state = await router_state(svc)
+        state = await router_state(svc, nodes=nodes)
         config, tls = await router_config(svc, files=files, state=state, bind=bind)
         crt_list = tls.crt_list if tls is not None else None
         master = MasterCLI(files.master)
@@ -337,6 +407,8 @@ async def router_config(
     tls = None
     if tls_bind is not None:
         tls = await router_tls(svc, files=files, bind=tls_bind, strict_sni=strict, own=own)
+    # the redirect and HSTS maps the configuration names, for HAProxy to read them
+    await write_https_maps(svc, files=files, serving_tls=tls is not None)
     return render_config(files=files, bind=bind, backends=state.backends, tls=tls), tls
 
 

@@ -10,13 +10,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, update
 
 from services import access
 from services.access import Request
 from services.approvals import Change, ChangeKind, require
 from services.context import Services
 from services.errors import BadRequest
+from services.haproxy import RouterFiles, read_map
 from services.permissions import Action
 from storage import repositories as repo
 from storage.db import AsyncSession
@@ -143,10 +144,12 @@ async def swap_domains(svc: Services, request: Request, *, first: str, second: s
             (first, second),
         )  # fmt: skip
         await require(svc, session, request, change=change, records=[a, b])
-        bindings = (await session.scalars(select(DomainBinding))).all()
-        for binding in bindings:
-            if binding.environment_id in (a.id, b.id):
-                binding.environment_id = b.id if binding.environment_id == a.id else a.id
+        await session.execute(
+            update(DomainBinding)
+            .where(DomainBinding.environment_id.in_((a.id, b.id)))
+            .values(environment_id=case((DomainBinding.environment_id == a.id, b.id), else_=a.id))
+            .execution_options(synchronize_session=False)
+        )
         _audit(session, request, "swap", first, {"with": second})
         await session.commit()
 
@@ -240,20 +243,42 @@ async def _checked(
 
     With ``web``, an environment without a web layer (nothing to send traffic to) is refused,
     and so is one clonebot stopped (asleep or expired: nothing would wake it for that traffic).
+    Environments the router serves already are checked from their records alone: a swap
+    must be quick, and a Docker listing waits for a CPU under load.
     """
-    checked = await access.check_glimpses(
-        svc, session, request, names=names, action=Action.MOVE_TRAFFIC
-    )
-    for env, record in checked:
-        if web and not env.has_web_layer:
-            raise BadRequest(
-                f"{env.name} has no web layer (no container carries clonebot.http.port)"
-            )
+    records = None
+    if web and set(names) <= _routed(svc):
+        records = await access.check_records(
+            svc, session, request, names=names, action=Action.MOVE_TRAFFIC
+        )
+    if records is None:
+        checked = await access.check_glimpses(
+            svc, session, request, names=names, action=Action.MOVE_TRAFFIC
+        )
+        for env, _ in checked:
+            if web and not env.has_web_layer:
+                raise BadRequest(
+                    f"{env.name} has no web layer (no container carries clonebot.http.port)"
+                )
+        records = [record for _, record in checked]
+    for record in records:
         if web and record.stopped:
             raise BadRequest(
-                f"{env.name} is stopped ({record.stopped}): wake it first (`/env wake {env.name}`)"
+                f"{record.name} is stopped ({record.stopped}): wake it first "
+                f"(`/env wake {record.name}`)"
             )
-    return [record for _, record in checked]
+    return records
+
+
+def _routed(svc: Services) -> set[str]:
+    """The environments the router serves at their internal domains, as its map says now."""
+    if svc.settings.router_dir is None:
+        return set()
+    files = RouterFiles(svc.settings.router_dir)
+    # a few hundred bytes, read in the event loop: a thread would wait for a CPU under load
+    text = files.hosts.read_text() if files.hosts.exists() else ""
+    suffix = f".{_plain(svc.settings.base_domain)}"
+    return {d.removesuffix(suffix) for d in read_map(text) if d.endswith(suffix)}
 
 
 async def _binding(session: AsyncSession, domain: str) -> DomainBinding | None:

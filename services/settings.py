@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     tls_wildcard_cert: Path | None = Field(default=None, alias="CLONEBOT_TLS_WILDCARD_CERT")
     # refuse a TLS handshake whose SNI names no certificate, rather than serve the default one
     tls_strict_sni: bool = Field(default=False, alias="CLONEBOT_TLS_STRICT_SNI")
+    # the max-age (seconds) of a domain's HSTS when whoever turns it on names none: a year
+    hsts_max_age: int = Field(default=31_536_000, ge=0, le=2**31 - 1, alias="CLONEBOT_HSTS_MAX_AGE")
+    # ACME (RFC 8555): `clonebot cert add DOMAIN --acme` gets a custom domain's certificate
+    # from this directory URL, and `serve` renews it (services/renewals.py); unset: off.
+    # Setting it agrees to that CA's terms of service, for the account clonebot registers.
+    acme_directory: str | None = Field(default=None, alias="CLONEBOT_ACME_DIRECTORY")
+    # the account's contact: where the CA writes about expiry and problems; unset: none
+    acme_email: str | None = Field(default=None, alias="CLONEBOT_ACME_EMAIL")
+    # a PEM file of the CA certificates that sign the ACME server's own HTTPS certificate
+    # (a private or test server's); unset: the system's, through requests (certifi)
+    acme_ca_bundle: Path | None = Field(default=None, alias="CLONEBOT_ACME_CA_BUNDLE")
+    # how often `serve` looks for ACME certificates to renew (those expiring within 30 days)
+    acme_renew_check_s: float = Field(default=86400.0, gt=0, alias="CLONEBOT_ACME_RENEW_CHECK")
     # "embedded": `clonebot serve` starts and keeps its own HAProxy; "external": an HAProxy
     # run by others reads CLONEBOT_ROUTER_DIR (started with `haproxy -W -S DIR/master.sock
     # -f DIR/haproxy.cfg`), and clonebot only writes the files and talks to its sockets
@@ -213,7 +226,37 @@ class Settings(BaseSettings):
             raise ValueError("use HOST:PORT, like 127.0.0.1:8080")
         return value
 
-    @field_validator("router_tls_bind", "tls_wildcard_cert", mode="before")
+    @field_validator("acme_directory")
+    @classmethod
+    def _acme_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https://[^\s/]+(/\S*)?", value):
+            raise ValueError("use the ACME directory's https:// URL (RFC 8555 §7.1.1)")
+        return value
+
+    @field_validator("acme_email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s:,]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", value):
+            raise ValueError(f"{value!r} is not an email address (like ops@example.com)")
+        return value
+
+    @model_validator(mode="after")
+    def _acme_complete(self) -> Settings:
+        if self.acme_directory is None:
+            for name, value in (
+                ("CLONEBOT_ACME_EMAIL", self.acme_email),
+                ("CLONEBOT_ACME_CA_BUNDLE", self.acme_ca_bundle),
+            ):
+                if value is not None:
+                    raise ValueError(f"{name} is for ACME: set CLONEBOT_ACME_DIRECTORY too")
+        if self.acme_ca_bundle is not None and not self.acme_ca_bundle.is_file():
+            raise ValueError(f"CLONEBOT_ACME_CA_BUNDLE: {self.acme_ca_bundle} is not a file")
+        return self
+
+    @field_validator(
+        "router_tls_bind", "tls_wildcard_cert", "acme_directory", "acme_email", "acme_ca_bundle",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -28,7 +28,9 @@ from services.haproxy import (
 from services.idle import IdleWatch, SleepSink, ignore_notices
 from services.jobs import run_job
 from services.recovery import recover_jobs
-from services.router import RouterState, apply_routes, router_config, router_state
+from services.renewals import RenewalSink, sweep_renewals
+from services.renewals import ignore_notices as ignore_renewal_notices
+from services.router import RouterState, apply_routes, router_config, router_state, web_nodes
 from services.schedules import ScheduleSink, sweep_schedules
 from services.schedules import log_notice as log_schedule_notice
 from services.workers import worker_is_gone
@@ -51,6 +53,7 @@ class Tellers:
     expiry: ExpirySink = log_notice
     schedule: ScheduleSink = log_schedule_notice
     sleep: SleepSink = ignore_notices
+    renewal: RenewalSink = ignore_renewal_notices
 
 
 async def serve(
@@ -73,8 +76,9 @@ async def serve(
     Every CLONEBOT_EXPIRY_CHECK seconds, clones are reminded of their expiry, stopped or
     deleted (``services.expiry``). Then clones whose refresh schedule is due are refreshed
     (``services.schedules``). With a router, every round, clones idle for CLONEBOT_SLEEP_AFTER
-    are stopped and those asleep woken by a request (``services.idle``). ``tell`` tells owners
-    and teams what these did.
+    are stopped and those asleep woken by a request (``services.idle``); every
+    CLONEBOT_ACME_RENEW_CHECK seconds, ACME certificates due are renewed
+    (``services.renewals``). ``tell`` tells owners and teams what these did.
 
     The sweeps and the idle watch run beside the loop (``_Beside``): their jobs (a refresh, a
     wake) may take minutes, and must not hold up the router or the recovery.
@@ -82,9 +86,12 @@ async def serve(
     on_recovered(await recover_jobs(svc))
     await _expire_keys(svc)
     last_recovery = time.monotonic()
-    last_expiry = -math.inf
+    last_expiry = last_renewal = -math.inf
 
     tell = tell or Tellers()
+    # by the process that runs the router: it owns how the router serves HTTPS
+    renewing = router and svc.settings.acme_directory is not None
+    renew_every = svc.settings.acme_renew_check_s
 
     async with contextlib.AsyncExitStack() as stack:
         keeper = await stack.enter_async_context(_RouterKeeper(svc)) if router else None
@@ -103,6 +110,9 @@ async def serve(
                     # apart: an hour-long refresh must not hold up an hour-before reminder
                     beside.start("expiry", partial(sweep_expiry, svc, notify=tell.expiry))
                     beside.start("schedules", partial(sweep_schedules, svc, notify=tell.schedule))
+                if renewing and time.monotonic() - last_renewal >= renew_every:
+                    last_renewal = time.monotonic()
+                    beside.start("renewals", partial(sweep_renewals, svc, notify=tell.renewal))
                 if time.monotonic() - last_recovery >= recover_every_s:
                     on_recovered(await recover_jobs(svc))
                     await _expire_keys(svc)
@@ -200,6 +210,8 @@ class _RouterKeeper:
         if self._router is None:
             await self._reconcile_external()
             return
+        # Docker listed before the lock: a swap waits for the lock, not for this listing
+        nodes = await web_nodes(self._svc)
         async with locked(self._files):
             if self._router.master_pid is None:
                 if self._applied is None:  # the first start: nothing stopped
@@ -208,7 +220,7 @@ class _RouterKeeper:
                     log.warning("HAProxy stopped: starting it again with every route")
                 await self._start(self._router)
                 return
-            state = await router_state(self._svc)
+            state = await router_state(self._svc, nodes=nodes)
             if state != self._applied:
                 config, tls = await self._config(state)
                 crt_list = tls.crt_list if tls else None

@@ -111,6 +111,24 @@ class Certificate(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of the leaf, hex
     added_by: Mapped[str] = mapped_column(String(32))
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # "manual": a person gave the chain and key; "acme": issued by CLONEBOT_ACME_DIRECTORY,
+    # renewed by `serve` (services/renewals.py), ``added_at`` its last issuance
+    source: Mapped[str] = mapped_column(String(16), default="manual", server_default="manual")
+
+
+class DomainHttps(Base):
+    """How a custom domain is served over plain HTTP and HTTPS: it belongs to the domain, as its
+    certificate does, so it stays with the domain through a swap. Off by default (no row)."""
+
+    __tablename__ = "domain_https"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    # plain HTTP is answered with a redirect to HTTPS (once the domain has a certificate)
+    redirect: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    # HTTPS answers carry Strict-Transport-Security with this max-age; None: no HSTS
+    hsts_max_age: Mapped[int | None] = mapped_column(Integer)
+    changed_by: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Route(Base):

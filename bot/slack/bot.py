@@ -19,7 +19,7 @@ from bot.slack.progress import JobMessages
 from services.access import Request
 from services.context import Services
 from services.errors import ApprovalNeeded, ClonebotError
-from services.router import apply_now
+from services.router import apply_bindings, apply_now
 from storage.models import IdempotencyKey
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,11 @@ class SlackBot:
                 return False
         return True
 
-    async def apply_routes(self) -> None:
-        """The database's routes to HAProxy now, rather than at the router keeper's next poll."""
+    async def apply_routes(self, *, bindings_only: bool = False) -> None:
+        """The database's routes to HAProxy now, rather than at the router keeper's next poll;
+        ``bindings_only`` after a change of domain bindings alone (the map, at once)."""
         try:
-            await apply_now(self.svc)
+            await (apply_bindings if bindings_only else apply_now)(self.svc)
         except ClonebotError as exc:
             log.warning("routes not applied yet: %s", exc.message)
         except Exception:  # the change is in the database: the router keeper applies it

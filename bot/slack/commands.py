@@ -22,9 +22,20 @@ from bot.slack.messages import escape
 from bot.slack.modals import open_then_fill
 from bot.slack.payloads import read_command
 from bot.slack.views import CLONE_TITLE, clone_modal
-from services import approvals, audit, catalog, expiry, jobs, ownership, routing, schedules
+from services import (
+    approvals,
+    audit,
+    catalog,
+    domain_https,
+    expiry,
+    jobs,
+    ownership,
+    routing,
+    schedules,
+)
 from services.access import Request
 from services.errors import BadRequest, EnvironmentNotFound
+from storage.models import Certificate
 
 _USER = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>|([UW][A-Z0-9]{2,20})")
 _CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)(?:\|[^>]*)?>|([CG][A-Z0-9]{2,20})")
@@ -301,16 +312,65 @@ async def _adopt(bot: SlackBot, asked: Asked) -> str:
 
 
 async def _domain(bot: SlackBot, asked: Asked) -> str:
+    if asked.words[0] == "https":
+        return await _domain_https(bot, asked)
+    if len(asked.words) != 3:
+        raise Usage(usage("domain"))
     what, name, domain = asked.words
     if what == "add":
         bound = await routing.add_domain(bot.svc, asked.request, env=name, domain=domain)
-        await bot.apply_routes()
+        await bot.apply_routes(bindings_only=True)
         return f"{bound} now leads to *{name}*."
     if what == "remove":
         unbound = await routing.remove_domain(bot.svc, asked.request, env=name, domain=domain)
-        await bot.apply_routes()
+        await bot.apply_routes(bindings_only=True)
         return f"{unbound} no longer leads to *{name}*."
     raise Usage(usage("domain"))
+
+
+async def _domain_https(bot: SlackBot, asked: Asked) -> str:
+    """``/env domain https DOMAIN [redirect|no-redirect] [hsts|no-hsts|hsts=SECONDS]``."""
+    _, domain, *rest = asked.words
+    if not rest:
+        return _https_text(await domain_https.get_https(bot.svc, asked.request, domain=domain))
+    redirect, hsts, max_age = _https_words(rest)
+    state = await domain_https.set_https(
+        bot.svc, asked.request, domain=domain, redirect=redirect, hsts=hsts, hsts_max_age=max_age
+    )
+    return _https_text(state)
+
+
+def _https_words(words: list[str]) -> tuple[bool | None, bool | None, int | None]:
+    """``redirect``/``no-redirect``, ``hsts``/``no-hsts``/``hsts=SECONDS``, at most one of each."""
+    redirect: bool | None = None
+    hsts: bool | None = None
+    max_age: int | None = None
+    for word in words:
+        if word in ("redirect", "no-redirect") and redirect is None:
+            redirect = word == "redirect"
+        elif word in ("hsts", "no-hsts") and hsts is None:
+            hsts = word == "hsts"
+        elif word.startswith("hsts=") and hsts is None:
+            seconds = word.removeprefix("hsts=")
+            if not seconds.isdigit():
+                raise BadRequest(f"{word!r}: the HSTS max-age is whole seconds, like hsts=31536000")
+            hsts, max_age = True, int(seconds)
+        else:
+            raise Usage(usage("domain"))
+    return redirect, hsts, max_age
+
+
+def _https_text(state: domain_https.HttpsState) -> str:
+    hsts = "off" if state.hsts_max_age is None else f"`max-age={state.hsts_max_age}`"
+    text = (
+        f"*{escape(state.domain)}*: redirect to HTTPS {'on' if state.redirect else 'off'}"
+        f" · HSTS {hsts}"
+    )
+    if state.in_effect is None:
+        return f"{text}. The router does not run: in effect when it starts."
+    if not state.in_effect:
+        return f"{text}. Kept until {escape(state.domain)} has a certificate and HTTPS is served."
+    return f"{text}."
 
 
 async def _swap(bot: SlackBot, asked: Asked) -> str:
@@ -321,13 +381,15 @@ async def _swap(bot: SlackBot, asked: Asked) -> str:
 async def swap(bot: SlackBot, request: Request, first: str, second: str) -> str:
     await routing.swap_domains(bot.svc, request, first=first, second=second)
     note = messages.domains_swapped(first, second, by=request.user)
-    await traffic_changed(bot, note, about=(first, second))
+    await traffic_changed(bot, note, about=(first, second), bindings_only=True)
     return note.text
 
 
-async def traffic_changed(bot: SlackBot, note: messages.Message, *, about: tuple[str, ...]) -> None:
+async def traffic_changed(
+    bot: SlackBot, note: messages.Message, *, about: tuple[str, ...], bindings_only: bool = False
+) -> None:
     """HAProxy told at once, then the team."""
-    await bot.apply_routes()
+    await bot.apply_routes(bindings_only=bindings_only)
     await bot.notices.send(note, about=about)
 
 
@@ -398,14 +460,28 @@ async def _cert(bot: SlackBot, asked: Asked) -> str:
     from services.certificates import get_certificate  # to move up with the imports
 
     found = await get_certificate(bot.svc, asked.request, domain=asked.words[0])
+    https = await domain_https.get_https(bot.svc, asked.request, domain=found.domain)
     return "\n".join(
         [
             f"*{escape(found.domain)}* · expires {found.not_after:%Y-%m-%d %H:%M} UTC",
             f"subject: {escape(found.subject)}",
             f"issuer: {escape(found.issuer)}",
             f"serial: `{found.serial}` · SHA-256 `{found.fingerprint}`",
-            f"added by <@{found.added_by}> on {found.added_at:%Y-%m-%d}",
+            _whence(found),
+            _https_text(https),
         ]
+    )
+
+
+def _whence(found: Certificate) -> str:
+    """Who added a certificate; for one from ACME, when `serve` renews it."""
+    from services.renewals import renews_at  # to move up with the imports
+
+    if (renews := renews_at(found)) is None:
+        return f"added by <@{found.added_by}> on {found.added_at:%Y-%m-%d}"
+    return (
+        f"issued by ACME for <@{found.added_by}>, last on {found.added_at:%Y-%m-%d}; "
+        f"renewed from {renews:%Y-%m-%d}"
     )
 
 
@@ -466,7 +542,12 @@ ENV: dict[str, Subcommand] = {
     "adopt": Subcommand(
         "ENV @someone", "give an environment nobody owns an owner (admins)", (2,), _adopt
     ),
-    "domain": Subcommand("add|remove ENV DOMAIN", "bind or unbind a custom domain", (3,), _domain),
+    "domain": Subcommand(
+        "add|remove ENV DOMAIN · https DOMAIN [redirect|no-redirect] [hsts|no-hsts|hsts=SECONDS]",
+        "bind or unbind a custom domain; show or set its redirect to HTTPS and HSTS",
+        (2, 3, 4),
+        _domain,
+    ),
     "swap": Subcommand("ENV OTHER", "exchange their custom domains", (2,), _swap),
     "split": Subcommand(
         "DOMAIN ENV=90 OTHER=10 [sticky]", "share a domain's traffic by weight", (3, 4), _split

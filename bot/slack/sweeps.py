@@ -1,5 +1,5 @@
 """What `serve`'s sweeps tell Slack: a clone's expiry, a scheduled refresh that did not run,
-a clone put to sleep or woken.
+a clone put to sleep or woken, a certificate that could not be renewed.
 
 The owner gets a direct message, the team a notice in the clone's notify channel (else the
 default one). Expiry notices carry *Extend 1 day*, *Extend 7 days* and *Delete now*, a sleep
@@ -15,8 +15,10 @@ from slack_sdk.models.blocks import ActionsBlock, Block, ButtonElement, SectionB
 from bot.slack import ids
 from bot.slack.messages import (
     Message,
+    clip,
     context_block,
     delete_button,
+    escape,
     refresh_not_run,
     wake_button,
     when,
@@ -25,6 +27,7 @@ from bot.slack.notices import Notices
 from services.durations import describe_left
 from services.expiry import ExpiryNotice
 from services.idle import SleepNotice
+from services.renewals import RenewalNotice
 from services.schedules import ScheduleNotice
 from services.supervisor import Tellers
 from storage.models import utcnow
@@ -86,6 +89,19 @@ def sleep_message(notice: SleepNotice) -> Message:
     return Message(text=text, blocks=blocks)
 
 
+def renewal_message(notice: RenewalNotice) -> Message:
+    """A certificate `serve` could not renew; the ACME server's reason is quoted as text."""
+    domain = escape(notice.domain)
+    text = (
+        f":warning: The certificate of *{domain}* could not be renewed: "
+        f"{escape(clip(notice.error, 300))}. It expires {when(notice.expires_at)}; clonebot "
+        f"tries again at its next check (or now: `clonebot cert add {domain} --acme`)."
+    )
+    held = f"*{escape(notice.environment)}*" if notice.environment else "no environment"
+    context = f"asked for by <@{notice.added_by}> · held by {held}"
+    return Message(text=text, blocks=[SectionBlock(text=text), context_block(context)])
+
+
 def tellers(notices: Notices) -> Tellers:
     """Owner (a direct message) and team (a notice) told of what the sweeps did; its own
     notify channel is kept in each notice: a deleted clone's record is gone."""
@@ -105,4 +121,7 @@ def tellers(notices: Notices) -> Tellers:
     async def sleep(notice: SleepNotice) -> None:
         await notices.send_to(notice.channel or notices.default_channel, sleep_message(notice))
 
-    return Tellers(expiry=expiry, schedule=schedule, sleep=sleep)
+    async def renewal(notice: RenewalNotice) -> None:
+        await owner_and_team(notice.added_by, notice.channel, renewal_message(notice))
+
+    return Tellers(expiry=expiry, schedule=schedule, sleep=sleep, renewal=renewal)

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,8 +18,8 @@ from services.access import Request
 from services.context import Services, open_services
 from services.environments import HTTP_PORT, NUMBER, PROJECT, SERVICE
 from services.errors import BadRequest, Forbidden
-from services.haproxy import EmbeddedHAProxy, RouterFiles, render_config
-from services.router import apply_routes, env_backend, router_state
+from services.haproxy import EmbeddedHAProxy, RouterFiles, RuntimeAPI, render_config, worker_pid
+from services.router import apply_bindings, apply_routes, env_backend, router_state
 from services.routing import add_domain, set_failover, set_split, swap_domains, validate_domain
 from services.settings import Settings
 from storage import repositories as repo
@@ -68,7 +69,8 @@ async def router(settings: Settings, tmp_path: Path) -> AsyncIterator[Router]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         bind = f"127.0.0.1:{sock.getsockname()[1]}"
-    files = RouterFiles(tmp_path / "router")
+    assert settings.router_dir is not None
+    files = RouterFiles(settings.router_dir)  # the router a front door's apply_bindings finds
     async with open_services(settings) as svc:
         haproxy = EmbeddedHAProxy(files=files)
         state = await router_state(svc)
@@ -117,6 +119,49 @@ async def test_swap_split_and_stickiness_move_real_traffic(
             assert len(seen) == 1, "a visitor stays on one side"
             sides |= seen
     assert len(sides) == 2, "new visitors are shared between both sides (round robin)"
+
+
+async def test_a_swap_changes_the_map_alone_without_reading_docker(
+    router: Router, make_source: MakeSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A swap must reach HAProxy in milliseconds whatever the load: the permission check reads
+    the records of environments the router serves, the map moves in one atomic step, and
+    neither waits on Docker; an environment the router does not serve yet is looked up."""
+    blue, green = (await make_source(web_nodes=1)).name, (await make_source(web_nodes=1)).name
+    me = Request(OWNER)
+    await add_domain(router.svc, me, env=blue, domain="shop.test")
+    await add_domain(router.svc, me, env=green, domain="beta.shop.test")
+    await router.apply()
+    worker = await worker_pid(RuntimeAPI(router.files.api))
+    listings = 0
+    list_containers = router.svc.docker.list_containers
+
+    async def counted(**kwargs: Any) -> list[dict[str, Any]]:
+        nonlocal listings
+        listings += 1
+        return await list_containers(**kwargs)
+
+    monkeypatch.setattr(router.svc.docker, "list_containers", counted)
+    with pytest.raises(Forbidden):
+        await swap_domains(router.svc, Request("USTRANGER1"), first=blue, second=green)
+    await swap_domains(router.svc, me, first=blue, second=green)
+    assert await apply_bindings(router.svc)
+    assert listings == 0
+    async with aiohttp.ClientSession() as session:
+        assert await router.get(session, "shop.test") == f"{green} web 1"
+        assert await router.get(session, "beta.shop.test") == f"{blue} web 1"
+        assert await worker_pid(RuntimeAPI(router.files.api)) == worker, "no reload"
+        async with router.svc.sessions() as db:
+            refused = [e for e in await repo.list_audit(db) if not e.allowed]
+        assert [(e.actor, e.action) for e in refused] == [("USTRANGER1", "move traffic")]
+
+        # made after the last apply: the map cannot say where it goes, Docker is asked
+        third = (await make_source(web_nodes=1)).name
+        await add_domain(router.svc, me, env=third, domain="new.shop.test")
+        assert await apply_bindings(router.svc)
+        await asyncio.sleep(0.3)  # a new backend is a reload: let the new worker settle
+        assert await router.get(session, "new.shop.test") == f"{third} web 1"
+        assert listings > 0
 
 
 # the web node answers 500 to every request, then its page again (busybox httpd runs

@@ -41,6 +41,7 @@ TABLES = {
     "refresh_schedules",
     "approvals",
     "certificates",
+    "domain_https",
     "alembic_version",
 }
 PARIS_SUMMER = timezone(timedelta(hours=2))
