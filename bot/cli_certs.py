@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from bot.cli_common import AsUser, JsonFlag, err, out, run
+from bot.cli_common import AsUser, JsonFlag, err, load_settings, out, run
 from services.access import Request
 from services.certificates import add_certificate, list_certificates, remove_certificate
 from services.context import Services
 from services.domain_https import describe, list_https
-from services.renewals import obtain_certificate, renews_at
+from services.renewals import obtain_certificate, renewal_state
 from services.router import apply_now
+from services.settings import Settings
 from storage.models import Certificate
 
 commands = typer.Typer()
@@ -29,11 +31,17 @@ async def _applied(svc: Services) -> str:
     return "HAProxy does not run: served when it starts"
 
 
-def _added(found: Certificate) -> str:
+def _added(found: Certificate, settings: Settings) -> str:
     text = f"{found.domain}: serial {found.serial}, expires {found.not_after:%Y-%m-%d}"
-    if (renews := renews_at(found)) is not None:
-        text += f", issued by ACME, renewed from {renews:%Y-%m-%d}"
+    if (state := renewal_state(found, settings)) is not None:
+        text += f", issued by ACME, {_renewal(state.next_at, state.not_renewed)}"
     return text
+
+
+def _renewal(next_at: datetime | None, not_renewed: str | None) -> str:
+    if not_renewed is not None or next_at is None:
+        return f"not renewed: {not_renewed}"
+    return f"renewed from {next_at:%Y-%m-%d}"
 
 
 @cert_app.command("add")
@@ -50,24 +58,33 @@ def cert_add(
         bool,
         typer.Option("--acme", help="Get one from the ACME server (CLONEBOT_ACME_DIRECTORY)."),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Admins, with --acme: a new one before the one there is due."),
+    ] = False,
 ) -> None:
     """Give a bound custom domain its certificate (replacing the one it had): a person's
     (--cert and --key), or one from an ACME server, which `serve` renews (--acme)."""
     pems: tuple[bytes, bytes] | None = None
-    if not acme and cert is not None and key is not None:
+    if not acme and not force and cert is not None and key is not None:
         pems = _read(cert, key)
     elif not acme or cert is not None or key is not None:
-        err.print("[red]refused:[/] give --cert and --key, or --acme alone", highlight=False)
+        err.print(
+            "[red]refused:[/] give --cert and --key, or --acme alone (--force with --acme)",
+            highlight=False,
+        )
         raise typer.Exit(2)
 
     async def work(svc: Services) -> str:
         if pems is None:
-            found = await obtain_certificate(svc, Request(user), domain=domain)
+            found = await obtain_certificate(svc, Request(user), domain=domain, force=force)
         else:
             found = await add_certificate(
                 svc, Request(user), domain=domain, cert_pem=pems[0], key_pem=pems[1]
             )
-        return f"{_added(found)}; {await _applied(svc)}"
+        if found.push_at is not None:  # HAProxy refused it: `serve` gives it again
+            return f"{_added(found, svc.settings)}; saved, served after the next reload"
+        return f"{_added(found, svc.settings)}; {await _applied(svc)}"
 
     out.print(run(work), highlight=False)
 
@@ -99,13 +116,17 @@ def cert_show(domain: str, as_json: JsonFlag = False) -> None:
         err.print(f"[red]error:[/] {domain} has no certificate", highlight=False)
         raise typer.Exit(1)
     https = run(list_https).get(found[0].domain)  # its redirect to HTTPS and HSTS
+    settings = load_settings()
     if as_json:
         age = https.hsts_max_age if https else None
         more = {"redirect": bool(https and https.redirect), "hsts_max_age": age}
-        print(json.dumps({**_json(found[0]), **more}, indent=2))
+        print(json.dumps({**_json(found[0], settings), **more}, indent=2))
         return
-    for name, value in _json(found[0]).items():
-        out.print(f"{name}: {value}", highlight=False)
+    for name, value in _json(found[0], settings).items():
+        if name not in ("renews_at", "not_renewed"):
+            out.print(f"{name}: {value}", highlight=False)
+    if (state := renewal_state(found[0], settings)) is not None:
+        out.print(f"renewal: {_renewal(state.next_at, state.not_renewed)}", highlight=False)
     out.print(f"https: {describe(https)}", highlight=False)
 
 
@@ -114,7 +135,8 @@ def certs(as_json: JsonFlag = False) -> None:
     """Every custom domain's certificate, the soonest to expire first."""
     found = run(list_certificates)
     if as_json:
-        print(json.dumps([_json(c) for c in found], indent=2))
+        settings = load_settings()
+        print(json.dumps([_json(c, settings) for c in found], indent=2))
         return
     table = Table("domain", "expires", "serial", "issuer")
     for c in found:
@@ -122,7 +144,8 @@ def certs(as_json: JsonFlag = False) -> None:
     out.print(table)
 
 
-def _json(cert: Certificate) -> dict[str, str | None]:
+def _json(cert: Certificate, settings: Settings) -> dict[str, str | None]:
+    state = renewal_state(cert, settings)
     return {
         "domain": cert.domain,
         "subject": cert.subject,
@@ -134,5 +157,6 @@ def _json(cert: Certificate) -> dict[str, str | None]:
         "added_by": cert.added_by,
         "added_at": cert.added_at.isoformat(),
         "source": cert.source,
-        "renews_at": renews.isoformat() if (renews := renews_at(cert)) else None,
+        "renews_at": state.next_at.isoformat() if state and state.next_at else None,
+        "not_renewed": state.not_renewed if state else None,
     }

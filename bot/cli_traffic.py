@@ -12,17 +12,16 @@ from rich.table import Table
 from bot.cli_common import AsUser, JsonFlag, err, load_settings, out, run
 from services.access import Request
 from services.context import Services
-from services.domain_https import HttpsState, describe, get_https, set_https
+from services.domain_https import HttpsState, describe, get_https, parse_max_age, set_https
 from services.errors import ClonebotError
 from services.haproxy import RouterFiles, locked, render_config, write_files
-from services.router import apply_bindings, apply_now, router_state
+from services.router import apply_bindings, apply_now, router_state, swap_routes
 from services.routing import (
     add_domain,
     parse_weights,
     remove_domain,
     set_failover,
     set_split,
-    swap_domains,
 )
 
 commands = typer.Typer()
@@ -63,7 +62,12 @@ def router_init() -> None:
 
 
 async def _applied(svc: Services, *, bindings_only: bool = False) -> str:
-    if await (apply_bindings if bindings_only else apply_now)(svc):
+    applied = await (apply_bindings if bindings_only else apply_now)(svc)
+    return _told(svc, applied=applied)
+
+
+def _told(svc: Services, *, applied: bool) -> str:
+    if applied:
         return "applied to HAProxy"
     if svc.settings.router_mode == "external":
         assert svc.settings.router_dir is not None
@@ -99,8 +103,8 @@ def swap(first: str, second: str, user: AsUser) -> None:
     """Exchange the custom domains of two environments, in one atomic step."""
 
     async def work(svc: Services) -> str:
-        await swap_domains(svc, Request(user), first=first, second=second)
-        return f"domains of {first} and {second} swapped; {await _applied(svc, bindings_only=True)}"
+        applied = await swap_routes(svc, Request(user), first=first, second=second)
+        return f"domains of {first} and {second} swapped; {_told(svc, applied=applied)}"
 
     out.print(run(work), highlight=False)
 
@@ -172,20 +176,26 @@ def domain_https(
         bool | None, typer.Option("--hsts/--no-hsts", help="Send Strict-Transport-Security.")
     ] = None,
     hsts_max_age: Annotated[
-        int | None,
+        str | None,  # parsed as Slack's hsts=SECONDS is: ASCII digits alone
         typer.Option(help="HSTS on, with this max-age in seconds (default CLONEBOT_HSTS_MAX_AGE)."),
     ] = None,
 ) -> None:
     """Show, or turn on or off, a custom domain's redirect of plain HTTP to HTTPS and its HSTS
-    (they stay with the domain through a swap; in effect once it has a certificate)."""
+    (they stay with the domain through a swap; in effect once HAProxy serves its certificate).
+    An HSTS max-age over a year is for admins."""
+
+    max_age = None if hsts_max_age is None else parse_max_age(hsts_max_age)
+    if hsts_max_age is not None and max_age is None:
+        raise typer.BadParameter(
+            f"{hsts_max_age!r}: whole seconds, like 31536000", param_hint="'--hsts-max-age'"
+        )
 
     async def work(svc: Services) -> str:
-        if redirect is None and hsts is None and hsts_max_age is None:
+        if redirect is None and hsts is None and max_age is None:
             return _https_line(await get_https(svc, Request(user), domain=domain))
         state = await set_https(
-            svc, Request(user), domain=domain, redirect=redirect, hsts=hsts,
-            hsts_max_age=hsts_max_age,
-        )  # fmt: skip
+            svc, Request(user), domain=domain, redirect=redirect, hsts=hsts, hsts_max_age=max_age
+        )
         return _https_line(state)
 
     out.print(run(work), highlight=False)
@@ -196,5 +206,8 @@ def _https_line(state: HttpsState) -> str:
     if state.in_effect is None:
         return f"{line}; HAProxy does not answer: in effect when it starts"
     if not state.in_effect:
-        return f"{line}; kept until {state.domain} has a certificate and HTTPS is served"
+        return (
+            f"{line}; kept until {state.domain} is bound to an environment and HTTPS serves "
+            "its own certificate"
+        )
     return line

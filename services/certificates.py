@@ -10,7 +10,9 @@ validity, fingerprint), who added it and whence (a person, or an ACME server:
 
 A domain's first certificate is a new entry of the crt-list: a seamless reload. Replacing it
 (a person's new one, a renewal) is not: HAProxy takes the new chain and key at once through its
-runtime API, and the file keeps them for a restart.
+runtime API, and the file keeps them for a restart. A row saved is marked to be pushed
+(``Certificate.push_at``) until HAProxy has it: should HAProxy refuse it (and a reload fail too),
+or the push be cancelled, `serve`'s router keeper gives it again (``push_certificates``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from storage.models import Certificate, DomainBinding, EnvironmentRecord, utcnow
 
 log = logging.getLogger(__name__)
 _PEM = serialization.Encoding.PEM
+# a certificate HAProxy refused is given again this long after (by `serve`'s router keeper)
+PUSH_RETRY = timedelta(minutes=1)
 
 
 class Source(StrEnum):
@@ -168,25 +172,33 @@ async def check_may_add(svc: Services, request: Request, *, domain: str) -> None
 
 
 async def save_certificate(
-    svc: Services, request: Request, *, domain: str, pair: KeyPair, source: Source
+    svc: Services,
+    request: Request,
+    *,
+    domain: str,
+    pair: KeyPair,
+    source: Source,
+    renew_at: datetime | None = None,
 ) -> Certificate:
     """``pair`` (checked) as ``domain``'s certificate, replacing the one it had, if
-    ``request`` may move the traffic of the environment the domain is bound to."""
+    ``request`` may move the traffic of the environment the domain is bound to; ``renew_at``:
+    when `serve` renews it (one from ACME). Its ``push_at`` is set if HAProxy did not take it."""
     async with svc.sessions() as session:
         env = await _holder(svc, session, request, domain, Action.MOVE_TRAFFIC)
         record = await _save(
             svc, session, domain=domain, pair=pair, by=request.user, source=source,
-            audit=lambda r: _audit(session, request, "cert add", env, r),
+            renew_at=renew_at, audit=lambda r: _audit(session, request, "cert add", env, r),
         )  # fmt: skip
     assert record is not None  # nothing expected: always saved
     return record
 
 
 async def renew_certificate(
-    svc: Services, *, domain: str, pair: KeyPair, replacing: str
+    svc: Services, *, domain: str, pair: KeyPair, replacing: str, renew_at: datetime
 ) -> Certificate | None:
     """``pair`` in place of ``domain``'s certificate of fingerprint ``replacing``, in the name
-    of whoever added that one; None when it was replaced or removed meanwhile."""
+    of whoever added that one, renewed again from ``renew_at``; None when it was replaced or
+    removed meanwhile."""
     async with svc.sessions() as session:
         binding = await session.get(DomainBinding, domain)
         holder = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
@@ -199,7 +211,7 @@ async def renew_certificate(
         by = current.added_by if current else ""
         return await _save(
             svc, session, domain=domain, pair=pair, by=by, source=Source.ACME, audit=audit,
-            expect=replacing,
+            renew_at=renew_at, expect=replacing,
         )  # fmt: skip
 
 
@@ -211,6 +223,7 @@ async def _save(
     pair: KeyPair,
     by: str,
     source: Source,
+    renew_at: datetime | None,
     audit: Callable[[Certificate], None],
     expect: str | None = None,
 ) -> Certificate | None:
@@ -225,16 +238,56 @@ async def _save(
             if expect is not None and (record is None or record.fingerprint != expect):
                 return None
             record = record or Certificate(domain=domain)
-            _describe(record, pair.leaf, added_by=by, source=source)
+            _describe(record, pair.leaf, added_by=by, source=source, renew_at=renew_at)
+            # until HAProxy has it: a failure or a cancel from here on leaves it to `serve`
+            record.push_at = utcnow()
             session.add(record)
             audit(record)
             await session.commit()
             # under the router's lock: an apply sees the row and its file, or neither
             await asyncio.to_thread(os.replace, staged, files.cert_of(domain))
-            await _serve_replaced(files, domain, pem)
+            await _push(session, files, record, pem)
     finally:
         await asyncio.to_thread(staged.unlink, missing_ok=True)
     return record
+
+
+async def _push(session: AsyncSession, files: RouterFiles, record: Certificate, pem: bytes) -> None:
+    """``record``'s certificate to HAProxy, its ``push_at`` cleared once given; when HAProxy
+    refuses it, the row stays saved and ``push_at`` says when to give it again. Call it
+    holding the router's lock."""
+    try:
+        await _serve_replaced(files, record.domain, pem)
+    except RouterFailed as exc:
+        record.push_at = utcnow() + PUSH_RETRY
+        await session.commit()
+        log.warning(
+            "router: %s; %s's certificate is saved, served after the next reload (given "
+            "again at %s)", exc.message, record.domain, f"{record.push_at:%H:%M:%S} UTC",
+        )  # fmt: skip
+        return
+    record.push_at = None
+    await session.commit()
+
+
+async def push_certificates(svc: Services, *, now: datetime | None = None) -> int:
+    """Certificates saved but not yet taken by HAProxy (``push_at`` passed) given to it again,
+    from their files: `serve`'s router keeper, every round. How many HAProxy took."""
+    files = _files(svc)
+    query = select(Certificate.domain).where(Certificate.push_at <= (now or utcnow()))
+    pushed = 0
+    async with svc.sessions() as session:
+        for domain in (await session.scalars(query)).all():
+            async with locked(files):
+                record = await session.get(Certificate, domain, populate_existing=True)
+                path = files.cert_of(domain)
+                if record is None or record.push_at is None or not path.exists():
+                    continue
+                await _push(session, files, record, await asyncio.to_thread(path.read_bytes))
+                if record.push_at is None:
+                    log.info("router: %s's certificate (serial %s) served", domain, record.serial)
+                    pushed += 1
+    return pushed
 
 
 async def _serve_replaced(files: RouterFiles, domain: str, pem: bytes) -> None:
@@ -341,7 +394,12 @@ async def _holder(
 
 
 def _describe(
-    record: Certificate, leaf: x509.Certificate, *, added_by: str, source: Source
+    record: Certificate,
+    leaf: x509.Certificate,
+    *,
+    added_by: str,
+    source: Source,
+    renew_at: datetime | None,
 ) -> None:
     serial = f"{leaf.serial_number:X}"
     record.subject = leaf.subject.rfc4514_string()
@@ -351,6 +409,7 @@ def _describe(
     record.fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
     record.added_by, record.added_at = added_by, utcnow()
     record.source = source.value
+    record.renew_at, record.renew_failures, record.renew_stopped = renew_at, 0, None
 
 
 def _audit(

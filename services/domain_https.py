@@ -1,9 +1,14 @@
 """A custom domain's HTTPS: its plain HTTP redirected to HTTPS, and HSTS; both off by default.
 
 Like its certificate, they belong to the domain, not to the environment: a swap moves the
-domain's traffic and it keeps them. HAProxy acts on them only where it serves HTTPS and the
-domain has a certificate of its own (a visitor redirected to the self-signed default would
-meet a warning, and a browser ignores HSTS on such a connection); until then they are kept.
+domain's traffic and it keeps them. HAProxy acts on them only where it serves HTTPS, the
+domain is bound to an environment, and HAProxy serves the domain's own certificate (its
+crt-list as loaded, not the file: a visitor redirected to the self-signed default would meet
+a warning, and a browser ignores HSTS on such a connection); until then they are kept.
+
+Whoever may move the traffic of every environment the domain leads to (its route's two, for
+a split or a failover) may set them, with an HSTS max-age of up to a year; beyond that, and
+for a domain bound to none, an admin.
 
 HAProxy reads two maps (``RouterFiles.redirects``, ``RouterFiles.hsts``; the lines that use
 them: ``haproxy._https_lines``), changed through its runtime API, without a reload.
@@ -13,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from sqlalchemy import select
 
@@ -28,9 +35,17 @@ from services.permissions import Action
 from services.routing import is_internal, validate_domain
 from storage import repositories as repo
 from storage.db import AsyncSession
-from storage.models import DomainBinding, DomainHttps, EnvironmentRecord, utcnow
+from storage.models import DomainBinding, DomainHttps, EnvironmentRecord, Route, utcnow
 
 MAX_AGE_LIMIT = 2**31 - 1  # HAProxy's and the database's integers
+# a browser keeps a domain's HSTS this long: longer is an admin's choice
+MAX_AGE_UNLESS_ADMIN = 31_536_000
+_SECONDS = re.compile(r"[0-9]{1,10}")
+
+
+def parse_max_age(text: str) -> int | None:
+    """An HSTS max-age as a person types it (ASCII digits alone); None if it is not one."""
+    return int(text) if _SECONDS.fullmatch(text) else None
 
 
 @dataclass(frozen=True)
@@ -61,11 +76,13 @@ async def set_https(
     hsts: bool | None = None,
     hsts_max_age: int | None = None,
 ) -> HttpsState:
-    """Turn a bound custom domain's redirect and HSTS on or off (None: as they are), if
-    ``request`` may move the traffic of its environment; then HAProxy's maps, at once.
+    """Turn a custom domain's redirect and HSTS on or off (None: as they are), if ``request``
+    may move the traffic of every environment it leads to (an admin, for a domain bound to
+    none: to turn off what a domain unbound keeps); then HAProxy's maps, at once.
 
     ``hsts_max_age`` turns HSTS on with that max-age; ``hsts`` alone keeps the max-age it has,
-    or takes CLONEBOT_HSTS_MAX_AGE. Max-age 0 tells browsers to forget the domain's HSTS.
+    or takes CLONEBOT_HSTS_MAX_AGE. Max-age 0 tells browsers to forget the domain's HSTS. A
+    new max-age over a year (``MAX_AGE_UNLESS_ADMIN``) is for admins.
     """
     name = _custom(svc, domain)
     if redirect is None and hsts is None and hsts_max_age is None:
@@ -76,16 +93,18 @@ async def set_https(
             "given with HSTS on"
         )
     async with svc.sessions() as session:
-        env = await _holder(svc, session, request, name, Action.MOVE_TRAFFIC, bound=True)
+        env = await _holder(svc, session, request, name, Action.MOVE_TRAFFIC)
+        await _route_holders(svc, session, request, name, holder=env)
         record = await session.get(DomainHttps, name) or DomainHttps(domain=name, redirect=False)
+        age = None if hsts is False else hsts_max_age
+        if age is None and hsts and record.hsts_max_age is None:
+            age = svc.settings.hsts_max_age
+        if age is not None:  # checked before anything changes: a refusal commits its audit
+            await _check_max_age(svc, session, request, env, age=age, named=hsts_max_age)
         if redirect is not None:
             record.redirect = redirect
-        if hsts is False:
-            record.hsts_max_age = None
-        elif hsts_max_age is not None:
-            record.hsts_max_age = hsts_max_age
-        elif hsts and record.hsts_max_age is None:
-            record.hsts_max_age = svc.settings.hsts_max_age
+        if hsts is False or age is not None:
+            record.hsts_max_age = age
         record.changed_by, record.changed_at = request.user, utcnow()
         session.add(record)
         _audit(session, request, env, record)
@@ -99,9 +118,11 @@ async def get_https(svc: Services, request: Request, *, domain: str) -> HttpsSta
     environment it is bound to (an admin, if bound to none)."""
     name = validate_domain(domain)
     async with svc.sessions() as session:
-        await _holder(svc, session, request, name, Action.VIEW, bound=False)
+        env = await _holder(svc, session, request, name, Action.VIEW)
         record = await session.get(DomainHttps, name)
     maps = await asyncio.to_thread(_read_maps, _files(svc))  # each file replaced whole
+    if env is None:  # unbound since the maps were last written: HAProxy acts on it no more
+        maps = HttpsMaps({}, {})
     return _state(record or DomainHttps(domain=name, redirect=False), maps, running=True)
 
 
@@ -130,27 +151,36 @@ def _state(record: DomainHttps, maps: HttpsMaps, *, running: bool) -> HttpsState
 
 
 # -- HAProxy's maps ---------------------------------------------------------------------------
-async def https_maps(svc: Services, *, files: RouterFiles, serving_tls: bool) -> HttpsMaps:
-    """The maps for the database's settings: only domains with a certificate file, and none
-    when the router does not serve HTTPS."""
-    if not serving_tls:
+async def https_maps(svc: Services, *, files: RouterFiles, listed: str | None) -> HttpsMaps:
+    """The maps for the database's settings, for an HAProxy serving the crt-list ``listed``
+    (its text; None: it serves no HTTPS): only domains bound to an environment and given
+    their own certificate by that list."""
+    if listed is None:
         return HttpsMaps({}, {})
+    served = served_domains(files, listed)
+    query = select(DomainHttps).join(DomainBinding, DomainBinding.domain == DomainHttps.domain)
     async with svc.sessions() as session:
-        rows = (await session.scalars(select(DomainHttps))).all()
-    certified = await asyncio.to_thread(
-        lambda: {r.domain for r in rows if files.cert_of(r.domain).exists()}
-    )
-    ready = [r for r in rows if r.domain in certified]
+        rows = (await session.scalars(query)).all()
+    ready = [r for r in rows if r.domain in served]
     return HttpsMaps(
         redirects={r.domain: "1" for r in ready if r.redirect},
         hsts={r.domain: str(r.hsts_max_age) for r in ready if r.hsts_max_age is not None},
     )
 
 
-async def write_https_maps(svc: Services, *, files: RouterFiles, serving_tls: bool) -> HttpsMaps:
-    """The maps' files brought to the database, for an HAProxy about to read them (a start,
-    a reload): ``router_config`` calls it. Call it holding the router's lock."""
-    maps = await https_maps(svc, files=files, serving_tls=serving_tls)
+def served_domains(files: RouterFiles, listed: str) -> frozenset[str]:
+    """The custom domains a crt-list's text (a file's, or ``RuntimeAPI.crt_list``'s answer)
+    serves with their own certificate: lines ``<certs/DOMAIN.pem> DOMAIN``."""
+    words = (line.split() for line in listed.splitlines() if not line.startswith("#"))
+    return frozenset(w[-1] for w in words if len(w) >= 2 and w[0] == str(files.cert_of(w[-1])))
+
+
+async def write_https_maps(svc: Services, *, files: RouterFiles, listed: str | None) -> HttpsMaps:
+    """The maps' files brought to the database, for an HAProxy about to read them with the
+    crt-list ``listed`` (a start, a reload): ``router_config`` calls it. Call it holding the
+    router's lock. A configuration HAProxy then refuses leaves the files ahead of the crt-list
+    put back until the next apply: a running HAProxy is not touched by them."""
+    maps = await https_maps(svc, files=files, listed=listed)
     await asyncio.to_thread(_write_maps, files, maps)
     return maps
 
@@ -158,18 +188,27 @@ async def write_https_maps(svc: Services, *, files: RouterFiles, serving_tls: bo
 async def apply_https_maps(svc: Services, *, files: RouterFiles) -> tuple[HttpsMaps, bool]:
     """The maps brought to the database, in the files and in a running HAProxy whose
     configuration reads them (each map replaced in one atomic step: no reload); and whether
-    an HAProxy answered."""
+    an HAProxy answered.
+
+    A running HAProxy is asked which certificates it serves: a domain's first certificate
+    waits for a reload, and a configuration refused leaves it out, whatever the files say.
+    One that does not run reads the crt-list's file when it starts, with the maps'.
+    """
     async with locked(files):
         config = await asyncio.to_thread(_read, files.config)
         serving = str(files.redirects) in config  # the configuration HAProxy runs now
-        maps = await write_https_maps(svc, files=files, serving_tls=serving)
-        if not await MasterCLI(files.master).alive():
-            return maps, False
-        if serving:
-            api = RuntimeAPI(files.api)
+        alive = await MasterCLI(files.master).alive()
+        api = RuntimeAPI(files.api)
+        listed: str | None = None
+        if serving and alive:
+            listed = await api.crt_list(files.crt_list)
+        elif serving:
+            listed = await asyncio.to_thread(_read, files.crt_list)
+        maps = await write_https_maps(svc, files=files, listed=listed)
+        if alive and serving:
             await api.replace_map(files.redirects, maps.redirects)
             await api.replace_map(files.hsts, maps.hsts)
-        return maps, True
+        return maps, alive
 
 
 def _write_maps(files: RouterFiles, maps: HttpsMaps) -> None:
@@ -212,33 +251,68 @@ def _internal(svc: Services, domain: str) -> bool:
 
 
 async def _holder(
-    svc: Services,
-    session: AsyncSession,
-    request: Request,
-    domain: str,
-    action: Action,
-    *,
-    bound: bool,
+    svc: Services, session: AsyncSession, request: Request, domain: str, action: Action
 ) -> str | None:
     """The environment ``domain`` is bound to, once ``request`` may do ``action`` to it (as a
-    certificate's: ``certificates._holder``). Bound to none: refused with ``bound``, else for
-    admins alone."""
+    certificate's: ``certificates._holder``). Bound to none: for admins alone."""
     binding = await session.get(DomainBinding, domain)
     record = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
     if record is None:
-        if bound:
-            raise BadRequest(f"{domain} is bound to no environment: bind it first (domain add)")
         if request.user not in svc.settings.admins:
-            reason = f"{domain} is bound to no environment: only an admin may do this"
-            repo.record_audit(
-                session, actor=request.user, action=action.value, environment=None,
-                channel=request.channel, allowed=False, reason=reason,
-            )  # fmt: skip
-            await session.commit()
-            raise Forbidden(reason)
+            reason = (
+                f"{domain} is bound to no environment: only an admin may do this "
+                "(or bind it first: domain add)"
+            )
+            await _refuse(session, request, action.value, None, reason=reason)
         return None
     await access.check_recorded(svc, session, request, name=record.name, action=action)
     return record.name
+
+
+async def _route_holders(
+    svc: Services, session: AsyncSession, request: Request, domain: str, *, holder: str | None
+) -> None:
+    """A split's or a failover's other environment: the redirect and HSTS change what its
+    visitors of ``domain`` meet too, so ``request`` must move its traffic as well."""
+    route = await session.get(Route, domain)
+    for env_id in (route.primary_id, route.secondary_id) if route else ():
+        other = await session.get(EnvironmentRecord, env_id)
+        if other is not None and other.name != holder:
+            await access.check_recorded(
+                svc, session, request, name=other.name, action=Action.MOVE_TRAFFIC
+            )
+
+
+async def _check_max_age(
+    svc: Services,
+    session: AsyncSession,
+    request: Request,
+    env: str | None,
+    *,
+    age: int,
+    named: int | None,
+) -> None:
+    """A max-age over a year is for admins: a browser keeps it, whatever is set after."""
+    if age <= MAX_AGE_UNLESS_ADMIN or request.user in svc.settings.admins:
+        return
+    whose = "" if named is not None else " (CLONEBOT_HSTS_MAX_AGE)"
+    reason = (
+        f"an HSTS max-age of {age}{whose} is over a year: only an admin may set one; "
+        f"give {MAX_AGE_UNLESS_ADMIN} or less (hsts={MAX_AGE_UNLESS_ADMIN})"
+    )
+    await _refuse(session, request, "domain https", env, reason=reason)
+
+
+async def _refuse(
+    session: AsyncSession, request: Request, action: str, env: str | None, *, reason: str
+) -> NoReturn:
+    """Forbidden, and audited as refused."""
+    repo.record_audit(
+        session, actor=request.user, action=action, environment=env,
+        channel=request.channel, allowed=False, reason=reason,
+    )  # fmt: skip
+    await session.commit()
+    raise Forbidden(reason)
 
 
 def _audit(session: AsyncSession, request: Request, env: str | None, record: DomainHttps) -> None:

@@ -103,6 +103,11 @@ class RouterFiles:
         return self.directory / "router.lock"
 
     @property
+    def listed(self) -> Path:
+        """When the container listing HAProxy's backends last came from began (ns)."""
+        return self.directory / "listed"
+
+    @property
     def master(self) -> Path:
         """The master CLI (``haproxy -W -S``): reloads, and whether HAProxy runs at all."""
         return self.directory / "master.sock"
@@ -234,19 +239,29 @@ _HTTPS_HOST = "txn.https_host"
 _HSTS_AGE = "txn.hsts_max_age"
 
 
+REDIRECT_CODE = 307
+
+
 def _https_lines(files: RouterFiles, tls: TLS | None) -> list[str]:
     """Plain HTTP redirected to HTTPS, and HSTS sent over HTTPS, for the domains in their maps
     (changed at run time: no reload). The Location names the host without its port: HTTPS on
-    443 as visitors reach it. ACME's challenges are never redirected (plain HTTP by nature)."""
+    443 as visitors reach it. ACME's challenges are never redirected (plain HTTP by nature).
+
+    307, not 301: a browser keeps a 301 for good, so turning the redirect off would not bring
+    back the visitors who met it; a 307 is asked again each time, as a 302, and unlike a 302
+    a POST stays a POST. Only a host the host map routes is acted on: a domain unbound
+    (changed in that map at once) is neither redirected nor given HSTS, whatever these maps
+    still say."""
     if tls is None:
         return []
     host = f"var({_HTTPS_HOST})"
+    routed = f"{{ {host},map({files.hosts}) -m found }}"
     redirected = f"{{ {host},map({files.redirects}) -m found }}"
     return [
         f"    http-request set-var({_HTTPS_HOST}) req.hdr(host),field(1,:),lower",
-        f"    http-request redirect location https://%[{host}]%[pathq] code 301"
-        f" if !{{ ssl_fc }} !{{ path_beg {ACME_PATH} }} {redirected}",
-        f"    http-request set-var({_HSTS_AGE}) {host},map({files.hsts}) if {{ ssl_fc }}",
+        f"    http-request redirect location https://%[{host}]%[pathq] code {REDIRECT_CODE}"
+        f" if !{{ ssl_fc }} !{{ path_beg {ACME_PATH} }} {routed} {redirected}",
+        f"    http-request set-var({_HSTS_AGE}) {host},map({files.hsts}) if {{ ssl_fc }} {routed}",
         f'    http-response set-header Strict-Transport-Security "max-age=%[var({_HSTS_AGE})]"'
         f" if {{ var({_HSTS_AGE}) -m found }}",
     ]
@@ -360,13 +375,15 @@ async def apply_map(
     started, api = time.monotonic(), RuntimeAPI(files.api)
     try:
         await api.replace_map(files.hosts, hosts)
-    except RouterDown:  # none runs; or a new worker, about to read the file, or having read it
-        _write_all({files.hosts: render_map(hosts)})
+    except RouterDown:  # none runs, or a reload is between two workers
         if not await MasterCLI(files.master).alive():
+            replace_files({files.hosts: render_map(hosts)})  # what an HAProxy started reads
             return False
+        # the new worker (it may have read the file already); the file is written only once
+        # HAProxy has the map: a keeper comparing with the file must see what HAProxy lacks
         await api.replace_map(files.hosts, hosts)
     metrics.observe_route_change(how="runtime", seconds=time.monotonic() - started)
-    _write_all({files.hosts: render_map(hosts)})
+    replace_files({files.hosts: render_map(hosts)})
     return True
 
 
@@ -423,6 +440,13 @@ class RuntimeAPI:
         for start in range(0, len(lines), _COMMANDS_A_LINE):
             await self._ok("; ".join(lines[start : start + _COMMANDS_A_LINE]))
 
+    async def crt_list(self, path: Path) -> str:
+        """The crt-list at ``path`` as the worker loaded it (``show ssl crt-list``): what it
+        serves, whatever the file says now; one line an entry, ``<certificate> <SNI>``, after a
+        ``# <path>`` line. Empty when it loaded no such list."""
+        answer = await self.command(f"show ssl crt-list {path}")
+        return answer if answer.startswith("#") else ""
+
     async def show_map(self, path: Path) -> dict[str, str]:
         answer = await self.command(f"show map {path}")
         pairs = (line.split()[1:3] for line in answer.splitlines() if line.strip())
@@ -473,13 +497,24 @@ class RuntimeAPI:
         The key is in the command, never in an error: those quote HAProxy's first line only.
         """
         payload = "\n".join(line for line in pem.strip().splitlines() if line.strip())
-        answer = await self.command(f"set ssl cert {path} <<\n{payload}\n")
-        if "Transaction" not in answer:  # "created" or "updated"
-            raise RouterFailed(f"set ssl cert {path}: {_first_line(answer)}")
-        answer = await self.command(f"commit ssl cert {path}")
-        if "Success!" not in answer:
+        committed = False
+        try:
+            answer = await self.command(f"set ssl cert {path} <<\n{payload}\n")
+            if "Transaction" not in answer:  # "created" or "updated"
+                raise RouterFailed(f"set ssl cert {path}: {_first_line(answer)}")
+            answer = await self.command(f"commit ssl cert {path}")
+            if "Success!" not in answer:
+                raise RouterFailed(f"commit ssl cert {path}: {_first_line(answer)}")
+            committed = True
+        finally:
+            if not committed:
+                # HAProxy has one certificate transaction at a time: one left open (an error,
+                # a cancel between set and commit) would refuse every later replacement
+                await asyncio.shield(self._abort_cert(path))
+
+    async def _abort_cert(self, path: Path) -> None:
+        with contextlib.suppress(RouterFailed):  # none open, or HAProxy gone: nothing to end
             await self.command(f"abort ssl cert {path}")
-            raise RouterFailed(f"commit ssl cert {path}: {_first_line(answer)}")
 
     async def set_weight(self, *, backend: str, server: str, weight: int) -> None:
         await self._ok(f"set server {backend}/{server} weight {weight}")
@@ -692,11 +727,11 @@ async def apply_to_running(
     if changed:  # traffic moved now; the files follow
         metrics.observe_route_change(how="runtime", seconds=time.monotonic() - started)
     # the same structure HAProxy accepted before, only other weights: no check needed
-    await asyncio.to_thread(_write_all, {files.hosts: new_map, files.config: config})
+    await asyncio.to_thread(replace_files, {files.hosts: new_map, files.config: config})
     return False
 
 
-def _write_all(texts: Mapping[Path, str]) -> None:
+def replace_files(texts: Mapping[Path, str]) -> None:
     """Each file replaced by its text, atomically; those that have it already left alone."""
     for path, text in texts.items():
         if _read(path) == text:

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 from sqlalchemy import select
 
+from services.access import Request
 from services.certificates import router_tls
 from services.context import Services
 from services.domain_https import write_https_maps
@@ -31,10 +33,11 @@ from services.haproxy import (
     locked,
     read_map,
     render_config,
+    replace_files,
     tls_of,
     write_files,
 )
-from services.routing import is_internal, routable_domain
+from services.routing import is_internal, routable_domain, swap_domains
 from services.sleep import Stopped, stopped_page
 from storage.models import DomainBinding, EnvironmentRecord, Route
 
@@ -76,6 +79,7 @@ class WebNodes:
 
     envs: dict[str, list[WebNode]]  # by environment, in node order
     left_out: dict[str, str]  # environments HAProxy cannot be given, and why
+    listed_ns: int = 0  # when the listing began (time.time_ns(): the same in every process)
 
 
 class Stored(NamedTuple):
@@ -235,6 +239,7 @@ async def web_nodes(svc: Services) -> WebNodes:
     they share: the container is connected to each web node's first network it is not on
     yet, and the node's address there is used.
     """
+    listed_ns = time.time_ns()
     summaries = await svc.docker.list_containers(labels=[PROJECT, HTTP_PORT])
     joined = await _router_networks(svc)
     found: dict[str, list[WebNode]] = {}
@@ -267,7 +272,19 @@ async def web_nodes(svc: Services) -> WebNodes:
         except _BadLabels as exc:
             left_out[env] = str(exc)
             del found[env]
-    return WebNodes(found, left_out)
+    return WebNodes(found, left_out, listed_ns)
+
+
+async def latest_nodes(svc: Services, *, files: RouterFiles, nodes: WebNodes) -> WebNodes:
+    """``nodes`` (listed before taking the router's lock: a listing waits on Docker, and a swap
+    on the lock), or a new listing if another apply used one begun later: the last to write
+    HAProxy's files must not write an older picture of the containers. Call it holding the
+    router's lock; the listing it returns is recorded as the latest."""
+    text = _read(files.listed).strip()
+    if text.isascii() and text.isdigit() and int(text) > nodes.listed_ns:
+        nodes = await web_nodes(svc)
+    replace_files({files.listed: f"{nodes.listed_ns}\n"})
+    return nodes
 
 
 def _named(env: str, nodes: list[WebNode]) -> list[WebNode]:
@@ -363,6 +380,43 @@ async def apply_bindings(svc: Services) -> bool:
     return await apply_routes(svc, files=files)
 
 
+async def swap_routes(svc: Services, request: Request, *, first: str, second: str) -> bool:
+    """``swap_domains``, and HAProxy's map changed with it in one atomic step: what a front
+    door's swap does. Whether HAProxy serves the swap now (False: none runs).
+
+    The router's lock is held from before the transaction until the map is changed: no other
+    change reaches HAProxy in between, so the map as it is now, with the domains moved
+    (each where its new environment's internal domain goes), is the database's. No Docker
+    read, no second transaction: a swap must be quick whatever the load. A change another
+    process committed meanwhile is applied by that process, from the database, right after.
+    """
+    assert svc.settings.router_dir is not None
+    files = RouterFiles(svc.settings.router_dir)
+    async with locked(files):
+        moved = await swap_domains(svc, request, first=first, second=second)
+        current = read_map(_read(files.hosts))  # a few hundred bytes: no thread
+        hosts = _moved(current, moved, base=svc.settings.base_domain)
+        if current and hosts is not None:
+            return await apply_map(files, hosts=hosts, current=current)
+    return await apply_routes(svc, files=files)
+
+
+def _moved(
+    current: Mapping[str, str], moved: Mapping[str, str], *, base: str
+) -> dict[str, str] | None:
+    """``current`` with each domain of ``moved`` where its environment's internal domain goes;
+    a domain with a route keeps it. None where the map cannot say (an environment it does
+    not route)."""
+    hosts = dict(current)
+    for domain, env in moved.items():
+        if not _bound(domain, base) or current.get(domain) == route_backend(domain):
+            continue
+        if (backend := current.get(f"{env}.{base}")) is None:
+            return None
+        hosts[domain] = backend
+    return hosts
+
+
 async def apply_routes(svc: Services, *, files: RouterFiles, bind: str | None = None) -> bool:
     """Bring a running HAProxy to the database's routes; False when none is running.
 
@@ -370,8 +424,9 @@ async def apply_routes(svc: Services, *, files: RouterFiles, bind: str | None = 
     configuration says. Files are always written, so an HAProxy started later comes up right.
     A change in backends or servers is a seamless reload; anything else a runtime change.
     """
-    nodes = await web_nodes(svc)
+    listed = await web_nodes(svc)
     async with locked(files):
+        nodes = await latest_nodes(svc, files=files, nodes=listed)
         state = await router_state(svc, nodes=nodes)
         config, tls = await router_config(svc, files=files, state=state, bind=bind)
         crt_list = tls.crt_list if tls is not None else None
@@ -407,8 +462,9 @@ async def router_config(
     tls = None
     if tls_bind is not None:
         tls = await router_tls(svc, files=files, bind=tls_bind, strict_sni=strict, own=own)
-    # the redirect and HSTS maps the configuration names, for HAProxy to read them
-    await write_https_maps(svc, files=files, serving_tls=tls is not None)
+    # the redirect and HSTS maps the configuration names, for HAProxy to read them with the
+    # crt-list it reads: a domain is redirected once its own certificate is served
+    await write_https_maps(svc, files=files, listed=tls.crt_list if tls is not None else None)
     return render_config(files=files, bind=bind, backends=state.backends, tls=tls), tls
 
 

@@ -133,8 +133,11 @@ async def remove_domain(svc: Services, request: Request, *, env: str, domain: st
     return name
 
 
-async def swap_domains(svc: Services, request: Request, *, first: str, second: str) -> None:
-    """Exchange the custom domains of two environments, in one transaction."""
+async def swap_domains(
+    svc: Services, request: Request, *, first: str, second: str
+) -> dict[str, str]:
+    """Exchange the custom domains of two environments, in one transaction: each domain moved,
+    with the environment it now leads to."""
     if first == second:
         raise BadRequest(f"swapping {first} with itself changes nothing: name two environments")
     async with svc.sessions() as session:
@@ -144,14 +147,18 @@ async def swap_domains(svc: Services, request: Request, *, first: str, second: s
             (first, second),
         )  # fmt: skip
         await require(svc, session, request, change=change, records=[a, b])
-        await session.execute(
+        moved = await session.execute(
             update(DomainBinding)
             .where(DomainBinding.environment_id.in_((a.id, b.id)))
             .values(environment_id=case((DomainBinding.environment_id == a.id, b.id), else_=a.id))
+            .returning(DomainBinding.domain, DomainBinding.environment_id)
             .execution_options(synchronize_session=False)
         )
+        names = {a.id: a.name, b.id: b.name}
+        leads = {domain: names[env_id] for domain, env_id in moved.all()}
         _audit(session, request, "swap", first, {"with": second})
         await session.commit()
+    return leads
 
 
 def parse_weights(items: Sequence[str]) -> dict[str, int]:

@@ -15,6 +15,9 @@ from services.durations import parse_duration, parse_size
 from services.errors import BadRequest
 
 SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
+# the router folder is written into HAProxy's configuration (among it a double-quoted
+# lf-string, where $, %, ", "," and ")" mean something) and into runtime API commands
+_ROUTER_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -53,7 +56,7 @@ class Settings(BaseSettings):
     # a PEM file of the CA certificates that sign the ACME server's own HTTPS certificate
     # (a private or test server's); unset: the system's, through requests (certifi)
     acme_ca_bundle: Path | None = Field(default=None, alias="CLONEBOT_ACME_CA_BUNDLE")
-    # how often `serve` looks for ACME certificates to renew (those expiring within 30 days)
+    # how often `serve` looks for ACME certificates due for renewal (services/renewals.py)
     acme_renew_check_s: float = Field(default=86400.0, gt=0, alias="CLONEBOT_ACME_RENEW_CHECK")
     # "embedded": `clonebot serve` starts and keeps its own HAProxy; "external": an HAProxy
     # run by others reads CLONEBOT_ROUTER_DIR (started with `haproxy -W -S DIR/master.sock
@@ -170,8 +173,14 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'clonebot.db'}"
         if self.router_dir is None:
-            self.router_dir = self.data_dir / "router"
+            where = "CLONEBOT_ROUTER_DIR (unset: CLONEBOT_DATA_DIR/router): "
+            self.router_dir = _router_path(self.data_dir / "router", where=where)
         return self
+
+    @field_validator("router_dir")
+    @classmethod
+    def _router_dir(cls, value: Path | None) -> Path | None:
+        return None if value is None else _router_path(value)
 
     @model_validator(mode="after")
     def _slack_complete(self) -> Settings:
@@ -292,6 +301,17 @@ class Settings(BaseSettings):
             except BadRequest as exc:
                 raise ValueError(f"CLONEBOT_TLS_WILDCARD_CERT: {exc.message}") from None
         return self
+
+
+def _router_path(path: Path, *, where: str = "") -> Path:
+    """The router folder, if HAProxy's configuration and runtime commands can name it as it is
+    (``where``: which setting it came from, when the error's place does not say it)."""
+    if not _ROUTER_PATH.fullmatch(str(path)):
+        raise ValueError(
+            f"{where}{str(path)!r} is not an absolute path of letters, digits and . _ / - "
+            "alone (HAProxy's configuration and runtime commands name it as it is)"
+        )
+    return path
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ from functools import partial
 
 from sqlalchemy import select
 
+from services.certificates import push_certificates
 from services.context import Services
 from services.errors import ClonebotError, DockerUnavailable
 from services.expiry import ExpirySink, log_notice, sweep_expiry
@@ -28,9 +29,16 @@ from services.haproxy import (
 from services.idle import IdleWatch, SleepSink, ignore_notices
 from services.jobs import run_job
 from services.recovery import recover_jobs
-from services.renewals import RenewalSink, sweep_renewals
+from services.renewals import RenewalSink, sweep_renewals, unrenewed
 from services.renewals import ignore_notices as ignore_renewal_notices
-from services.router import RouterState, apply_routes, router_config, router_state, web_nodes
+from services.router import (
+    RouterState,
+    apply_routes,
+    latest_nodes,
+    router_config,
+    router_state,
+    web_nodes,
+)
 from services.schedules import ScheduleSink, sweep_schedules
 from services.schedules import log_notice as log_schedule_notice
 from services.workers import worker_is_gone
@@ -76,9 +84,10 @@ async def serve(
     Every CLONEBOT_EXPIRY_CHECK seconds, clones are reminded of their expiry, stopped or
     deleted (``services.expiry``). Then clones whose refresh schedule is due are refreshed
     (``services.schedules``). With a router, every round, clones idle for CLONEBOT_SLEEP_AFTER
-    are stopped and those asleep woken by a request (``services.idle``); every
-    CLONEBOT_ACME_RENEW_CHECK seconds, ACME certificates due are renewed
-    (``services.renewals``). ``tell`` tells owners and teams what these did.
+    are stopped and those asleep woken by a request (``services.idle``), and certificates HAProxy
+    has not taken yet given to it again (``certificates.push_certificates``); at start, then every
+    CLONEBOT_ACME_RENEW_CHECK seconds (sooner when one is due sooner), ACME certificates due are
+    renewed (``services.renewals``). ``tell`` tells owners and teams what these did.
 
     The sweeps and the idle watch run beside the loop (``_Beside``): their jobs (a refresh, a
     wake) may take minutes, and must not hold up the router or the recovery.
@@ -86,12 +95,14 @@ async def serve(
     on_recovered(await recover_jobs(svc))
     await _expire_keys(svc)
     last_recovery = time.monotonic()
-    last_expiry = last_renewal = -math.inf
+    last_expiry = -math.inf
 
     tell = tell or Tellers()
     # by the process that runs the router: it owns how the router serves HTTPS
     renewing = router and svc.settings.acme_directory is not None
-    renew_every = svc.settings.acme_renew_check_s
+    renewals = _RenewalCheck(svc, notify=tell.renewal) if renewing else None
+    if not renewing:
+        await _warn_unrenewed(svc, router=router)
 
     async with contextlib.AsyncExitStack() as stack:
         keeper = await stack.enter_async_context(_RouterKeeper(svc)) if router else None
@@ -110,9 +121,8 @@ async def serve(
                     # apart: an hour-long refresh must not hold up an hour-before reminder
                     beside.start("expiry", partial(sweep_expiry, svc, notify=tell.expiry))
                     beside.start("schedules", partial(sweep_schedules, svc, notify=tell.schedule))
-                if renewing and time.monotonic() - last_renewal >= renew_every:
-                    last_renewal = time.monotonic()
-                    beside.start("renewals", partial(sweep_renewals, svc, notify=tell.renewal))
+                if renewals is not None and renewals.take_turn():
+                    beside.start("renewals", renewals.sweep)
                 if time.monotonic() - last_recovery >= recover_every_s:
                     on_recovered(await recover_jobs(svc))
                     await _expire_keys(svc)
@@ -161,6 +171,46 @@ async def _logged(name: str, work: Callable[[], Awaitable[None]]) -> None:
             log.exception("%s failed; trying again", name)
 
 
+class _RenewalCheck:
+    """When `serve` looks for ACME certificates to renew: at start, then every
+    CLONEBOT_ACME_RENEW_CHECK seconds, sooner when the database says one is due sooner (a
+    short-lived certificate). What a look renews, the database says (``Certificate.renew_at``):
+    a restart renews nothing sooner, a restart loop orders nothing more."""
+
+    def __init__(self, svc: Services, *, notify: RenewalSink) -> None:
+        self._svc, self._notify = svc, notify
+        self._next = -math.inf  # time.monotonic()'s
+
+    def take_turn(self) -> bool:
+        """Whether to look now; if so, the next look is at most a minute on unless the look
+        says when (it may fail: the database away)."""
+        if time.monotonic() < self._next:
+            return False
+        self._next = time.monotonic() + min(self._svc.settings.acme_renew_check_s, 60.0)
+        return True
+
+    async def sweep(self) -> None:
+        upcoming = await sweep_renewals(self._svc, notify=self._notify)
+        check_s = self._svc.settings.acme_renew_check_s
+        if upcoming is not None:
+            # at least a second on: a look does not spin on what it just failed to renew
+            check_s = min(check_s, max((upcoming - utcnow()).total_seconds(), 1.0))
+        self._next = time.monotonic() + check_s
+
+
+async def _warn_unrenewed(svc: Services, *, router: bool) -> None:
+    """Said at start: ACME certificates this `serve` will let expire."""
+    count = await unrenewed(svc)
+    if not count:
+        return
+    why = (
+        "CLONEBOT_ACME_DIRECTORY is not set"
+        if svc.settings.acme_directory is None
+        else "it runs no router (--no-router): the serve that does renews them"
+    )
+    log.warning("%d ACME certificate(s) will not be renewed by this serve: %s", count, why)
+
+
 def _idle_watch(svc: Services, *, notify: SleepSink) -> IdleWatch:
     assert svc.settings.router_dir is not None
     return IdleWatch(svc, api=RuntimeAPI(RouterFiles(svc.settings.router_dir).api), notify=notify)
@@ -200,18 +250,20 @@ class _RouterKeeper:
             await self._router.stop()
 
     async def keep(self) -> None:
-        """Reconcile; a failure (HAProxy refusing to start, say) is retried at the next poll."""
+        """Reconcile; a failure (HAProxy refusing to start, say) is retried at the next poll.
+        Then certificates saved but not taken by HAProxy are given to it again."""
         try:
             await self.reconcile()
         except RouterFailed as exc:
             log.warning("router: %s; trying again", exc.message)
+        await push_certificates(self._svc)
 
     async def reconcile(self) -> None:
         if self._router is None:
             await self._reconcile_external()
             return
         # Docker listed before the lock: a swap waits for the lock, not for this listing
-        nodes = await web_nodes(self._svc)
+        listed = await web_nodes(self._svc)
         async with locked(self._files):
             if self._router.master_pid is None:
                 if self._applied is None:  # the first start: nothing stopped
@@ -220,6 +272,7 @@ class _RouterKeeper:
                     log.warning("HAProxy stopped: starting it again with every route")
                 await self._start(self._router)
                 return
+            nodes = await latest_nodes(self._svc, files=self._files, nodes=listed)
             state = await router_state(self._svc, nodes=nodes)
             if state != self._applied:
                 config, tls = await self._config(state)

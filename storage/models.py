@@ -114,6 +114,14 @@ class Certificate(Base):
     # "manual": a person gave the chain and key; "acme": issued by CLONEBOT_ACME_DIRECTORY,
     # renewed by `serve` (services/renewals.py), ``added_at`` its last issuance
     source: Mapped[str] = mapped_column(String(16), default="manual", server_default="manual")
+    # an ACME one's next renewal attempt: the start of its renewal window, or after a failed
+    # one the backoff's end; None: not renewed (a person's, or one whose renewal stopped)
+    renew_at: Mapped[datetime | None] = mapped_column(index=True)
+    renew_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    # why `serve` stopped renewing it (expired, its domain unbound): told once, not retried
+    renew_stopped: Mapped[str | None] = mapped_column(Text)
+    # saved, but HAProxy may still serve the one before: `serve` gives it again from then
+    push_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class DomainHttps(Base):

@@ -39,9 +39,14 @@ class Pebble:
 
 
 @contextlib.asynccontextmanager
-async def run_pebble(folder: Path, *, http_port: int) -> AsyncIterator[Pebble]:
-    """pebble and its DNS, validating HTTP-01 challenges on 127.0.0.1:``http_port``."""
-    pebble, commands = await asyncio.to_thread(_configure, folder, http_port=http_port)
+async def run_pebble(
+    folder: Path, *, http_port: int, validity_s: int | None = None
+) -> AsyncIterator[Pebble]:
+    """pebble and its DNS, validating HTTP-01 challenges on 127.0.0.1:``http_port``; its
+    certificates last ``validity_s`` (None: pebble's five years)."""
+    pebble, commands = await asyncio.to_thread(
+        _configure, folder, http_port=http_port, validity_s=validity_s
+    )
     env = {
         **os.environ,
         "PEBBLE_VA_NOSLEEP": "1",  # validate at once
@@ -66,7 +71,9 @@ async def run_pebble(folder: Path, *, http_port: int) -> AsyncIterator[Pebble]:
             await process.wait()
 
 
-def _configure(folder: Path, *, http_port: int) -> tuple[Pebble, list[list[str]]]:
+def _configure(
+    folder: Path, *, http_port: int, validity_s: int | None
+) -> tuple[Pebble, list[list[str]]]:
     """pebble's files: its HTTPS certificate and key, its configuration; and the commands
     that start its DNS, then pebble."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,6 +92,7 @@ def _configure(folder: Path, *, http_port: int) -> tuple[Pebble, list[list[str]]
             "tlsPort": _free_port(),  # TLS-ALPN-01: never answered, never offered by clonebot
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
+            **({"certificateValidityPeriod": validity_s} if validity_s else {}),
         }
     }
     (folder / "pebble.json").write_text(json.dumps(config))

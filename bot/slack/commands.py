@@ -7,6 +7,7 @@ and ownership are told to the team.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +36,12 @@ from services import (
 )
 from services.access import Request
 from services.errors import BadRequest, EnvironmentNotFound
+from services.haproxy import RouterFailed
+from services.router import swap_routes
+from services.settings import Settings
 from storage.models import Certificate
+
+log = logging.getLogger(__name__)
 
 _USER = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>|([UW][A-Z0-9]{2,20})")
 _CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)(?:\|[^>]*)?>|([CG][A-Z0-9]{2,20})")
@@ -351,10 +357,13 @@ def _https_words(words: list[str]) -> tuple[bool | None, bool | None, int | None
         elif word in ("hsts", "no-hsts") and hsts is None:
             hsts = word == "hsts"
         elif word.startswith("hsts=") and hsts is None:
-            seconds = word.removeprefix("hsts=")
-            if not seconds.isdigit():
-                raise BadRequest(f"{word!r}: the HSTS max-age is whole seconds, like hsts=31536000")
-            hsts, max_age = True, int(seconds)
+            max_age = domain_https.parse_max_age(word.removeprefix("hsts="))
+            if max_age is None:  # ASCII digits alone: "²".isdigit(), and int() refuses it
+                raise Usage(
+                    f"`{escape(word)}`: the HSTS max-age is whole seconds, like hsts=31536000. "
+                    + usage("domain")
+                )
+            hsts = True
         else:
             raise Usage(usage("domain"))
     return redirect, hsts, max_age
@@ -369,7 +378,10 @@ def _https_text(state: domain_https.HttpsState) -> str:
     if state.in_effect is None:
         return f"{text}. The router does not run: in effect when it starts."
     if not state.in_effect:
-        return f"{text}. Kept until {escape(state.domain)} has a certificate and HTTPS is served."
+        return (
+            f"{text}. Kept until {escape(state.domain)} is bound to an environment and HTTPS "
+            "serves its own certificate."
+        )
     return f"{text}."
 
 
@@ -379,17 +391,19 @@ async def _swap(bot: SlackBot, asked: Asked) -> str:
 
 
 async def swap(bot: SlackBot, request: Request, first: str, second: str) -> str:
-    await routing.swap_domains(bot.svc, request, first=first, second=second)
+    """Swapped and applied in one step (``router.swap_routes``), then the team told."""
+    try:
+        await swap_routes(bot.svc, request, first=first, second=second)
+    except RouterFailed as exc:  # swapped in the database: the router keeper applies it
+        log.warning("routes not applied yet: %s", exc.message)
     note = messages.domains_swapped(first, second, by=request.user)
-    await traffic_changed(bot, note, about=(first, second), bindings_only=True)
+    await bot.notices.send(note, about=(first, second))
     return note.text
 
 
-async def traffic_changed(
-    bot: SlackBot, note: messages.Message, *, about: tuple[str, ...], bindings_only: bool = False
-) -> None:
+async def traffic_changed(bot: SlackBot, note: messages.Message, *, about: tuple[str, ...]) -> None:
     """HAProxy told at once, then the team."""
-    await bot.apply_routes(bindings_only=bindings_only)
+    await bot.apply_routes()
     await bot.notices.send(note, about=about)
 
 
@@ -467,22 +481,23 @@ async def _cert(bot: SlackBot, asked: Asked) -> str:
             f"subject: {escape(found.subject)}",
             f"issuer: {escape(found.issuer)}",
             f"serial: `{found.serial}` · SHA-256 `{found.fingerprint}`",
-            _whence(found),
+            _whence(found, bot.svc.settings),
             _https_text(https),
         ]
     )
 
 
-def _whence(found: Certificate) -> str:
-    """Who added a certificate; for one from ACME, when `serve` renews it."""
-    from services.renewals import renews_at  # to move up with the imports
+def _whence(found: Certificate, settings: Settings) -> str:
+    """Who added a certificate; for one from ACME, when `serve` renews it, or why it does not."""
+    from services.renewals import renewal_state  # to move up with the imports
 
-    if (renews := renews_at(found)) is None:
+    if (state := renewal_state(found, settings)) is None:
         return f"added by <@{found.added_by}> on {found.added_at:%Y-%m-%d}"
-    return (
-        f"issued by ACME for <@{found.added_by}>, last on {found.added_at:%Y-%m-%d}; "
-        f"renewed from {renews:%Y-%m-%d}"
-    )
+    issued = f"issued by ACME for <@{found.added_by}>, last on {found.added_at:%Y-%m-%d}"
+    if state.next_at is None:
+        return f"{issued}; not renewed: {escape(state.not_renewed or 'stopped')}"
+    failed = f" (after {state.failures} failed renewal(s))" if state.failures else ""
+    return f"{issued}; renewed from {state.next_at:%Y-%m-%d}{failed}"
 
 
 async def _help(bot: SlackBot, asked: Asked) -> str:

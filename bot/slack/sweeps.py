@@ -90,13 +90,21 @@ def sleep_message(notice: SleepNotice) -> Message:
 
 
 def renewal_message(notice: RenewalNotice) -> Message:
-    """A certificate `serve` could not renew; the ACME server's reason is quoted as text."""
+    """A certificate `serve` could not renew, or renews no more; the ACME server's reason is
+    quoted as text."""
     domain = escape(notice.domain)
-    text = (
-        f":warning: The certificate of *{domain}* could not be renewed: "
-        f"{escape(clip(notice.error, 300))}. It expires {when(notice.expires_at)}; clonebot "
-        f"tries again at its next check (or now: `clonebot cert add {domain} --acme`)."
-    )
+    why = escape(clip(notice.error, 300))
+    if notice.retry_at is None:
+        text = (
+            f":warning: The certificate of *{domain}* is no longer renewed: {why}. "
+            f"clonebot will not try again; a new one: `clonebot cert add {domain} --acme`."
+        )
+    else:
+        text = (
+            f":warning: The certificate of *{domain}* could not be renewed: {why}. It expires "
+            f"{when(notice.expires_at)}; clonebot tries again {when(notice.retry_at)} "
+            f"(or now: `clonebot cert add {domain} --acme`)."
+        )
     held = f"*{escape(notice.environment)}*" if notice.environment else "no environment"
     context = f"asked for by <@{notice.added_by}> · held by {held}"
     return Message(text=text, blocks=[SectionBlock(text=text), context_block(context)])

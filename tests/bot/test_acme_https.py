@@ -46,11 +46,13 @@ async def _served_serial(port: int, domain: str, root: Path) -> int:
 
 
 async def _due_in_ten_days(settings: Settings) -> None:
-    """Every certificate's expiry moved to ten days from now, as the database records it."""
+    """Every certificate's expiry moved to ten days from now, as the database records it, and
+    its renewal due now."""
     engine = create_async_engine(settings.database_url)
     try:
         async with engine.begin() as db:
-            await db.execute(update(Certificate).values(not_after=utcnow() + timedelta(days=10)))
+            values = {"not_after": utcnow() + timedelta(days=10), "renew_at": utcnow()}
+            await db.execute(update(Certificate).values(**values))
     finally:
         await engine.dispose()
 
@@ -77,10 +79,13 @@ async def test_a_certificate_from_acme_is_shown_renewed_by_serve_and_a_failure_t
             "CLONEBOT_ACME_RENEW_CHECK": "0.5",  # serve looks every half second
         }
 
-        def cli(*args: str) -> str:
-            done = run_cli(list(args), env=clonebot_env(settings) | acme | {"COLUMNS": "200"})
-            assert done.returncode == 0, (args, done.stdout, done.stderr)
-            return " ".join(done.stdout.split())  # one line, however the console wraps it
+        def cli(*args: str, code: int = 0, without_acme: bool = False) -> str:
+            env = clonebot_env(settings) | {"COLUMNS": "200"}
+            env |= {"CLONEBOT_ROUTER_TLS_BIND": f"127.0.0.1:{tls_port}"} if without_acme else acme
+            done = run_cli(list(args), env=env)
+            assert done.returncode == code, (args, done.stdout, done.stderr)
+            # one line, however the console wraps it
+            return " ".join((done.stdout + done.stderr).split())
 
         async def shown() -> dict[str, str]:
             found = await asyncio.to_thread(cli, "cert", "show", "shop.test", "--json")
@@ -96,6 +101,15 @@ async def test_a_certificate_from_acme_is_shown_renewed_by_serve_and_a_failure_t
             first = int(issued["serial"], 16)
             assert issued["source"] == "acme" and issued["renews_at"]
             assert await _served_serial(tls_port, "shop.test", root) == first
+            # asked again before it is due: refused, the ACME server spared
+            again = await asyncio.to_thread(
+                cli, "cert", "add", "shop.test", "--acme", "--as", OWNER, code=2
+            )
+            assert f"serve` renews it from {issued['renews_at'][:10]}" in again
+            assert "no new one ordered (an admin may force one with --force)" in again
+            # where the ACME server is not set, it is said not to be renewed
+            plain = await asyncio.to_thread(cli, "cert", "show", "shop.test", without_acme=True)
+            assert "renewal: not renewed: CLONEBOT_ACME_DIRECTORY is not set" in plain
 
             await bot.command(OWNER, "/env", "cert shop.test")
             reply = await bot.reply(lambda r: "shop.test" in r["text"])

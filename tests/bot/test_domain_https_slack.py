@@ -54,7 +54,7 @@ async def test_a_domains_https_is_set_and_shown_from_slack(
         said = await ask(OWNER, "domain https shop.test redirect hsts=600")
         assert said == "*shop.test*: redirect to HTTPS on · HSTS `max-age=600`."
         head = await _head(bot, "http://shop.test/x?y=1")
-        assert "301" in head.splitlines()[0]
+        assert "307" in head.splitlines()[0]
         assert "location: https://shop.test/x?y=1" in head.lower()
         shown = await ask(OWNER, "cert shop.test")
         assert shown.endswith("*shop.test*: redirect to HTTPS on · HSTS `max-age=600`.")
@@ -62,6 +62,11 @@ async def test_a_domains_https_is_set_and_shown_from_slack(
         assert (await ask(OWNER, "domain https shop.test sideways")).startswith(
             "Usage: `/env domain add|remove ENV DOMAIN · https DOMAIN"
         )
-        assert "whole seconds" in await ask(OWNER, "domain https shop.test hsts=soon")
+        for word in ("soon", "²", "٣", "-1", "1_000"):  # ASCII digits alone
+            said = await ask(OWNER, f"domain https shop.test hsts={word}")
+            assert said.startswith("`hsts="), said
+            assert "whole seconds" in said and "Usage: `/env domain" in said, said
+        assert "over a year" in await ask(OWNER, "domain https shop.test hsts=31536001")
         assert "belongs to" in await ask(STRANGER, "domain https shop.test no-redirect")
-        assert "301" in (await _head(bot, "http://shop.test/")).splitlines()[0], "unchanged"
+        head = await _head(bot, "http://shop.test/")
+        assert "307" in head.splitlines()[0], "unchanged"

@@ -12,31 +12,36 @@ import ssl
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services.access import Request
 from services.acme import RouterChallenges, account_key, check_token
-from services.certificates import Source, add_certificate
+from services.certificates import Source, add_certificate, push_certificates
 from services.context import Services, open_services
 from services.errors import AcmeFailed, BadRequest, Forbidden
-from services.haproxy import EmbeddedHAProxy, RouterFiles, structure_of, worker_pid
+from services.haproxy import EmbeddedHAProxy, RouterFiles, RuntimeAPI, structure_of, worker_pid
 from services.renewals import (
-    RENEW_BEFORE,
+    MOST_BEFORE,
+    ORDER_FAILED,
+    RenewalNotice,
+    next_renewal,
     obtain_certificate,
     renew_certificates,
-    renews_at,
+    renewal_state,
+    renewal_window,
 )
 from services.router import RouterState, apply_routes, router_config, router_state
 from services.routing import add_domain, remove_domain
 from services.settings import Settings
-from storage.models import AuditEntry, Certificate
-from tests.conftest import BASE_DOMAIN, OWNER, MakeSource, _free_port
+from services.supervisor import Tellers, serve
+from storage.models import AuditEntry, Certificate, utcnow
+from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource, _free_port
 from tests.pebble import Pebble, run_pebble
 from tests.tls import LocalCA
 
@@ -135,17 +140,42 @@ class Acme:
     root: Path  # what pebble issues under: what a client trusts
 
 
-@pytest.fixture
-async def acme(routed: Settings, tmp_path: Path) -> AsyncIterator[Acme]:
-    """pebble validating on the router's HTTP port, and the router serving HTTPS."""
+@contextlib.asynccontextmanager
+async def _acme(routed: Settings, tmp_path: Path, *, validity_s: int | None) -> AsyncIterator[Acme]:
     http_port = int(routed.router_bind.rpartition(":")[2])
-    async with run_pebble(tmp_path / "pebble", http_port=http_port) as pebble:
+    async with run_pebble(
+        tmp_path / "pebble", http_port=http_port, validity_s=validity_s
+    ) as pebble:
         settings = _tls(
             routed, acme_directory=pebble.directory, acme_ca_bundle=pebble.ca_bundle,
             acme_email="ops@example.com",
         )  # fmt: skip
         async with _router(settings) as router:
             yield Acme(router, pebble, await pebble.issuing_root(tmp_path / "root.pem"))
+
+
+@pytest.fixture
+async def acme(routed: Settings, tmp_path: Path) -> AsyncIterator[Acme]:
+    """pebble validating on the router's HTTP port, and the router serving HTTPS."""
+    async with _acme(routed, tmp_path, validity_s=None) as acme:
+        yield acme
+
+
+@pytest.fixture
+async def daily_acme(routed: Settings, tmp_path: Path) -> AsyncIterator[Acme]:
+    """The same, pebble issuing certificates that last 24 hours."""
+    async with _acme(routed, tmp_path, validity_s=86400) as acme:
+        yield acme
+
+
+@contextlib.asynccontextmanager
+async def _unreachable(acme: Acme) -> AsyncIterator[Services]:
+    """clonebot's services with an ACME server that does not answer, on the same database."""
+    dead = acme.router.settings.model_copy(
+        update={"acme_directory": f"https://127.0.0.1:{_free_port()}/dir"}
+    )
+    async with open_services(dead) as svc:
+        yield svc
 
 
 class KeepAlive:
@@ -183,11 +213,18 @@ class KeepAlive:
             await self.writer.wait_closed()
 
 
+def _orders(pebble: Pebble) -> int:
+    """How many orders the ACME server was sent (its log names each new-order request)."""
+    return pebble.log.read_text(errors="replace").count("POST /order-plz")
+
+
 def _key_lines(pem: str) -> list[str]:
-    """The base64 lines of the private key in ``pem``."""
+    """The base64 lines of the private key in ``pem`` that carry its secret: an ECDSA P-256
+    key in PKCS#8 ends with its public key, whose last line the certificate (logged by the acme
+    library at debug) may carry too, at the same offset now and then."""
     block = pem[pem.index("PRIVATE KEY-----") :].splitlines()[1:-1]
-    assert block
-    return block
+    assert len(block) == 3, "a P-256 key: 138 bytes, the public key in bytes 73 on"
+    return block[:2]
 
 
 @pytest.mark.docker
@@ -201,7 +238,10 @@ async def test_acme_issues_a_certificate_renewed_without_a_reload_and_kept_by_a_
 
     issued = await obtain_certificate(router.svc, me, domain="shop.test")
     assert issued.source == Source.ACME and "Pebble Intermediate" in issued.issuer
-    assert renews_at(issued) == issued.not_after - RENEW_BEFORE
+    # pebble's certificates last five years: renewed 30 days before they expire
+    assert issued.renew_at == issued.not_after - MOST_BEFORE
+    state = renewal_state(issued, router.settings)
+    assert state is not None and state.next_at == issued.renew_at and state.not_renewed is None
     await router.apply()  # a new domain: a new crt-list entry, a reload
     assert await router.curl("shop.test", root) == f"{env} web 1\n"
     first = await router.serial("shop.test", root)
@@ -265,24 +305,46 @@ async def test_acme_issues_a_certificate_renewed_without_a_reload_and_kept_by_a_
         router.files.cert_of("shop.test").read_text()
     )
     for line in keys:
-        assert not any(line in text for text in elsewhere)
+        found = [i for i, text in enumerate(elsewhere) if line in text]
+        assert not found, (len(line), found)
 
 
 @pytest.mark.docker
-async def test_the_router_answers_the_challenge_of_a_domain_no_environment_holds(
+async def test_a_certificate_whose_domain_is_unbound_or_expired_is_told_once_not_ordered(
     acme: Acme, make_source: MakeSource
 ) -> None:
     router, me = acme.router, Request(OWNER)
     env = (await make_source(web_nodes=1, db_nodes=0)).name
     await add_domain(router.svc, me, env=env, domain="gone.test")
-    issued = await obtain_certificate(router.svc, me, domain="gone.test")
+    gone = await obtain_certificate(router.svc, me, domain="gone.test")
     await remove_domain(router.svc, me, env=env, domain="gone.test")
-    await router.apply()
+    orders = _orders(acme.pebble)
+    assert orders >= 1
 
-    # unbound, its requests meet no environment; its renewal is answered all the same
+    # due, but unbound (its requests meet no environment): told, never ordered
+    assert gone.renew_at is not None
+    done = done_before = await renew_certificates(router.svc, now=gone.renew_at)
+    assert [(r.domain, r.error, r.retry_at) for r in done] == [
+        ("gone.test", "gone.test is bound to no environment any more", None)
+    ]
+    assert _orders(acme.pebble) == orders, "the ACME server was not asked"
+
+    # due, but expired (serve was down for long): the same
+    await add_domain(router.svc, me, env=env, domain="old.test")
+    issued = await obtain_certificate(router.svc, me, domain="old.test")
+    orders = _orders(acme.pebble)
     done = await renew_certificates(router.svc, now=issued.not_after)
-    assert [(r.domain, r.error) for r in done] == [("gone.test", None)]
-    assert await router.serial("gone.test", acme.root) == int(done[0].serial or "0", 16)
+    assert [(r.domain, r.error, r.retry_at) for r in done] == [
+        ("old.test", f"it expired on {issued.not_after:%Y-%m-%d %H:%M} UTC", None)
+    ]
+    # told once: the next checks, however late, leave them be
+    assert await renew_certificates(router.svc, now=issued.not_after + timedelta(days=9)) == []
+    assert _orders(acme.pebble) == orders, "the ACME server was not asked"
+    async with router.svc.sessions() as session:
+        record = await session.get(Certificate, "gone.test")
+    assert record is not None and record.renew_at is None
+    state = renewal_state(record, router.settings)
+    assert state is not None and state.not_renewed == done_before[0].error
 
 
 @pytest.mark.docker
@@ -416,3 +478,243 @@ def test_acme_settings_are_checked_at_start(
         Settings()
     monkeypatch.setenv("CLONEBOT_ACME_CA_BUNDLE", "")
     assert Settings().acme_directory == "https://acme.example/dir"
+
+
+@pytest.mark.parametrize(
+    ("life", "before"),
+    [
+        (timedelta(days=90), timedelta(days=30)),
+        (timedelta(days=397), timedelta(days=30)),
+        (timedelta(days=6), timedelta(days=2)),
+        (timedelta(hours=24), timedelta(hours=8)),
+    ],
+)
+def test_a_certificate_is_renewed_when_a_third_of_its_life_is_left_at_most_30_days(
+    life: timedelta, before: timedelta
+) -> None:
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    assert renewal_window(not_before=start, not_after=start + life) == before
+
+
+@pytest.mark.docker
+async def test_a_24_hour_certificate_is_renewed_8_hours_before_it_expires_not_at_every_check(
+    daily_acme: Acme, make_source: MakeSource
+) -> None:
+    router, me = daily_acme.router, Request(OWNER)
+    env = (await make_source(web_nodes=1, db_nodes=0)).name
+    await add_domain(router.svc, me, env=env, domain="shop.test")
+    issued = await obtain_certificate(router.svc, me, domain="shop.test")
+    life = issued.not_after - issued.not_before  # pebble's: a second short of 24 hours
+    assert timedelta(hours=23, minutes=59) <= life <= timedelta(hours=24)
+    opens = issued.not_after - life / 3  # some 8 hours before it expires
+    assert issued.renew_at == opens
+
+    # an hour in, and a minute before its window: not renewed
+    assert await renew_certificates(router.svc, now=issued.not_before + timedelta(hours=1)) == []
+    assert await renew_certificates(router.svc, now=opens - timedelta(minutes=1)) == []
+    done = await renew_certificates(router.svc, now=opens)
+    assert [(r.domain, r.error) for r in done] == [("shop.test", None)]
+    async with router.svc.sessions() as session:
+        renewed = await session.get(Certificate, "shop.test")
+    assert renewed is not None and renewed.serial == done[0].serial
+    assert renewed.renew_at == renewed.not_after - life / 3
+    # serve looks again when that is, however long its check interval (a day)
+    assert await next_renewal(router.svc) == renewed.renew_at
+
+
+@pytest.mark.docker
+async def test_a_failed_renewal_backs_off_and_a_restarted_serve_orders_nothing_sooner(
+    acme: Acme, make_source: MakeSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    router, me = acme.router, Request(OWNER)
+    env = (await make_source(web_nodes=1, db_nodes=0)).name
+    await add_domain(router.svc, me, env=env, domain="shop.test")
+    issued = await obtain_certificate(router.svc, me, domain="shop.test")
+    due = issued.renew_at
+    assert due is not None
+
+    async with _unreachable(acme) as dead:
+        # tried again an hour on, then two, four...: not at every check
+        done = await renew_certificates(dead, now=due)
+        assert [(r.domain, r.retry_at) for r in done] == [("shop.test", due + timedelta(hours=1))]
+        assert "cannot be reached" in (done[0].error or "")
+        assert await renew_certificates(dead, now=due + timedelta(minutes=59)) == []
+        done = await renew_certificates(dead, now=due + timedelta(hours=1))
+        assert [r.retry_at for r in done] == [due + timedelta(hours=3)]
+        assert await _failed_orders(dead) == 2
+
+        # due now; serve started twice (a restart loop): one order, one notice
+        await _set(dead, renew_at=utcnow() - timedelta(seconds=1))
+        await router.haproxy.stop()  # serve runs its own
+        told: list[RenewalNotice] = []
+
+        async def tell(notice: RenewalNotice) -> None:
+            told.append(notice)
+
+        for _ in range(2):
+            stop = asyncio.Event()
+            serving = asyncio.create_task(
+                serve(dead, stop=stop, poll_s=0.1, tell=Tellers(renewal=tell))
+            )
+            try:
+                for _ in range(50):  # the look at start, and a few rounds after
+                    await asyncio.sleep(0.1)
+                    if told:
+                        break
+                await asyncio.sleep(1)
+            finally:
+                stop.set()
+                await serving
+    assert await _failed_orders(router.svc) == 3, "the restart ordered nothing"
+    assert [n.domain for n in told] == ["shop.test"]
+    assert told[0].error.startswith("the ACME server cannot be reached")
+    assert told[0].retry_at is not None and told[0].retry_at > utcnow() + timedelta(hours=3)
+    assert "not renewed: the ACME server cannot be reached" in caplog.text
+
+
+async def _failed_orders(svc: Services) -> int:
+    query = select(AuditEntry).where(AuditEntry.action == ORDER_FAILED)
+    async with svc.sessions() as session:
+        return len((await session.scalars(query)).all())
+
+
+async def _set(svc: Services, **values: object) -> None:
+    async with svc.sessions() as session, session.begin():
+        await session.execute(update(Certificate).values(**values))
+
+
+@pytest.mark.docker
+async def test_a_domain_is_not_ordered_again_before_it_is_due_nor_soon_after_a_failed_order(
+    acme: Acme, make_source: MakeSource
+) -> None:
+    router, me = acme.router, Request(OWNER)
+    env = (await make_source(web_nodes=1, db_nodes=0)).name
+    await add_domain(router.svc, me, env=env, domain="shop.test")
+    issued = await obtain_certificate(router.svc, me, domain="shop.test")
+    await router.apply()
+    orders = _orders(acme.pebble)
+
+    renews = f"renews it from {issued.renew_at:%Y-%m-%d %H:%M} UTC"
+    with pytest.raises(BadRequest, match=f"{renews}: no new one ordered .*--force"):
+        await obtain_certificate(router.svc, me, domain="shop.test")
+    with pytest.raises(Forbidden, match="only an admin may force"):
+        await obtain_certificate(router.svc, me, domain="shop.test", force=True)
+    assert _orders(acme.pebble) == orders
+    forced = await obtain_certificate(router.svc, Request(ADMIN), domain="shop.test", force=True)
+    assert forced.serial != issued.serial
+    assert await router.serial("shop.test", acme.root) == int(forced.serial, 16)
+
+    # an order that failed: none for that domain for ten minutes, whoever asks
+    await add_domain(router.svc, me, env=env, domain="new.test")
+    async with _unreachable(acme) as dead:
+        with pytest.raises(AcmeFailed, match="cannot be reached"):
+            await obtain_certificate(dead, me, domain="new.test")
+    orders = _orders(acme.pebble)
+    for who in (me, Request(ADMIN)):
+        with pytest.raises(BadRequest, match=r"failed at \d\d:\d\d UTC .* try again from"):
+            await obtain_certificate(router.svc, who, domain="new.test", force=True)
+    assert _orders(acme.pebble) == orders
+    # another domain is not held up
+    await add_domain(router.svc, me, env=env, domain="other.test")
+    assert (await obtain_certificate(router.svc, me, domain="other.test")).source == Source.ACME
+
+
+@pytest.mark.docker
+async def test_a_certificate_haproxy_refuses_is_saved_told_and_served_once_it_can(
+    routed: Settings, make_source: MakeSource
+) -> None:
+    ca, me = LocalCA(), Request(OWNER)
+    async with _router(_tls(routed)) as router:
+        ca_file = ca.write(router.files.directory / "ca.pem")
+        env = (await make_source(web_nodes=1, db_nodes=0)).name
+        await add_domain(router.svc, me, env=env, domain="shop.test")
+        old, new = ca.issue("shop.test"), ca.issue("shop.test")
+        await add_certificate(
+            router.svc, me, domain="shop.test", cert_pem=old.cert_pem, key_pem=old.key_pem
+        )
+        await router.apply()
+        api, default = router.haproxy.api, router.files.default_cert
+
+        # HAProxy refuses the new one (another certificate's change is under way), and its
+        # reload fails (a configuration it cannot load)
+        await api.command(f"set ssl cert {default} <<\n{default.read_text().strip()}\n")
+        config = router.files.config.read_text()
+        router.files.config.write_text(config + "    no-such-keyword\n")
+        saved = await add_certificate(
+            router.svc, me, domain="shop.test", cert_pem=new.cert_pem, key_pem=new.key_pem
+        )
+        assert saved.serial == f"{new.cert.serial_number:X}".zfill(len(saved.serial))
+        assert saved.push_at is not None, "saved, to be served after the next reload"
+        assert await router.serial("shop.test", ca_file) == old.cert.serial_number
+
+        # what `serve`'s router keeper does every round: given again once it is due
+        router.files.config.write_text(config)
+        await api.command(f"abort ssl cert {default}")
+        assert await push_certificates(router.svc) == 0, "not before a minute"
+        assert await push_certificates(router.svc, now=saved.push_at) == 1
+        assert await router.serial("shop.test", ca_file) == new.cert.serial_number
+        async with router.svc.sessions() as session:
+            record = await session.get(Certificate, "shop.test")
+        assert record is not None and record.push_at is None
+        assert await push_certificates(router.svc, now=saved.push_at) == 0
+
+
+class _CancelledAtCommit(RuntimeAPI):
+    """The runtime API of a task cancelled between ``set ssl cert`` and its commit."""
+
+    async def command(self, line: str) -> str:
+        if line.startswith("commit ssl cert"):
+            raise asyncio.CancelledError
+        return await super().command(line)
+
+
+@pytest.mark.docker
+async def test_a_replacement_cancelled_before_its_commit_leaves_no_change_under_way(
+    routed: Settings, make_source: MakeSource
+) -> None:
+    ca, me = LocalCA(), Request(OWNER)
+    async with _router(_tls(routed)) as router:
+        ca_file = ca.write(router.files.directory / "ca.pem")
+        env = (await make_source(web_nodes=1, db_nodes=0)).name
+        await add_domain(router.svc, me, env=env, domain="shop.test")
+        old, new = ca.issue("shop.test"), ca.issue("shop.test")
+        await add_certificate(
+            router.svc, me, domain="shop.test", cert_pem=old.cert_pem, key_pem=old.key_pem
+        )
+        await router.apply()
+        path = router.files.cert_of("shop.test")
+        with pytest.raises(asyncio.CancelledError):
+            await _CancelledAtCommit(router.files.api).replace_cert(
+                path, (new.cert_pem + new.key_pem).decode()
+            )
+        assert await router.serial("shop.test", ca_file) == old.cert.serial_number
+        # HAProxy has one change of certificate at a time: another one goes through
+        default = router.files.default_cert
+        await router.haproxy.api.replace_cert(default, default.read_text())
+
+
+@pytest.mark.docker
+async def test_serve_says_at_start_when_nothing_will_renew_acme_certificates(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_services(settings) as svc:
+        async with svc.sessions() as session, session.begin():
+            session.add(_acme_row("shop.test"))
+        stop = asyncio.Event()
+        stop.set()
+        await serve(svc, stop=stop, router=False)
+    said = "1 ACME certificate(s) will not be renewed by this serve: CLONEBOT_ACME_DIRECTORY"
+    assert f"{said} is not set" in caplog.text
+    state = renewal_state(_acme_row("shop.test"), settings)
+    assert state is not None and state.next_at is None
+    assert state.not_renewed == "CLONEBOT_ACME_DIRECTORY is not set"
+
+
+def _acme_row(domain: str) -> Certificate:
+    now = utcnow()
+    return Certificate(
+        domain=domain, subject="", issuer="CN=Pebble Intermediate", serial="01",
+        not_before=now, not_after=now + timedelta(days=90), fingerprint="0" * 64,
+        added_by=OWNER, added_at=now, source=Source.ACME.value,
+        renew_at=now + timedelta(days=60), renew_failures=0,
+    )  # fmt: skip

@@ -18,9 +18,11 @@ from services.docker import DockerClient
 from services.haproxy import (
     Backend,
     EmbeddedHAProxy,
+    RouterDown,
     RouterFailed,
     RouterFiles,
     Server,
+    apply_map,
     locked,
     render_config,
     write_files,
@@ -263,3 +265,37 @@ async def test_writers_side_by_side_each_check_their_own_configuration(
     assert sorted(p.name for p in files.directory.iterdir()) == [
         "haproxy.cfg", "hosts.map", "router.lock",
     ], "no candidate file is left behind"  # fmt: skip
+
+
+async def test_a_map_change_haproxy_did_not_take_leaves_the_file_as_haproxy_has_it(
+    tmp_path: Path,
+) -> None:
+    """A master that answers while its runtime API does not (a reload between two workers,
+    and the new one not up in time): the change fails, and the map's file keeps what HAProxy
+    serves, so that the next apply, comparing with the file, still sends the change."""
+    files = RouterFiles(tmp_path / "router")
+    files.directory.mkdir()
+    files.hosts.write_text("shop.test env_blue\n")
+
+    async def master(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"#<PID> <type> ...\n1 master 0 0 0d00h00m01s 2.6\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(master, path=str(files.master))
+    try:
+        with pytest.raises(RouterDown):
+            await apply_map(
+                files, hosts={"shop.test": "env_green"}, current={"shop.test": "env_blue"}
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert files.hosts.read_text() == "shop.test env_blue\n"
+    files.master.unlink()
+    # none runs at all: the file is what an HAProxy started will read
+    assert not await apply_map(
+        files, hosts={"shop.test": "env_green"}, current={"shop.test": "env_blue"}
+    )
+    assert files.hosts.read_text() == "shop.test env_green\n"

@@ -18,8 +18,23 @@ from services.access import Request
 from services.context import Services, open_services
 from services.environments import HTTP_PORT, NUMBER, PROJECT, SERVICE
 from services.errors import BadRequest, Forbidden
-from services.haproxy import EmbeddedHAProxy, RouterFiles, RuntimeAPI, render_config, worker_pid
-from services.router import apply_bindings, apply_routes, env_backend, router_state
+from services.haproxy import (
+    EmbeddedHAProxy,
+    RouterFiles,
+    RuntimeAPI,
+    locked,
+    render_config,
+    worker_pid,
+)
+from services.router import (
+    apply_bindings,
+    apply_routes,
+    env_backend,
+    latest_nodes,
+    router_state,
+    swap_routes,
+    web_nodes,
+)
 from services.routing import add_domain, set_failover, set_split, swap_domains, validate_domain
 from services.settings import Settings
 from storage import repositories as repo
@@ -121,7 +136,7 @@ async def test_swap_split_and_stickiness_move_real_traffic(
     assert len(sides) == 2, "new visitors are shared between both sides (round robin)"
 
 
-async def test_a_swap_changes_the_map_alone_without_reading_docker(
+async def test_a_swap_changes_the_database_and_the_map_without_reading_docker(
     router: Router, make_source: MakeSource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A swap must reach HAProxy in milliseconds whatever the load: the permission check reads
@@ -143,9 +158,8 @@ async def test_a_swap_changes_the_map_alone_without_reading_docker(
 
     monkeypatch.setattr(router.svc.docker, "list_containers", counted)
     with pytest.raises(Forbidden):
-        await swap_domains(router.svc, Request("USTRANGER1"), first=blue, second=green)
-    await swap_domains(router.svc, me, first=blue, second=green)
-    assert await apply_bindings(router.svc)
+        await swap_routes(router.svc, Request("USTRANGER1"), first=blue, second=green)
+    assert await swap_routes(router.svc, me, first=blue, second=green)
     assert listings == 0
     async with aiohttp.ClientSession() as session:
         assert await router.get(session, "shop.test") == f"{green} web 1"
@@ -155,12 +169,20 @@ async def test_a_swap_changes_the_map_alone_without_reading_docker(
             refused = [e for e in await repo.list_audit(db) if not e.allowed]
         assert [(e.actor, e.action) for e in refused] == [("USTRANGER1", "move traffic")]
 
+        # a domain bound alone changes the map alone
+        await add_domain(router.svc, me, env=green, domain="green.shop.test")
+        assert await apply_bindings(router.svc)
+        assert await router.get(session, "green.shop.test") == f"{green} web 1"
+        assert listings == 0
+        assert await worker_pid(RuntimeAPI(router.files.api)) == worker, "no reload"
+
         # made after the last apply: the map cannot say where it goes, Docker is asked
         third = (await make_source(web_nodes=1)).name
         await add_domain(router.svc, me, env=third, domain="new.shop.test")
-        assert await apply_bindings(router.svc)
+        assert await swap_routes(router.svc, me, first=third, second=blue)
         await asyncio.sleep(0.3)  # a new backend is a reload: let the new worker settle
-        assert await router.get(session, "new.shop.test") == f"{third} web 1"
+        assert await router.get(session, "new.shop.test") == f"{blue} web 1"
+        assert await router.get(session, "beta.shop.test") == f"{third} web 1"
         assert listings > 0
 
 
@@ -374,3 +396,19 @@ async def test_a_hostile_environment_is_left_out_and_the_others_still_swap(
     finally:
         for cid in made:
             await docker.remove_container(cid)
+
+
+async def test_an_older_container_listing_never_overwrites_a_newer_one(
+    router: Router, make_source: MakeSource
+) -> None:
+    """Docker is listed before the router's lock is taken (a swap waits for the lock, not for
+    a listing): an apply holding an older listing than the last one applied lists again."""
+    older = await web_nodes(router.svc)
+    made = (await make_source(web_nodes=1)).name
+    await router.apply()  # lists after the clone was made, and records it
+    async with locked(router.files):
+        latest = await latest_nodes(router.svc, files=router.files, nodes=older)
+    assert made not in older.envs
+    assert made in latest.envs
+    async with locked(router.files):  # a listing newer than the last applied is kept as is
+        assert await latest_nodes(router.svc, files=router.files, nodes=latest) == latest

@@ -27,11 +27,13 @@ from services.domain_https import set_https
 from services.environments import OWNER as OWNER_LABEL
 from services.errors import BadRequest, Forbidden
 from services.haproxy import EmbeddedHAProxy, RouterFiles, RuntimeAPI, worker_pid
-from services.router import apply_routes, router_config, router_state
-from services.routing import add_domain, swap_domains
+from services.ownership import share_environment
+from services.router import apply_bindings, apply_routes, router_config, router_state
+from services.routing import add_domain, remove_domain, set_split, swap_domains
 from services.settings import Settings
 from storage.models import AuditEntry
-from tests.conftest import BASE_DOMAIN, OWNER, MakeSource, compose_labels, remove_projects
+from tests.cli import clonebot
+from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource, compose_labels, remove_projects
 from tests.serving import STRANGER, cli
 from tests.tls import LocalCA
 
@@ -202,7 +204,8 @@ async def test_redirect_and_hsts_stay_with_their_domain_through_a_swap(
     beta_serial = await router.certify(ca, "beta.test")
 
     moved = await router.get("http://shop.test/a/b?c=1&d=2")
-    assert (moved.status, moved.headers["location"]) == (301, "https://shop.test/a/b?c=1&d=2")
+    # 307: asked again each time (a 301 is kept by browsers for good), a POST kept a POST
+    assert (moved.status, moved.headers["location"]) == (307, "https://shop.test/a/b?c=1&d=2")
     # ACME's HTTP-01 challenges are plain HTTP by nature: never redirected
     assert (await router.get(f"http://shop.test{ACME_PATH}")).status == 404  # the node's own
     secure = await router.get("https://shop.test/")
@@ -217,7 +220,7 @@ async def test_redirect_and_hsts_stay_with_their_domain_through_a_swap(
 
     await swap_domains(svc, me, first=blue, second=green)
     await router.apply(own=False)  # as a front door beside `serve` applies a swap
-    assert (await router.get("http://shop.test/")).status == 301, "the redirect stays"
+    assert (await router.get("http://shop.test/")).status == 307, "the redirect stays"
     secure = await router.get("https://shop.test/")
     assert (secure.body, secure.headers["strict-transport-security"]) == (
         f"{green} web 1",
@@ -256,6 +259,42 @@ async def test_redirect_and_hsts_stay_with_their_domain_through_a_swap(
     ]
 
 
+async def test_a_redirect_waits_for_its_certificate_and_ends_with_the_binding(
+    router: Router, make_source: MakeSource, ca: LocalCA
+) -> None:
+    """HAProxy redirects a domain once it serves the domain's own certificate (not once the
+    file is there: the first one waits for a reload), and a domain bound to no environment
+    is neither redirected nor given HSTS; an admin may turn off what it keeps."""
+    me, svc = Request(OWNER), router.svc
+    env = (await make_source(web_nodes=1, db_nodes=0)).name
+    await add_domain(svc, me, env=env, domain="shop.test")
+    await router.apply()
+    leaf = ca.issue("shop.test")
+    await add_certificate(svc, me, domain="shop.test", cert_pem=leaf.cert_pem, key_pem=leaf.key_pem)
+    state = await set_https(svc, me, domain="shop.test", redirect=True, hsts_max_age=600)
+    assert state.in_effect is False, "HAProxy serves the self-signed default for it still"
+    assert (await router.get("http://shop.test/")).body == f"{env} web 1"
+    await router.apply()  # the crt-list lists it: a reload
+    moved = await router.get("http://shop.test/")
+    assert (moved.status, moved.headers["location"]) == (307, "https://shop.test/")
+    assert (await router.get("https://shop.test/")).headers["strict-transport-security"] == (
+        "max-age=600"
+    )
+
+    # unbound as a front door does it (the host map alone changes): at once, no redirect
+    await remove_domain(svc, me, env=env, domain="shop.test")
+    assert await apply_bindings(svc)
+    plain = await router.get("http://shop.test/")
+    assert (plain.status, plain.body) == (404, "no environment here")
+    assert "strict-transport-security" not in (await router.get("https://shop.test/")).headers
+    await router.apply(own=False)
+    assert router.files.redirects.read_text() == router.files.hsts.read_text() == ""
+    with pytest.raises(Forbidden, match="bound to no environment: only an admin"):
+        await set_https(svc, me, domain="shop.test", redirect=False)
+    off = await set_https(svc, Request(ADMIN), domain="shop.test", redirect=False, hsts=False)
+    assert (off.redirect, off.hsts_max_age, off.in_effect) == (False, None, True)
+
+
 async def test_who_may_set_a_domains_https_and_what_is_refused(
     routed: Settings, make_source: MakeSource
 ) -> None:
@@ -266,7 +305,6 @@ async def test_who_may_set_a_domains_https_and_what_is_refused(
             await set_https(svc, Request(STRANGER), domain="shop.test", redirect=True)
         refusals = {
             "say what to change": {},
-            "is bound to no environment": {"domain": "other.test", "redirect": True},
             "is an internal domain": {"domain": f"{env}.{BASE_DOMAIN}", "redirect": True},
             "seconds from 0 to 2147483647": {"hsts_max_age": -1},
             "given with HSTS on": {"hsts": False, "hsts_max_age": 60},
@@ -274,16 +312,49 @@ async def test_who_may_set_a_domains_https_and_what_is_refused(
         for words, args in refusals.items():
             with pytest.raises(BadRequest, match=words):
                 await set_https(svc, Request(OWNER), **{"domain": "shop.test", **args})
-        # nothing was changed by any of them; the stranger's refusal is audited
+        # browsers keep HSTS for its max-age: past a year, an admin's choice
+        with pytest.raises(Forbidden, match="over a year: only an admin may set one"):
+            await set_https(svc, Request(OWNER), domain="shop.test", hsts_max_age=31_536_001)
+        with pytest.raises(Forbidden, match="bound to no environment: only an admin"):
+            await set_https(svc, Request(OWNER), domain="other.test", redirect=True)
+        # nothing was changed by any of them; the refusals are audited
         async with svc.sessions() as session:
             audit = (await session.scalars(select(AuditEntry))).all()
-        assert [a.action for a in audit if a.action == "domain https"] == []
+        assert [a.action for a in audit if a.action == "domain https" and a.allowed] == []
         assert any(a.actor == STRANGER and not a.allowed for a in audit)
+        assert any(a.actor == OWNER and not a.allowed and "year" in a.reason for a in audit)
+        # typed as a person types it: ASCII digits alone ("٣" is a digit to int())
+        typed = clonebot(
+            "domain", "https", "shop.test", "--hsts-max-age", "٣", "--as", OWNER, settings=routed
+        )
+        assert typed.returncode == 2 and "whole seconds, like 31536000" in typed.stderr
         # without HAProxy running, the maps are kept for it: it reads them when it starts
         state = await set_https(svc, Request(OWNER), domain="shop.test", hsts_max_age=600)
         assert (state.redirect, state.hsts_max_age, state.in_effect) == (False, 600, None)
         again = await set_https(svc, Request(OWNER), domain="shop.test", hsts=True)
         assert again.hsts_max_age == 600, "HSTS on again keeps its max-age"
+        admin = await set_https(svc, Request(ADMIN), domain="shop.test", hsts_max_age=63_072_000)
+        assert admin.hsts_max_age == 63_072_000
+        kept = await set_https(svc, Request(OWNER), domain="shop.test", redirect=True, hsts=True)
+        assert kept.hsts_max_age == 63_072_000, "an admin's max-age kept, not set anew"
+
+
+async def test_the_https_of_a_shared_domain_needs_each_environment_it_leads_to(
+    routed: Settings, make_source: MakeSource
+) -> None:
+    """A split or a failover sends a domain's visitors to two environments: its redirect and
+    HSTS are theirs too."""
+    me, helper = Request(OWNER), Request("UHELPER1")
+    async with open_services(routed) as svc:
+        blue, green = [(await make_source(web_nodes=1, db_nodes=0)).name for _ in range(2)]
+        await add_domain(svc, me, env=blue, domain="shop.test")
+        await share_environment(svc, me, name=blue, user=helper.user, role="operator")
+        assert (await set_https(svc, helper, domain="shop.test", redirect=True)).redirect
+        await set_split(svc, me, domain="shop.test", weights={blue: 50, green: 50}, sticky=False)
+        with pytest.raises(Forbidden, match=green):
+            await set_https(svc, helper, domain="shop.test", redirect=False)
+        await share_environment(svc, me, name=green, user=helper.user, role="operator")
+        assert not (await set_https(svc, helper, domain="shop.test", redirect=False)).redirect
 
 
 async def test_http2_and_websockets_reach_the_environment_and_stay_through_a_swap(
