@@ -107,6 +107,8 @@ async def test_expiry_reminds_the_owner_and_team_stops_the_clone_and_an_extensio
         await _expire(bot.settings, copy)
         stopped = f":zzz: *{copy}* expired and was stopped"
         await until(lambda: _posted(slack, OWNER, stopped) is not None, what="the stop told")
+        # the team hears it after the owner: a loaded machine showed the gap
+        await until(lambda: _posted(slack, TEAM_CHANNEL, stopped) is not None, what="the team")
         notice = _posted(slack, TEAM_CHANNEL, stopped)
         assert notice is not None and "unless extended" in notice["text"]
         assert await _states(docker, copy) == {"exited"}
