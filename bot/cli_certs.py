@@ -1,4 +1,4 @@
-"""Command-line commands about TLS certificates of custom domains."""
+"""Command-line commands about TLS certificates of domains."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from services.settings import Settings
 from storage.models import Certificate
 
 commands = typer.Typer()
-cert_app = typer.Typer(help="The TLS certificate of a custom domain.")
+cert_app = typer.Typer(help="The TLS certificate of a domain.")
 commands.add_typer(cert_app, name="cert")
 
 
@@ -64,7 +64,8 @@ def cert_add(
     ] = False,
 ) -> None:
     """Give a bound custom domain its certificate (replacing the one it had): a person's
-    (--cert and --key), or one from an ACME server, which `serve` renews (--acme)."""
+    (--cert and --key), or one from an ACME server, which `serve` renews (--acme); an
+    environment's internal domain, one from ACME only."""
     pems: tuple[bytes, bytes] | None = None
     if not acme and not force and cert is not None and key is not None:
         pems = _read(cert, key)
@@ -132,7 +133,7 @@ def cert_show(domain: str, as_json: JsonFlag = False) -> None:
 
 @commands.command()
 def certs(as_json: JsonFlag = False) -> None:
-    """Every custom domain's certificate, the soonest to expire first."""
+    """Every domain's certificate, the soonest to expire first."""
     found = run(list_certificates)
     if as_json:
         settings = load_settings()

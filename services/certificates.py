@@ -1,5 +1,6 @@
-"""TLS certificates: a custom domain's, added by a person; the wildcard of the internal domains,
-given by the operator; and the router's own self-signed default.
+"""TLS certificates: a custom domain's, added by a person or from ACME; an internal domain's
+from ACME, on request; the wildcard of the internal domains, given by the operator; and the
+router's own self-signed default. HAProxy serves a name's own certificate before the wildcard.
 
 A certificate belongs to the domain, not to the environment: a swap moves the domain's
 traffic and the same certificate keeps being served. The chain and key are one file of the
@@ -18,6 +19,7 @@ or the push be cancelled, `serve`'s router keeper gives it again (``push_certifi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -39,10 +41,10 @@ from sqlalchemy import select
 from services import access
 from services.access import Request
 from services.context import Services
-from services.errors import BadRequest, Forbidden
+from services.errors import BadRequest, EnvironmentNotFound, Forbidden
 from services.haproxy import TLS, MasterCLI, RouterFailed, RouterFiles, RuntimeAPI, locked
 from services.permissions import Action
-from services.routing import is_internal, validate_domain
+from services.routing import internal_environment, is_internal, validate_domain
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import Certificate, DomainBinding, EnvironmentRecord, utcnow
@@ -165,8 +167,8 @@ async def add_certificate(
 
 
 async def check_may_add(svc: Services, request: Request, *, domain: str) -> None:
-    """Refuse unless ``request`` may give ``domain`` (a custom domain as ``custom_domain``
-    returns it) a certificate: before asking a CA for one."""
+    """Refuse unless ``request`` may give ``domain`` (as ``acme_domain`` returns it) a
+    certificate: before asking a CA for one."""
     async with svc.sessions() as session:
         await _holder(svc, session, request, domain, Action.MOVE_TRAFFIC)
 
@@ -200,8 +202,7 @@ async def renew_certificate(
     of whoever added that one, renewed again from ``renew_at``; None when it was replaced or
     removed meanwhile."""
     async with svc.sessions() as session:
-        binding = await session.get(DomainBinding, domain)
-        holder = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
+        holder = await holding_environment(session, domain, base_domain=svc.settings.base_domain)
         env = holder.name if holder else None
 
         def audit(record: Certificate) -> None:
@@ -357,9 +358,33 @@ def custom_domain(svc: Services, domain: str) -> str:
     if is_internal(name, base_domain=base):
         raise BadRequest(
             f"{name} is an internal domain: those are served with the wildcard certificate "
-            f"of *.{base} (CLONEBOT_TLS_WILDCARD_CERT)"
+            f"of *.{base} (CLONEBOT_TLS_WILDCARD_CERT), or get their own with --acme"
         )
     return name
+
+
+def acme_domain(svc: Services, domain: str) -> str:
+    """``domain`` as ``routing.validate_domain`` keeps it: a custom domain, or an environment's
+    internal domain (``<env>.<base domain>``); refused for any other name under the base
+    domain, which no environment is served at."""
+    name = validate_domain(domain)
+    base = svc.settings.base_domain
+    if is_internal(name, base_domain=base) and internal_environment(name, base_domain=base) is None:
+        raise BadRequest(
+            f"{name} is under {base} but is no environment's internal domain (<env>.{base})"
+        )
+    return name
+
+
+async def holding_environment(
+    session: AsyncSession, domain: str, *, base_domain: str
+) -> EnvironmentRecord | None:
+    """The recorded environment ``domain`` leads to: the one it is bound to, or for an
+    internal domain the environment of that name (none once it is deleted or renamed)."""
+    if (name := internal_environment(domain, base_domain=base_domain)) is not None:
+        return await repo.get_environment(session, name)
+    binding = await session.get(DomainBinding, domain)
+    return await session.get(EnvironmentRecord, binding.environment_id) if binding else None
 
 
 async def _holder(
@@ -371,13 +396,24 @@ async def _holder(
     *,
     bound: bool = True,
 ) -> str | None:
-    """The environment ``domain`` is bound to, once ``request`` may do ``action`` to it.
+    """The environment ``domain`` is bound to (an internal domain: the environment it is
+    named for), once ``request`` may do ``action`` to it.
 
     A domain bound to none (its certificate stays with the name) is for admins alone;
     ``bound`` refuses it whoever asks."""
-    binding = await session.get(DomainBinding, domain)
-    record = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
+    if (internal := internal_environment(domain, base_domain=svc.settings.base_domain)) is not None:
+        with contextlib.suppress(EnvironmentNotFound):  # deleted or renamed: as if unbound
+            await access.check_recorded(svc, session, request, name=internal, action=action)
+            return internal
+        record = None
+    else:
+        binding = await session.get(DomainBinding, domain)
+        record = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
     if record is None:
+        if bound and internal is not None:
+            raise BadRequest(
+                f"{domain} is no environment's internal domain: none is named {internal}"
+            )
         if bound:
             raise BadRequest(f"{domain} is bound to no environment: bind it first (domain add)")
         if request.user not in svc.settings.admins:

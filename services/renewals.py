@@ -1,7 +1,8 @@
-"""Certificates from an ACME server: obtained for a custom domain when a person asks
-(``clonebot cert add DOMAIN --acme``), renewed by `serve` once a third of their life is left,
-at most 30 days before they expire (``renewal_window``: a 90-day one 30 days before, a 24-hour
-one 8 hours before).
+"""Certificates from an ACME server: obtained for a custom domain, or an environment's internal
+domain, when a person asks (``clonebot cert add DOMAIN --acme``; never for every clone on its
+own: a CA's rate limits, such as Let's Encrypt's 50 a week per registered domain, would be
+met), renewed by `serve` once a third of their life is left, at most 30 days before they
+expire (``renewal_window``: a 90-day one 30 days before, a 24-hour one 8 hours before).
 
 Asking for one needs the same right as adding one by hand: moving the traffic of the
 environment the domain is bound to. The shared ACME account is spared: no new order for a
@@ -13,8 +14,9 @@ COOLDOWN of a failed order for it (the audit log keeps those: ORDER_FAILED).
 renewal is made in the name of whoever asked first and served at once without a reload
 (``certificates.renew_certificate``). One that fails is told to that person and to the team of
 the environment holding the domain (``RenewalNotice``) and tried again after a backoff
-(``retry_after``). One that has expired, or whose domain is bound to no environment any more,
-is not tried again: told once, it waits for a person's ``cert add --acme``.
+(``retry_after``). One that has expired, or whose domain is bound to no environment any more
+(an internal domain: its environment was deleted or renamed), is not tried again: told once,
+it waits for a person's ``cert add --acme``.
 """
 
 from __future__ import annotations
@@ -31,19 +33,21 @@ from services.acme import AcmeServer, RouterChallenges, issue
 from services.certificates import (
     KeyPair,
     Source,
+    acme_domain,
     check_may_add,
     check_pair,
-    custom_domain,
+    holding_environment,
     renew_certificate,
     save_certificate,
 )
 from services.context import Services
 from services.errors import AcmeFailed, BadRequest, ClonebotError, Forbidden
 from services.haproxy import RouterFiles
+from services.routing import internal_environment
 from services.settings import Settings
 from storage import repositories as repo
 from storage.db import AsyncSession
-from storage.models import AuditEntry, Certificate, DomainBinding, EnvironmentRecord, utcnow
+from storage.models import AuditEntry, Certificate, EnvironmentRecord, utcnow
 
 log = logging.getLogger(__name__)
 # Let's Encrypt's advice for its 90-day certificates: a third of their life to retry in
@@ -120,13 +124,14 @@ def acme_server(settings: Settings) -> AcmeServer:
 async def obtain_certificate(
     svc: Services, request: Request, *, domain: str, force: bool = False
 ) -> Certificate:
-    """A certificate for a bound custom domain from the ACME server, served at once (a new
+    """A certificate for a bound custom domain, or an environment's internal domain, from the
+    ACME server, served at once (a new
     domain: with the next apply), if ``request`` may move the traffic of its environment.
     The right is checked before the CA is asked, and again before the certificate is kept.
 
     Refused while the domain's ACME certificate is not due for renewal (``force``: an admin
     asks for a new one all the same), and within COOLDOWN of a failed order."""
-    name = custom_domain(svc, domain)
+    name = acme_domain(svc, domain)
     server = acme_server(svc.settings)
     await check_may_add(svc, request, domain=name)
     await _check_may_order(svc, request, domain=name, force=force)
@@ -241,8 +246,12 @@ async def _why_not(svc: Services, record: Certificate, *, now: datetime) -> str 
     if record.not_after <= now:
         return f"it expired on {record.not_after:%Y-%m-%d %H:%M} UTC"
     async with svc.sessions() as session:
-        bound = await session.get(DomainBinding, record.domain) is not None
-    return None if bound else f"{record.domain} is bound to no environment any more"
+        if await _holding(svc, session, record.domain) is not None:
+            return None
+    base = svc.settings.base_domain
+    if (env := internal_environment(record.domain, base_domain=base)) is not None:
+        return f"{record.domain}'s environment {env} is gone (deleted or renamed)"
+    return f"{record.domain} is bound to no environment any more"
 
 
 async def _set_renewal(svc: Services, record: Certificate, **values: object) -> None:
@@ -300,8 +309,7 @@ async def unrenewed(svc: Services) -> int:
 async def _notice(svc: Services, renewal: Renewal) -> RenewalNotice:
     assert renewal.error is not None and renewal.expires_at is not None
     async with svc.sessions() as session:
-        binding = await session.get(DomainBinding, renewal.domain)
-        env = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
+        env = await _holding(svc, session, renewal.domain)
     return RenewalNotice(
         renewal.domain, renewal.added_by, renewal.expires_at, renewal.error,
         env.name if env else None, env.notify_channel if env else None, renewal.retry_at,
@@ -335,9 +343,12 @@ async def _issue(svc: Services, server: AcmeServer, domain: str, *, by: Request)
 
 async def _record_failure(svc: Services, request: Request, *, domain: str, error: str) -> None:
     async with svc.sessions() as session, session.begin():
-        binding = await session.get(DomainBinding, domain)
-        env = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
+        env = await _holding(svc, session, domain)
         repo.record_audit(
             session, actor=request.user, action=ORDER_FAILED, environment=env.name if env else None,
             channel=request.channel, allowed=True, reason=error, detail={"domain": domain},
         )  # fmt: skip
+
+
+async def _holding(svc: Services, session: AsyncSession, domain: str) -> EnvironmentRecord | None:
+    return await holding_environment(session, domain, base_domain=svc.settings.base_domain)

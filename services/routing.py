@@ -74,6 +74,14 @@ def is_internal(domain: str, *, base_domain: str) -> bool:
     return name == base or name.endswith(f".{base}")
 
 
+def internal_environment(domain: str, *, base_domain: str) -> str | None:
+    """The environment whose internal domain ``domain`` is named for (``<env>.<base domain>``),
+    whether or not it exists; None for any other domain."""
+    name, base = _plain(domain), _plain(base_domain)
+    env = name.removesuffix(f".{base}")
+    return env if env != name and env and "." not in env else None
+
+
 def custom_domain(domain: str, *, base_domain: str) -> str:
     """``validate_domain``, and refused when under the base domain: every environment's
     internal domain ``<env>.<base domain>`` is derived from its name, never bound by hand."""

@@ -19,7 +19,7 @@ from services.docker import DockerClient
 from services.settings import Settings
 from storage.models import Certificate, utcnow
 from tests.cli import clonebot_env, run_cli
-from tests.conftest import OWNER, MakeSource, _free_port
+from tests.conftest import BASE_DOMAIN, OWNER, MakeSource, _free_port
 from tests.pebble import run_pebble
 from tests.serving import TEAM_CHANNEL, Serving, texts, until
 from tests.slack.emulator import SlackEmulator
@@ -115,6 +115,17 @@ async def test_a_certificate_from_acme_is_shown_renewed_by_serve_and_a_failure_t
             reply = await bot.reply(lambda r: "shop.test" in r["text"])
             assert f"issued by ACME for <@{OWNER}>" in reply["text"]
             assert f"renewed from {issued['renews_at'][:10]}" in reply["text"]
+
+            # the environment's internal domain: from ACME, for whoever may move its traffic
+            internal = f"{prod}.{BASE_DOMAIN}"
+            stranger = await asyncio.to_thread(
+                cli, "cert", "add", internal, "--acme", "--as", "USOMEONE1", code=2
+            )
+            assert stranger.startswith("refused:"), stranger
+            added = await asyncio.to_thread(cli, "cert", "add", internal, "--acme", "--as", OWNER)
+            assert "issued by ACME, renewed from" in added and "HAProxy serves it" in added
+            own = json.loads(await asyncio.to_thread(cli, "cert", "show", internal, "--json"))
+            assert await _served_serial(tls_port, internal, root) == int(own["serial"], 16)
 
             # ten days before it expires, serve's next check renews it
             await _due_in_ten_days(settings)

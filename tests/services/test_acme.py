@@ -40,7 +40,7 @@ from services.router import RouterState, apply_routes, router_config, router_sta
 from services.routing import add_domain, remove_domain
 from services.settings import Settings
 from services.supervisor import Tellers, serve
-from storage.models import AuditEntry, Certificate, utcnow
+from storage.models import AuditEntry, Certificate, EnvironmentRecord, utcnow
 from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource, _free_port
 from tests.pebble import Pebble, run_pebble
 from tests.tls import LocalCA
@@ -141,14 +141,16 @@ class Acme:
 
 
 @contextlib.asynccontextmanager
-async def _acme(routed: Settings, tmp_path: Path, *, validity_s: int | None) -> AsyncIterator[Acme]:
+async def _acme(
+    routed: Settings, tmp_path: Path, *, validity_s: int | None, **more: object
+) -> AsyncIterator[Acme]:
     http_port = int(routed.router_bind.rpartition(":")[2])
     async with run_pebble(
         tmp_path / "pebble", http_port=http_port, validity_s=validity_s
     ) as pebble:
         settings = _tls(
             routed, acme_directory=pebble.directory, acme_ca_bundle=pebble.ca_bundle,
-            acme_email="ops@example.com",
+            acme_email="ops@example.com", **more,
         )  # fmt: skip
         async with _router(settings) as router:
             yield Acme(router, pebble, await pebble.issuing_root(tmp_path / "root.pem"))
@@ -358,11 +360,71 @@ async def test_asking_acme_needs_the_right_to_move_the_domains_traffic(
         await obtain_certificate(router.svc, Request("USOMEONE1"), domain="shop.test")
     with pytest.raises(BadRequest, match="bound to no environment"):
         await obtain_certificate(router.svc, Request(OWNER), domain="free.test")
-    with pytest.raises(BadRequest, match="internal domain"):
-        await obtain_certificate(router.svc, Request(OWNER), domain=f"{env}.{BASE_DOMAIN}")
+    with pytest.raises(Forbidden):
+        await obtain_certificate(router.svc, Request("USOMEONE1"), domain=f"{env}.{BASE_DOMAIN}")
+    with pytest.raises(BadRequest, match="no environment's internal domain: none is named nosuch"):
+        await obtain_certificate(router.svc, Request(OWNER), domain=f"nosuch.{BASE_DOMAIN}")
+    with pytest.raises(BadRequest, match="no environment's internal domain"):
+        await obtain_certificate(router.svc, Request(OWNER), domain=f"a.{env}.{BASE_DOMAIN}")
     async with router.svc.sessions() as session:
         assert (await session.scalars(select(Certificate))).all() == []
     assert not (router.files.certs / "acme-account.key").exists(), "pebble was never asked"
+
+
+@pytest.mark.docker
+async def test_an_internal_domain_gets_its_own_certificate_over_the_wildcard_until_renamed(
+    routed: Settings, tmp_path: Path, make_source: MakeSource
+) -> None:
+    ca = LocalCA()
+    wildcard = ca.issue(f"*.{BASE_DOMAIN}")
+    (tmp_path / "wildcard.pem").write_bytes(wildcard.cert_pem + wildcard.key_pem)
+    ca_file = ca.write(tmp_path / "ca.pem")
+    more = {"tls_wildcard_cert": tmp_path / "wildcard.pem"}
+    async with _acme(routed, tmp_path, validity_s=None, **more) as acme:
+        router, root, me = acme.router, acme.root, Request(OWNER)
+        env = (await make_source(web_nodes=1, db_nodes=0)).name
+        host, other = f"{env}.{BASE_DOMAIN}", f"other.{BASE_DOMAIN}"
+        await router.apply()
+        wildcard_serial = x509.load_pem_x509_certificate(wildcard.cert_pem).serial_number
+        assert await router.serial(host, ca_file) == wildcard_serial
+
+        # a stranger is refused before the CA is asked; a person's own files stay refused
+        with pytest.raises(Forbidden):
+            await obtain_certificate(router.svc, Request("USOMEONE1"), domain=host)
+        assert _orders(acme.pebble) == 0
+        with pytest.raises(BadRequest, match="is an internal domain"):
+            await add_certificate(
+                router.svc, me, domain=host, cert_pem=wildcard.cert_pem, key_pem=wildcard.key_pem
+            )
+
+        issued = await obtain_certificate(router.svc, me, domain=host)
+        assert issued.source == Source.ACME and issued.renew_at is not None
+        await router.apply()  # a new crt-list entry, listed after the wildcard
+        listed = router.files.crt_list.read_text().splitlines()
+        assert listed[0].endswith(f" *.{BASE_DOMAIN}") and listed[1].endswith(f" {host}")
+        # HAProxy picks the exact name over the wildcard, whatever the order of the list
+        assert await router.serial(host, root) == int(issued.serial, 16)
+        assert await router.curl(host, root) == f"{env} web 1\n"
+        assert await router.serial(other, ca_file) == wildcard_serial, "the others keep it"
+
+        # bound while its environment exists: renewed
+        done = await renew_certificates(router.svc, now=issued.renew_at)
+        assert [(r.domain, r.error) for r in done] == [(host, None)]
+        renewed = done[0].serial
+        assert renewed is not None and await router.serial(host, root) == int(renewed, 16)
+
+        # renamed (the record takes the new name): told once, never ordered again
+        async with router.svc.sessions() as session, session.begin():
+            query = update(EnvironmentRecord).where(EnvironmentRecord.name == env)
+            await session.execute(query.values(name=f"{env}x"))
+            current = await session.get(Certificate, host)
+        assert current is not None and current.renew_at is not None
+        orders = _orders(acme.pebble)
+        done = await renew_certificates(router.svc, now=current.renew_at)
+        gone = f"{host}'s environment {env} is gone (deleted or renamed)"
+        assert [(r.domain, r.error, r.retry_at) for r in done] == [(host, gone, None)]
+        assert await renew_certificates(router.svc, now=current.not_after) == []
+        assert _orders(acme.pebble) == orders, "the ACME server was not asked"
 
 
 @pytest.mark.docker
