@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import secrets
 import socket
 import statistics
 import tempfile
@@ -38,6 +40,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import asyncpg
 
 from bench.harness import (
     CommandFailed,
@@ -178,14 +182,10 @@ async def _one_run(
     blue, green = new_name("brb"), new_name("brg")
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
         work = Path(tmp)
-        settings = settings.model_copy(
-            update={
-                "data_dir": work,
-                "database_url": f"sqlite+aiosqlite:///{work / 'clonebot.db'}",
-                "router_dir": work / "router",
-            }
-        )
-        async with DockerClient(settings.docker_host) as docker:
+        async with _database(work) as url, DockerClient(settings.docker_host) as docker:
+            settings = settings.model_copy(
+                update={"data_dir": work, "database_url": url, "router_dir": work / "router"}
+            )
             try:
                 for env in (blue, green):
                     await create_network(env=env)
@@ -204,6 +204,28 @@ async def _one_run(
             finally:
                 for env in (blue, green):
                     await remove_environment(docker, env)
+
+
+@asynccontextmanager
+async def _database(work: Path) -> AsyncIterator[str]:
+    """A fresh database: a SQLite file in ``work``, or with ``BENCH_POSTGRES_URL`` (an asyncpg
+    URL of a server, as deploy/compose.yaml runs clonebot) a new database there, dropped after."""
+    server = os.environ.get("BENCH_POSTGRES_URL")
+    if not server:
+        yield f"sqlite+aiosqlite:///{work / 'clonebot.db'}"
+        return
+    name = f"bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def _database_name() -> str:
+    return "PostgreSQL" if os.environ.get("BENCH_POSTGRES_URL") else "SQLite"
 
 
 async def _scenario(
@@ -440,6 +462,7 @@ def _report(
     worst_p99 = max(s["swap_p99_ms"] for s in samples)
     result: dict[str, Any] = {
         "runs": len(samples),
+        "database": _database_name(),
         "load": f"wrk -t{THREADS} -c{connections} -d{LOAD_S}s --timeout={WRK_TIMEOUT_S}s "
         f"--latency -H 'Host: {SHOP}'",
         "swaps": SWAPS,
@@ -461,7 +484,8 @@ def _report(
     )  # fmt: skip
     by_run = ", ".join(f"{s['swap_p99_ms']:.1f}" for s in samples)
     print_table(
-        f"routing: {LOAD_S} s of wrk -t{THREADS} -c{connections} on {SHOP}, {SWAPS} swaps, "
+        f"routing ({_database_name()}): {LOAD_S} s of wrk -t{THREADS} -c{connections} on "
+        f"{SHOP}, {SWAPS} swaps, "
         f"{WEIGHT_CHANGES} weight changes, 1 reload (medians of {len(samples)} runs)",
         [
             ("requests/s (wrk)", mid["rps"], f"target >= {MIN_RPS}"),
