@@ -19,7 +19,6 @@ or the push be cancelled, `serve`'s router keeper gives it again (``push_certifi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -38,13 +37,12 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
-from services import access
 from services.access import Request
 from services.context import Services
-from services.errors import BadRequest, EnvironmentNotFound, Forbidden
+from services.errors import BadRequest
 from services.haproxy import TLS, MasterCLI, RouterFailed, RouterFiles, RuntimeAPI, locked
 from services.permissions import Action
-from services.routing import internal_environment, is_internal, validate_domain
+from services.routing import domain_holder, internal_environment, is_internal, validate_domain
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import Certificate, DomainBinding, EnvironmentRecord, utcnow
@@ -170,7 +168,7 @@ async def check_may_add(svc: Services, request: Request, *, domain: str) -> None
     """Refuse unless ``request`` may give ``domain`` (as ``acme_domain`` returns it) a
     certificate: before asking a CA for one."""
     async with svc.sessions() as session:
-        await _holder(svc, session, request, domain, Action.MOVE_TRAFFIC)
+        await domain_holder(svc, session, request, domain, Action.MOVE_TRAFFIC)
 
 
 async def save_certificate(
@@ -186,7 +184,7 @@ async def save_certificate(
     ``request`` may move the traffic of the environment the domain is bound to; ``renew_at``:
     when `serve` renews it (one from ACME). Its ``push_at`` is set if HAProxy did not take it."""
     async with svc.sessions() as session:
-        env = await _holder(svc, session, request, domain, Action.MOVE_TRAFFIC)
+        env = await domain_holder(svc, session, request, domain, Action.MOVE_TRAFFIC)
         record = await _save(
             svc, session, domain=domain, pair=pair, by=request.user, source=source,
             renew_at=renew_at, audit=lambda r: _audit(session, request, "cert add", env, r),
@@ -323,7 +321,7 @@ async def remove_certificate(svc: Services, request: Request, *, domain: str) ->
         record = await session.get(Certificate, name)
         if record is None:
             raise BadRequest(f"{name} has no certificate")
-        env = await _holder(svc, session, request, name, Action.MOVE_TRAFFIC, bound=False)
+        env = await domain_holder(svc, session, request, name, Action.MOVE_TRAFFIC, bound=False)
         async with locked(files):
             await session.delete(record)
             _audit(session, request, "cert remove", env, record)
@@ -337,7 +335,7 @@ async def get_certificate(svc: Services, request: Request, *, domain: str) -> Ce
     view the environment the domain is bound to."""
     name = validate_domain(domain)
     async with svc.sessions() as session:
-        await _holder(svc, session, request, name, Action.VIEW, bound=False)
+        await domain_holder(svc, session, request, name, Action.VIEW, bound=False)
         record = await session.get(Certificate, name)
     if record is None:
         raise BadRequest(f"{name} has no certificate")
@@ -385,48 +383,6 @@ async def holding_environment(
         return await repo.get_environment(session, name)
     binding = await session.get(DomainBinding, domain)
     return await session.get(EnvironmentRecord, binding.environment_id) if binding else None
-
-
-async def _holder(
-    svc: Services,
-    session: AsyncSession,
-    request: Request,
-    domain: str,
-    action: Action,
-    *,
-    bound: bool = True,
-) -> str | None:
-    """The environment ``domain`` is bound to (an internal domain: the environment it is
-    named for), once ``request`` may do ``action`` to it.
-
-    A domain bound to none (its certificate stays with the name) is for admins alone;
-    ``bound`` refuses it whoever asks."""
-    if (internal := internal_environment(domain, base_domain=svc.settings.base_domain)) is not None:
-        with contextlib.suppress(EnvironmentNotFound):  # deleted or renamed: as if unbound
-            await access.check_recorded(svc, session, request, name=internal, action=action)
-            return internal
-        record = None
-    else:
-        binding = await session.get(DomainBinding, domain)
-        record = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
-    if record is None:
-        if bound and internal is not None:
-            raise BadRequest(
-                f"{domain} is no environment's internal domain: none is named {internal}"
-            )
-        if bound:
-            raise BadRequest(f"{domain} is bound to no environment: bind it first (domain add)")
-        if request.user not in svc.settings.admins:
-            reason = f"{domain} is bound to no environment: only an admin may do this"
-            repo.record_audit(
-                session, actor=request.user, action=action.value, environment=None,
-                channel=request.channel, allowed=False, reason=reason,
-            )  # fmt: skip
-            await session.commit()
-            raise Forbidden(reason)
-        return None
-    await access.check_recorded(svc, session, request, name=record.name, action=action)
-    return record.name
 
 
 def _describe(

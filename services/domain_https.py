@@ -32,7 +32,7 @@ from services.context import Services
 from services.errors import BadRequest, Forbidden
 from services.haproxy import MasterCLI, RouterFiles, RuntimeAPI, locked, render_map
 from services.permissions import Action
-from services.routing import is_internal, validate_domain
+from services.routing import domain_holder, is_internal, validate_domain
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import DomainBinding, DomainHttps, EnvironmentRecord, Route, utcnow
@@ -93,7 +93,7 @@ async def set_https(
             "given with HSTS on"
         )
     async with svc.sessions() as session:
-        env = await _holder(svc, session, request, name, Action.MOVE_TRAFFIC)
+        env = await domain_holder(svc, session, request, name, Action.MOVE_TRAFFIC, bound=False)
         await _route_holders(svc, session, request, name, holder=env)
         record = await session.get(DomainHttps, name) or DomainHttps(domain=name, redirect=False)
         age = None if hsts is False else hsts_max_age
@@ -118,7 +118,7 @@ async def get_https(svc: Services, request: Request, *, domain: str) -> HttpsSta
     environment it is bound to (an admin, if bound to none)."""
     name = validate_domain(domain)
     async with svc.sessions() as session:
-        env = await _holder(svc, session, request, name, Action.VIEW)
+        env = await domain_holder(svc, session, request, name, Action.VIEW, bound=False)
         record = await session.get(DomainHttps, name)
     maps = await asyncio.to_thread(_read_maps, _files(svc))  # each file replaced whole
     if env is None:  # unbound since the maps were last written: HAProxy acts on it no more
@@ -248,25 +248,6 @@ def _custom(svc: Services, domain: str) -> str:
 
 def _internal(svc: Services, domain: str) -> bool:
     return is_internal(domain, base_domain=svc.settings.base_domain)
-
-
-async def _holder(
-    svc: Services, session: AsyncSession, request: Request, domain: str, action: Action
-) -> str | None:
-    """The environment ``domain`` is bound to, once ``request`` may do ``action`` to it (as a
-    certificate's: ``certificates._holder``). Bound to none: for admins alone."""
-    binding = await session.get(DomainBinding, domain)
-    record = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
-    if record is None:
-        if request.user not in svc.settings.admins:
-            reason = (
-                f"{domain} is bound to no environment: only an admin may do this "
-                "(or bind it first: domain add)"
-            )
-            await _refuse(session, request, action.value, None, reason=reason)
-        return None
-    await access.check_recorded(svc, session, request, name=record.name, action=action)
-    return record.name
 
 
 async def _route_holders(

@@ -6,6 +6,7 @@ shows, into what HAProxy must serve (see ``services/router.py``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from services import access
 from services.access import Request
 from services.approvals import Change, ChangeKind, require
 from services.context import Services
-from services.errors import BadRequest
+from services.errors import BadRequest, EnvironmentNotFound, Forbidden
 from services.haproxy import RouterFiles, read_map
 from services.permissions import Action
 from storage import repositories as repo
@@ -294,6 +295,51 @@ def _routed(svc: Services) -> set[str]:
     text = files.hosts.read_text() if files.hosts.exists() else ""
     suffix = f".{_plain(svc.settings.base_domain)}"
     return {d.removesuffix(suffix) for d in read_map(text) if d.endswith(suffix)}
+
+
+async def domain_holder(
+    svc: Services,
+    session: AsyncSession,
+    request: Request,
+    domain: str,
+    action: Action,
+    *,
+    bound: bool = True,
+) -> str | None:
+    """The environment ``domain`` is bound to (an internal domain: the environment it is
+    named for), once ``request`` may do ``action`` to it.
+
+    A domain bound to none (its certificate stays with the name) is for admins alone;
+    ``bound`` refuses it whoever asks."""
+    if (internal := internal_environment(domain, base_domain=svc.settings.base_domain)) is not None:
+        with contextlib.suppress(EnvironmentNotFound):  # deleted or renamed: as if unbound
+            await access.check_recorded(svc, session, request, name=internal, action=action)
+            return internal
+        record = None
+    else:
+        binding = await session.get(DomainBinding, domain)
+        record = await session.get(EnvironmentRecord, binding.environment_id) if binding else None
+    if record is None:
+        if bound and internal is not None:
+            raise BadRequest(
+                f"{domain} is no environment's internal domain: none is named {internal}"
+            )
+        if bound:
+            raise BadRequest(f"{domain} is bound to no environment: bind it first (domain add)")
+        if request.user not in svc.settings.admins:
+            reason = (
+                f"{domain} is bound to no environment: only an admin may do this "
+                "(or bind it first: domain add)"
+            )
+            repo.record_audit(
+                session, actor=request.user, action=action.value, environment=None,
+                channel=request.channel, allowed=False, reason=reason,
+            )  # fmt: skip
+            await session.commit()
+            raise Forbidden(reason)
+        return None
+    await access.check_recorded(svc, session, request, name=record.name, action=action)
+    return record.name
 
 
 async def _binding(session: AsyncSession, domain: str) -> DomainBinding | None:
