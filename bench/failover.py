@@ -44,10 +44,10 @@ from services.access import Request
 from services.context import Services, open_services
 from services.docker import DockerClient
 from services.environments import HTTP_PORT, OWNER
-from services.haproxy import EmbeddedHAProxy, RouterFiles, render_config
-from services.router import apply_routes, router_state
-from services.routing import add_domain, set_failover
 from services.settings import Settings
+from services.traffic.haproxy import EmbeddedHAProxy, RouterFiles, render_config
+from services.traffic.router import apply_routes, router_state
+from services.traffic.routing import add_domain, set_failover
 
 NAME = "failover"
 USER = "UBENCH1"

@@ -59,10 +59,10 @@ from services.access import Request
 from services.context import Services, open_services
 from services.docker import DockerClient
 from services.environments import HTTP_PORT, OWNER
-from services.haproxy import EmbeddedHAProxy, RouterFiles, render_config, structure_of
-from services.router import apply_routes, env_backend, router_state, swap_routes
-from services.routing import add_domain, set_split
 from services.settings import Settings
+from services.traffic.haproxy import EmbeddedHAProxy, RouterFiles, render_config, structure_of
+from services.traffic.router import apply_routes, env_backend, router_state, swap_routes
+from services.traffic.routing import add_domain, set_split
 
 NAME = "routing"
 USER = "UBENCH1"  # owns both environments (their clonebot.owner label): may move traffic

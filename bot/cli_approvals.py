@@ -13,7 +13,7 @@ from services.access import Request
 from services.approvals import decide, describe, pending_approvals, perform, set_protected
 from services.context import Services
 from services.jobs import run_job
-from services.router import apply_now
+from services.traffic.router import apply_now
 from storage.models import Approval, Job
 
 commands = typer.Typer()

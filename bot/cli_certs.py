@@ -12,12 +12,12 @@ from rich.table import Table
 
 from bot.cli_common import AsUser, JsonFlag, err, load_settings, out, run
 from services.access import Request
-from services.certificates import add_certificate, list_certificates, remove_certificate
 from services.context import Services
-from services.domain_https import describe, list_https
-from services.renewals import obtain_certificate, renewal_state
-from services.router import apply_now
 from services.settings import Settings
+from services.traffic.certificates import add_certificate, list_certificates, remove_certificate
+from services.traffic.domain_https import describe, list_https
+from services.traffic.renewals import obtain_certificate, renewal_state
+from services.traffic.router import apply_now
 from storage.models import Certificate
 
 commands = typer.Typer()

@@ -9,9 +9,9 @@ import typer
 from bot.cli_common import err, out, run
 from services.context import Services
 from services.demo import DemoReport, ensure_demo, remove_demo
-from services.router import apply_now
-from services.routing import site_url
 from services.settings import Settings
+from services.traffic.router import apply_now
+from services.traffic.routing import site_url
 
 commands = typer.Typer()
 

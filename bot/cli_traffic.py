@@ -12,11 +12,11 @@ from rich.table import Table
 from bot.cli_common import AsUser, JsonFlag, err, load_settings, out, run
 from services.access import Request
 from services.context import Services
-from services.domain_https import HttpsState, describe, get_https, parse_max_age, set_https
 from services.errors import ClonebotError
-from services.haproxy import RouterFiles, locked, render_config, write_files
-from services.router import apply_bindings, apply_now, router_state, swap_routes
-from services.routing import (
+from services.traffic.domain_https import HttpsState, describe, get_https, parse_max_age, set_https
+from services.traffic.haproxy import RouterFiles, locked, render_config, write_files
+from services.traffic.router import apply_bindings, apply_now, router_state, swap_routes
+from services.traffic.routing import (
     add_domain,
     parse_weights,
     remove_domain,

@@ -263,7 +263,8 @@ class Performed:
 
 async def perform(svc: Services, approval: Approval) -> Performed:
     """Make an approved change, in its asker's name (checked again, as when asked)."""
-    from services import jobs, ownership, routing  # they call ``require``: imported late
+    from services import jobs, ownership  # they call ``require``: imported late
+    from services.traffic import routing
 
     request = Request(approval.requested_by, approval.channel, approval=approval.id)
     args = approval.args

@@ -19,7 +19,7 @@ from services.errors import EnvironmentNotFound, Forbidden
 from services.jobs import run_job, submit_delete
 from services.ownership import share_environment
 from services.permissions import Role
-from services.routing import add_domain, remove_domain
+from services.traffic.routing import add_domain, remove_domain
 from storage import repositories as repo
 from storage.models import DomainBinding, EnvironmentRecord, JobState
 

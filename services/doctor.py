@@ -25,14 +25,14 @@ from sqlalchemy.engine import Connection
 from services.docker import DockerClient
 from services.engine_host import POOL_FIX, free_disk, network_room
 from services.errors import ClonebotError
-from services.haproxy import MasterCLI, RouterFiles, RuntimeAPI
 from services.settings import Settings
+from services.traffic.haproxy import MasterCLI, RouterFiles, RuntimeAPI
 from services.volumes import ensure_helper_image
 from storage.db import alembic_config, create_engine
 
 CHECK_S = 20.0  # one check's time limit (building the helper image may take a few seconds)
 MIN_API = (1, 41)  # Docker 20.10
-MIN_HAPROXY = (2, 4)  # prepare/commit map and `add map @ver` (services/haproxy.py)
+MIN_HAPROXY = (2, 4)  # prepare/commit map and `add map @ver` (services/traffic/haproxy.py)
 
 
 @dataclass(frozen=True)

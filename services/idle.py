@@ -29,11 +29,11 @@ from typing import Literal
 from services.access import Request
 from services.context import Services
 from services.errors import ClonebotError
-from services.haproxy import BackendCount, Counters, RouterFailed, RuntimeAPI
 from services.job_locks import holds, unfinished_jobs
 from services.jobs import run_job, serving_reason, submit_start, submit_stop
-from services.router import ENV_PREFIX, WAKE_PREFIX, env_backend, router_state
 from services.sleep import Stopped
+from services.traffic.haproxy import BackendCount, Counters, RouterFailed, RuntimeAPI
+from services.traffic.router import ENV_PREFIX, WAKE_PREFIX, env_backend, router_state
 from storage import repositories as repo
 from storage.models import EnvironmentRecord, JobState
 

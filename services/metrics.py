@@ -235,8 +235,8 @@ async def _counts(svc: Services) -> tuple[dict[str, int], dict[str, int]]:
 
 
 async def _router_up(svc: Services) -> bool:
-    # services.haproxy reports its route changes here: imported when first scraped
-    from services.haproxy import MasterCLI, RouterFiles
+    # services.traffic.haproxy reports its route changes here: imported when first scraped
+    from services.traffic.haproxy import MasterCLI, RouterFiles
 
     assert svc.settings.router_dir is not None
     return await MasterCLI(RouterFiles(svc.settings.router_dir).master).alive()

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # the max-age (seconds) of a domain's HSTS when whoever turns it on names none: a year
     hsts_max_age: int = Field(default=31_536_000, ge=0, le=2**31 - 1, alias="CLONEBOT_HSTS_MAX_AGE")
     # ACME (RFC 8555): `clonebot cert add DOMAIN --acme` gets a custom domain's certificate
-    # from this directory URL, and `serve` renews it (services/renewals.py); unset: off.
+    # from this directory URL, and `serve` renews it (services/traffic/renewals.py); unset: off.
     # Setting it agrees to that CA's terms of service, for the account clonebot registers.
     acme_directory: str | None = Field(default=None, alias="CLONEBOT_ACME_DIRECTORY")
     # the account's contact: where the CA writes about expiry and problems; unset: none
@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # a PEM file of the CA certificates that sign the ACME server's own HTTPS certificate
     # (a private or test server's); unset: the system's, through requests (certifi)
     acme_ca_bundle: Path | None = Field(default=None, alias="CLONEBOT_ACME_CA_BUNDLE")
-    # how often `serve` looks for ACME certificates due for renewal (services/renewals.py)
+    # how often `serve` looks for ACME certificates due for renewal (services/traffic/renewals.py)
     acme_renew_check_s: float = Field(default=86400.0, gt=0, alias="CLONEBOT_ACME_RENEW_CHECK")
     # "embedded": `clonebot serve` starts and keeps its own HAProxy; "external": an HAProxy
     # run by others reads CLONEBOT_ROUTER_DIR (started with `haproxy -W -S DIR/master.sock
@@ -293,8 +293,8 @@ class Settings(BaseSettings):
         if self.router_tls_bind == self.router_bind:
             raise ValueError("CLONEBOT_ROUTER_TLS_BIND must differ from CLONEBOT_ROUTER_BIND")
         if self.tls_wildcard_cert is not None:
-            # here, not at the top: services.certificates reads the settings' module itself
-            from services.certificates import check_wildcard
+            # here, not at the top: services.traffic.certificates reads the settings' module itself
+            from services.traffic.certificates import check_wildcard
 
             try:
                 check_wildcard(self.tls_wildcard_cert, base_domain=self.base_domain)

@@ -13,8 +13,8 @@ from services.cloning import CloneResult
 from services.docker import DockerClient, gather_all
 from services.environments import Environment, Node, get_environment
 from services.errors import NotAClone
-from services.haproxy import Page
 from services.progress import EventSink, ignore_events, step
+from services.traffic.haproxy import Page
 
 _RUNNING = ("running", "paused", "restarting")
 

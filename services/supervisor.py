@@ -14,11 +14,16 @@ from functools import partial
 
 from sqlalchemy import select
 
-from services.certificates import push_certificates
 from services.context import Services
 from services.errors import ClonebotError, DockerUnavailable
 from services.expiry import ExpirySink, log_notice, sweep_expiry
-from services.haproxy import (
+from services.idle import IdleWatch, SleepSink, ignore_notices
+from services.jobs import run_job
+from services.recovery import recover_jobs
+from services.schedules import ScheduleSink, sweep_schedules
+from services.schedules import log_notice as log_schedule_notice
+from services.traffic.certificates import push_certificates
+from services.traffic.haproxy import (
     TLS,
     EmbeddedHAProxy,
     RouterFailed,
@@ -26,12 +31,9 @@ from services.haproxy import (
     RuntimeAPI,
     locked,
 )
-from services.idle import IdleWatch, SleepSink, ignore_notices
-from services.jobs import run_job
-from services.recovery import recover_jobs
-from services.renewals import RenewalSink, sweep_renewals, unrenewed
-from services.renewals import ignore_notices as ignore_renewal_notices
-from services.router import (
+from services.traffic.renewals import RenewalSink, sweep_renewals, unrenewed
+from services.traffic.renewals import ignore_notices as ignore_renewal_notices
+from services.traffic.router import (
     RouterState,
     apply_routes,
     latest_nodes,
@@ -39,8 +41,6 @@ from services.router import (
     router_state,
     web_nodes,
 )
-from services.schedules import ScheduleSink, sweep_schedules
-from services.schedules import log_notice as log_schedule_notice
 from services.workers import worker_is_gone
 from storage import repositories as repo
 from storage.models import Job, JobState, utcnow
@@ -87,7 +87,7 @@ async def serve(
     are stopped and those asleep woken by a request (``services.idle``), and certificates HAProxy
     has not taken yet given to it again (``certificates.push_certificates``); at start, then every
     CLONEBOT_ACME_RENEW_CHECK seconds (sooner when one is due sooner), ACME certificates due are
-    renewed (``services.renewals``). ``tell`` tells owners and teams what these did.
+    renewed (``services.traffic.renewals``). ``tell`` tells owners and teams what these did.
 
     The sweeps and the idle watch run beside the loop (``_Beside``): their jobs (a refresh, a
     wake) may take minutes, and must not hold up the router or the recovery.

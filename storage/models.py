@@ -112,7 +112,7 @@ class Certificate(Base):
     added_by: Mapped[str] = mapped_column(String(32))
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
     # "manual": a person gave the chain and key; "acme": issued by CLONEBOT_ACME_DIRECTORY,
-    # renewed by `serve` (services/renewals.py), ``added_at`` its last issuance
+    # renewed by `serve` (services/traffic/renewals.py), ``added_at`` its last issuance
     source: Mapped[str] = mapped_column(String(16), default="manual", server_default="manual")
     # an ACME one's next renewal attempt: the start of its renewal window, or after a failed
     # one the backoff's end; None: not renewed (a person's, or one whose renewal stopped)

@@ -8,7 +8,7 @@ from typing import Any
 from bot.playground.people import ADMIN
 from services import catalog
 from services.context import Services
-from services.routing import site_url
+from services.traffic.routing import site_url
 
 _ANY_HOST = ("0.0.0.0", "*", "::", "[::]", "")
 

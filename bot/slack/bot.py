@@ -19,7 +19,7 @@ from bot.slack.progress import JobMessages
 from services.access import Request
 from services.context import Services
 from services.errors import ApprovalNeeded, ClonebotError
-from services.router import apply_bindings, apply_now
+from services.traffic.router import apply_bindings, apply_now
 from storage.models import IdempotencyKey
 
 log = logging.getLogger(__name__)

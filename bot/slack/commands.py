@@ -23,22 +23,13 @@ from bot.slack.messages import escape
 from bot.slack.modals import open_then_fill
 from bot.slack.payloads import read_command
 from bot.slack.views import CLONE_TITLE, clone_modal
-from services import (
-    approvals,
-    audit,
-    catalog,
-    domain_https,
-    expiry,
-    jobs,
-    ownership,
-    routing,
-    schedules,
-)
+from services import approvals, audit, catalog, expiry, jobs, ownership, schedules
 from services.access import Request
 from services.errors import BadRequest, EnvironmentNotFound
-from services.haproxy import RouterFailed
-from services.router import swap_routes
 from services.settings import Settings
+from services.traffic import domain_https, routing
+from services.traffic.haproxy import RouterFailed
+from services.traffic.router import swap_routes
 from storage.models import Certificate
 
 log = logging.getLogger(__name__)
@@ -471,7 +462,7 @@ async def _schedule(bot: SlackBot, asked: Asked) -> str:
 
 async def _cert(bot: SlackBot, asked: Asked) -> str:
     """``/env cert DOMAIN``: its certificate as anyone who may view its environment sees it."""
-    from services.certificates import get_certificate  # to move up with the imports
+    from services.traffic.certificates import get_certificate  # to move up with the imports
 
     found = await get_certificate(bot.svc, asked.request, domain=asked.words[0])
     https = await domain_https.get_https(bot.svc, asked.request, domain=found.domain)
@@ -489,7 +480,7 @@ async def _cert(bot: SlackBot, asked: Asked) -> str:
 
 def _whence(found: Certificate, settings: Settings) -> str:
     """Who added a certificate; for one from ACME, when `serve` renews it, or why it does not."""
-    from services.renewals import renewal_state  # to move up with the imports
+    from services.traffic.renewals import renewal_state  # to move up with the imports
 
     if (state := renewal_state(found, settings)) is None:
         return f"added by <@{found.added_by}> on {found.added_at:%Y-%m-%d}"

@@ -30,9 +30,9 @@ from bot.slack import ids
 from services.cloning import CloneResult
 from services.job_locks import JobKind
 from services.jobs import job_result
-from services.routing import site_url
 from services.schedules import Schedule, ScheduleNotice
 from services.settings import SLACK_USER
+from services.traffic.routing import site_url
 from storage.models import AuditEntry, Job, JobState
 
 SECTION_LIMIT = 3000  # characters of a section's text

@@ -13,7 +13,7 @@ from bot.slack.bot import SlackBot, slack_request
 from bot.slack.commands import traffic_changed
 from bot.slack.payloads import Unreadable, read_submission
 from bot.slack.views import FieldError, field_errors, read_clone_modal, read_split_modal
-from services import jobs, routing
+from services import jobs
 from services.errors import (
     ApprovalNeeded,
     ClonebotError,
@@ -22,6 +22,7 @@ from services.errors import (
     InvalidName,
     NameTaken,
 )
+from services.traffic import routing
 
 log = logging.getLogger(__name__)
 _FAILED = "That failed on clonebot's side; the error is in its log."

@@ -27,9 +27,9 @@ from bot.slack.notices import Notices
 from services.durations import describe_left
 from services.expiry import ExpiryNotice
 from services.idle import SleepNotice
-from services.renewals import RenewalNotice
 from services.schedules import ScheduleNotice
 from services.supervisor import Tellers
+from services.traffic.renewals import RenewalNotice
 from storage.models import utcnow
 
 EXTENSIONS = (("Extend 1 day", "1d"), ("Extend 7 days", "7d"))

@@ -6,7 +6,7 @@ import pytest
 
 from bot.slack.commands import _channel, _user
 from services.errors import BadRequest
-from services.routing import parse_weights as _weights
+from services.traffic.routing import parse_weights as _weights
 
 
 @pytest.mark.parametrize(

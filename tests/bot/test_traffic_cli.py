@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.haproxy import RouterFiles
 from services.settings import Settings
+from services.traffic.haproxy import RouterFiles
 from tests.cli import clonebot, clonebot_env, run_cli
 from tests.conftest import OWNER, MakeSource
 from tests.serving import cli, served_page

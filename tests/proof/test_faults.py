@@ -27,8 +27,8 @@ import pytest
 
 from services.docker import DockerClient
 from services.environments import JOB, PROJECT, get_environment
-from services.haproxy import RouterFiles
 from services.settings import Settings
+from services.traffic.haproxy import RouterFiles
 from tests.conftest import BASE_DOMAIN, OWNER, MakeSource, create_source
 from tests.proof.cluster import own_cluster
 from tests.proof.engine import Engine, own_engine

@@ -21,12 +21,20 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from services.access import Request
-from services.acme import RouterChallenges, account_key, check_token
-from services.certificates import Source, add_certificate, push_certificates
 from services.context import Services, open_services
 from services.errors import AcmeFailed, BadRequest, Forbidden
-from services.haproxy import EmbeddedHAProxy, RouterFiles, RuntimeAPI, structure_of, worker_pid
-from services.renewals import (
+from services.settings import Settings
+from services.supervisor import Tellers, serve
+from services.traffic.acme import RouterChallenges, account_key, check_token
+from services.traffic.certificates import Source, add_certificate, push_certificates
+from services.traffic.haproxy import (
+    EmbeddedHAProxy,
+    RouterFiles,
+    RuntimeAPI,
+    structure_of,
+    worker_pid,
+)
+from services.traffic.renewals import (
     MOST_BEFORE,
     ORDER_FAILED,
     RenewalNotice,
@@ -36,10 +44,8 @@ from services.renewals import (
     renewal_state,
     renewal_window,
 )
-from services.router import RouterState, apply_routes, router_config, router_state
-from services.routing import add_domain, remove_domain
-from services.settings import Settings
-from services.supervisor import Tellers, serve
+from services.traffic.router import RouterState, apply_routes, router_config, router_state
+from services.traffic.routing import add_domain, remove_domain
 from storage.models import AuditEntry, Certificate, EnvironmentRecord, utcnow
 from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource, _free_port
 from tests.pebble import Pebble, run_pebble

@@ -10,7 +10,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from services import routing
 from services.access import Request
 from services.approvals import decide, pending_approvals, perform, set_protected
 from services.context import Services
@@ -18,6 +17,7 @@ from services.environments import get_environment
 from services.errors import ApprovalNeeded, BadRequest, EnvironmentNotFound, Forbidden
 from services.jobs import run_job, submit_clone, submit_delete
 from services.ownership import share_environment
+from services.traffic import routing
 from storage import repositories as repo
 from storage.models import Approval, DomainBinding
 from tests.conftest import ADMIN, OWNER, MakeSource

@@ -20,19 +20,19 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from services.access import Request
-from services.certificates import (
+from services.context import Services, open_services
+from services.errors import BadRequest, Forbidden
+from services.settings import Settings
+from services.traffic.certificates import (
     add_certificate,
     covers,
     get_certificate,
     list_certificates,
     remove_certificate,
 )
-from services.context import Services, open_services
-from services.errors import BadRequest, Forbidden
-from services.haproxy import EmbeddedHAProxy, RouterFiles
-from services.router import apply_routes, router_config, router_state
-from services.routing import add_domain, remove_domain, swap_domains
-from services.settings import Settings
+from services.traffic.haproxy import EmbeddedHAProxy, RouterFiles
+from services.traffic.router import apply_routes, router_config, router_state
+from services.traffic.routing import add_domain, remove_domain, swap_domains
 from storage.models import AuditEntry, Certificate
 from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource
 from tests.tls import NOW, PEM, LocalCA

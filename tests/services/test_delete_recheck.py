@@ -10,7 +10,7 @@ from services.docker import DockerClient
 from services.environments import get_environment
 from services.errors import BadRequest
 from services.jobs import run_job, submit_delete
-from services.routing import add_domain
+from services.traffic.routing import add_domain
 from tests.conftest import OWNER, MakeSource
 
 

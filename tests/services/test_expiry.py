@@ -13,7 +13,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from services import routing
 from services.access import Request
 from services.approvals import pending_approvals, set_protected
 from services.context import Services
@@ -23,6 +22,7 @@ from services.expiry import ExpiryNotice, Stage, extend_environment, sweep_expir
 from services.jobs import run_job, submit_clone, submit_start, submit_stop
 from services.ownership import hand_over_environment
 from services.sleep import Stopped
+from services.traffic import routing
 from storage import repositories as repo
 from storage.models import DomainBinding, EnvironmentRecord, utcnow
 from tests.conftest import ADMIN, OWNER, MakeSource

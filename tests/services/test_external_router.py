@@ -13,11 +13,11 @@ import pytest
 from services.access import Request
 from services.context import Services, open_services
 from services.docker import DockerClient
-from services.haproxy import RouterFiles
 from services.jobs import run_job, submit_clone, submit_delete
-from services.router import apply_routes
-from services.routing import add_domain, swap_domains
 from services.settings import Settings
+from services.traffic.haproxy import RouterFiles
+from services.traffic.router import apply_routes
+from services.traffic.routing import add_domain, swap_domains
 from tests.conftest import OWNER, MakeSource, _free_port
 from tests.serving import page_at
 

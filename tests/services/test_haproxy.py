@@ -15,7 +15,7 @@ import pytest
 
 from services import metrics
 from services.docker import DockerClient
-from services.haproxy import (
+from services.traffic.haproxy import (
     Backend,
     EmbeddedHAProxy,
     RouterDown,

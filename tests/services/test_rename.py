@@ -12,9 +12,9 @@ from services.errors import CloneFailed, EnvironmentNotFound, Forbidden, Invalid
 from services.jobs import run_job, submit_clone, submit_delete, submit_rename
 from services.lifecycle import rename_environment
 from services.progress import Event, StepStarted
-from services.router import env_backend, router_state
-from services.routing import add_domain
 from services.settings import Settings
+from services.traffic.router import env_backend, router_state
+from services.traffic.routing import add_domain
 from storage import repositories as repo
 from tests.conftest import OWNER, MakeSource, exec_output, in_volume
 

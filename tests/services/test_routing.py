@@ -18,7 +18,8 @@ from services.access import Request
 from services.context import Services, open_services
 from services.environments import HTTP_PORT, NUMBER, PROJECT, SERVICE
 from services.errors import BadRequest, Forbidden
-from services.haproxy import (
+from services.settings import Settings
+from services.traffic.haproxy import (
     EmbeddedHAProxy,
     RouterFiles,
     RuntimeAPI,
@@ -26,7 +27,7 @@ from services.haproxy import (
     render_config,
     worker_pid,
 )
-from services.router import (
+from services.traffic.router import (
     apply_bindings,
     apply_routes,
     env_backend,
@@ -35,8 +36,13 @@ from services.router import (
     swap_routes,
     web_nodes,
 )
-from services.routing import add_domain, set_failover, set_split, swap_domains, validate_domain
-from services.settings import Settings
+from services.traffic.routing import (
+    add_domain,
+    set_failover,
+    set_split,
+    swap_domains,
+    validate_domain,
+)
 from storage import repositories as repo
 from storage.models import DomainBinding
 from tests.conftest import IMAGE, OWNER, WEB, MakeSource, compose_labels, exec_output

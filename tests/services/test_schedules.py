@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from services import routing
 from services.access import Request
 from services.approvals import pending_approvals, set_protected
 from services.context import Services, open_services
@@ -34,6 +33,7 @@ from services.schedules import (
     spoken_cron,
     sweep_schedules,
 )
+from services.traffic import routing
 from storage import repositories as repo
 from storage.models import Job, RefreshSchedule, utcnow
 from tests.conftest import OWNER, MakeSource, exec_output

@@ -18,8 +18,8 @@ from services.errors import BadRequest, Busy, Forbidden, NameTaken
 from services.jobs import run_job, submit_delete
 from services.lifecycle import clone_environment
 from services.ownership import forget_environment, share_environment
-from services.routing import add_domain, remove_domain
 from services.settings import Settings
+from services.traffic.routing import add_domain, remove_domain
 from storage import repositories as repo
 from storage.models import DomainBinding
 from tests.conftest import (

@@ -25,8 +25,8 @@ from services.ownership import (
     hand_over_environment,
     share_environment,
 )
-from services.routing import add_domain
 from services.settings import Settings
+from services.traffic.routing import add_domain
 from storage import repositories as repo
 from storage.models import DomainBinding, Job
 from tests.conftest import (

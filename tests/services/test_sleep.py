@@ -18,17 +18,17 @@ from typing import TypeVar
 import aiohttp
 import pytest
 
-from services import routing
 from services.access import Request
 from services.context import Services, open_services
 from services.docker import DockerClient
 from services.environments import PROJECT, get_environment
-from services.haproxy import Backend, RouterFiles, render_config, write_files
 from services.idle import SleepNotice
 from services.jobs import run_job, submit_clone, submit_stop
 from services.settings import Settings
 from services.sleep import Stopped, stopped_page
 from services.supervisor import Tellers, serve
+from services.traffic import routing
+from services.traffic.haproxy import Backend, RouterFiles, render_config, write_files
 from storage import repositories as repo
 from tests.conftest import (
     BASE_DOMAIN,

@@ -20,17 +20,17 @@ from cryptography import x509
 from sqlalchemy import select
 
 from services.access import Request
-from services.certificates import add_certificate
 from services.context import Services, open_services
 from services.docker import DockerClient
-from services.domain_https import set_https
 from services.environments import OWNER as OWNER_LABEL
 from services.errors import BadRequest, Forbidden
-from services.haproxy import EmbeddedHAProxy, RouterFiles, RuntimeAPI, worker_pid
 from services.ownership import share_environment
-from services.router import apply_bindings, apply_routes, router_config, router_state
-from services.routing import add_domain, remove_domain, set_split, swap_domains
 from services.settings import Settings
+from services.traffic.certificates import add_certificate
+from services.traffic.domain_https import set_https
+from services.traffic.haproxy import EmbeddedHAProxy, RouterFiles, RuntimeAPI, worker_pid
+from services.traffic.router import apply_bindings, apply_routes, router_config, router_state
+from services.traffic.routing import add_domain, remove_domain, set_split, swap_domains
 from storage.models import AuditEntry
 from tests.cli import clonebot
 from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource, compose_labels, remove_projects

@@ -19,7 +19,8 @@ down_revision: str | Sequence[str] | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# services/renewals.py's window when this was written: a third of the lifetime, at most 30 days
+# services/traffic/renewals.py's window when this was written: a third of the lifetime, at
+# most 30 days
 _MOST = timedelta(days=30)
 
 

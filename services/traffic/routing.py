@@ -1,7 +1,7 @@
 """Domains and routes: bound, swapped, split and failed over, checked and audited.
 
 The database is the source of truth; ``router_state`` turns it, with the web nodes Docker
-shows, into what HAProxy must serve (see ``services/router.py``).
+shows, into what HAProxy must serve (see ``services/traffic/router.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from services.access import Request
 from services.approvals import Change, ChangeKind, require
 from services.context import Services
 from services.errors import BadRequest, EnvironmentNotFound, Forbidden
-from services.haproxy import RouterFiles, read_map
 from services.permissions import Action
+from services.traffic.haproxy import RouterFiles, read_map
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import DomainBinding, EnvironmentRecord, Route

@@ -29,8 +29,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 
 from services.access import Request
-from services.acme import AcmeServer, RouterChallenges, issue
-from services.certificates import (
+from services.context import Services
+from services.errors import AcmeFailed, BadRequest, ClonebotError, Forbidden
+from services.settings import Settings
+from services.traffic.acme import AcmeServer, RouterChallenges, issue
+from services.traffic.certificates import (
     KeyPair,
     Source,
     acme_domain,
@@ -40,11 +43,8 @@ from services.certificates import (
     renew_certificate,
     save_certificate,
 )
-from services.context import Services
-from services.errors import AcmeFailed, BadRequest, ClonebotError, Forbidden
-from services.haproxy import RouterFiles
-from services.routing import internal_environment
-from services.settings import Settings
+from services.traffic.haproxy import RouterFiles
+from services.traffic.routing import internal_environment
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import AuditEntry, Certificate, EnvironmentRecord, utcnow

@@ -15,11 +15,12 @@ from typing import NamedTuple
 from sqlalchemy import select
 
 from services.access import Request
-from services.certificates import router_tls
 from services.context import Services
-from services.domain_https import write_https_maps
 from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT, SERVICE
-from services.haproxy import (
+from services.sleep import Stopped, stopped_page
+from services.traffic.certificates import router_tls
+from services.traffic.domain_https import write_https_maps
+from services.traffic.haproxy import (
     TLS,
     Backend,
     MasterCLI,
@@ -37,8 +38,7 @@ from services.haproxy import (
     tls_of,
     write_files,
 )
-from services.routing import is_internal, routable_domain, swap_domains
-from services.sleep import Stopped, stopped_page
+from services.traffic.routing import is_internal, routable_domain, swap_domains
 from storage.models import DomainBinding, EnvironmentRecord, Route
 
 log = logging.getLogger(__name__)

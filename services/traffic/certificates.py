@@ -7,7 +7,7 @@ traffic and the same certificate keeps being served. The chain and key are one f
 router folder (``certs/<domain>.pem``, mode 600, in a folder of mode 700), never the database,
 a log line or Slack; the database keeps what a person may see (subject, issuer, serial,
 validity, fingerprint), who added it and whence (a person, or an ACME server:
-``services.renewals``).
+``services.traffic.renewals``).
 
 A domain's first certificate is a new entry of the crt-list: a seamless reload. Replacing it
 (a person's new one, a renewal) is not: HAProxy takes the new chain and key at once through its
@@ -40,9 +40,14 @@ from sqlalchemy import select
 from services.access import Request
 from services.context import Services
 from services.errors import BadRequest
-from services.haproxy import TLS, MasterCLI, RouterFailed, RouterFiles, RuntimeAPI, locked
 from services.permissions import Action
-from services.routing import domain_holder, internal_environment, is_internal, validate_domain
+from services.traffic.haproxy import TLS, MasterCLI, RouterFailed, RouterFiles, RuntimeAPI, locked
+from services.traffic.routing import (
+    domain_holder,
+    internal_environment,
+    is_internal,
+    validate_domain,
+)
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import Certificate, DomainBinding, EnvironmentRecord, utcnow

@@ -30,9 +30,9 @@ from services import access
 from services.access import Request
 from services.context import Services
 from services.errors import BadRequest, Forbidden
-from services.haproxy import MasterCLI, RouterFiles, RuntimeAPI, locked, render_map
 from services.permissions import Action
-from services.routing import domain_holder, is_internal, validate_domain
+from services.traffic.haproxy import MasterCLI, RouterFiles, RuntimeAPI, locked, render_map
+from services.traffic.routing import domain_holder, is_internal, validate_domain
 from storage import repositories as repo
 from storage.db import AsyncSession
 from storage.models import DomainBinding, DomainHttps, EnvironmentRecord, Route, utcnow

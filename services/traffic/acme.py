@@ -40,9 +40,16 @@ from josepy.errors import DeserializationError
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
-from services.certificates import KeyPair, load_pair
 from services.errors import AcmeFailed, BadRequest
-from services.haproxy import ACME_PATH, MasterCLI, RouterFailed, RouterFiles, RuntimeAPI, locked
+from services.traffic.certificates import KeyPair, load_pair
+from services.traffic.haproxy import (
+    ACME_PATH,
+    MasterCLI,
+    RouterFailed,
+    RouterFiles,
+    RuntimeAPI,
+    locked,
+)
 
 # base64url without padding, at least 128 bits (RFC 8555 §8.3); short enough for one line
 TOKEN = re.compile(r"[A-Za-z0-9_-]{22,128}")

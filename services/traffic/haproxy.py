@@ -151,7 +151,7 @@ class RouterFiles:
 
     @property
     def redirects(self) -> Path:
-        """Domains whose plain HTTP is redirected to HTTPS (``services/domain_https.py``)."""
+        """Domains whose plain HTTP is redirected to HTTPS (``traffic/domain_https.py``)."""
         return self.directory / "https-redirect.map"
 
     @property
