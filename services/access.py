@@ -127,7 +127,8 @@ async def check_records(
     people = (joinedload(EnvironmentRecord.collaborators), joinedload(EnvironmentRecord.channels))
     query = select(EnvironmentRecord).where(EnvironmentRecord.name.in_(names)).options(*people)
     known = {r.name: r for r in (await session.scalars(query)).unique().all()}
-    if not known.keys() >= set(names):
+    # one not recorded, or not ready (being made, or gone): looked up in Docker instead
+    if not known.keys() >= set(names) or any(known[n].state != "ready" for n in names):
         return None
     for name in names:
         await authorize(

@@ -7,7 +7,6 @@ and ownership are told to the team.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,11 +27,8 @@ from services.access import Request
 from services.errors import BadRequest, EnvironmentNotFound
 from services.settings import Settings
 from services.traffic import domain_https, routing
-from services.traffic.haproxy import RouterFailed
 from services.traffic.router import swap_routes
 from storage.models import Certificate
-
-log = logging.getLogger(__name__)
 
 _USER = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>|([UW][A-Z0-9]{2,20})")
 _CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)(?:\|[^>]*)?>|([CG][A-Z0-9]{2,20})")
@@ -382,11 +378,9 @@ async def _swap(bot: SlackBot, asked: Asked) -> str:
 
 
 async def swap(bot: SlackBot, request: Request, first: str, second: str) -> str:
-    """Swapped and applied in one step (``router.swap_routes``), then the team told."""
-    try:
-        await swap_routes(bot.svc, request, first=first, second=second)
-    except RouterFailed as exc:  # swapped in the database: the router keeper applies it
-        log.warning("routes not applied yet: %s", exc.message)
+    """Swapped and applied in one step (``router.swap_routes``: once swapped, an HAProxy that
+    cannot be told is logged and left to the router keeper), then the team told."""
+    await swap_routes(bot.svc, request, first=first, second=second)
     note = messages.domains_swapped(first, second, by=request.user)
     await bot.notices.send(note, about=(first, second))
     return note.text

@@ -236,6 +236,9 @@ async def _save(
     files = _files(svc)
     pem = pair.pem()
     staged = await asyncio.to_thread(_stage, files, domain, pem)
+    # the transaction ends before the router's lock is waited for: a swap holds that lock,
+    # then begins one (SQLite's BEGIN IMMEDIATE takes the write lock even to read)
+    await session.commit()
     try:
         async with locked(files):
             record = await session.get(Certificate, domain, populate_existing=True)
@@ -281,16 +284,18 @@ async def push_certificates(svc: Services, *, now: datetime | None = None) -> in
     query = select(Certificate.domain).where(Certificate.push_at <= (now or utcnow()))
     pushed = 0
     async with svc.sessions() as session:
-        for domain in (await session.scalars(query)).all():
-            async with locked(files):
-                record = await session.get(Certificate, domain, populate_existing=True)
-                path = files.cert_of(domain)
-                if record is None or record.push_at is None or not path.exists():
-                    continue
-                await _push(session, files, record, await asyncio.to_thread(path.read_bytes))
-                if record.push_at is None:
-                    log.info("router: %s's certificate (serial %s) served", domain, record.serial)
-                    pushed += 1
+        due = (await session.scalars(query)).all()
+    for domain in due:
+        # the router's lock first, then a transaction: the order a swap takes them in
+        async with locked(files), svc.sessions() as session:
+            record = await session.get(Certificate, domain)
+            path = files.cert_of(domain)
+            if record is None or record.push_at is None or not path.exists():
+                continue
+            await _push(session, files, record, await asyncio.to_thread(path.read_bytes))
+            if record.push_at is None:
+                log.info("router: %s's certificate (serial %s) served", domain, record.serial)
+                pushed += 1
     return pushed
 
 
@@ -323,15 +328,18 @@ async def remove_certificate(svc: Services, request: Request, *, domain: str) ->
     name = validate_domain(domain)
     files = _files(svc)
     async with svc.sessions() as session:
-        record = await session.get(Certificate, name)
-        if record is None:
+        if await session.get(Certificate, name) is None:
             raise BadRequest(f"{name} has no certificate")
         env = await domain_holder(svc, session, request, name, Action.MOVE_TRAFFIC, bound=False)
-        async with locked(files):
-            await session.delete(record)
-            _audit(session, request, "cert remove", env, record)
-            await session.commit()
-            await asyncio.to_thread(files.cert_of(name).unlink, missing_ok=True)
+    # the router's lock first, then a transaction: the order a swap takes them in
+    async with locked(files), svc.sessions() as session:
+        record = await session.get(Certificate, name)
+        if record is None:  # removed meanwhile
+            raise BadRequest(f"{name} has no certificate")
+        await session.delete(record)
+        _audit(session, request, "cert remove", env, record)
+        await session.commit()
+        await asyncio.to_thread(files.cert_of(name).unlink, missing_ok=True)
     return record
 
 

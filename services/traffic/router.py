@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +17,7 @@ from sqlalchemy import select
 from services.access import Request
 from services.context import Services
 from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT, SERVICE
+from services.errors import ClonebotError
 from services.sleep import Stopped, stopped_page
 from services.traffic.certificates import router_tls
 from services.traffic.domain_https import write_https_maps
@@ -38,7 +39,12 @@ from services.traffic.haproxy import (
     tls_of,
     write_files,
 )
-from services.traffic.routing import is_internal, routable_domain, swap_domains
+from services.traffic.routing import (
+    is_internal,
+    routable_domain,
+    served_environments,
+    swap_domains,
+)
 from storage.models import DomainBinding, EnvironmentRecord, Route
 
 log = logging.getLogger(__name__)
@@ -61,7 +67,7 @@ class RouterState:
     left_out: dict[str, str] = field(default_factory=dict)
 
 
-ENV_PREFIX, WAKE_PREFIX = "env_", "wake_"
+ENV_PREFIX, WAKE_PREFIX, STOPPED_PREFIX = "env_", "wake_", "stopped_"
 
 
 def env_backend(name: str) -> str:
@@ -70,7 +76,7 @@ def env_backend(name: str) -> str:
 
 def page_backend(name: str, why: Stopped) -> str:
     """The backend answering for a stopped clone: ``wake_`` where a request wakes it."""
-    return f"{WAKE_PREFIX if why is Stopped.IDLE else 'stopped_'}{name}"
+    return f"{WAKE_PREFIX if why is Stopped.IDLE else STOPPED_PREFIX}{name}"
 
 
 @dataclass(frozen=True)
@@ -382,36 +388,64 @@ async def apply_bindings(svc: Services) -> bool:
 
 async def swap_routes(svc: Services, request: Request, *, first: str, second: str) -> bool:
     """``swap_domains``, and HAProxy's map changed with it in one atomic step: what a front
-    door's swap does. Whether HAProxy serves the swap now (False: none runs).
+    door's swap does. Whether HAProxy serves the swap now: False when none runs, or when it
+    could not be told (logged; the router keeper applies it within a second). Once the
+    database has the swap, nothing raises: a front door saying it failed would be retried,
+    and a second swap swaps back.
 
     The router's lock is held from before the transaction until the map is changed: no other
     change reaches HAProxy in between, so the map as it is now, with the domains moved
     (each where its new environment's internal domain goes), is the database's. No Docker
     read, no second transaction: a swap must be quick whatever the load. A change another
     process committed meanwhile is applied by that process, from the database, right after.
+    An environment the map does not serve yet is looked up in Docker first, outside the lock.
     """
     assert svc.settings.router_dir is not None
     files = RouterFiles(svc.settings.router_dir)
-    async with locked(files):
-        moved = await swap_domains(svc, request, first=first, second=second)
-        current = read_map(_read(files.hosts))  # a few hundred bytes: no thread
-        hosts = _moved(current, moved, base=svc.settings.base_domain)
-        if current and hosts is not None:
-            return await apply_map(files, hosts=hosts, current=current)
-    return await apply_routes(svc, files=files)
+    applied: bool | None = None
+    if {first, second} <= served_environments(svc):
+        async with locked(files):
+            moved = await swap_domains(svc, request, first=first, second=second)
+            applied = await _telling(_apply_moved(svc, files, moved), first=first, second=second)
+    else:
+        await swap_domains(svc, request, first=first, second=second)
+    if applied is None:
+        applied = await _telling(apply_routes(svc, files=files), first=first, second=second)
+    return bool(applied)
+
+
+async def _apply_moved(svc: Services, files: RouterFiles, moved: Mapping[str, str]) -> bool | None:
+    """The domains ``moved`` to HAProxy, by the map alone; None where the map cannot say."""
+    current = read_map(_read(files.hosts))  # a few hundred bytes: no thread
+    hosts = _moved(current, moved, base=svc.settings.base_domain)
+    if not current or hosts is None:
+        return None
+    return await apply_map(files, hosts=hosts, current=current)
+
+
+async def _telling(work: Awaitable[bool | None], *, first: str, second: str) -> bool | None:
+    """``work`` (HAProxy told of a swap the database has), or False when it fails, logged."""
+    try:
+        return await work
+    except Exception as exc:  # the swap is made: the router keeper applies it
+        reason = exc.message if isinstance(exc, ClonebotError) else repr(exc)
+        log.warning("swap of %s and %s: HAProxy not told yet: %s", first, second, reason)
+        return False
 
 
 def _moved(
     current: Mapping[str, str], moved: Mapping[str, str], *, base: str
 ) -> dict[str, str] | None:
     """``current`` with each domain of ``moved`` where its environment's internal domain goes;
-    a domain with a route keeps it. None where the map cannot say (an environment it does
-    not route)."""
+    a domain with a route keeps it. None where the map cannot say: an environment it does not
+    route, or one it shows asleep or stopped (the database says it is not: swapped ones are
+    awake, so the map is behind)."""
     hosts = dict(current)
     for domain, env in moved.items():
         if not _bound(domain, base) or current.get(domain) == route_backend(domain):
             continue
-        if (backend := current.get(f"{env}.{base}")) is None:
+        backend = current.get(f"{env}.{base}")
+        if backend is None or backend.startswith((WAKE_PREFIX, STOPPED_PREFIX)):
             return None
         hosts[domain] = backend
     return hosts

@@ -263,7 +263,7 @@ async def _checked(
     must be quick, and a Docker listing waits for a CPU under load.
     """
     records = None
-    if web and set(names) <= _routed(svc):
+    if web and set(names) <= served_environments(svc):
         records = await access.check_records(
             svc, session, request, names=names, action=Action.MOVE_TRAFFIC
         )
@@ -286,7 +286,7 @@ async def _checked(
     return records
 
 
-def _routed(svc: Services) -> set[str]:
+def served_environments(svc: Services) -> set[str]:
     """The environments the router serves at their internal domains, as its map says now."""
     if svc.settings.router_dir is None:
         return set()

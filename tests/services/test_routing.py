@@ -21,6 +21,7 @@ from services.errors import BadRequest, Forbidden
 from services.settings import Settings
 from services.traffic.haproxy import (
     EmbeddedHAProxy,
+    RouterFailed,
     RouterFiles,
     RuntimeAPI,
     locked,
@@ -418,3 +419,29 @@ async def test_an_older_container_listing_never_overwrites_a_newer_one(
     assert made in latest.envs
     async with locked(router.files):  # a listing newer than the last applied is kept as is
         assert await latest_nodes(router.svc, files=router.files, nodes=latest) == latest
+
+
+async def test_a_swap_haproxy_cannot_be_told_of_is_made_and_not_reported_failed(
+    router: Router, make_source: MakeSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the database has the swap, a front door must not say it failed: a person would
+    swap again, which swaps back. HAProxy refusing the map is logged; the keeper applies it."""
+    blue, green = (await make_source(web_nodes=1)).name, (await make_source(web_nodes=1)).name
+    me = Request(OWNER)
+    await add_domain(router.svc, me, env=blue, domain="shop.test")
+    await router.apply()
+
+    async def refused(self: RuntimeAPI, path: Path, entries: Any) -> None:
+        raise RouterFailed("commit map: refused (injected)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RuntimeAPI, "replace_map", refused)
+        assert await swap_routes(router.svc, me, first=blue, second=green) is False
+    async with router.svc.sessions() as db:
+        binding = await db.get(DomainBinding, "shop.test")
+        assert binding is not None
+        owner = await repo.get_environment(db, green)
+        assert owner is not None and binding.environment_id == owner.id
+    await router.apply()  # what the router keeper does next
+    async with aiohttp.ClientSession() as session:
+        assert await router.get(session, "shop.test") == f"{green} web 1"
