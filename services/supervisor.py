@@ -39,6 +39,7 @@ from services.traffic.router import (
     latest_nodes,
     router_config,
     router_state,
+    stamp_listing,
     web_nodes,
 )
 from services.workers import worker_is_gone
@@ -275,6 +276,7 @@ class _RouterKeeper:
             nodes = await latest_nodes(self._svc, files=self._files, nodes=listed)
             state = await router_state(self._svc, nodes=nodes)
             if state != self._applied:
+                stamp_listing(self._files, nodes)
                 config, tls = await self._config(state)
                 crt_list = tls.crt_list if tls else None
                 await self._router.apply(config=config, hosts=state.hosts, crt_list=crt_list)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,3 +93,38 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
         key_encipherment=False, data_encipherment=False, key_agreement=False,
         encipher_only=False, decipher_only=False,
     )  # fmt: skip
+
+
+async def run_tool(*argv: str, check: bool = True) -> str:
+    """A TLS client (curl, openssl) run to its end within 10 s: its output, stdout and stderr
+    together; with ``check``, it must succeed."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(10):
+            out, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    text = out.decode(errors="replace")
+    if check:
+        assert process.returncode == 0, (argv[:3], text[-800:])
+    return text
+
+
+async def served_serial(port: int, servername: str, *, ca: Path | None = None) -> int:
+    """The serial of the leaf certificate served on 127.0.0.1:``port`` for this SNI name;
+    with ``ca``, its chain verified against it."""
+    verify = ["-verify_return_error", "-CAfile", str(ca)] if ca is not None else []
+    out = await run_tool(
+        "openssl", "s_client", "-servername", servername, *verify,
+        "-connect", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    if ca is not None:
+        assert "Verify return code: 0 (ok)" in out, out[-800:]
+    found = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
+    assert found, out[-500:]
+    return x509.load_pem_x509_certificate(found.group(0).encode()).serial_number

@@ -285,12 +285,17 @@ async def latest_nodes(svc: Services, *, files: RouterFiles, nodes: WebNodes) ->
     """``nodes`` (listed before taking the router's lock: a listing waits on Docker, and a swap
     on the lock), or a new listing if another apply used one begun later: the last to write
     HAProxy's files must not write an older picture of the containers. Call it holding the
-    router's lock; the listing it returns is recorded as the latest."""
+    router's lock; ``stamp_listing`` the one applied."""
     text = _read(files.listed).strip()
     if text.isascii() and text.isdigit() and int(text) > nodes.listed_ns:
-        nodes = await web_nodes(svc)
-    replace_files({files.listed: f"{nodes.listed_ns}\n"})
+        return await web_nodes(svc)
     return nodes
+
+
+def stamp_listing(files: RouterFiles, nodes: WebNodes) -> None:
+    """``nodes`` recorded as the listing HAProxy's files come from (``latest_nodes``): only by
+    an apply, not by every round of the keeper that finds nothing to change."""
+    replace_files({files.listed: f"{nodes.listed_ns}\n"})
 
 
 def _named(env: str, nodes: list[WebNode]) -> list[WebNode]:
@@ -461,6 +466,7 @@ async def apply_routes(svc: Services, *, files: RouterFiles, bind: str | None = 
     listed = await web_nodes(svc)
     async with locked(files):
         nodes = await latest_nodes(svc, files=files, nodes=listed)
+        stamp_listing(files, nodes)
         state = await router_state(svc, nodes=nodes)
         config, tls = await router_config(svc, files=files, state=state, bind=bind)
         crt_list = tls.crt_list if tls is not None else None

@@ -49,7 +49,7 @@ from services.traffic.routing import add_domain, remove_domain
 from storage.models import AuditEntry, Certificate, EnvironmentRecord, utcnow
 from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource, _free_port
 from tests.pebble import Pebble, run_pebble
-from tests.tls import LocalCA
+from tests.tls import LocalCA, run_tool, served_serial
 
 
 @dataclass
@@ -86,38 +86,14 @@ class Router:
 
     async def curl(self, host: str, ca: Path) -> str:
         """The page at https://HOST:PORT/, HOST resolved to 127.0.0.1, checked against ``ca``."""
-        return await _run(
+        return await run_tool(
             "curl", "-sS", "--fail", "--noproxy", "*", "--max-time", "5", "--cacert", str(ca),
             "--resolve", f"{host}:{self.tls_port}:127.0.0.1", f"https://{host}:{self.tls_port}/",
         )  # fmt: skip
 
     async def serial(self, servername: str, ca: Path) -> int:
         """The serial of the leaf HAProxy serves for this SNI name, its chain verified."""
-        out = await _run(
-            "openssl", "s_client", "-servername", servername, "-verify_return_error",
-            "-CAfile", str(ca), "-connect", f"127.0.0.1:{self.tls_port}",
-        )  # fmt: skip
-        assert "Verify return code: 0 (ok)" in out, out[-800:]
-        found = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
-        assert found, out[-500:]
-        return x509.load_pem_x509_certificate(found.group(0).encode()).serial_number
-
-
-async def _run(*argv: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(10):
-            out, _ = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    text = out.decode(errors="replace")
-    assert process.returncode == 0, (argv[:2], text[-800:])
-    return text
+        return await served_serial(self.tls_port, servername, ca=ca)
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import stat
 from collections.abc import AsyncIterator
@@ -35,7 +34,7 @@ from services.traffic.router import apply_routes, router_config, router_state
 from services.traffic.routing import add_domain, remove_domain, swap_domains
 from storage.models import AuditEntry, Certificate
 from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource
-from tests.tls import NOW, PEM, LocalCA
+from tests.tls import NOW, PEM, LocalCA, run_tool, served_serial
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +65,7 @@ class TLSRouter:
 
     async def curl(self, host: str, *extra: str) -> str:
         """The page at https://HOST:PORT/, HOST resolved to 127.0.0.1, checked against the CA."""
-        out = await _run(
+        out = await run_tool(
             "curl", "-sS", "--noproxy", "*", "--max-time", "5", "--cacert", str(self.ca_file),
             "--resolve", f"{host}:{self.tls_port}:127.0.0.1", *extra,
             f"https://{host}:{self.tls_port}/",
@@ -75,31 +74,7 @@ class TLSRouter:
 
     async def serial(self, servername: str) -> int:
         """The serial of the leaf certificate HAProxy serves for this SNI name."""
-        out = await _run(
-            "openssl", "s_client", "-servername", servername,
-            "-connect", f"127.0.0.1:{self.tls_port}",
-        )  # fmt: skip
-        found = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
-        assert found, out[-500:]
-        return x509.load_pem_x509_certificate(found.group(0).encode()).serial_number
-
-
-async def _run(*argv: str, check: bool = True) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(10):
-            out, _ = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    text = out.decode(errors="replace")
-    if check:
-        assert process.returncode == 0, (argv[:2], text[-800:])
-    return text
+        return await served_serial(self.tls_port, servername)
 
 
 def _tls_settings(
@@ -214,7 +189,7 @@ async def test_a_removed_certificate_is_no_longer_served(
 
 @pytest.mark.parametrize("tls_router", [True], indirect=True)
 async def test_strict_sni_refuses_a_name_without_certificate(tls_router: TLSRouter) -> None:
-    out = await _run(
+    out = await run_tool(
         "openssl", "s_client", "-servername", "nothing.test",
         "-connect", f"127.0.0.1:{tls_router.tls_port}", check=False,
     )  # fmt: skip

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography import x509
 from sqlalchemy import select
 
 from services.access import Request
@@ -35,7 +34,7 @@ from storage.models import AuditEntry
 from tests.cli import clonebot
 from tests.conftest import ADMIN, BASE_DOMAIN, OWNER, MakeSource, compose_labels, remove_projects
 from tests.serving import STRANGER, cli
-from tests.tls import LocalCA
+from tests.tls import LocalCA, run_tool, served_serial
 
 ECHO_IMAGE = "clonebot-test/python:latest"  # scripts/build-test-images.sh makes it
 ECHO_SOURCE = (Path(__file__).parents[1] / "ws_echo.py").read_text()
@@ -78,7 +77,7 @@ class Router:
         host = re.match(r"https?://([^/:]+)", url)
         assert host is not None
         name = host.group(1)
-        shown = await _run(
+        shown = await run_tool(
             "curl", "-sS", "-i", "--noproxy", "*", "--max-time", "5", "--cacert",
             str(self.ca_file), "--connect-to", f"{name}:80:127.0.0.1:{self.http_port}",
             "--connect-to", f"{name}:443:127.0.0.1:{self.tls_port}", *extra, url,
@@ -95,13 +94,7 @@ class Router:
         return await worker_pid(RuntimeAPI(self.files.api))
 
     async def serial(self, servername: str) -> int:
-        out = await _run(
-            "openssl", "s_client", "-servername", servername,
-            "-connect", f"127.0.0.1:{self.tls_port}",
-        )  # fmt: skip
-        found = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
-        assert found, out[-500:]
-        return x509.load_pem_x509_certificate(found.group(0).encode()).serial_number
+        return await served_serial(self.tls_port, servername)
 
     async def certify(self, ca: LocalCA, domain: str) -> int:
         """Give ``domain`` a certificate of the test CA, applied: its serial."""
@@ -111,18 +104,6 @@ class Router:
         )
         await self.apply()
         return int(leaf.cert.serial_number)
-
-
-async def _run(*argv: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    async with asyncio.timeout(10):
-        out, _ = await process.communicate()
-    text = out.decode(errors="replace")
-    assert process.returncode == 0, (argv[:3], text[-800:])
-    return text
 
 
 @pytest.fixture(scope="module")
