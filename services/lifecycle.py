@@ -25,7 +25,14 @@ from services.naming import (
     describe_holders,
     held_names,
 )
-from services.planning import ClonePlan, NodePlan, plan_clone, plan_refresh, plan_rename
+from services.planning import (
+    ClonePlan,
+    NodePlan,
+    plan_clone,
+    plan_refresh,
+    plan_rename,
+    release_ports,
+)
 from services.progress import EventSink, Warned, ignore_events, step
 from services.settings import Settings
 
@@ -48,10 +55,13 @@ async def clone_environment(
     plan = await plan_clone(
         docker, settings, source=source, name=name, snapshot=snapshot, job=job, owner=owner
     )
-    # again just before anything is made: a volume of that name may have come meanwhile, and
-    # creating a volume that exists returns it (its data would be overwritten)
-    await check_name_free(docker, name=plan.name)
-    return await execute_clone(docker, settings, plan, emit=emit, on_freeze=on_freeze)
+    try:
+        # again just before anything is made: a volume of that name may have come meanwhile,
+        # and creating a volume that exists returns it (its data would be overwritten)
+        await check_name_free(docker, name=plan.name)
+        return await execute_clone(docker, settings, plan, emit=emit, on_freeze=on_freeze)
+    finally:
+        release_ports(plan.job)
 
 
 async def refresh_clone(
@@ -76,6 +86,24 @@ async def refresh_clone(
     started = time.monotonic()
     clone = await get_environment(docker, name)
     plan = await plan_refresh(docker, settings, clone=clone, source=source, job=job)
+    try:
+        return await _refresh(
+            docker, settings, clone, plan, started=started, emit=emit, on_freeze=on_freeze
+        )
+    finally:
+        release_ports(plan.job)
+
+
+async def _refresh(
+    docker: DockerClient,
+    settings: Settings,
+    clone: Environment,
+    plan: ClonePlan,
+    *,
+    started: float,
+    emit: EventSink,
+    on_freeze: FreezeRecorder,
+) -> CloneResult:
     declared = await read_hooks(docker=docker, settings=settings, env=plan.source, job=plan.job)
     for warning in declared.warnings:
         emit(Warned(warning))
@@ -120,7 +148,7 @@ async def refresh_clone(
     )
     return CloneResult(
         job=plan.job,
-        environment=name,
+        environment=clone.name,
         source=plan.source.name,
         state="succeeded",
         freeze_ms=report.longest_ms,

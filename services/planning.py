@@ -148,8 +148,12 @@ async def plan_clone(
     await _probe_binds(docker, settings, plan)
     volumes = _plan_volumes(plan, existing={})
     await _probe_host_ports(docker, settings, plan)
-    _plan_nodes(plan, volumes)
-    await _check_disk_for_binds(docker, settings, plan)
+    try:
+        _plan_nodes(plan, volumes)
+        await _check_disk_for_binds(docker, settings, plan)
+    except BaseException:
+        release_ports(plan.job)
+        raise
     return plan
 
 
@@ -184,8 +188,12 @@ async def plan_refresh(
     for vol in plan.volumes:
         vol.exists = vol.exists or await docker.inspect_volume(vol.name) is not None
     await _probe_host_ports(docker, settings, plan)
-    _plan_nodes(plan, volumes)
-    await _check_disk_for_binds(docker, settings, plan)
+    try:
+        _plan_nodes(plan, volumes)
+        await _check_disk_for_binds(docker, settings, plan)
+    except BaseException:
+        release_ports(plan.job)
+        raise
     return plan
 
 
@@ -532,6 +540,18 @@ def _node_networks(
     return out
 
 
+# Host ports chosen by this process's plans, by job, until the job ends (``release_ports``):
+# ``ports_in_use`` sees a port once its container exists, and clones planned at once would
+# otherwise pick the same one, and one of them fail to start.
+_claimed: dict[int, str] = {}
+
+
+def release_ports(job: str) -> None:
+    """Forget the host ports ``job``'s plan chose: its containers hold them now, or never will."""
+    for port in [p for p, holder in _claimed.items() if holder == job]:
+        del _claimed[port]
+
+
 def _remap_ports(plan: ClonePlan, name: str, bindings: JSON) -> JSON:
     out: JSON = {}
     for port, binds in bindings.items():
@@ -539,8 +559,10 @@ def _remap_ports(plan: ClonePlan, name: str, bindings: JSON) -> JSON:
         for bind in binds or []:
             new = dict(bind)
             if bind.get("HostPort"):
-                new["HostPort"] = str(_free_port(port, plan.host_ports | plan.busy_ports))
+                taken = plan.host_ports | plan.busy_ports | _claimed.keys()
+                new["HostPort"] = str(_free_port(port, taken))
                 plan.host_ports.add(int(new["HostPort"]))
+                _claimed[int(new["HostPort"])] = plan.job
                 plan.ports.append(PortRemap(name, port, bind["HostPort"], new["HostPort"]))
             out[port].append(new)
     return out

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from services import planning
 from services.docker import DockerClient
 from services.environments import JOB, get_environment
+from services.errors import DockerFailed
 from services.lifecycle import clone_environment
+from services.planning import plan_clone
 from services.progress import BytesCopied, Event, StepDone
 from services.settings import Settings
 from tests.conftest import MakeSource, exec_output, in_volume, read_volume
@@ -212,3 +215,29 @@ async def test_every_node_of_a_stateful_layer_is_a_copy_of_its_master(
     assert await exec_output(docker, second.name, "cat /anon/file /etc/db/db.conf") == "anon\nconf"
     await exec_output(docker, second.name, "echo two > /anon/mine")
     assert await exec_output(docker, first.name, "test ! -e /anon/mine && echo apart") == "apart"
+
+
+async def test_clones_planned_at_once_never_choose_the_same_host_port(
+    docker: DockerClient,
+    settings: Settings,
+    make_source: MakeSource,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ten clones started together once picked one port twice, and one of them failed to start:
+    a port stays claimed from its plan until its job ends."""
+    source = await make_source(web_nodes=1)
+    monkeypatch.setattr(planning, "PORT_RANGE", range(29990, 29992))
+    first = await plan_clone(docker, settings, source=source.name, name=f"{source.name}-a")
+    second = await plan_clone(docker, settings, source=source.name, name=f"{source.name}-b")
+    try:
+        assert {first.ports[0].new, second.ports[0].new} == {"29990", "29991"}
+        with pytest.raises(DockerFailed, match="no free host port for 5432/tcp"):
+            await plan_clone(docker, settings, source=source.name, name=f"{source.name}-c")
+
+        planning.release_ports(first.job)
+        third = await plan_clone(docker, settings, source=source.name, name=f"{source.name}-c")
+        assert third.ports[0].new == first.ports[0].new
+        planning.release_ports(third.job)
+    finally:
+        planning.release_ports(first.job)
+        planning.release_ports(second.job)
