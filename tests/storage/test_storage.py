@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sqlite3
 import sys
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -317,6 +319,47 @@ async def test_audit_entries_outlive_their_environment(svc: Services) -> None:
     async with svc.sessions() as session:
         assert [e.action for e in await repo.list_audit(session, environment="shop")] == ["delete"]
         assert await _count(session, AuditEntry) == 1
+
+
+async def test_on_sqlite_waiting_for_another_process_s_write_lock_holds_up_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """Statements run in the event loop, but a wait for another process's write lock (a
+    command run beside ``serve``) does not: the loop goes on, and the write lands after."""
+    path = tmp_path / "busy.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade(url)
+    other = sqlite3.connect(path, isolation_level=None)  # as another process would hold it
+    other.execute("PRAGMA journal_mode=WAL")  # as clonebot's first connection left it
+    other.execute("BEGIN IMMEDIATE")
+    engine = create_engine(url)
+    ticks = 0
+
+    async def ticking() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(ticking())
+    asyncio.get_running_loop().call_later(0.5, other.execute, "COMMIT")
+    try:
+        began = time.monotonic()
+        async with sessionmaker(engine)() as session:
+            session.add(EnvironmentRecord(name="waited"))
+            await session.commit()
+        waited = time.monotonic() - began
+        async with sessionmaker(engine)() as session:  # and the next goes straight through
+            session.add(EnvironmentRecord(name="next"))
+            await session.commit()
+            names = {r.name for r in await repo.list_environments(session)}
+    finally:
+        ticker.cancel()
+        other.close()
+        await engine.dispose()
+    assert names == {"waited", "next"}
+    assert waited >= 0.45
+    assert ticks >= 25  # 10 ms apart: the loop ran all through the wait
 
 
 async def test_on_sqlite_a_read_then_write_waits_for_a_racing_writer(tmp_path: Path) -> None:
