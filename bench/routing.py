@@ -21,6 +21,10 @@ socket error of wrk (connect, read, write, or no answer within 10 s). Afterwards
 connection for 5 s each, HAProxy's added latency: through HAProxy vs. straight to the web
 node's bridge address. Targets, under each load: >= 2,000 requests/s, 0 failures, swap p99
 under 25 ms as the median of the runs and under 50 ms in every run.
+
+The bench's process plays `clonebot serve`: it runs at ``CLONEBOT_NICE`` (-5 unless set, when
+it may), and its HAProxy and wrk at the niceness the bench was started with, as serve's HAProxy
+does (``services.priority``). The niceness it had is in the results.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from services.access import Request
 from services.context import Services, open_services
 from services.docker import DockerClient
 from services.environments import HTTP_PORT, OWNER
+from services.priority import as_started, started_niceness, take_priority
 from services.settings import Settings
 from services.traffic.haproxy import EmbeddedHAProxy, RouterFiles, render_config, structure_of
 from services.traffic.router import apply_routes, env_backend, router_state, swap_routes
@@ -127,6 +132,8 @@ async def main() -> dict[str, Any]:
     each, write their JSON."""
     runs = repetitions(1)
     settings = clonebot_settings()
+    # this process plays `clonebot serve`, which runs at CLONEBOT_NICE (where it may)
+    take_priority(settings.nice)
     done: dict[int, list[tuple[dict[str, float], dict[str, int]]]] = {c: [] for c in LOADS}
     for _ in range(runs):  # the loads in turn in each run: both see the same machine
         for connections in LOADS:
@@ -135,7 +142,11 @@ async def main() -> dict[str, Any]:
         f"c{c}": _report([f for f, _ in found], [bad for _, bad in found], connections=c)
         for c, found in done.items()
     }
-    result = {"loads": reports, "meets_target": all(r["meets_target"] for r in reports.values())}
+    result = {
+        "loads": reports,
+        "meets_target": all(r["meets_target"] for r in reports.values()),
+        "niceness": {"clonebot": os.getpriority(os.PRIO_PROCESS, 0), "load": started_niceness()},
+    }
     write_results(NAME, result)
     return result
 
@@ -401,6 +412,7 @@ async def _wrk(
     proc = await asyncio.create_subprocess_exec(
         WRK, *args, url or f"http://{bench.bind}/",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=as_started,  # the load's clients are not clonebot's
     )  # fmt: skip
     try:
         yield proc
@@ -486,7 +498,9 @@ def _report(
     print_table(
         f"routing ({_database_name()}): {LOAD_S} s of wrk -t{THREADS} -c{connections} on "
         f"{SHOP}, {SWAPS} swaps, "
-        f"{WEIGHT_CHANGES} weight changes, 1 reload (medians of {len(samples)} runs)",
+        f"{WEIGHT_CHANGES} weight changes, 1 reload (medians of {len(samples)} runs; "
+        f"clonebot at niceness {os.getpriority(os.PRIO_PROCESS, 0)}, HAProxy and wrk at "
+        f"{started_niceness()})",
         [
             ("requests/s (wrk)", mid["rps"], f"target >= {MIN_RPS}"),
             ("requests", int(mid["requests"]), ""),

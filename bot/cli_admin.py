@@ -38,6 +38,7 @@ from services.ownership import (
     hand_over_environment,
     share_environment,
 )
+from services.priority import take_priority
 from services.recovery import recover_jobs
 from services.supervisor import Tellers
 from services.supervisor import serve as supervise
@@ -204,6 +205,7 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         configure_logging(svc.settings.log_format)
+        take_priority(svc.settings.nice)  # threads and processes started later inherit it
         # first: a source a dead clonebot left paused must not wait for the checks, nor stay
         # paused if one fails
         _print_recovered(await recover_jobs(svc))

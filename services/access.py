@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
@@ -118,15 +118,23 @@ async def check_glimpses(
     return list(zip(envs, records, strict=True))
 
 
+# Built once: building a statement costs more CPU than SQLite takes to run it (its cache key),
+# and a swap waits for that CPU under load.
+_RECORDS_WITH_PEOPLE = (
+    select(EnvironmentRecord)
+    .where(EnvironmentRecord.name.in_(bindparam("names", expanding=True)))
+    .options(joinedload(EnvironmentRecord.collaborators), joinedload(EnvironmentRecord.channels))
+)
+
+
 async def check_records(
     svc: Services, session: AsyncSession, request: Request, *, names: Sequence[str], action: Action
 ) -> list[EnvironmentRecord] | None:
     """As ``check_glimpses``, from one query and no Docker read, for environments known to
     exist (the router serves them); None when one of them has no record yet."""
     check_user(request.user)
-    people = (joinedload(EnvironmentRecord.collaborators), joinedload(EnvironmentRecord.channels))
-    query = select(EnvironmentRecord).where(EnvironmentRecord.name.in_(names)).options(*people)
-    known = {r.name: r for r in (await session.scalars(query)).unique().all()}
+    found = await session.scalars(_RECORDS_WITH_PEOPLE, {"names": list(names)})
+    known = {r.name: r for r in found.unique().all()}
     # one not recorded, or not ready (being made, or gone): looked up in Docker instead
     if not known.keys() >= set(names) or any(known[n].state != "ready" for n in names):
         return None

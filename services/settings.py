@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path.home() / ".local/share/clonebot", alias="CLONEBOT_DATA_DIR")
     database_url: str = Field(default="", alias="DATABASE_URL")
     router_bind: str = Field(default="127.0.0.1:8080", alias="CLONEBOT_ROUTER_BIND")
+    # the niceness `serve` runs at (lower: sooner on a CPU; the HAProxy it starts keeps the
+    # one clonebot was started with): a swap must not wait behind the traffic it moves.
+    # Needs root or CAP_SYS_NICE; without, serve runs as started and says so.
+    nice: int = Field(default=-5, ge=-20, le=19, alias="CLONEBOT_NICE")
     router_dir: Path | None = Field(default=None, alias="CLONEBOT_ROUTER_DIR")
     # HTTPS: the router also listens here and terminates TLS (unset: plain HTTP only)
     router_tls_bind: str | None = Field(default=None, alias="CLONEBOT_ROUTER_TLS_BIND")

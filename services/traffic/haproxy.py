@@ -23,6 +23,7 @@ from pathlib import Path
 
 from services import metrics
 from services.errors import ClonebotError
+from services.priority import as_started
 
 
 class RouterFailed(ClonebotError):
@@ -608,7 +609,7 @@ class EmbeddedHAProxy:
             self._master = await asyncio.create_subprocess_exec(
                 self.binary, "-W", "-S", str(self.files.master), "-f", str(self.files.config),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=as_started,
             )  # fmt: skip
         await self._wait_for_worker(previous=None)
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, update
+from sqlalchemy import bindparam, case, update
 
 from services import access
 from services.access import Request
@@ -156,18 +156,32 @@ async def swap_domains(
             (first, second),
         )  # fmt: skip
         await require(svc, session, request, change=change, records=[a, b])
-        moved = await session.execute(
-            update(DomainBinding)
-            .where(DomainBinding.environment_id.in_((a.id, b.id)))
-            .values(environment_id=case((DomainBinding.environment_id == a.id, b.id), else_=a.id))
-            .returning(DomainBinding.domain, DomainBinding.environment_id)
-            .execution_options(synchronize_session=False)
-        )
+        # Core statements built once, on the session's connection: a swap waits for the
+        # ORM's CPU under load (the bindings are in no session: nothing to synchronize)
+        connection = await session.connection()
+        moved = await connection.execute(_SWAP_BINDINGS, {"a": a.id, "b": b.id})
         names = {a.id: a.name, b.id: b.name}
         leads = {domain: names[env_id] for domain, env_id in moved.all()}
-        _audit(session, request, "swap", first, {"with": second})
+        await repo.write_audit(
+            connection, actor=request.user, action="swap", environment=first,
+            channel=request.channel, allowed=True, detail={"with": second},
+        )  # fmt: skip
         await session.commit()
     return leads
+
+
+# run on a connection, not the session: compiled as Core, with no ORM bookkeeping
+_SWAP_BINDINGS = (
+    update(DomainBinding)
+    .where(DomainBinding.environment_id.in_((bindparam("a"), bindparam("b"))))
+    .values(
+        environment_id=case(
+            (DomainBinding.environment_id == bindparam("a"), bindparam("b")),
+            else_=bindparam("a"),
+        )
+    )
+    .returning(DomainBinding.domain, DomainBinding.environment_id)
+)
 
 
 def parse_weights(items: Sequence[str]) -> dict[str, int]:

@@ -54,9 +54,13 @@ async def test_changes_made_while_haproxy_is_down_apply_when_serve_starts(
         # serve recovers and runs its checks first (seconds on a loaded machine)
         served = await served_page(routed, "shop.test", within_s=60)
         assert served == f"{blue} web 1", log.read_text()
-        # HAProxy killed: serve starts it again, with every route
         assert routed.router_dir is not None
         master = int((routed.router_dir / "haproxy.pid").read_text().split()[0])
+        # serve, every thread of it, runs at CLONEBOT_NICE (-5); its HAProxy as serve started
+        started = os.getpriority(os.PRIO_PROCESS, 0)
+        assert set(_niceness(proc.pid).values()) == {min(-5, started)}
+        assert set(_niceness(master).values()) == {started}
+        # HAProxy killed: serve starts it again, with every route
         os.kill(master, signal.SIGKILL)
         await asyncio.sleep(0.5)
         assert await served_page(routed, "shop.test") == f"{blue} web 1"
@@ -65,6 +69,15 @@ async def test_changes_made_while_haproxy_is_down_apply_when_serve_starts(
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=15) == 0, log.read_text()
+
+
+def _niceness(pid: int) -> dict[int, int]:
+    """The niceness of each thread of process ``pid`` (``/proc/PID/task/TID/stat``)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rpartition(")")[2].split()
+        found[int(task.name)] = int(fields[16])  # the 19th field: the 3rd follows the name
+    return found
 
 
 async def test_swap_from_the_command_line_moves_served_traffic(

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from services.traffic.routing import (
     validate_domain,
 )
 from storage import repositories as repo
-from storage.models import DomainBinding
+from storage.models import DomainBinding, utcnow
 from tests.conftest import IMAGE, OWNER, WEB, MakeSource, compose_labels, exec_output
 
 
@@ -173,8 +174,13 @@ async def test_a_swap_changes_the_database_and_the_map_without_reading_docker(
         assert await router.get(session, "beta.shop.test") == f"{blue} web 1"
         assert await worker_pid(RuntimeAPI(router.files.api)) == worker, "no reload"
         async with router.svc.sessions() as db:
-            refused = [e for e in await repo.list_audit(db) if not e.allowed]
+            entries = await repo.list_audit(db)
+        refused = [e for e in entries if not e.allowed]
         assert [(e.actor, e.action) for e in refused] == [("USTRANGER1", "move traffic")]
+        [swapped] = [e for e in entries if e.action == "swap"]
+        who = (swapped.actor, swapped.environment, swapped.detail)
+        assert who == (OWNER, blue, {"with": green})
+        assert timedelta(0) <= utcnow() - swapped.at < timedelta(minutes=1)
 
         # a domain bound alone changes the map alone
         await add_domain(router.svc, me, env=green, domain="green.shop.test")
