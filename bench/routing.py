@@ -22,7 +22,7 @@ connection for 5 s each, HAProxy's added latency: through HAProxy vs. straight t
 node's bridge address. Targets, under each load: >= 2,000 requests/s, 0 failures, swap p99
 under 25 ms as the median of the runs and under 50 ms in every run.
 
-The bench's process plays `clonebot serve`: it runs at ``CLONEBOT_NICE`` (-5 unless set, when
+The bench's process plays `clonebot serve`: it runs at ``CLONEBOT_NICE`` (-10 unless set, when
 it may), and its HAProxy and wrk at the niceness the bench was started with, as serve's HAProxy
 does (``services.priority``). The niceness it had is in the results.
 """

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # the niceness `serve` runs at (lower: sooner on a CPU; the HAProxy it starts keeps the
     # one clonebot was started with): a swap must not wait behind the traffic it moves.
     # Needs root or CAP_SYS_NICE; without, serve runs as started and says so.
-    nice: int = Field(default=-5, ge=-20, le=19, alias="CLONEBOT_NICE")
+    nice: int = Field(default=-10, ge=-20, le=19, alias="CLONEBOT_NICE")
     router_dir: Path | None = Field(default=None, alias="CLONEBOT_ROUTER_DIR")
     # HTTPS: the router also listens here and terminates TLS (unset: plain HTTP only)
     router_tls_bind: str | None = Field(default=None, alias="CLONEBOT_ROUTER_TLS_BIND")

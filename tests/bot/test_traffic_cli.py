@@ -56,9 +56,9 @@ async def test_changes_made_while_haproxy_is_down_apply_when_serve_starts(
         assert served == f"{blue} web 1", log.read_text()
         assert routed.router_dir is not None
         master = int((routed.router_dir / "haproxy.pid").read_text().split()[0])
-        # serve, every thread of it, runs at CLONEBOT_NICE (-5); its HAProxy as serve started
+        # serve, every thread of it, runs at CLONEBOT_NICE (-10); its HAProxy as serve started
         started = os.getpriority(os.PRIO_PROCESS, 0)
-        assert set(_niceness(proc.pid).values()) == {min(-5, started)}
+        assert set(_niceness(proc.pid).values()) == {min(-10, started)}
         assert set(_niceness(master).values()) == {started}
         # HAProxy killed: serve starts it again, with every route
         os.kill(master, signal.SIGKILL)
