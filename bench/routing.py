@@ -410,9 +410,8 @@ async def _wrk(
     args += ["--latency", "-s", str(bench.script)]
     args += ["-H", f"Host: {host}"] if host else []
     proc = await asyncio.create_subprocess_exec(
-        WRK, *args, url or f"http://{bench.bind}/",
+        *as_started([WRK, *args, url or f"http://{bench.bind}/"]),  # the load is not clonebot
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=as_started,  # the load's clients are not clonebot's
     )  # fmt: skip
     try:
         yield proc

@@ -88,8 +88,9 @@ async def refresh_clone(
     plan = await plan_refresh(docker, settings, clone=clone, source=source, job=job)
     try:
         return await _refresh(
-            docker, settings, clone, plan, started=started, emit=emit, on_freeze=on_freeze
-        )
+            docker, settings, clone=clone, plan=plan, started=started, emit=emit,
+            on_freeze=on_freeze,
+        )  # fmt: skip
     finally:
         release_ports(plan.job)
 
@@ -97,9 +98,9 @@ async def refresh_clone(
 async def _refresh(
     docker: DockerClient,
     settings: Settings,
+    *,
     clone: Environment,
     plan: ClonePlan,
-    *,
     started: float,
     emit: EventSink,
     on_freeze: FreezeRecorder,

@@ -148,12 +148,7 @@ async def plan_clone(
     await _probe_binds(docker, settings, plan)
     volumes = _plan_volumes(plan, existing={})
     await _probe_host_ports(docker, settings, plan)
-    try:
-        _plan_nodes(plan, volumes)
-        await _check_disk_for_binds(docker, settings, plan)
-    except BaseException:
-        release_ports(plan.job)
-        raise
+    await _plan_nodes_and_disk(docker, settings, plan, volumes)
     return plan
 
 
@@ -188,12 +183,7 @@ async def plan_refresh(
     for vol in plan.volumes:
         vol.exists = vol.exists or await docker.inspect_volume(vol.name) is not None
     await _probe_host_ports(docker, settings, plan)
-    try:
-        _plan_nodes(plan, volumes)
-        await _check_disk_for_binds(docker, settings, plan)
-    except BaseException:
-        release_ports(plan.job)
-        raise
+    await _plan_nodes_and_disk(docker, settings, plan, volumes)
     return plan
 
 
@@ -274,9 +264,29 @@ async def _probe_host_ports(docker: DockerClient, settings: Settings, plan: Clon
         for bind in binds or []
     )
     if published:
+        # claimed before the probe: a job ending during it lets its ports go, but its
+        # containers may have come after the probe read the host
+        claimed = set(_claimed)
         await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
         labels = {JOB: plan.job}
-        plan.busy_ports = await ports_in_use(docker, image=settings.helper_image, labels=labels)
+        found = await ports_in_use(docker, image=settings.helper_image, labels=labels)
+        plan.busy_ports = claimed | found
+
+
+async def _plan_nodes_and_disk(
+    docker: DockerClient,
+    settings: Settings,
+    plan: ClonePlan,
+    volumes: dict[tuple[str, str], VolumePlan],
+) -> None:
+    """``_plan_nodes`` (it claims the clone's host ports), then the disk check; the ports are
+    let go if either fails: no job will hold them."""
+    try:
+        _plan_nodes(plan, volumes)
+        await _check_disk_for_binds(docker, settings, plan)
+    except BaseException:
+        release_ports(plan.job)
+        raise
 
 
 def _plan_volumes(

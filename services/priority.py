@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 _started_at: int | None = None  # the niceness clonebot was started with, once it changed it
@@ -18,23 +19,27 @@ _started_at: int | None = None  # the niceness clonebot was started with, once i
 
 def take_priority(nice: int) -> bool:
     """Run every thread of this process at niceness ``nice`` when it is below the present
-    one and the process may (root, or CAP_SYS_NICE); else say why and run on as started.
-    Whether it runs at ``nice`` now."""
+    one and the process may (root, CAP_SYS_NICE or RLIMIT_NICE); else say why and run on as
+    started. Whether it runs at ``nice`` now."""
     global _started_at
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if nice >= current:
         return nice == current
     try:
         # on Linux a niceness belongs to a thread: threads made later inherit it
-        for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+        threads = sorted(int(t) for t in os.listdir("/proc/self/task"))
+    except FileNotFoundError:  # no /proc: the calling thread, which runs the event loop
+        threads = [0]
+    try:
+        for tid in threads:
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, nice)
             except ProcessLookupError:  # ended meanwhile
                 continue
     except PermissionError:
         log.warning(
-            "clonebot runs at niceness %d: CLONEBOT_NICE=%d needs root or CAP_SYS_NICE; "
-            "under load a swap waits for a CPU behind the traffic",
+            "clonebot runs at niceness %d: CLONEBOT_NICE=%d needs root, CAP_SYS_NICE or "
+            "RLIMIT_NICE; under load a swap waits for a CPU behind the traffic",
             current,
             nice,
         )
@@ -49,8 +54,10 @@ def started_niceness() -> int:
     return _started_at if _started_at is not None else os.getpriority(os.PRIO_PROCESS, 0)
 
 
-def as_started() -> None:
-    """In a child process before it runs (``preexec_fn``): back to the niceness clonebot was
-    started with, so that what it starts (HAProxy) does not share its priority."""
-    if _started_at is not None:
-        os.setpriority(os.PRIO_PROCESS, 0, _started_at)
+def as_started(argv: Sequence[str]) -> list[str]:
+    """``argv`` to run at the niceness clonebot was started with, so that what it starts
+    (HAProxy) does not share its priority: through ``nice``, which execs it (the same pid;
+    raising a niceness needs no privilege), when clonebot changed its own."""
+    if _started_at is None:
+        return list(argv)
+    return ["nice", "-n", str(_started_at - os.getpriority(os.PRIO_PROCESS, 0)), *argv]

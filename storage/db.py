@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable
 from functools import partial
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
 BUSY_TIMEOUT_S = 30  # how long a statement waits for another process's write lock
 T = TypeVar("T")
 
@@ -38,36 +40,79 @@ class LoopConnection(aiosqlite.Connection):
     aiosqlite hands each call to a thread of its own and back: under load, each hand-off
     waits for a CPU. A swap's five statements made sixteen of them: 4 ms of CPU and a p99 of
     38 ms on a busy machine. Here a statement takes tens of microseconds (small tables, WAL,
-    no flush at commit), and only a wait for another process's write lock (BEGIN IMMEDIATE
-    while a command beside ``serve`` writes) goes to the thread, where the loop does not
-    wait with it. Opening and closing stay in the thread.
+    no flush at commit). What may wait goes to the thread, and the loop does not wait with
+    it: opening and closing (closing the last connection checkpoints), a statement that meets
+    another process's write lock (BEGIN IMMEDIATE while a command beside ``serve`` writes),
+    and the WAL checkpoint, every ``CHECKPOINT_EVERY`` commits (automatic checkpoints are off:
+    one would flush the disk inside a commit, in the loop). While a call is in the thread,
+    the next ones follow it there: the sqlite3 connection is never used by both at once.
     """
+
+    CHECKPOINT_EVERY = 100
+
+    def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:
+        super().__init__(connector, iter_chunk_size=64)
+        self._thread.daemon = True  # as SQLAlchemy does with aiosqlite's own
+        self._in_flight = 0  # calls sent to the thread and not finished: only the loop counts
+        self._commits = 0
 
     async def _execute(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
+        db, call = self._connection, partial(fn, *args, **kwargs)
+        if self._in_flight or fn == db.close:
+            return await self._in_thread(call)
         try:
-            return fn(*args, **kwargs)  # the connection's busy timeout is 0: never waits
+            result = call()  # the connection's busy timeout is 0: this never waits
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            # SQLITE_BUSY or an extended code of it: nothing was done; wait in the thread
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
-        # SQLITE_BUSY: nothing was done; wait for the lock in the thread, as aiosqlite does
-        db = self._connection
-        await self._in_thread(partial(db.execute, f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}"))
-        try:
-            return await self._in_thread(partial(fn, *args, **kwargs))
-        finally:
-            await self._in_thread(partial(db.execute, "PRAGMA busy_timeout=0"))
+            return await self._in_thread(partial(_waiting, db, call))
+        if fn == db.commit:
+            self._commits += 1
+            if self._commits % self.CHECKPOINT_EVERY == 0:
+                await self._in_thread(partial(_checkpoint, db))
+        return result
 
-    async def _in_thread(self, fn: Callable[[], T]) -> T:
-        return cast(T, await super()._execute(fn))  # type: ignore[no-untyped-call]
+    async def _in_thread(self, call: Callable[[], T]) -> T:
+        self._in_flight += 1
+        future = asyncio.ensure_future(super()._execute(call))  # type: ignore[no-untyped-call]
+        # counted until the thread is done with it, even if whoever waits is cancelled
+        future.add_done_callback(self._landed)
+        return cast(T, await asyncio.shield(future))
+
+    def _landed(self, _future: asyncio.Future[Any]) -> None:
+        self._in_flight -= 1
+
+
+def _waiting(db: sqlite3.Connection, call: Callable[[], T]) -> T:
+    """``call`` waiting up to ``BUSY_TIMEOUT_S`` for another process's lock (in the thread)."""
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+    try:
+        return call()
+    finally:
+        db.execute("PRAGMA busy_timeout=0")
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    """Copy the WAL into the database, as far as no reader holds it back; never fails the
+    commit it follows (in the thread)."""
+    try:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error as exc:
+        log.warning("SQLite checkpoint skipped: %s", exc)
+
+
+def _open(database: str) -> sqlite3.Connection:
+    # check_same_thread off: opened in aiosqlite's thread, used in the loop's (one at a time)
+    db = sqlite3.connect(database, timeout=0, check_same_thread=False)
+    db.execute("PRAGMA wal_autocheckpoint=0")  # LoopConnection checkpoints, in the thread
+    return db
 
 
 async def _connect(database: str) -> LoopConnection:
-    # check_same_thread off: opened in aiosqlite's thread, used in the loop's (one at a time)
-    connector = partial(sqlite3.connect, database, timeout=0, check_same_thread=False)
-    connection = LoopConnection(connector, iter_chunk_size=64)
-    connection._thread.daemon = True  # as SQLAlchemy does with aiosqlite's own
+    connection = LoopConnection(partial(_open, database))
     await connection
     return connection
 

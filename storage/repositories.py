@@ -154,10 +154,10 @@ def record_audit(
     )
 
 
-_AUDIT_INSERT = insert(AuditEntry)  # built once, run on a connection: see write_audit
+_AUDIT_INSERT = insert(AuditEntry)  # built once, run on a connection: see insert_audit
 
 
-async def write_audit(
+async def insert_audit(
     connection: AsyncConnection,
     *,
     actor: str,

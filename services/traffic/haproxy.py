@@ -606,10 +606,10 @@ class EmbeddedHAProxy:
             self.files, config=config, hosts=hosts, binary=self.binary, crt_list=crt_list
         )
         with self.files.log.open("ab") as log:
+            argv = [self.binary, "-W", "-S", str(self.files.master), "-f", str(self.files.config)]
             self._master = await asyncio.create_subprocess_exec(
-                self.binary, "-W", "-S", str(self.files.master), "-f", str(self.files.config),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, preexec_fn=as_started,
+                *as_started(argv), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,
             )  # fmt: skip
         await self._wait_for_worker(previous=None)
 

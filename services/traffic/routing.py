@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, case, update
+from sqlalchemy import Integer, bindparam, case, update
 
 from services import access
 from services.access import Request
@@ -162,7 +162,7 @@ async def swap_domains(
         moved = await connection.execute(_SWAP_BINDINGS, {"a": a.id, "b": b.id})
         names = {a.id: a.name, b.id: b.name}
         leads = {domain: names[env_id] for domain, env_id in moved.all()}
-        await repo.write_audit(
+        await repo.insert_audit(
             connection, actor=request.user, action="swap", environment=first,
             channel=request.channel, allowed=True, detail={"with": second},
         )  # fmt: skip
@@ -171,15 +171,11 @@ async def swap_domains(
 
 
 # run on a connection, not the session: compiled as Core, with no ORM bookkeeping
+_A, _B = bindparam("a", type_=Integer), bindparam("b", type_=Integer)
 _SWAP_BINDINGS = (
     update(DomainBinding)
-    .where(DomainBinding.environment_id.in_((bindparam("a"), bindparam("b"))))
-    .values(
-        environment_id=case(
-            (DomainBinding.environment_id == bindparam("a"), bindparam("b")),
-            else_=bindparam("a"),
-        )
-    )
+    .where(DomainBinding.environment_id.in_((_A, _B)))
+    .values(environment_id=case((DomainBinding.environment_id == _A, _B), else_=_A))
     .returning(DomainBinding.domain, DomainBinding.environment_id)
 )
 

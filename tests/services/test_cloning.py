@@ -82,6 +82,8 @@ async def test_clone_is_a_complete_running_copy(
     bound = env.layer("db").master.attrs["NetworkSettings"]["Ports"]["5432/tcp"][0]["HostPort"]
     assert bound == remap.new != str(source.db_port)
 
+    assert result.job not in planning._claimed.values()  # its containers hold the port now
+
     # the source kept running, unpaused, with its own data
     src = await get_environment(docker, source.name)
     assert all(n.state == "running" for n in src.nodes)

@@ -349,17 +349,23 @@ async def test_on_sqlite_waiting_for_another_process_s_write_lock_holds_up_nothi
             session.add(EnvironmentRecord(name="waited"))
             await session.commit()
         waited = time.monotonic() - began
-        async with sessionmaker(engine)() as session:  # and the next goes straight through
-            session.add(EnvironmentRecord(name="next"))
+        ticked = ticks
+        # again: the connection did not keep the wait's busy timeout (the loop would block on
+        # the lock, and the COMMIT that ends it waits for the loop)
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        async with sessionmaker(engine)() as session:
+            session.add(EnvironmentRecord(name="again"))
             await session.commit()
             names = {r.name for r in await repo.list_environments(session)}
     finally:
         ticker.cancel()
         other.close()
         await engine.dispose()
-    assert names == {"waited", "next"}
+    assert names == {"waited", "again"}
     assert waited >= 0.45
-    assert ticks >= 25  # 10 ms apart: the loop ran all through the wait
+    assert ticked >= 25  # 10 ms apart: the loop ran all through the wait
+    assert ticks - ticked >= 15
 
 
 async def test_on_sqlite_a_read_then_write_waits_for_a_racing_writer(tmp_path: Path) -> None:
