@@ -9,6 +9,8 @@ as scripts/build-test-images.sh and the product do: nothing is pulled.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -88,6 +90,13 @@ class Engine:
             self._run("umount", "-l", str(self.data_root))
         shutil.rmtree(self.work, ignore_errors=True)
 
+    def remove_bridges(self) -> None:
+        """The bridges of the stopped engine's networks, which dockerd leaves behind when it
+        stops (they come back with their networks when it starts); with its data root gone,
+        nothing would remove them."""
+        for name in pool_bridges():
+            self._run("ip", "link", "del", name)
+
     def remove_run_files(self) -> None:
         """What the stopped engine leaves in /run: its exec root (a network namespace
         mounted in it) and log."""
@@ -96,6 +105,22 @@ class Engine:
             self._run("umount", str(run / "netns/default"))
         shutil.rmtree(run, ignore_errors=True)
         Path(f"{run}.log").unlink(missing_ok=True)
+
+
+def pool_bridges() -> list[str]:
+    """The host's network bridges of an engine's networks in POOL (only an engine of a
+    test's own uses it, one at a time)."""
+    done = subprocess.run(
+        ["ip", "-j", "-4", "addr", "show", "type", "bridge"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    pool = ipaddress.ip_network(POOL)
+    return [
+        link["ifname"]
+        for link in json.loads(done.stdout)
+        if link.get("ifname", "").startswith("br-")
+        and any(ipaddress.ip_address(a["local"]) in pool for a in link.get("addr_info", []))
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -116,6 +141,7 @@ async def own_engine(settings: Settings, *, size_mib: int = 1024) -> AsyncIterat
     finally:
         try:
             engine.stop()
+            engine.remove_bridges()
             engine.remove_run_files()
         finally:
             engine.remove_disk()

@@ -31,7 +31,7 @@ from services.settings import Settings
 from services.traffic.haproxy import RouterFiles
 from tests.conftest import BASE_DOMAIN, OWNER, MakeSource, create_source
 from tests.proof.cluster import own_cluster
-from tests.proof.engine import Engine, own_engine
+from tests.proof.engine import Engine, own_engine, pool_bridges
 from tests.serving import Bot, Serving, cli, served_page, until
 from tests.slack.emulator import SlackEmulator
 
@@ -421,3 +421,5 @@ async def test_the_engine_disk_filled_up_mid_clone(
         assert set(states.values()) == {"running"}, states
         after = cli(settings, "clone", prod, f"{prod}-after", "--as", OWNER)
         assert set((await _node_states(docker, f"{prod}-after")).values()) == {"running"}, after
+    # the engine's networks had bridges on the host: gone with it
+    assert pool_bridges() == []
