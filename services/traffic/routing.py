@@ -162,10 +162,9 @@ async def swap_domains(
         moved = await connection.execute(_SWAP_BINDINGS, {"a": a.id, "b": b.id})
         names = {a.id: a.name, b.id: b.name}
         leads = {domain: names[env_id] for domain, env_id in moved.all()}
-        await repo.insert_audit(
-            connection, actor=request.user, action="swap", environment=first,
-            channel=request.channel, allowed=True, detail={"with": second},
-        )  # fmt: skip
+        await connection.execute(
+            repo.AUDIT_INSERT, _audited(request, "swap", first, {"with": second})
+        )
         await session.commit()
     return leads
 
@@ -359,7 +358,12 @@ async def _binding(session: AsyncSession, domain: str) -> DomainBinding | None:
 def _audit(
     session: AsyncSession, request: Request, action: str, env: str, detail: dict[str, str]
 ) -> None:
-    repo.record_audit(
-        session, actor=request.user, action=action, environment=env, channel=request.channel,
-        allowed=True, detail=dict(detail),
-    )  # fmt: skip
+    repo.record_audit(session, **_audited(request, action, env, detail))
+
+
+def _audited(request: Request, action: str, env: str, detail: dict[str, str]) -> dict[str, Any]:
+    """The audit entry of an action ``request`` was allowed: ``record_audit``'s arguments."""
+    return {
+        "actor": request.user, "action": action, "environment": env,
+        "channel": request.channel, "allowed": True, "detail": dict(detail),
+    }  # fmt: skip
