@@ -13,6 +13,7 @@ from bot import (
     cli_certs,
     cli_demo,
     cli_doctor,
+    cli_engines,
     cli_envs,
     cli_lifecycle,
     cli_schedules,
@@ -30,6 +31,7 @@ for commands in (
     cli_certs,
     cli_demo,
     cli_doctor,
+    cli_engines,
 ):
     app.add_typer(commands.commands)
 

@@ -9,12 +9,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bot.cli_common import AsUser, JsonFlag, out, run
+from bot.cli_common import AsUser, JsonFlag, err, out, run
 from bot.progress_view import ProgressView
 from services.access import Request
 from services.cloning import CloneResult
 from services.context import Services
-from services.environments import Environment, list_environments
+from services.environments import Environment
 from services.jobs import (
     job_result,
     run_job,
@@ -23,6 +23,7 @@ from services.jobs import (
     submit_refresh,
     submit_rename,
 )
+from services.located import fleet_environments
 from services.progress import EventSink, ignore_events
 from storage import repositories as repo
 from storage.models import EnvironmentRecord, Job, JobState
@@ -35,29 +36,38 @@ def envs(as_json: JsonFlag = False) -> None:
     """List the environments on the Docker engine, with their owners; those that are down
     (recorded, with no container) too."""
 
-    async def work(svc: Services) -> list[tuple[Environment, EnvironmentRecord | None]]:
+    async def work(svc: Services) -> tuple[list[Listed], dict[str, str]]:
         async with svc.sessions() as session:
             records = {r.name: r for r in await repo.list_environments(session)}
-        found = await list_environments(svc.docker)
-        up = {e.name for e in found}
-        down = [n for n, r in records.items() if r.state == "ready" and n not in up]
-        found = sorted([*found, *(Environment(n, layers=()) for n in down)], key=lambda e: e.name)
-        return [(e, records.get(e.name)) for e in found]
+        view = await fleet_environments(svc)
+        up = {e.name for e in view.environments}
+        down = [r for n, r in records.items() if r.state == "ready" and n not in up]
+        found = [*view.environments, *(Environment(r.name, (), r.engine) for r in down)]
+        found.sort(key=lambda e: e.name)
+        return [(e, records.get(e.name)) for e in found], view.unreachable
 
-    environments = run(work)
+    environments, away = run(work)
     if as_json:
-        print(json.dumps([_env_json(e, record) for e, record in environments], indent=2))
+        print(json.dumps([_env_json(e, record, away) for e, record in environments], indent=2))
         return
-    table = Table("environment", "layers", "nodes", "cloned from", "owner", "expires")
+    table = Table("environment", "engine", "layers", "nodes", "cloned from", "owner", "expires")
     for env, record in environments:
         layers = ", ".join(f"{layer.name} ({layer.scaling})" for layer in env.layers)
         running = sum(n.state == "running" for n in env.nodes)
         nodes = f"{running}/{len(env.nodes)} running" if env.nodes else "[yellow]down[/]"
-        if record is not None and record.stopped and env.nodes:
+        if env.engine in away:
+            nodes = "[red]unreachable[/]"
+        elif record is not None and record.stopped and env.nodes:
             nodes += f" ({record.stopped})"
         owner = _owner(env, record) or "(unowned)"
-        table.add_row(env.name, layers, nodes, env.cloned_from or "", owner, _expires(record))
+        row = (env.name, env.engine, layers, nodes, env.cloned_from or "", owner)
+        table.add_row(*row, _expires(record))
     out.print(table)
+    for engine, why in away.items():
+        err.print(f"[yellow]engine {engine} does not answer:[/] {why}", highlight=False)
+
+
+Listed = tuple[Environment, EnvironmentRecord | None]
 
 
 def _owner(env: Environment, record: EnvironmentRecord | None) -> str | None:
@@ -85,13 +95,17 @@ def clone(
             "never (SOURCE's owner or an admin)."
         ),
     ] = None,
+    on: Annotated[
+        str | None,
+        typer.Option("--on", help="The engine to make it on (default: the source's)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Make a complete, running copy of an environment (it becomes yours)."""
     request = Request(user)
     _job(
         lambda svc: submit_clone(
-            svc, request, source=source, name=name, snapshot=snapshot, ttl=ttl
+            svc, request, source=source, name=name, snapshot=snapshot, ttl=ttl, on=on
         ),
         as_json=as_json,
     )
@@ -198,13 +212,17 @@ def _print_details(result: CloneResult) -> None:
         out.print(f"  [yellow]warning:[/] {warning}", soft_wrap=True)
 
 
-def _env_json(env: Environment, record: EnvironmentRecord | None) -> dict[str, Any]:
+def _env_json(
+    env: Environment, record: EnvironmentRecord | None, away: dict[str, str]
+) -> dict[str, Any]:
     expires = record.expires_at if record is not None else None
+    state = "unreachable" if env.engine in away else "up" if env.nodes else "down"
     return {
         "name": env.name,
+        "engine": env.engine,
         "owner": _owner(env, record),
         "cloned_from": env.cloned_from,
-        "state": "up" if env.nodes else "down",
+        "state": state,
         "expires_at": expires.isoformat() if expires is not None else None,
         "stopped": record.stopped if record is not None else None,
         "layers": [

@@ -11,8 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from services.context import Services
-from services.environments import Environment, Glimpse, get_environment, glimpse_environments
+from services.environments import Environment, Glimpse
 from services.errors import EnvironmentNotFound, Forbidden, InvalidUser, Refused
+from services.fleet import LOCAL
+from services.located import find_environment, find_glimpses
 from services.permissions import Access, Action, Decision, Role, decide
 from services.settings import SLACK_USER, Settings
 from storage import repositories as repo
@@ -34,11 +36,14 @@ def label_owner(env: Environment | Glimpse) -> str | None:
 async def ensure_record(session: AsyncSession, env: Environment | Glimpse) -> EnvironmentRecord:
     """The environment's record; a newly seen one is owned by its ``clonebot.owner`` label."""
     record = await repo.get_environment(session, env.name)
+    engine = env.engine if isinstance(env, Environment) else None
     if record is not None:
+        if engine is not None and record.engine != engine:  # Docker says where it is now
+            record.engine = engine
         return record
     record = EnvironmentRecord(
         name=env.name, owner=label_owner(env), cloned_from=env.cloned_from, collaborators=[],
-        channels=[],
+        channels=[], engine=engine or LOCAL,
     )  # fmt: skip
     try:
         async with session.begin_nested():
@@ -75,7 +80,7 @@ async def check_request(
 ) -> tuple[Environment, EnvironmentRecord]:
     """The environment and its record, if ``request`` may do ``action`` to it; else raise."""
     check_user(request.user)
-    env = await get_environment(svc.docker, name)
+    env = await find_environment(svc, name)
     return env, await _checked_record(svc, session, request, env, action)
 
 
@@ -104,7 +109,7 @@ async def check_glimpses(
     """As ``check_request``, for each of ``names``, from one container listing and one query:
     for changes that must be quick (a swap)."""
     check_user(request.user)
-    envs = await glimpse_environments(svc.docker, names)
+    envs = await find_glimpses(svc, names)
     query = select(EnvironmentRecord).where(EnvironmentRecord.name.in_(names))
     known = {r.name: r for r in (await session.scalars(query)).all()}
     records = [known.get(env.name) or await ensure_record(session, env) for env in envs]

@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from services.access import access_of, check_user, label_owner
 from services.context import Services
-from services.environments import Environment, list_environments
+from services.environments import Environment
+from services.located import fleet_environments
 from services.naming import default_clone_name, held_names
 from services.permissions import Action, decide
 from storage import repositories as repo
@@ -45,6 +46,11 @@ class EnvironmentView:
     routes: tuple[RouteView, ...] = field(default=())
     expires_at: datetime | None = None  # a clone's; None: never
     stopped: str | None = None  # why clonebot stopped it (services.sleep.Stopped), if it did
+    unreachable: str | None = None  # why its engine does not answer, when it does not
+
+    @property
+    def engine(self) -> str:
+        return self.env.engine
 
     @property
     def name(self) -> str:
@@ -63,7 +69,8 @@ async def visible_environments(
     custom domains and the routes they take part in; those that are down (recorded, with no
     container) without layers."""
     check_user(user)
-    envs = await list_environments(svc.docker)
+    fleet = await fleet_environments(svc)
+    envs = fleet.environments
     async with svc.sessions() as session:
         records = {r.name: r for r in await repo.list_environments(session)}
         names = {r.id: r.name for r in records.values()}
@@ -80,7 +87,7 @@ async def visible_environments(
     ]
     running = {env.name for env in envs}
     envs += [
-        Environment(name=r.name, layers=())
+        Environment(name=r.name, layers=(), engine=r.engine)
         for r in records.values()
         if r.state == "ready" and r.name not in running
     ]
@@ -100,6 +107,7 @@ async def visible_environments(
                 may_clone=view.may_clone, notify_channel=record.notify_channel,
                 domains=tuple(sorted(domains.get(env.name, ()))), routes=own_routes,
                 expires_at=record.expires_at, stopped=record.stopped,
+                unreachable=fleet.unreachable.get(env.engine),
             )
         )  # fmt: skip
     return sorted(views, key=lambda v: v.name)

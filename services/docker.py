@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import posixpath
+import ssl
 import tarfile
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -117,13 +118,19 @@ class ExecSession:
 class DockerClient:
     """Async client for one Docker engine."""
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._url = url
+        self._ssl = ssl_context
         self._docker: aiodocker.Docker | None = None
 
     async def __aenter__(self) -> DockerClient:
-        self._docker = aiodocker.Docker(url=self._url)
+        self._docker = self._open()
         return self
+
+    def _open(self) -> aiodocker.Docker:
+        return aiodocker.Docker(url=self._url, ssl_context=self._ssl)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -136,7 +143,7 @@ class DockerClient:
     @property
     def api(self) -> aiodocker.Docker:
         if self._docker is None:
-            self._docker = aiodocker.Docker(url=self._url)
+            self._docker = self._open()
         return self._docker
 
     # -- engine ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from services.docker import JSON, DockerClient, gather_all
 from services.errors import EnvironmentNotFound
+from services.fleet import LOCAL
 
 PROJECT = "com.docker.compose.project"
 SERVICE = "com.docker.compose.service"
@@ -96,6 +97,7 @@ class Layer:
 class Environment:
     name: str
     layers: tuple[Layer, ...]
+    engine: str = LOCAL  # the Docker engine it is on (services/fleet.py)
 
     @property
     def nodes(self) -> tuple[Node, ...]:

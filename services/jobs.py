@@ -40,8 +40,9 @@ from services.lifecycle import (
     refresh_clone,
     rename_environment,
 )
+from services.located import check_name_free_everywhere
 from services.log_context import job_logged
-from services.naming import check_name_free, default_clone_name, held_names, validate_name
+from services.naming import default_clone_name, held_names, validate_name
 from services.permissions import Action
 from services.progress import EventSink, ignore_events
 from services.quotas import check_clone_count
@@ -73,18 +74,21 @@ async def submit_clone(
     snapshot: bool = False,
     notify: str | None = None,
     ttl: str | None = None,
+    on: str | None = None,
 ) -> Job:
     """Check, reserve the name and record a clone job; refusals raise before anything is kept.
 
     ``notify`` is the clone's notify channel, if it should have its own; ``ttl`` its life as
-    the user typed it (``3d``, ``never``), else ``CLONEBOT_DEFAULT_TTL``."""
+    the user typed it (``3d``, ``never``), else ``CLONEBOT_DEFAULT_TTL``; ``on`` the engine
+    to make it on (else the source's)."""
     access.check_user(request.user)
     if name is not None:
         validate_name(name)
     async with svc.sessions() as session:
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
-        await access.check_request(svc, session, request, name=source, action=Action.CLONE)
+        env, _ = await access.check_request(svc, session, request, name=source, action=Action.CLONE)
+        engine = _target_engine(svc, env.engine, on)
         await serialize(session)  # two clones asked at once are counted one after the other
         async with access.audited_refusals(
             session, request, action=Action.CLONE, environment=source
@@ -93,17 +97,29 @@ async def submit_clone(
             origin = await original_source(session, source)
             keep = await may_keep(svc, session, user=request.user, origin=origin)
             expires = clone_expiry(svc.settings, ttl=ttl, may_keep=keep, source=origin)
-        name = name or await _default_name(svc, session, source)
+        name = name or await _default_name(svc.on(engine), session, source)
         await _check_free(svc, session, name)
         session.add(
             EnvironmentRecord(
                 name=name, owner=request.user, cloned_from=source, state="creating",
-                notify_channel=notify, expires_at=expires,
+                notify_channel=notify, expires_at=expires, engine=engine,
             )
         )  # fmt: skip
-        job = _new_job(request, kind="clone", environment=name, source=source)
+        job = _new_job(request, kind="clone", environment=name, source=source, engine=engine)
+        job.source_engine = env.engine
         job.params = job.params | {"snapshot": snapshot}
         return await _record(session, request, job, action=Action.CLONE)
+
+
+def _target_engine(svc: Services, source_engine: str, on: str | None) -> str:
+    """The engine a clone is made on: the source's, unless asked otherwise."""
+    if on is None or on == source_engine:
+        return source_engine
+    svc.fleet.spec(on)  # an engine clonebot has, or a refusal naming it
+    raise BadRequest(
+        f"cloning onto another engine ({on}, from {source_engine}) is not built yet: "
+        f"clone on {source_engine}"
+    )
 
 
 async def submit_refresh(svc: Services, request: Request, *, name: str) -> Job:
@@ -119,7 +135,7 @@ async def submit_rename(svc: Services, request: Request, *, name: str, new_name:
     async with svc.sessions() as session:
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
-        _, record = await access.check_request(
+        env, record = await access.check_request(
             svc, session, request, name=name, action=Action.RENAME
         )
         args = {"name": name, "new_name": new_name}
@@ -129,7 +145,7 @@ async def submit_rename(svc: Services, request: Request, *, name: str, new_name:
             raise BadRequest(f"{name} is already called {new_name}")
         await _check_free(svc, session, new_name, renaming=name)
         session.add(EnvironmentRecord(name=new_name, state="creating"))
-        job = _new_job(request, kind="rename", environment=name, source=None)
+        job = _new_job(request, kind="rename", environment=name, source=None, engine=env.engine)
         job.params = job.params | {"to": new_name}
         return await _record(session, request, job, action=Action.RENAME)
 
@@ -204,17 +220,22 @@ async def _submit_on(
         # only once allowed: a refusal must not tell a stranger what the environment serves
         if kind in _STOPS and (serving := await serving_reason(session, name, doing=_STOPS[kind])):
             raise BadRequest(serving)
+        engine = env.engine if env is not None else record.engine
         if kind == "delete":
-            await check_delete(svc.docker, name=name, force=bool((params or {}).get("force")))
+            force = bool((params or {}).get("force"))
+            await check_delete(svc.on(engine).docker, name=name, force=force)
         # the record follows a source's rename; the clone's label keeps the name it was made from
         source = record.cloned_from or (env.cloned_from if env is not None else None)
         if kind in ("stop", "start") and source is None:  # a source is never stopped by us
             raise NotAClone(name, kind)
         if kind == "start" and record.stopped == Stopped.EXPIRED and _past(record.expires_at):
             raise BadRequest(f"{name} expired and was stopped: extend it (`/env extend {name} 1d`)")
-        if kind == "refresh":
-            await _check_source(svc, session, request, clone=name, source=source)
-        job = _new_job(request, kind=kind, environment=name, source=source)
+        job = _new_job(request, kind=kind, environment=name, source=source, engine=engine)
+        if kind == "refresh":  # its source is frozen, on its own engine
+            job.source_engine = await _check_source(
+                svc, session, request, clone=name, source=source
+            )
+            _same_engine(job)
         job.params = job.params | (params or {})
         return await _record(session, request, job, action=action)
 
@@ -238,7 +259,9 @@ async def _earlier(session: AsyncSession, request: Request) -> Job | None:
     return await repo.job_for_key(session, request.key) if request.key else None
 
 
-def _new_job(request: Request, *, kind: str, environment: str, source: str | None) -> Job:
+def _new_job(
+    request: Request, *, kind: str, environment: str, source: str | None, engine: str
+) -> Job:
     """A queued job; its params start with the approval it was asked with, if any (its run
     checks protection again: one protected meanwhile needs it)."""
     return Job(
@@ -252,6 +275,7 @@ def _new_job(request: Request, *, kind: str, environment: str, source: str | Non
         params={"approval": request.approval} if request.approval else {},
         steps=[],
         frozen=[],
+        engine=engine,
     )
 
 
@@ -321,7 +345,7 @@ async def _check_free(
     """Refuse a name anything holds: what Docker has of its project, or its record. An
     environment that is down keeps its record (owner, people, channels, domains, routes):
     only a delete or an admin's ``forget`` frees its name."""
-    await check_name_free(svc.docker, name=name, renaming=renaming)
+    await check_name_free_everywhere(svc, name=name, renaming=renaming)
     record = await repo.get_environment(session, name)
     # one a job reserves ("creating") is refused by the reservation's unique name, which also
     # tells a retried delivery of the same request from a second one
@@ -333,11 +357,22 @@ async def _check_free(
 
 async def _check_source(
     svc: Services, session: AsyncSession, request: Request, *, clone: str, source: str | None
-) -> None:
-    """A refresh freezes its source and copies its data: it needs the clone right there."""
+) -> str:
+    """A refresh freezes its source and copies its data: it needs the clone right there.
+    Returns the source's engine."""
     if source is None:
         raise NotAClone(clone, "refresh")
-    await access.check_request(svc, session, request, name=source, action=Action.CLONE)
+    env, _ = await access.check_request(svc, session, request, name=source, action=Action.CLONE)
+    return env.engine
+
+
+def _same_engine(job: Job) -> None:
+    """Jobs copy between two engines only once that is built (a clone on another engine)."""
+    if job.source_engine not in (None, job.engine):
+        raise BadRequest(
+            f"{job.environment} is on engine {job.engine} and {job.source} on "
+            f"{job.source_engine}: copying between engines is not built yet"
+        )
 
 
 async def _recheck(svc: Services, job: Job) -> None:
@@ -348,22 +383,26 @@ async def _recheck(svc: Services, job: Job) -> None:
     async with svc.sessions() as session:
         match kind:
             case JobKind.CLONE:
-                await access.check_request(
+                env, _ = await access.check_request(
                     svc, session, request, name=job.source or "", action=Action.CLONE
                 )
-                await check_name_free(svc.docker, name=job.environment)
+                await check_name_free_everywhere(svc, name=job.environment)
+                _moved(job, env.engine)
             case JobKind.REFRESH:
                 await access.check_request(
                     svc, session, request, name=job.environment, action=Action.REFRESH
                 )
                 source = job.source
-                await _check_source(svc, session, request, clone=job.environment, source=source)
+                engine = await _check_source(
+                    svc, session, request, clone=job.environment, source=source
+                )
+                _moved(job, engine)
             case JobKind.RENAME:
                 await access.check_request(
                     svc, session, request, name=job.environment, action=Action.RENAME
                 )
                 new_name = job.params["to"]
-                await check_name_free(svc.docker, name=new_name, renaming=job.environment)
+                await check_name_free_everywhere(svc, name=new_name, renaming=job.environment)
             case JobKind.DELETE:
                 await access.check_recorded(
                     svc, session, request, name=job.environment, action=Action.DELETE
@@ -383,6 +422,16 @@ async def _recheck(svc: Services, job: Job) -> None:
             case _:
                 assert_never(kind)
         await _recheck_record(svc, session, job, kind)
+
+
+def _moved(job: Job, source_engine: str) -> None:
+    """The source is found on another engine than when the job was asked (a project moved):
+    never copied from where it no longer is."""
+    if job.source_engine is not None and source_engine != job.source_engine:
+        raise BadRequest(
+            f"{job.source} moved from engine {job.source_engine} to {source_engine} since "
+            "this was asked: ask again"
+        )
 
 
 async def _recheck_record(svc: Services, session: AsyncSession, job: Job, kind: JobKind) -> None:
@@ -430,7 +479,7 @@ async def _run_job(svc: Services, job_id: str, *, emit: EventSink) -> Job:
 
     async def work() -> CloneResult | None:
         await _recheck(svc, job)
-        return await _dispatch(svc, job, progress)
+        return await _dispatch(svc.on(job.engine), job, progress)
 
     outcome: dict[str, Any] = {"state": JobState.SUCCEEDED}
     started = time.monotonic()
@@ -575,7 +624,7 @@ async def _sweep(svc: Services, job: Job, outcome: dict[str, Any]) -> None:
     if job.kind != JobKind.CLONE or outcome["state"] == JobState.SUCCEEDED:
         return
     try:
-        if removed := await sweep_job(svc.docker, job.id):
+        if removed := await sweep_job(svc.on(job.engine).docker, job.id):
             log.warning("job %s: removed %d resource(s) its rollback had left", job.id, removed)
     except ClonebotError as exc:
         log.warning("job %s: what it made is not all removed: %s", job.id, exc.message)
@@ -590,7 +639,9 @@ async def _sources_resumed(svc: Services, job_id: str) -> bool:
     if current is None or not current.frozen:
         return True
     try:
-        await resume_recorded(svc.docker, current.frozen)
+        await resume_recorded(
+            svc.on(current.source_engine or current.engine).docker, current.frozen
+        )
     except ClonebotError:
         log.exception("job %s: a source it froze cannot be resumed yet", job_id)
         return False

@@ -47,7 +47,7 @@ async def _resume_abandoned(svc: Services) -> None:
     for job in ended:
         left = [entry for entry in job.frozen if entry["container"] not in held]
         try:
-            resumed = await resume_recorded(svc.docker, left)
+            resumed = await resume_recorded(svc.on(job.source_engine or job.engine).docker, left)
         except ClonebotError:
             log.exception("job %s: its sources still cannot be resumed", job.id)
             continue
@@ -71,13 +71,15 @@ async def _take_over(svc: Services, job: Job) -> bool:
 
 
 async def _recover(svc: Services, job: Job) -> Job:
+    """Sources resumed on their engine, what the job made removed from its own."""
+    source, svc = svc.on(job.source_engine or job.engine), svc.on(job.engine)
     if job.kind == "rename" and await _rename_went_through(svc, job):
         return job
     if job.kind == "rename":  # the new nodes hold the host ports: they go first
         removed = await remove_job_resources(svc.docker, job.id)
-        resumed = await resume_recorded(svc.docker, job.frozen)
+        resumed = await resume_recorded(source.docker, job.frozen)
     else:
-        resumed = await resume_recorded(svc.docker, job.frozen)
+        resumed = await resume_recorded(source.docker, job.frozen)
         removed = await remove_job_resources(svc.docker, job.id)
     if job.kind == "refresh":
         await _restore_set_aside(svc.docker, job)

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.durations import parse_duration, parse_size
 from services.errors import BadRequest
+from services.fleet import LOCAL, EngineSpec, check_engine, parse_engines
 
 SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
 # the router folder is written into HAProxy's configuration (among it a double-quoted
@@ -109,6 +110,10 @@ class Settings(BaseSettings):
     admins: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(), alias="CLONEBOT_ADMINS"
     )
+    # more Docker engines (services/fleet.py): ``name=url,...``; a tcp:// engine's TLS client
+    # files (ca.pem, cert.pem, key.pem) are in CLONEBOT_ENGINE_CERTS/<name>/
+    engines: str = Field(default="", alias="CLONEBOT_ENGINES")
+    engine_certs: Path | None = Field(default=None, alias="CLONEBOT_ENGINE_CERTS")
 
     @field_validator("admins", mode="before")
     @classmethod
@@ -179,7 +184,34 @@ class Settings(BaseSettings):
         if self.router_dir is None:
             where = "CLONEBOT_ROUTER_DIR (unset: CLONEBOT_DATA_DIR/router): "
             self.router_dir = _router_path(self.data_dir / "router", where=where)
+        if self.engine_certs is None:
+            self.engine_certs = self.data_dir / "engines"
         return self
+
+    @model_validator(mode="after")
+    def _engines_usable(self) -> Settings:
+        """Every engine of CLONEBOT_ENGINES named and reachable as ``check_engine`` wants."""
+        self.engine_specs()
+        return self
+
+    def engine_specs(self) -> list[EngineSpec]:
+        """``local`` (DOCKER_HOST), then CLONEBOT_ENGINES'."""
+        try:
+            specs = [EngineSpec(LOCAL, self.docker_host)]
+            for item in parse_engines(self.engines):
+                tls = (self.engine_certs or self.data_dir / "engines") / item.name
+                if item.url.startswith("unix:"):
+                    specs.append(check_engine(item.name, item.url, None))
+                else:
+                    specs.append(check_engine(item.name, item.url, tls))
+        except BadRequest as exc:
+            raise ValueError(f"CLONEBOT_ENGINES: {exc.message}") from None
+        names = [s.name for s in specs]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(
+                f"CLONEBOT_ENGINES: {', '.join(twice)} named twice ({LOCAL}: DOCKER_HOST)"
+            )
+        return specs
 
     @field_validator("router_dir")
     @classmethod

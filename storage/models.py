@@ -74,6 +74,8 @@ class EnvironmentRecord(Base):
     # changes to it (swap, split, failover, delete, rename, refresh, hand-over, unprotect)
     # need a second person's approval (services/approvals.py)
     protected: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    # the Docker engine its containers are on (services/fleet.py); kept for when it is away
+    engine: Mapped[str] = mapped_column(String(32), default="local", server_default="local")
 
     collaborators: Mapped[list[Collaborator]] = relationship(
         back_populates="environment", cascade="all, delete-orphan", lazy="selectin"
@@ -224,6 +226,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     # disk the job's copy will still take: other jobs' disk checks count it as used
     reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # the Docker engine of its environment (a clone's: the one it is made on), and of its
+    # source (the one frozen): recovery resumes and removes there
+    engine: Mapped[str] = mapped_column(String(32), default="local", server_default="local")
+    source_engine: Mapped[str | None] = mapped_column(String(32))
 
 
 class Approval(Base):
@@ -299,3 +305,20 @@ class RefreshSchedule(Base):
     last_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     last_job: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EngineRecord(Base):
+    """A Docker engine added with ``clonebot engine add`` (those of CLONEBOT_ENGINES and
+    ``local`` are settings, not rows)."""
+
+    __tablename__ = "engines"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(String(255))
+    # the folder of its TLS client files (ca.pem, cert.pem, key.pem), for a tcp:// URL
+    tls_dir: Mapped[str | None] = mapped_column(String(4096))
+    # what the engine called itself when added (``docker info`` ID): another engine behind
+    # the same URL later is refused, not taken for it
+    engine_id: Mapped[str] = mapped_column(String(128))
+    added_by: Mapped[str] = mapped_column(String(32))
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.models.views import View
@@ -83,35 +83,44 @@ async def _clone_asked(bot: SlackBot, command: dict[str, Any], respond: Respond)
 
 
 async def _clone(bot: SlackBot, asked: Asked) -> str | None:
-    """``/clone SOURCE [NAME] [--ttl D] [--snapshot]``."""
-    words, ttl, snapshot = _clone_words(asked.words)
-    source, name = words[0], (words[1] if len(words) == 2 else None)
+    """``/clone SOURCE [NAME] [--ttl D] [--snapshot] [--on ENGINE]``."""
+    args = _clone_words(asked.words)
+    source, name = args.words[0], (args.words[1] if len(args.words) == 2 else None)
     job = await jobs.submit_clone(
-        bot.svc, asked.request, source=source, name=name, snapshot=snapshot, ttl=ttl
-    )
+        bot.svc, asked.request, source=source, name=name, snapshot=args.snapshot, ttl=args.ttl,
+        on=args.on,
+    )  # fmt: skip
     bot.jobs.start(job, channel=asked.channel or asked.user)
     return None
 
 
-def _clone_words(given: list[str]) -> tuple[list[str], str | None, bool]:
-    """The source and name, the ``--ttl`` and whether ``--snapshot``, wherever they stand."""
+class CloneArgs(NamedTuple):
+    words: list[str]  # the source, and the name if given
+    ttl: str | None
+    snapshot: bool
+    on: str | None  # the engine
+
+
+def _clone_words(given: list[str]) -> CloneArgs:
+    """The source and name, the ``--ttl``, ``--on`` and whether ``--snapshot``, wherever
+    they stand."""
     words: list[str] = []
-    ttl, snapshot = None, False
+    options: dict[str, str | None] = {"--ttl": None, "--on": None}
+    snapshot = False
     rest = iter(given)
     for word in rest:
+        option, equals, value = word.partition("=")
         if word == "--snapshot":
             snapshot = True
-        elif word == "--ttl":
-            ttl = next(rest, "")
-        elif word.startswith("--ttl="):
-            ttl = word.removeprefix("--ttl=")
+        elif option in options:
+            options[option] = value if equals else next(rest, "")
         elif word.startswith("-"):
             raise Usage(usage("/clone"))
         else:
             words.append(word)
-    if not 1 <= len(words) <= 2 or ttl == "":
+    if not 1 <= len(words) <= 2 or "" in options.values():
         raise Usage(usage("/clone"))
-    return words, ttl, snapshot
+    return CloneArgs(words, options["--ttl"], snapshot, options["--on"])
 
 
 async def open_clone_modal(bot: SlackBot, asked: Asked) -> None:
@@ -155,11 +164,16 @@ async def _list(bot: SlackBot, asked: Asked) -> str:
     if not views:
         return "You may see no environment yet. `/env help` lists the commands."
     lines = [f"*Environments you may see* ({len(views)})"]
+    several = len(bot.svc.fleet.names) > 1  # then each says its engine
     for v in views:
         owner = f"<@{v.owner}>" if v.owner else "nobody"
         origin = f", cloned from {v.cloned_from}" if v.cloned_from else ""
         running = sum(n.state == "running" for n in v.env.nodes)
         state = "*down*" if v.down else f"{running}/{len(v.env.nodes)} nodes running"
+        if v.unreachable:
+            state = f"*unreachable* (engine {v.engine} does not answer)"
+        elif several:
+            state += f" on {v.engine}"
         domains = f" · {', '.join(v.domains)}" if v.domains else ""
         life = messages.lifetime(
             expires_at=v.expires_at, stopped=v.stopped, clone=v.cloned_from is not None
@@ -180,9 +194,12 @@ async def _info(bot: SlackBot, asked: Asked) -> str:
         raise EnvironmentNotFound(name)
     env = view.env
     lines = [
-        f"*{env.name}* · owner {f'<@{view.owner}>' if view.owner else 'nobody'} · you: {view.role}",
+        f"*{env.name}* · owner {f'<@{view.owner}>' if view.owner else 'nobody'} · you: {view.role}"
+        f" · engine {env.engine}",
         f"<{_site(bot, env.name)}|{env.name}.{bot.base_domain}>",
     ]
+    if view.unreachable:
+        lines.append(f":warning: engine {env.engine} does not answer: {escape(view.unreachable)}")
     if view.cloned_from:
         life = messages.lifetime(expires_at=view.expires_at, stopped=view.stopped, clone=True)
         lines.append(f"Cloned from *{view.cloned_from}*{life}")
@@ -580,8 +597,9 @@ ENV: dict[str, Subcommand] = {
     "help": Subcommand("", "this list", tuple(range(100)), _help, Repeat.ANSWER),
 }
 CLONE_USAGE = (
-    "`/clone SOURCE [NAME] [--ttl 3d] [--snapshot]` clones SOURCE now (it expires after --ttl, "
-    "else the default); `/clone` alone opens a form"
+    "`/clone SOURCE [NAME] [--ttl 3d] [--snapshot] [--on ENGINE]` clones SOURCE now (it "
+    "expires after --ttl, else the default; it is made on the source's engine, or --on's); "
+    "`/clone` alone opens a form"
 )
 
 

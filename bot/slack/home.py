@@ -37,6 +37,7 @@ async def publish_home(bot: SlackBot, user: str) -> None:
             name=v.name, owner=v.owner, role=v.role, cloned_from=v.cloned_from,
             layers={layer.name: len(layer.nodes) for layer in v.env.layers}, down=v.down,
             expires_at=v.expires_at, stopped=v.stopped,
+            engine=v.engine if len(bot.svc.fleet.names) > 1 else None, unreachable=v.unreachable,
         )
         for v in views
     ]  # fmt: skip

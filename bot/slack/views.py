@@ -300,6 +300,8 @@ class EnvironmentSummary:
     down: bool = False  # recorded, with no container
     expires_at: datetime | None = None
     stopped: str | None = None  # why clonebot stopped it, if it did
+    engine: str | None = None  # shown when there are several
+    unreachable: str | None = None  # why its engine does not answer, when it does not
 
 
 @dataclass(frozen=True)
@@ -376,8 +378,11 @@ def _home_environment(
     nodes = ", ".join(f"{layer} ×{count}" for layer, count in env.layers.items())
     url = f"<{env_url(env.name, base_domain=base_domain, port=port)}|{env.name}.{base_domain}>"
     state = "*down*: no container; its record, domains and routes are kept" if env.down else ""
+    if env.unreachable:
+        state = f"*unreachable*: engine {env.engine} does not answer"
     life = lifetime(expires_at=env.expires_at, stopped=env.stopped, clone=bool(env.cloned_from))
-    lines = [f"*{env.name}* · {whose}{origin}{life}", state or nodes or "no nodes", url]
+    where = f" · on {env.engine}" if env.engine else ""
+    lines = [f"*{env.name}* · {whose}{origin}{where}{life}", state or nodes or "no nodes", url]
     if domains:
         lines.append(clip("Domains: " + ", ".join(domains), 1000))
     return fit(lines + [f"↪ {route.describe()}" for route in routes])

@@ -362,7 +362,7 @@ def test_refusals_and_usage_are_short_and_say_what_to_type() -> None:
         assert f"`/env {sub}" in listing
     assert usage("nonsense") == listing
     assert usage("split").startswith("Usage: `/env split DOMAIN ENV=90 OTHER=10 [sticky]`")
-    assert "`/clone SOURCE [NAME] [--ttl 3d] [--snapshot]`" in usage("/clone")
+    assert "`/clone SOURCE [NAME] [--ttl 3d] [--snapshot] [--on ENGINE]`" in usage("/clone")
 
 
 def test_button_values_carry_names_only() -> None:

@@ -42,6 +42,7 @@ TABLES = {
     "routes",
     "refresh_schedules",
     "approvals",
+    "engines",
     "certificates",
     "domain_https",
     "alembic_version",

@@ -1,0 +1,133 @@
+"""Environments across the fleet: each found on the engine that holds it.
+
+With one engine (the usual case) every call here is the single-engine call it wraps. With
+more, the engines are asked at once, each within ``ANSWER_S``: one that does not answer
+leaves the others' answers whole, and is named, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from services.context import Services
+from services.docker import gather_all
+from services.environments import (
+    Environment,
+    Glimpse,
+    get_environment,
+    glimpse_environments,
+    list_environments,
+)
+from services.errors import BadRequest, ClonebotError, DockerUnavailable, EnvironmentNotFound
+from services.fleet import ANSWER_S, LOCAL, EngineUnreachable
+from services.naming import check_name_free
+from storage import repositories as repo
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """Every environment on the engines that answered, and why the others did not."""
+
+    environments: list[Environment]
+    unreachable: dict[str, str] = field(default_factory=dict)  # engine: why
+
+
+async def on_each(
+    svc: Services, call: Callable[[Services], Awaitable[T]], *, wait: float | None = ANSWER_S
+) -> tuple[dict[str, T], dict[str, str]]:
+    """``call`` on every engine at once: what each returned, and why the others failed."""
+    names = svc.fleet.names
+
+    async def one(name: str) -> T:
+        async with asyncio.timeout(wait):
+            return await call(svc.on(name))
+
+    results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
+    done: dict[str, T] = {}
+    failed: dict[str, str] = {}
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, TimeoutError):
+            failed[name] = f"no answer in {wait:.0f} s"
+        elif isinstance(result, ClonebotError):
+            failed[name] = result.message
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            done[name] = result
+    return done, failed
+
+
+async def fleet_environments(svc: Services) -> FleetView:
+    """Every Compose project on every engine that answers, by name, each with its engine."""
+    if svc.fleet.names == [LOCAL]:
+        return FleetView(await list_environments(svc.docker))
+    found, failed = await on_each(svc, lambda s: list_environments(s.docker))
+    envs = [replace(e, engine=name) for name, listed in found.items() for e in listed]
+    return FleetView(sorted(envs, key=lambda e: (e.name, e.engine)), failed)
+
+
+async def find_environment(svc: Services, name: str) -> Environment:
+    """The environment named ``name``, on whichever engine holds it.
+
+    ``EnvironmentNotFound`` when no engine that answers has it; ``EngineUnreachable`` when
+    its record places it on an engine that does not answer."""
+    if svc.fleet.names == [LOCAL]:
+        return await get_environment(svc.docker, name)
+
+    async def look(s: Services) -> Environment | None:
+        try:
+            return replace(await get_environment(s.docker, name), engine=s.engine)
+        except EnvironmentNotFound:
+            return None
+
+    found, failed = await on_each(svc, look)
+    held = [env for env in found.values() if env is not None]
+    if len(held) > 1:
+        engines = " and ".join(e.engine for e in held)
+        raise BadRequest(f"{name} is on engines {engines}: rename one of them first")
+    if held:
+        return held[0]
+    async with svc.sessions() as session:
+        record = await repo.get_environment(session, name)
+    if record is not None and record.engine in failed:
+        raise EngineUnreachable(record.engine, failed[record.engine])
+    raise EnvironmentNotFound(name)
+
+
+async def find_glimpses(svc: Services, names: Sequence[str]) -> list[Glimpse]:
+    """``glimpse_environments`` across the engines (a swap's two, which may be on two)."""
+    if svc.fleet.names == [LOCAL]:
+        return await glimpse_environments(svc.docker, names)
+    found: dict[str, Glimpse] = {}
+    for env in (await fleet_environments(svc)).environments:
+        if env.name in names:
+            found[env.name] = Glimpse(
+                env.name, env.owner, env.cloned_from, env.web_layer is not None
+            )
+    for name in names:
+        if name not in found:
+            await find_environment(svc, name)  # raises: not found, or its engine away
+    return [found[n] for n in names]
+
+
+async def check_name_free_everywhere(
+    svc: Services, *, name: str, renaming: str | None = None
+) -> None:
+    """``check_name_free`` on every engine that answers: a name is unique in the fleet. An
+    engine away is passed over: the records keep clonebot's own names there."""
+    if svc.fleet.names == [LOCAL]:
+        await check_name_free(svc.docker, name=name, renaming=renaming)
+        return
+
+    async def one(s: Services) -> None:
+        with contextlib.suppress(TimeoutError, DockerUnavailable):
+            async with asyncio.timeout(ANSWER_S):
+                await check_name_free(s.docker, name=name, renaming=renaming)
+
+    await gather_all(*(one(svc.on(n)) for n in svc.fleet.names))

@@ -1,0 +1,449 @@
+"""Three Docker "hosts" on this one machine, for tests against a fleet of engines and a Swarm.
+
+    root ns   cbr<tag>     10.215.0.1  ─┐
+    cbh1-<tag> eth0        10.215.0.11 ─┤  switch ns cbsw-<tag>: one bridge; a host's
+    cbh2-<tag> eth0        10.215.0.12 ─┤  switch-side veth down is a partition
+    cbh3-<tag> eth0        10.215.0.13 ─┘
+
+Each dockerd runs in its host's network namespace by ``nsenter --net`` (``ip netns exec``
+remounts /sys and hides the cgroups) and a UTS namespace of its own (Swarm names nodes by
+host name), with its own data root, exec root, containerd namespaces and config file, on a
+unix socket and on tcp://<address>:2376 with TLS. Its iptables rules and docker0 stay in its
+namespace. Images come from the shared engine by save | load: nothing is pulled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+SUBNET = ipaddress.ip_network("10.215.0.0/24")  # shared engine 10.213/16, fault tests 10.214/16
+GATEWAY = "10.215.0.1"  # the root namespace's end
+PORT = 2376
+IMAGES = ("clonebot-test/busybox:latest", "clonebot/helper:rsync-9")
+STEP_S = 60  # one command
+STOP_S = 20  # dockerd's SIGTERM, before SIGKILL
+NETNS = Path("/run/netns")
+T = TypeVar("T")
+
+
+class FleetError(RuntimeError):
+    """A step of the harness failed; the message says which and why."""
+
+
+def run(*cmd: str, timeout: float = STEP_S, env: dict[str, str] | None = None) -> str:
+    """``cmd``'s output; its stderr in the error when it fails or hangs."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise FleetError(f"{' '.join(cmd)}: no answer in {timeout} s") from exc
+    if done.returncode != 0:
+        raise FleetError(f"{' '.join(cmd)}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def parallel(fn: Callable[[T], object], items: Iterable[T]) -> None:
+    """``fn`` on every item at once; the first error raised after all have finished."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+    for future in futures:
+        future.result()
+
+
+def check_subnet_free() -> None:
+    """Fail before touching anything if SUBNET meets an address or route of the root ns."""
+    used = [a["local"] + "/" + str(a["prefixlen"]) for link in _ip_json("addr") for a in
+            link.get("addr_info", [])]  # fmt: skip
+    used += [r["dst"] for r in _ip_json("route") if r["dst"] != "default"]
+    for net in used:
+        if ipaddress.ip_network(net, strict=False).overlaps(SUBNET):
+            raise FleetError(f"{SUBNET} is taken in the root namespace ({net}): another fleet?")
+
+
+def _ip_json(what: str) -> list[dict[str, object]]:
+    return json.loads(run("ip", "-j", "-4", what)) or []  # type: ignore[no-any-return]
+
+
+@dataclass
+class Host:
+    """One engine in its own network namespace behind the fleet's switch."""
+
+    index: int
+    tag: str
+    work: Path
+    switch: str
+    process: subprocess.Popen[bytes] | None = None
+    netns_inode: int = 0  # processes in it are this engine's
+
+    @property
+    def name(self) -> str:
+        return f"cbh{self.index}-{self.tag}"
+
+    @property
+    def hostname(self) -> str:
+        return f"cbh{self.index}"
+
+    @property
+    def address(self) -> str:
+        return str(SUBNET.network_address + 10 + self.index)
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix:///run/{self.name}.sock"
+
+    @property
+    def tcp_url(self) -> str:
+        return f"tcp://{self.address}:{PORT}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The client's ca.pem, cert.pem and key.pem, as DOCKER_CERT_PATH wants them."""
+        return self.work / self.name / "client"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def data_root(self) -> Path:
+        return self.work / self.name / "data"
+
+    @property
+    def exec_root(self) -> Path:
+        return Path("/run") / self.name
+
+    @property
+    def log(self) -> Path:
+        return self.work / self.name / "dockerd.log"
+
+    def docker(self, *args: str, timeout: float = STEP_S) -> str:
+        """The docker CLI against this engine's unix socket."""
+        return run("docker", "-H", self.unix_url, *args, timeout=timeout, env=cli_env(self.work))
+
+    def tls_env(self) -> dict[str, str]:
+        """What the docker CLI (or clonebot) needs to reach this engine over TCP and TLS."""
+        return {
+            "DOCKER_HOST": self.tcp_url,
+            "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": str(self.tls_dir),
+        }
+
+    def link_down(self) -> None:
+        """Cut this host off the switch (both directions), as a partition would."""
+        run("ip", "-n", self.switch, "link", "set", f"h{self.index}", "down")
+
+    def link_up(self) -> None:
+        run("ip", "-n", self.switch, "link", "set", f"h{self.index}", "up")
+
+
+def cli_env(work: Path) -> dict[str, str]:
+    """The caller's environment without its engine, with a CLI config of the fleet's own."""
+    drop = {"DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {**env, "DOCKER_CONFIG": str(work / "docker-config")}
+
+
+@dataclass
+class Fleet:
+    """Three hosts and their switch; ``stop`` undoes everything ``start`` did, even half of it."""
+
+    source: str = field(default_factory=lambda: os.environ.get("DOCKER_HOST", ""))
+    size: int = 3
+    images: tuple[str, ...] = IMAGES
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cbfleet-")))
+    hosts: list[Host] = field(init=False)
+    swarm: bool = False
+    netns_mounted_before: bool = True  # /run/netns a mount point before we came
+
+    def __post_init__(self) -> None:
+        self.hosts = [Host(i, self.tag, self.work, self.switch) for i in range(1, self.size + 1)]
+
+    @property
+    def switch(self) -> str:
+        return f"cbsw-{self.tag}"
+
+    @property
+    def root_link(self) -> str:
+        return f"cbr{self.tag}"
+
+    def __enter__(self) -> Fleet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Network, certificates, engines (at once) and their images; undone on any failure."""
+        try:
+            check_subnet_free()
+            self.netns_mounted_before = _mounted(NETNS)
+            self._make_network()
+            make_certificates(self.work, self.hosts)
+            parallel(self._launch, self.hosts)
+            images = self.work / "images.tar"
+            run("docker", "-H", self.source, "save", "-o", str(images), *self.images)
+            parallel(lambda h: self._ready(h, images), self.hosts)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _make_network(self) -> None:
+        sw = self.switch
+        run("ip", "netns", "add", sw)
+        run("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", sw, "link", "set", "br0", "up")
+        run("ip", "link", "add", self.root_link, "type", "veth", "peer", "name", "root",
+            "netns", sw)  # fmt: skip
+        run("ip", "addr", "add", f"{GATEWAY}/{SUBNET.prefixlen}", "dev", self.root_link)
+        run("ip", "link", "set", self.root_link, "up")
+        run("ip", "-n", sw, "link", "set", "root", "master", "br0", "up")
+        for host in self.hosts:
+            ns, port = host.name, f"h{host.index}"
+            run("ip", "netns", "add", ns)
+            host.netns_inode = (NETNS / ns).stat().st_ino
+            run("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port,
+                "netns", sw)  # fmt: skip
+            run("ip", "-n", sw, "link", "set", port, "master", "br0", "up")
+            run("ip", "-n", ns, "addr", "add", f"{host.address}/{SUBNET.prefixlen}", "dev", "eth0")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "link", "set", "eth0", "up")
+            run("ip", "-n", ns, "route", "add", "default", "via", GATEWAY)
+
+    def _launch(self, host: Host) -> None:
+        host.data_root.mkdir(parents=True)
+        config = self.work / host.name / "daemon.json"
+        # Without a config file of its own dockerd reads the host's /etc/docker/daemon.json,
+        # and its identity key would be written beside it.
+        config.write_text(json.dumps({"deprecated-key-path": str(host.data_root / "key.json")}))
+        tls = self.work / host.name / "server"
+        # The proxies point at a closed port: a pull fails at once. Not the fleet's addresses:
+        # Swarm's gRPC would go through them too.
+        env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
+        env |= {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+                "NO_PROXY": str(SUBNET)}  # fmt: skip
+        with host.log.open("ab") as log:
+            host.process = subprocess.Popen(
+                ["nsenter", f"--net={NETNS / host.name}", "unshare", "--uts",
+                 "sh", "-c", 'hostname "$0" && exec "$@"', host.hostname,
+                 "/usr/sbin/dockerd", "--config-file", str(config),
+                 "--data-root", str(host.data_root), "--exec-root", str(host.exec_root),
+                 "--pidfile", f"/run/{host.name}.pid",
+                 "-H", host.unix_url, "-H", host.tcp_url, "--tlsverify",
+                 "--tlscacert", str(tls / "ca.pem"), "--tlscert", str(tls / "cert.pem"),
+                 "--tlskey", str(tls / "key.pem"),
+                 "--containerd-namespace", host.name,
+                 "--containerd-plugins-namespace", f"{host.name}-plugins"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                start_new_session=True,  # setsid: a ^C of the test run does not reach it
+            )  # fmt: skip
+
+    def _ready(self, host: Host, images: Path) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            assert host.process is not None
+            if host.process.poll() is not None:
+                raise FleetError(f"dockerd of {host.name} exited: {_tail(host.log)}")
+            with contextlib.suppress(FleetError):
+                host.docker("version", timeout=5)
+                break
+            if time.monotonic() > deadline:
+                raise FleetError(f"dockerd of {host.name} not ready in 30 s: {_tail(host.log)}")
+            time.sleep(0.2)
+        host.docker("load", "-q", "-i", str(images), timeout=120)
+
+    def join_swarm(self, *, managers: bool = False) -> None:
+        """Host 1 makes a Swarm, the others join as workers (or managers); back when all are
+        Ready."""
+        first, rest = self.hosts[0], self.hosts[1:]
+        self.swarm = True
+        first.docker("swarm", "init", "--advertise-addr", first.address,
+                     "--listen-addr", f"{first.address}:2377")  # fmt: skip
+        token = first.docker("swarm", "join-token", "-q", "manager" if managers else "worker")
+
+        def join(host: Host) -> None:
+            host.docker("swarm", "join", "--token", token.strip(), "--advertise-addr",
+                        host.address, "--listen-addr", f"{host.address}:2377",
+                        f"{first.address}:2377")  # fmt: skip
+
+        if managers:  # one at a time: each grows the Raft group the next joins
+            for host in rest:
+                join(host)
+        else:
+            parallel(join, rest)
+        wait_for(lambda: first.docker("node", "ls", "--format", "{{.Status}}").split()
+                 == ["Ready"] * len(self.hosts), what="every node Ready", seconds=30)  # fmt: skip
+
+    def stop(self) -> None:
+        """Everything undone, in an order that works from any half-made state; again is a no-op."""
+        if self.swarm:
+            parallel(_leave_swarm, [h for h in self.hosts if h.pid])
+            self.swarm = False
+        parallel(_stop_engine, self.hosts)
+        _unmount_under([self.work, *(h.exec_root for h in self.hosts)])
+        for ns in [*(h.name for h in self.hosts), self.switch]:
+            if (NETNS / ns).exists():
+                run("ip", "netns", "delete", ns)
+        if Path("/sys/class/net", self.root_link).exists():
+            run("ip", "link", "del", self.root_link)
+        for host in self.hosts:
+            shutil.rmtree(host.exec_root, ignore_errors=True)
+            for path in (f"/run/{host.name}.sock", f"/run/{host.name}.pid"):
+                Path(path).unlink(missing_ok=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+        # `ip netns add` bind-mounts /run/netns on itself the first time; not ours to keep
+        if not self.netns_mounted_before and _mounted(NETNS) and not any(NETNS.iterdir()):
+            run("umount", str(NETNS))
+            self.netns_mounted_before = True
+
+
+PROXY_VARS = {"http_proxy", "https_proxy", "no_proxy", "all_proxy"}
+
+
+def _leave_swarm(host: Host) -> None:
+    # a node whose engine no longer answers leaves with it: nothing to undo
+    with contextlib.suppress(FleetError):
+        host.docker("swarm", "leave", "--force", timeout=STOP_S)
+
+
+def _stop_engine(host: Host) -> None:
+    """SIGTERM to dockerd (it stops its containers and containerd), SIGKILL after STOP_S; then
+    whatever of it is left: containerd, shims, containers' processes."""
+    if host.process is None:
+        return
+    if host.process.poll() is None:
+        host.process.send_signal(signal.SIGTERM)
+        try:
+            host.process.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            host.process.kill()
+            host.process.wait(timeout=10)
+    wait_for(lambda: not _kill(engine_pids(host)), what=f"{host.name}'s processes gone",
+             seconds=STOP_S)  # fmt: skip
+    host.process = None
+
+
+def engine_pids(host: Host) -> list[int]:
+    """Processes of this engine: those in its host's network namespace (containerd, shims,
+    docker-proxy) and its containers' (their cgroups are named by the ids in its data root)."""
+    ids = {p.name for p in (host.data_root / "containers").glob("*")}
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            in_ns = (proc / "ns/net").stat().st_ino == host.netns_inode
+            cgroups = (proc / "cgroup").read_text() if ids else ""
+            if in_ns or any(i in cgroups for i in ids):
+                found.append(int(proc.name))
+    return found
+
+
+def _kill(pids: list[int]) -> list[int]:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def _unmount_under(roots: list[Path]) -> None:
+    """What dockerd leaves mounted under its roots (overlays, network namespaces), deepest
+    first; detached if busy."""
+    for _ in range(3):  # a mount may hide another at the same place
+        points = [p for p in mount_points() if any(p.is_relative_to(r) for r in roots)]
+        if not points:
+            return
+        for point in sorted(points, key=lambda p: len(p.parts), reverse=True):
+            if subprocess.run(["umount", str(point)], capture_output=True, timeout=30).returncode:
+                run("umount", "-l", str(point))
+    raise FleetError(f"still mounted: {points}")
+
+
+def mount_points() -> list[Path]:
+    """The root mount namespace's mount points, as /proc/self/mountinfo spells them."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    unescape = lambda s: re.sub(r"\\(\d{3})", lambda m: chr(int(m[1], 8)), s)  # noqa: E731
+    return [Path(unescape(line.split()[4])) for line in lines]
+
+
+def _mounted(path: Path) -> bool:
+    return path in mount_points()
+
+
+def wait_for(check: Callable[[], bool], *, what: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise FleetError(f"not {what} after {seconds} s")
+        time.sleep(0.2)
+
+
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+
+
+OPENSSL_CNF = """\
+[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+[server]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+[client]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = clientAuth
+"""
+
+
+def make_certificates(work: Path, hosts: list[Host]) -> None:
+    """One CA; per host a server certificate for its address and the client's files (one
+    client certificate, copied), with openssl."""
+    pki = work / "pki"
+    pki.mkdir()
+    (pki / "openssl.cnf").write_text(OPENSSL_CNF)
+    _openssl(pki, "ca", "/CN=clonebot fleet CA")
+    _openssl(pki / "client", "client", "/CN=clonebot", ca=pki)
+    for host in hosts:
+        san = f"subjectAltName=IP:{host.address},DNS:{host.hostname}"
+        _openssl(work / host.name / "server", "server", f"/CN={host.hostname}", ca=pki, san=san)
+        host.tls_dir.mkdir()
+        for name in ("cert.pem", "key.pem"):
+            shutil.copy(pki / "client" / name, host.tls_dir / name)
+        for folder in (host.tls_dir, work / host.name / "server"):
+            shutil.copy(pki / "ca.pem", folder / "ca.pem")
+
+
+def _openssl(out: Path, kind: str, subject: str, *, ca: Path | None = None, san: str = "") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    name = "ca" if kind == "ca" else "cert"
+    cmd = ["openssl", "req", "-x509", "-config", str((ca or out) / "openssl.cnf"),
+           "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+           "-days", "2", "-subj", subject, "-extensions", kind,
+           "-keyout", str(out / f"{'ca-' if kind == 'ca' else ''}key.pem"),
+           "-out", str(out / f"{name}.pem")]  # fmt: skip
+    if ca is not None:
+        cmd += ["-CA", str(ca / "ca.pem"), "-CAkey", str(ca / "ca-key.pem")]
+    if san:
+        cmd += ["-addext", san]
+    run(*cmd)
