@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.durations import parse_duration, parse_size
@@ -112,8 +112,8 @@ class Settings(BaseSettings):
     )
     # more Docker engines (services/fleet.py): ``name=url,...``; a tcp:// engine's TLS client
     # files (ca.pem, cert.pem, key.pem) are in CLONEBOT_ENGINE_CERTS/<name>/
-    engines: str = Field(default="", alias="CLONEBOT_ENGINES")
     engine_certs: Path | None = Field(default=None, alias="CLONEBOT_ENGINE_CERTS")
+    engines: str = Field(default="", alias="CLONEBOT_ENGINES")
 
     @field_validator("admins", mode="before")
     @classmethod
@@ -188,30 +188,18 @@ class Settings(BaseSettings):
             self.engine_certs = self.data_dir / "engines"
         return self
 
-    @model_validator(mode="after")
-    def _engines_usable(self) -> Settings:
-        """Every engine of CLONEBOT_ENGINES named and reachable as ``check_engine`` wants."""
-        self.engine_specs()
-        return self
+    @field_validator("engines")
+    @classmethod
+    def _engines_usable(cls, value: str, info: ValidationInfo) -> str:
+        """Every engine named and reachable as ``check_engine`` wants, at start."""
+        certs = info.data.get("engine_certs") or info.data["data_dir"] / "engines"
+        _engine_specs(value, docker_host="unix:///", certs=certs)
+        return value
 
     def engine_specs(self) -> list[EngineSpec]:
         """``local`` (DOCKER_HOST), then CLONEBOT_ENGINES'."""
-        try:
-            specs = [EngineSpec(LOCAL, self.docker_host)]
-            for item in parse_engines(self.engines):
-                tls = (self.engine_certs or self.data_dir / "engines") / item.name
-                if item.url.startswith("unix:"):
-                    specs.append(check_engine(item.name, item.url, None))
-                else:
-                    specs.append(check_engine(item.name, item.url, tls))
-        except BadRequest as exc:
-            raise ValueError(f"CLONEBOT_ENGINES: {exc.message}") from None
-        names = [s.name for s in specs]
-        if twice := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(
-                f"CLONEBOT_ENGINES: {', '.join(twice)} named twice ({LOCAL}: DOCKER_HOST)"
-            )
-        return specs
+        certs = self.engine_certs or self.data_dir / "engines"
+        return _engine_specs(self.engines, docker_host=self.docker_host, certs=certs)
 
     @field_validator("router_dir")
     @classmethod
@@ -353,3 +341,18 @@ def _router_path(path: Path, *, where: str = "") -> Path:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def _engine_specs(engines: str, *, docker_host: str, certs: Path) -> list[EngineSpec]:
+    """``local``, then each of ``engines`` (a tcp:// one's TLS files in ``certs/<name>``)."""
+    specs = [EngineSpec(LOCAL, docker_host)]
+    try:
+        for item in parse_engines(engines):
+            tls = None if item.url.startswith("unix:") else certs / item.name
+            specs.append(check_engine(item.name, item.url, tls))
+    except BadRequest as exc:
+        raise ValueError(exc.message) from None
+    names = [s.name for s in specs]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"{', '.join(twice)} named twice ({LOCAL} is DOCKER_HOST)")
+    return specs

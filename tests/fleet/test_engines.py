@@ -1,0 +1,150 @@
+"""Several Docker engines: added, listed, refused, and an environment on one of them found,
+cloned there, its name held across the fleet, and shown unreachable while its host is cut off.
+
+The engines are hosts of their own (tests/fleet/hosts.py): dockerd in network namespaces,
+reached over TCP with TLS client certificates, as a remote engine is.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.docker import DockerClient
+from services.fleet import EngineSpec
+from services.settings import Settings
+from tests.cli import clonebot
+from tests.conftest import ADMIN, OWNER, MakeSource, create_source, remove_projects
+from tests.fleet.hosts import Fleet as Hosts
+
+pytestmark = [pytest.mark.alone, pytest.mark.own_engines]
+
+
+@pytest.fixture
+async def west(fleet_hosts: Hosts) -> AsyncIterator[DockerClient]:
+    """A client of host 2 over TCP and TLS, as clonebot reaches it; what the test made on it
+    is removed after."""
+    host = fleet_hosts.hosts[1]
+    docker = EngineSpec("west", host.tcp_url, host.tls_dir).connect()
+    yield docker
+    host.link_up()
+    await remove_projects(docker, {p for p in await _projects(docker) if p.startswith("f")})
+    await docker.close()
+
+
+async def _projects(docker: DockerClient) -> set[str]:
+    return {
+        (c.get("Labels") or {}).get("com.docker.compose.project", "")
+        for c in await docker.list_containers(labels=["com.docker.compose.project"])
+    }
+
+
+def _add(settings: Settings, name: str, url: str, tls: Path | None, *, user: str = ADMIN) -> str:
+    args = ["engine", "add", name, url, "--as", user] + (["--tls-dir", str(tls)] if tls else [])
+    done = clonebot(*args, settings=settings)
+    return f"{done.returncode} {done.stdout}{done.stderr}"
+
+
+def test_engines_are_added_only_when_they_answer_once_and_with_tls(
+    fleet_hosts: Hosts, settings: Settings, tmp_path: Path
+) -> None:
+    east, west = fleet_hosts.hosts[0], fleet_hosts.hosts[1]
+    added = _add(settings, "east", east.tcp_url, east.tls_dir)
+    assert added.startswith("0 engine east added: Docker 20.10"), added
+    assert "on cbh1" in added
+
+    # the same engine under another name, or behind its socket, is refused
+    again = _add(settings, "again", east.unix_url, None)
+    assert again.startswith("2 ") and "is engine east, which clonebot has already" in again
+    # a stranger may not add one; the refusal is audited
+    stranger = _add(settings, "west", west.tcp_url, west.tls_dir, user="USTRANGER1")
+    assert stranger.startswith("2 ") and "only an admin (CLONEBOT_ADMINS) may add" in stranger
+    audit = json.loads(clonebot("audit", "--json", settings=settings).stdout)
+    refused = [e for e in audit if e["action"] == "engine add" and not e["allowed"]]
+    assert [e["actor"] for e in refused] == ["USTRANGER1"]
+    # TCP without TLS, TLS files missing, a bad name, a URL that is no engine's
+    plain = _add(settings, "west", west.tcp_url, None)
+    assert plain.startswith("2 ") and "needs TLS" in plain
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copy(west.tls_dir / "ca.pem", half)
+    assert "lacks cert.pem, key.pem" in _add(settings, "west", west.tcp_url, half)
+    assert "invalid engine name 'West!'" in _add(settings, "West!", west.tcp_url, west.tls_dir)
+    nothing = _add(settings, "west", "tcp://10.215.0.99:2376", west.tls_dir)
+    assert nothing.startswith("2 ") and "does not answer" in nothing
+
+    assert _add(settings, "west", west.tcp_url, west.tls_dir).startswith("0 engine west added")
+    listed = json.loads(clonebot("engine", "list", "--json", settings=settings).stdout)
+    assert [(e["name"], e["from"], e["answers"]) for e in listed] == [
+        ("local", "setting", True),
+        ("east", "added", True),
+        ("west", "added", True),
+    ]
+    removed = clonebot("engine", "remove", "west", "--as", ADMIN, settings=settings)
+    assert removed.returncode == 0, removed.stderr
+    local = clonebot("engine", "remove", "local", "--as", ADMIN, settings=settings)
+    assert "engine local comes from DOCKER_HOST" in local.stderr
+    names = [
+        e["name"]
+        for e in json.loads(clonebot("engine", "list", "--json", settings=settings).stdout)
+    ]
+    assert names == ["local", "east"]
+
+
+async def test_an_environment_on_another_engine_is_cloned_there_and_shown_unreachable_when_cut_off(
+    fleet_hosts: Hosts, settings: Settings, west: DockerClient, make_source: MakeSource
+) -> None:
+    host = fleet_hosts.hosts[1]
+    assert _add(settings, "west", host.tcp_url, host.tls_dir).startswith("0 ")
+    name = f"f{secrets.token_hex(3)}"
+    await create_source(west, name=name, web_nodes=1, db_nodes=1, db_labels={}, seed_kib=64)
+    here = await make_source(web_nodes=1, db_nodes=0)  # on the shared engine: local
+
+    listed = {
+        e["name"]: e for e in json.loads(clonebot("envs", "--json", settings=settings).stdout)
+    }
+    assert (listed[name]["engine"], listed[name]["state"]) == ("west", "up")
+    assert listed[here.name]["engine"] == "local"
+
+    made = clonebot("clone", name, f"{name}-copy", "--as", OWNER, settings=settings)
+    assert made.returncode == 0, made.stderr
+    assert f"{name}-copy-db-1" in host.docker("ps", "--format", "{{.Names}}")
+    copy = await west.list_containers(labels=[f"com.docker.compose.project={name}-copy"])
+    assert len(copy) == 2 and all(c["State"] == "running" for c in copy)
+
+    # names are unique across the engines; another engine than the source's is not built yet
+    taken = clonebot("clone", name, here.name, "--as", OWNER, settings=settings)
+    assert (
+        taken.returncode == 2
+        and f"an environment named '{here.name}' already exists" in taken.stderr
+    )
+    elsewhere = clonebot("clone", name, "--on", "local", "--as", OWNER, settings=settings)
+    assert (
+        elsewhere.returncode == 2 and "onto another engine (local, from west)" in elsewhere.stderr
+    )
+
+    host.link_down()  # a partition: host 2's engine no longer answers
+    cut = clonebot("envs", "--json", settings=settings)
+    assert cut.returncode == 0 and "engine west does not answer" in cut.stderr
+    states = {e["name"]: (e["engine"], e["state"]) for e in json.loads(cut.stdout)}
+    assert states[name] == ("west", "unreachable")
+    assert states[f"{name}-copy"] == ("west", "unreachable")
+    assert states[here.name] == ("local", "up")  # the others are unaffected
+    refused = clonebot("clone", name, "--as", OWNER, settings=settings)
+    assert refused.returncode == 1 and "engine west does not answer" in refused.stderr
+    engines = json.loads(clonebot("engine", "list", "--json", settings=settings).stdout)
+    assert [(e["name"], e["answers"]) for e in engines] == [("local", True), ("west", False)]
+
+    host.link_up()
+    back = {
+        e["name"]: e["state"]
+        for e in json.loads(clonebot("envs", "--json", settings=settings).stdout)
+    }
+    assert back[name] == back[f"{name}-copy"] == "up"
+    busy = clonebot("engine", "remove", "west", "--as", ADMIN, settings=settings)
+    assert busy.returncode == 2 and f"engine west holds {name}, {name}-copy" in busy.stderr

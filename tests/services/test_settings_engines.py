@@ -1,0 +1,58 @@
+"""CLONEBOT_ENGINES: engines beside DOCKER_HOST's (``local``). One that clonebot could not
+use stops it at start, naming the setting and the engine. No engine needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bot.cli_common import bad_setting
+from services.fleet import TLS_FILES
+from services.settings import Settings
+
+
+def _refused(monkeypatch: pytest.MonkeyPatch, engines: str) -> str:
+    monkeypatch.setenv("CLONEBOT_ENGINES", engines)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    return bad_setting(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("engines", "said"),
+    [
+        ("west", "CLONEBOT_ENGINES: Value error, 'west' is not name=url"),
+        ("local=unix:///run/other.sock", "local named twice (local is DOCKER_HOST)"),
+        ("a=unix:///a.sock,a=unix:///b.sock", "a named twice"),
+        ("West=unix:///a.sock", "invalid engine name 'West'"),
+        ("west=tcp://10.0.0.5:2376", "lacks ca.pem, cert.pem, key.pem"),
+        ("west=ssh://deploy@10.0.0.5", "ssh:// engines are not supported yet"),
+        ("west=http://10.0.0.5:2375/x", "is not an engine URL"),
+    ],
+)
+def test_an_engine_clonebot_cannot_use_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engines: str, said: str
+) -> None:
+    monkeypatch.setenv("CLONEBOT_DATA_DIR", str(tmp_path))
+    told = _refused(monkeypatch, engines)
+    assert said in told, told
+    assert told.startswith("CLONEBOT_ENGINES: "), told
+
+
+def test_engines_come_after_local_with_their_tls_files_from_the_certs_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/here.sock")
+    monkeypatch.setenv("CLONEBOT_ENGINE_CERTS", str(tmp_path / "certs"))
+    (tmp_path / "certs" / "west").mkdir(parents=True)
+    for name in TLS_FILES:
+        (tmp_path / "certs" / "west" / name).write_text("-")
+    monkeypatch.setenv("CLONEBOT_ENGINES", " west = tcp://10.0.0.5:2376 , build=unix:///b.sock")
+    specs = Settings().engine_specs()
+    assert [(s.name, s.url, s.tls_dir) for s in specs] == [
+        ("local", "unix:///run/here.sock", None),
+        ("west", "tcp://10.0.0.5:2376", tmp_path / "certs" / "west"),
+        ("build", "unix:///b.sock", None),
+    ]
