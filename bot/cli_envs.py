@@ -47,6 +47,8 @@ def envs(as_json: JsonFlag = False) -> None:
         return [(e, records.get(e.name)) for e in found], view.unreachable
 
     environments, away = run(work)
+    for engine, why in away.items():
+        err.print(f"[yellow]engine {engine} does not answer:[/] {why}", highlight=False)
     if as_json:
         print(json.dumps([_env_json(e, record, away) for e, record in environments], indent=2))
         return
@@ -63,8 +65,6 @@ def envs(as_json: JsonFlag = False) -> None:
         row = (env.name, env.engine, layers, nodes, env.cloned_from or "", owner)
         table.add_row(*row, _expires(record))
     out.print(table)
-    for engine, why in away.items():
-        err.print(f"[yellow]engine {engine} does not answer:[/] {why}", highlight=False)
 
 
 Listed = tuple[Environment, EnvironmentRecord | None]

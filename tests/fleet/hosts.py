@@ -67,16 +67,12 @@ def parallel(fn: Callable[[T], object], items: Iterable[T]) -> None:
 
 def check_subnet_free() -> None:
     """Fail before touching anything if SUBNET meets an address or route of the root ns."""
-    used = [a["local"] + "/" + str(a["prefixlen"]) for link in _ip_json("addr") for a in
-            link.get("addr_info", [])]  # fmt: skip
-    used += [r["dst"] for r in _ip_json("route") if r["dst"] != "default"]
+    links = json.loads(run("ip", "-j", "-4", "addr"))
+    used = [f"{a['local']}/{a['prefixlen']}" for link in links for a in link.get("addr_info", [])]
+    used += [r["dst"] for r in json.loads(run("ip", "-j", "-4", "route")) if r["dst"] != "default"]
     for net in used:
         if ipaddress.ip_network(net, strict=False).overlaps(SUBNET):
             raise FleetError(f"{SUBNET} is taken in the root namespace ({net}): another fleet?")
-
-
-def _ip_json(what: str) -> list[dict[str, object]]:
-    return json.loads(run("ip", "-j", "-4", what)) or []  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -144,7 +140,8 @@ class Host:
         }
 
     def link_down(self) -> None:
-        """Cut this host off the switch (both directions), as a partition would."""
+        """Cut this host off the switch (both directions), as a partition would. Its unix
+        socket still answers: a test of the partition reaches the engine by ``tcp_url``."""
         run("ip", "-n", self.switch, "link", "set", f"h{self.index}", "down")
 
     def link_up(self) -> None:
@@ -160,7 +157,7 @@ def cli_env(work: Path) -> dict[str, str]:
 
 @dataclass
 class Fleet:
-    """Three hosts and their switch; ``stop`` undoes everything ``start`` did, even half of it."""
+    """``size`` hosts (3) and their switch; ``stop`` undoes all ``start`` did, even half of it."""
 
     source: str = field(default_factory=lambda: os.environ.get("DOCKER_HOST", ""))
     size: int = 3
@@ -169,7 +166,8 @@ class Fleet:
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cbfleet-")))
     hosts: list[Host] = field(init=False)
     swarm: bool = False
-    netns_mounted_before: bool = True  # /run/netns a mount point before we came
+    # /run/netns before us (`ip netns add` makes the folder and bind-mounts it on itself)
+    netns_before: tuple[bool, bool] = (True, True)  # it existed, it was a mount point
 
     def __post_init__(self) -> None:
         self.hosts = [Host(i, self.tag, self.work, self.switch) for i in range(1, self.size + 1)]
@@ -192,11 +190,14 @@ class Fleet:
     def start(self) -> None:
         """Network, certificates, engines (at once) and their images; undone on any failure."""
         try:
+            if not self.source:
+                raise FleetError("DOCKER_HOST is not set: the engine to copy the images from")
             check_subnet_free()
-            self.netns_mounted_before = _mounted(NETNS)
+            self.netns_before = (NETNS.exists(), _mounted(NETNS))
             self._make_network()
             make_certificates(self.work, self.hosts)
-            parallel(self._launch, self.hosts)
+            for host in self.hosts:
+                self._launch(host)
             images = self.work / "images.tar"
             run("docker", "-H", self.source, "save", "-o", str(images), *self.images)
             parallel(lambda h: self._ready(h, images), self.hosts)
@@ -237,7 +238,10 @@ class Fleet:
         # Swarm's gRPC would go through them too.
         env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
         env |= {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-                "NO_PROXY": str(SUBNET)}  # fmt: skip
+                "NO_PROXY": str(SUBNET),
+                # a Swarm task's image is pulled first, even when the engine has it: a
+                # 10 s wait for the failing pull, unless this says to use the engine's copy
+                "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}  # fmt: skip
         with host.log.open("ab") as log:
             host.process = subprocess.Popen(
                 ["nsenter", f"--net={NETNS / host.name}", "unshare", "--uts",
@@ -291,29 +295,57 @@ class Fleet:
                  == ["Ready"] * len(self.hosts), what="every node Ready", seconds=30)  # fmt: skip
 
     def stop(self) -> None:
-        """Everything undone, in an order that works from any half-made state; again is a no-op."""
+        """Everything undone, in an order that works from any half-made state; again is a
+        no-op. A step that fails does not keep the next ones from running: its error is
+        raised at the end."""
+        errors = []
+        for step in (self._leave_swarm, self._stop_engines, self._remove_network,
+                     self._remove_files):  # fmt: skip
+            try:
+                step()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _leave_swarm(self) -> None:
         if self.swarm:
             parallel(_leave_swarm, [h for h in self.hosts if h.pid])
             self.swarm = False
+
+    def _stop_engines(self) -> None:
         parallel(_stop_engine, self.hosts)
         _unmount_under([self.work, *(h.exec_root for h in self.hosts)])
+
+    def _remove_network(self) -> None:
         for ns in [*(h.name for h in self.hosts), self.switch]:
             if (NETNS / ns).exists():
                 run("ip", "netns", "delete", ns)
-        if Path("/sys/class/net", self.root_link).exists():
+        if Path("/sys/class/net", self.root_link).exists():  # gone with the switch, normally
             run("ip", "link", "del", self.root_link)
+        _restore_netns_dir(*self.netns_before)
+        self.netns_before = (True, True)
+
+    def _remove_files(self) -> None:
         for host in self.hosts:
             shutil.rmtree(host.exec_root, ignore_errors=True)
             for path in (f"/run/{host.name}.sock", f"/run/{host.name}.pid"):
                 Path(path).unlink(missing_ok=True)
         shutil.rmtree(self.work, ignore_errors=True)
-        # `ip netns add` bind-mounts /run/netns on itself the first time; not ours to keep
-        if not self.netns_mounted_before and _mounted(NETNS) and not any(NETNS.iterdir()):
-            run("umount", str(NETNS))
-            self.netns_mounted_before = True
 
 
 PROXY_VARS = {"http_proxy", "https_proxy", "no_proxy", "all_proxy"}
+
+
+def _restore_netns_dir(existed: bool, was_mounted: bool) -> None:
+    """/run/netns as before the fleet, if no one else's namespace is in it now."""
+    if not NETNS.exists() or any(NETNS.iterdir()):
+        return
+    if not was_mounted and _mounted(NETNS):
+        run("umount", str(NETNS))
+    if not existed:
+        with contextlib.suppress(OSError):  # someone's `ip netns add` just now
+            NETNS.rmdir()
 
 
 def _leave_swarm(host: Host) -> None:
@@ -378,8 +410,12 @@ def _unmount_under(roots: list[Path]) -> None:
 def mount_points() -> list[Path]:
     """The root mount namespace's mount points, as /proc/self/mountinfo spells them."""
     lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    unescape = lambda s: re.sub(r"\\(\d{3})", lambda m: chr(int(m[1], 8)), s)  # noqa: E731
-    return [Path(unescape(line.split()[4])) for line in lines]
+    return [Path(_unescape(line.split()[4])) for line in lines]
+
+
+def _unescape(field: str) -> str:
+    """Octal escapes of mountinfo (``\\040`` for a space) undone."""
+    return re.sub(r"\\(\d{3})", lambda m: chr(int(m[1], 8)), field)
 
 
 def _mounted(path: Path) -> bool:
@@ -447,3 +483,44 @@ def _openssl(out: Path, kind: str, subject: str, *, ca: Path | None = None, san:
     if san:
         cmd += ["-addext", san]
     run(*cmd)
+
+
+# Other engines' links, routes, mounts and rules come and go with their containers (the
+# shared engine's clonebot0, its containers' veths and networks' br-*, a fault test's cbf*).
+OTHER_LINKS = re.compile(r"^(veth|br-|clonebot|cbf)")
+OTHER_MOUNTS = ("/var/lib/clonebot-", "/run/clonebot-", "/tmp/clonebot-faults-", "/run/docker/")
+SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
+
+
+def root_state() -> dict[str, set[str]]:
+    """What the fleet must leave in the root namespace as it found it. Of other engines'
+    links only the names count (their state moves with their containers), and their routes,
+    mounts and rules not at all."""
+    links = set()
+    for line in run("ip", "-br", "link").splitlines():
+        name = line.split()[0].split("@")[0]
+        links.add(name if OTHER_LINKS.match(name) else " ".join(line.split()))
+    routes = {r for r in run("ip", "route").splitlines() if not _other_route(r)}
+    rules = {re.sub(r" \[\d+:\d+\]$", "", line) for line in run("iptables-save").splitlines()
+             if line[:1] != "#" and "clonebot-faults-" not in line}  # fmt: skip
+    mounts = {str(p) for p in mount_points() if not str(p).startswith(OTHER_MOUNTS)}
+    sysctls = {f"{s}={Path('/proc/sys', s).read_text().strip()}" for s in SYSCTLS}
+    netns = set(run("ip", "netns", "list").splitlines())
+    return {"links": links, "routes": routes, "iptables": rules, "mounts": mounts,
+            "sysctls": sysctls, "netns": netns}  # fmt: skip
+
+
+def _other_route(route: str) -> bool:
+    words = route.split()
+    return "dev" in words and bool(OTHER_LINKS.match(words[words.index("dev") + 1]))
+
+
+def fleet_pids(fleet: Fleet) -> list[int]:
+    """Processes whose command line names one of the fleet's engines (dockerd, containerd,
+    shims all carry its name or exec root)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if f"-{fleet.tag}".encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
