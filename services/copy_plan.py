@@ -32,6 +32,11 @@ my $S = '/tmp/cb';
 my ($cmd, $n, $how) = @ARGV;
 my @vols = (0 .. $n - 1);
 my @RSYNC = ('rsync', '-aHAXS', '--numeric-ids', '--modify-window=-1');
+# the copy's side: /to here, or another engine's helper through rsync's remote shell (relay.py)
+my $TO = $ENV{CLONEBOT_TO} || '/to';
+my $REMOTE = $TO ne '/to';
+my %SWEEP;  # volumes whose copy may hold paths the source no longer has (see from_scan)
+push @RSYNC, '-e', $ENV{CLONEBOT_RSH} if $REMOTE;
 
 sub slurp { local $/; open(my $f, '<', $_[0]) or return undef; my $d = <$f>; close $f; $d }
 sub spit { open(my $f, '>', $_[0]) or die "cannot write $_[0]: $!\n"; print $f $_[1];
@@ -230,7 +235,9 @@ sub from_scan {  # every path whose stat differs from the base's, then the base 
   # what the copy holds and the source no longer does, though the base never saw it (made and
   # copied after the base was taken, then removed)
   my %now = map { (split /\t/, $_, 2)[1] => 1 } @out[1 .. $#out];
-  walk($v, '.', sub { $list->{$v}{$_[0]} = 1 unless $now{$_[0]} }, '/to');
+  walk($v, '.', sub { $list->{$v}{$_[0]} = 1 unless $now{$_[0]} }, '/to') unless $REMOTE;
+  # on another engine the copy cannot be walked from here: rsync removes what it has extra
+  $SWEEP{$v} = 1 if $REMOTE;
   spit("$S/base.$v", join("\0", @out) . "\0");
 }
 
@@ -267,7 +274,11 @@ sub copy {  # false when rsync could not copy some path (a delta pass tries them
   # the top folder's own attributes are set last, alone
   my @all = sort grep { $_ ne '.' } keys %$paths;
   my $top = exists $paths->{'.'};
-  return 1 unless @all || $top;
+  # what the copy has and the source no longer does (another engine's, found by rsync): only
+  # removed, nothing sent
+  my $ok = !delete $SWEEP{$v} || rsync($final, @RSYNC, '-r', '--delete', '--force', '--existing',
+    '--ignore-existing', "/from/$v/", "$TO/$v/");
+  return $ok unless @all || $top;
   my @dirs = grep { my @st = lstat full($v, $_); @st && is_dir($st[2]) } @all;
   open(my $seen, '>>', "$S/seen.$v") or die "cannot write $S/seen.$v: $!\n";
   print $seen join("\0", @all) . "\0";
@@ -278,20 +289,20 @@ sub copy {  # false when rsync could not copy some path (a delta pass tries them
   my @whole = grep { !$big{$_} } @all;
   spit("$S/list.$v", join("\0", @whole) . "\0");
   my $copying = @whole && spawn(@RSYNC, '--from0', "--files-from=$S/list.$v",
-    '--delete-missing-args', '--force', '-I', "/from/$v/", "/to/$v/");
+    '--delete-missing-args', '--force', '-I', "/from/$v/", "$TO/$v/");
   my @unpatched = patch_all($v, sort keys %big);
-  my $ok = !$copying || rsync_done($final, $copying);
+  $ok = (!$copying || rsync_done($final, $copying)) && $ok;
   delete @big{@unpatched};
   spit("$S/list.$v", join("\0", @unpatched) . "\0");
   $ok = rsync($final, @RSYNC, '--from0', "--files-from=$S/list.$v", '--delete-missing-args',
-    '--force', '-I', "/from/$v/", "/to/$v/") && $ok if @unpatched;
+    '--force', '-I', "/from/$v/", "$TO/$v/") && $ok if @unpatched;
   # then, in one run: the patched files' attributes (their size matches now, so --size-only
   # sends no data) and the listed directories' times, which writing into them moved
   my @attrs = (sort(keys %big), @dirs);
   spit("$S/attrs.$v", join("\0", @attrs) . "\0");
   $ok = rsync($final, @RSYNC, '--from0', "--files-from=$S/attrs.$v", '--size-only',
-    "/from/$v/", "/to/$v/") && $ok if @attrs;
-  $ok = rsync($final, @RSYNC, '-d', '--exclude=*', "/from/$v/", "/to/$v/") && $ok if $top;
+    "/from/$v/", "$TO/$v/") && $ok if @attrs;
+  $ok = rsync($final, @RSYNC, '-d', '--exclude=*', "/from/$v/", "$TO/$v/") && $ok if $top;
   return $ok;
 }
 

@@ -55,6 +55,9 @@ async def _or_none(what: str, call: Awaitable[T]) -> T | None:
         raise
 
 
+# a stream that long without a byte is taken for an engine cut off (a partition sends no
+# reset): a copy fails, saying so, rather than wait for ever
+_STALL = aiohttp.ClientTimeout(sock_connect=10, sock_read=120)
 _HEADERS = 64 * 1024  # enough for a directory's tar header, with its PAX records
 _EXIT_POLLS = 40  # 2 s of waiting for an ended command's exit code
 
@@ -75,6 +78,7 @@ class ExecSession:
     def __init__(self, stream: Any, exec_: Any) -> None:
         self._stream = stream
         self._exec = exec_
+        self.errors = b""  # the end of its standard error, as ``stdout`` read it
 
     async def send(self, data: bytes) -> None:
         try:
@@ -91,6 +95,15 @@ class ExecSession:
         of any size, where ``lines`` would hold a line without end in memory."""
         while (msg := await self._stream.read_out()) is not None:
             yield msg.data
+
+    async def stdout(self) -> AsyncIterator[bytes]:
+        """Yield standard output alone, as it arrives, until the command ends; the last
+        4 KiB of its standard error are kept in ``errors``."""
+        while (msg := await self._stream.read_out()) is not None:
+            if msg.stream == 1:
+                yield msg.data
+            else:
+                self.errors = (self.errors + msg.data)[-4096:]
 
     async def lines(self) -> AsyncIterator[str]:
         """Yield output lines (stdout and stderr) until the command ends."""
@@ -375,6 +388,39 @@ class DockerClient:
         )
         await _translate(f"import image {repo}:{tag}", _drain(call))
 
+    async def carry_image(self, ref: str, *, to: DockerClient) -> None:
+        """``docker save REF | docker -H OTHER load``, streamed: the image, by its ID, on the
+        engine of ``to`` (never pulled there); one chunk at a time in this process."""
+
+        what = f"carry image {ref[:19]} to another engine"
+        if await self.inspect_image(ref) is None:
+            raise DockerFailed(f"{what}: there is no such image", status=_NOT_FOUND)
+        failed: list[DockerError] = []  # the save's own error: the load only sees its end
+
+        async def saved() -> AsyncIterator[bytes]:
+            try:
+                async with self.api._query(f"images/{ref}/get", timeout=_STALL) as resp:
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        yield chunk
+            except DockerError as exc:
+                failed.append(exc)
+                raise
+
+        load = to.api._query(
+            "images/load",
+            method="POST",
+            params={"quiet": "1"},
+            data=saved(),
+            headers={"Content-Type": "application/x-tar"},
+            timeout=_STALL,
+        )
+        try:
+            await _translate(what, _loaded(load))
+        except DockerUnavailable:
+            if failed:
+                raise DockerFailed(f"{what}: {failed[0].message}") from failed[0]
+            raise
+
     async def remove_image(self, ref: str) -> bool:
         """Remove an image; False when Docker keeps it (409: a container, running or stopped,
         or a child image uses it). Never forced: forcing would take it from under them."""
@@ -441,6 +487,16 @@ class DockerClient:
     async def remove_volume(self, name: str) -> None:
         call = self.api._query(f"volumes/{name}", method="DELETE", params={"force": "1"})
         await _translate(f"remove volume {name}", _drain(call))
+
+
+async def _loaded(call: Any) -> None:
+    """The end of an image load, whose errors come in its body (JSON lines), not its status."""
+    async with call as resp:
+        body = await resp.read()
+    for line in body.splitlines():
+        with contextlib.suppress(ValueError):
+            if message := (json.loads(line).get("errorDetail") or {}).get("message"):
+                raise DockerFailed(f"loading an image: {message}")
 
 
 async def _drain(call: Any) -> None:

@@ -82,9 +82,13 @@ async def add_engine(
     if name in svc.fleet.names:
         raise BadRequest(f"there is an engine named {name} already")
     engine_id = await _engine_id(spec)
+    async with svc.sessions() as session:  # an added engine away now is known by its ID
+        known = {r.engine_id: r.name for r in (await session.scalars(select(EngineRecord))).all()}
     for other in await engine_statuses(svc):
-        if other.engine_id == engine_id:
-            raise BadRequest(f"{url} is engine {other.spec.name}, which clonebot has already")
+        if other.engine_id is not None:
+            known[other.engine_id] = other.spec.name
+    if engine_id in known:
+        raise BadRequest(f"{url} is engine {known[engine_id]}, which clonebot has already")
     async with svc.sessions() as session:
         session.add(
             EngineRecord(

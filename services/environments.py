@@ -160,8 +160,13 @@ class Glimpse:
 async def glimpse_environments(docker: DockerClient, names: Sequence[str]) -> list[Glimpse]:
     """The named environments from one container listing, in order; ``EnvironmentNotFound``
     names the first that does not exist."""
+    return glimpses_in(await docker.list_containers(labels=[PROJECT]), names)
+
+
+def glimpses_in(summaries: list[JSON], names: Sequence[str]) -> list[Glimpse]:
+    """``glimpse_environments`` from container summaries (of one engine, or of several)."""
     by_project: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for summary in await docker.list_containers(labels=[PROJECT]):
+    for summary in summaries:
         labels = summary.get("Labels") or {}
         if labels.get(PROJECT) in names and labels.get(ONEOFF, "False") != "True":
             by_project[labels[PROJECT]].append(labels)

@@ -16,10 +16,12 @@ from typing import TypeVar
 from services.context import Services
 from services.docker import gather_all
 from services.environments import (
+    PROJECT,
     Environment,
     Glimpse,
     get_environment,
     glimpse_environments,
+    glimpses_in,
     list_environments,
 )
 from services.errors import BadRequest, ClonebotError, DockerUnavailable, EnvironmentNotFound
@@ -101,19 +103,16 @@ async def find_environment(svc: Services, name: str) -> Environment:
 
 
 async def find_glimpses(svc: Services, names: Sequence[str]) -> list[Glimpse]:
-    """``glimpse_environments`` across the engines (a swap's two, which may be on two)."""
+    """``glimpse_environments`` across the engines (a swap's two may be on two): one
+    container listing of each engine, none inspected."""
     if svc.fleet.names == [LOCAL]:
         return await glimpse_environments(svc.docker, names)
-    found: dict[str, Glimpse] = {}
-    for env in (await fleet_environments(svc)).environments:
-        if env.name in names:
-            found[env.name] = Glimpse(
-                env.name, env.owner, env.cloned_from, env.web_layer is not None
-            )
-    for name in names:
-        if name not in found:
-            await find_environment(svc, name)  # raises: not found, or its engine away
-    return [found[n] for n in names]
+    found, _ = await on_each(svc, lambda s: s.docker.list_containers(labels=[PROJECT]))
+    try:
+        return glimpses_in([c for listed in found.values() for c in listed], names)
+    except EnvironmentNotFound as exc:
+        await find_environment(svc, exc.name)  # says why: its engine away, or not found
+        raise
 
 
 async def check_name_free_everywhere(

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     docker_host: str = Field(default="unix:///var/run/docker.sock", alias="DOCKER_HOST")
     base_domain: str = Field(default="clonebot.localhost", alias="CLONEBOT_BASE_DOMAIN")
     # the tag names the helper's applets: an engine keeps an older helper image, built once
-    helper_image: str = Field(default="clonebot/helper:rsync-9", alias="CLONEBOT_HELPER_IMAGE")
+    helper_image: str = Field(default="clonebot/helper:rsync-10", alias="CLONEBOT_HELPER_IMAGE")
     busybox: Path = Field(default=Path("/bin/busybox"), alias="CLONEBOT_BUSYBOX")
     disk_reserve_bytes: int = Field(default=512 * 1024 * 1024, ge=0, alias="CLONEBOT_DISK_RESERVE")
     freeze_timeout_s: float = Field(default=30.0, gt=0, alias="CLONEBOT_FREEZE_TIMEOUT")

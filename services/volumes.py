@@ -21,7 +21,7 @@ import secrets
 import shutil
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from services import metrics
 from services.copy_plan import PLAN
 from services.docker import JSON, DockerClient, ExecSession
 from services.errors import DockerFailed
+from services.relay import DEST, RSH
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,15 @@ Watch = Literal["inotify", "scan", "off"]
 _PRE_COPY = r"""
 exec 2>&1
 perl /usr/lib/clonebot/plan.pl start "$1" "$2" || exit 1
+to=${3:-/to}  # or another engine's helper, through the remote shell $4 (relay.py)
 total=0
 for i in $(seq 0 $(($1 - 1))); do
   # rsync exit 23 while the source runs: a file changed under its feet (an xattr read of a
   # file just deleted); a second run copies what the first could not
   for attempt in 1 2 3; do
     # --delete: a refresh copies into a used volume; progress2 prints bytes sent so far
-    { rsync -aHAXS --numeric-ids --modify-window=-1 --delete --info=progress2 \
-        /from/$i/ /to/$i/ 2>&1; echo "rc $?"; } | tr "\r" "\n" | awk -v base="$total" '
+    { rsync -aHAXS --numeric-ids --modify-window=-1 --delete --info=progress2 ${4:+-e "$4"} \
+        /from/$i/ $to/$i/ 2>&1; echo "rc $?"; } | tr "\r" "\n" | awk -v base="$total" '
       /^rc [0-9]+$/ { rc = $2; next }
       /^ *[0-9,]+ +[0-9]+% / { b = $1; gsub(",", "", b); last = b + 0
         print "progress " int((base + last) / 1024); fflush(); next }
@@ -109,7 +111,7 @@ echo done
 
 _FINAL_PASS = r"""
 exec 2>&1
-exec perl /usr/lib/clonebot/plan.pl armed "$1"
+CLONEBOT_TO=$2 CLONEBOT_RSH=$3 exec perl /usr/lib/clonebot/plan.pl armed "$1"
 """
 
 
@@ -238,8 +240,29 @@ async def copy_helper(
 ) -> AsyncIterator[str]:
     """A running helper container with ``(source, target)`` volume pairs mounted, and a
     source container's upper directory (see ``rootfs.py``) read-only at ``/rootfs``."""
-    mounts = [_mount(src, f"/from/{i}", read_only=True) for i, (src, _) in enumerate(pairs)]
-    mounts += [_mount(dst, f"/to/{i}", read_only=False) for i, (_, dst) in enumerate(pairs)]
+    async with half_helper(
+        docker, image=image, name=name, sources=[src for src, _ in pairs],
+        targets=[dst for _, dst in pairs], labels=labels, rootfs=rootfs,
+    ) as cid:  # fmt: skip
+        yield cid
+
+
+@asynccontextmanager
+async def half_helper(
+    docker: DockerClient,
+    *,
+    image: str,
+    name: str,
+    sources: Sequence[str] = (),
+    targets: Sequence[str] = (),
+    labels: dict[str, str],
+    rootfs: str | None = None,
+) -> AsyncIterator[str]:
+    """A running helper with ``sources`` read-only at ``/from/<i>`` and ``targets`` at
+    ``/to/<i>``: both for a copy on one engine, one side each for a copy between two
+    (``relay.py``)."""
+    mounts = [_mount(src, f"/from/{i}", read_only=True) for i, src in enumerate(sources)]
+    mounts += [_mount(dst, f"/to/{i}", read_only=False) for i, dst in enumerate(targets)]
     if rootfs is not None:
         mounts.append(_mount(rootfs, "/rootfs", read_only=True))
     config = _helper_config(image, ["sleep", "2147483647"], mounts, labels=labels)
@@ -259,12 +282,14 @@ async def pre_copy(
     on_bytes: Callable[[int], None],
     watch: Watch = "inotify",
     on_warning: Callable[[str], None] | None = None,
+    remote: bool = False,
 ) -> None:
     """Copy every pair in full, recording the changes made meanwhile for ``FinalPass``.
 
-    ``watch="off"`` is for a source that holds still (no final pass follows).
+    ``watch="off"`` is for a source that holds still (no final pass follows); ``remote``
+    copies to the helper on another engine that an ``RsyncRelay`` reaches.
     """
-    cmd = ["sh", "-c", _PRE_COPY, "pre-copy", str(count), watch]
+    cmd = ["sh", "-c", _PRE_COPY, "pre-copy", str(count), watch, *_remote(remote)]
     meter = metrics.CopyMeter(on_bytes)
     async with docker.exec_session(helper, cmd) as ex:
         await _follow(ex, on_bytes=meter, what="pre-copy", on_warning=on_warning)
@@ -285,9 +310,11 @@ class FinalPass:
         helper: str,
         count: int,
         on_warning: Callable[[str], None] | None = None,
+        remote: bool = False,
     ) -> None:
         self._on_warning = on_warning
-        self._session = docker.exec_session(helper, ["sh", "-c", _FINAL_PASS, "final", str(count)])
+        cmd = ["sh", "-c", _FINAL_PASS, "final", str(count), *_remote(remote)]
+        self._session = docker.exec_session(helper, cmd)
         self._exec: ExecSession | None = None
         self._lines: AsyncIterator[str] | None = None
 
@@ -320,6 +347,11 @@ class FinalPass:
             lines=self._lines,
             on_warning=self._on_warning,
         )
+
+
+def _remote(remote: bool) -> list[str]:
+    """The copy scripts' arguments that send the copy to another engine's helper."""
+    return [f"{DEST}/to", RSH] if remote else []
 
 
 async def _follow(

@@ -14,6 +14,7 @@ namespace. Images come from the shared engine by save | load: nothing is pulled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -31,10 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from services.docker import DockerClient
+from services.settings import Settings
+from services.volumes import ensure_helper_image
+
 SUBNET = ipaddress.ip_network("10.215.0.0/24")  # shared engine 10.213/16, fault tests 10.214/16
 GATEWAY = "10.215.0.1"  # the root namespace's end
 PORT = 2376
-IMAGES = ("clonebot-test/busybox:latest", "clonebot/helper:rsync-9")
+# the test image, and the copy helper (made on the shared engine first if it lacks it)
+IMAGES = ("clonebot-test/busybox:latest", Settings.model_fields["helper_image"].default)
 STEP_S = 60  # one command
 STOP_S = 20  # dockerd's SIGTERM, before SIGKILL
 NETNS = Path("/run/netns")
@@ -148,6 +154,12 @@ class Host:
         run("ip", "-n", self.switch, "link", "set", f"h{self.index}", "up")
 
 
+async def _helper_made(source: str) -> None:
+    busybox = Path(os.environ.get("CLONEBOT_BUSYBOX", "/bin/busybox"))
+    async with DockerClient(source) as docker:
+        await ensure_helper_image(docker, image=IMAGES[1], busybox=busybox)
+
+
 def cli_env(work: Path) -> dict[str, str]:
     """The caller's environment without its engine, with a CLI config of the fleet's own."""
     drop = {"DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"}
@@ -199,6 +211,7 @@ class Fleet:
             for host in self.hosts:
                 self._launch(host)
             images = self.work / "images.tar"
+            asyncio.run(_helper_made(self.source))
             run("docker", "-H", self.source, "save", "-o", str(images), *self.images)
             parallel(lambda h: self._ready(h, images), self.hosts)
         except BaseException:
@@ -493,13 +506,13 @@ SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
 
 
 def root_state() -> dict[str, set[str]]:
-    """What the fleet must leave in the root namespace as it found it. Of other engines'
-    links only the names count (their state moves with their containers), and their routes,
-    mounts and rules not at all."""
+    """What the fleet must leave in the root namespace as it found it. Other engines' links,
+    routes, mounts and rules do not count: they come and go with those engines' containers
+    (tests beside these ones use them), and the fleet makes none of their kind."""
     links = set()
     for line in run("ip", "-br", "link").splitlines():
-        name = line.split()[0].split("@")[0]
-        links.add(name if OTHER_LINKS.match(name) else " ".join(line.split()))
+        if not OTHER_LINKS.match(line.split()[0].split("@")[0]):
+            links.add(" ".join(line.split()))
     routes = {r for r in run("ip", "route").splitlines() if not _other_route(r)}
     rules = {re.sub(r" \[\d+:\d+\]$", "", line) for line in run("iptables-save").splitlines()
              if line[:1] != "#" and "clonebot-faults-" not in line}  # fmt: skip
