@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import posixpath
+import socket
 import ssl
 import tarfile
 from collections.abc import AsyncIterator, Awaitable
@@ -32,6 +33,21 @@ _UNREACHABLE = 900
 _NOT_FOUND = 404
 _CONFLICT = 409
 JSON = dict[str, Any]
+
+
+def _tcp_socket(addr: Any) -> socket.socket:
+    """A socket to a remote engine that notices a partition (which sends no reset) within
+    about 30 s: keep-alive probes while a call waits for an answer, and a limit on data left
+    unacknowledged while it sends. Without, a call would wait for the kernel's retries,
+    about 15 minutes."""
+    family, kind, proto, *_ = addr
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
+    return sock
 
 
 async def _translate(what: str, call: Awaitable[T]) -> T:
@@ -137,12 +153,19 @@ class DockerClient:
         self._url = url
         self._ssl = ssl_context
         self._docker: aiodocker.Docker | None = None
+        self._connector: aiohttp.TCPConnector | None = None
 
     async def __aenter__(self) -> DockerClient:
         self._docker = self._open()
         return self
 
     def _open(self) -> aiodocker.Docker:
+        if self._ssl is not None:
+            # another host's engine (services/fleet.py): a connection to it fails once the
+            # host is cut off
+            self._connector = aiohttp.TCPConnector(ssl=self._ssl, socket_factory=_tcp_socket)
+            timeout = aiohttp.ClientTimeout(sock_connect=10)
+            return aiodocker.Docker(url=self._url, connector=self._connector, timeout=timeout)
         return aiodocker.Docker(url=self._url, ssl_context=self._ssl)
 
     async def __aexit__(self, *exc: object) -> None:
@@ -152,6 +175,9 @@ class DockerClient:
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
+        if self._connector is not None:  # ours: aiodocker closes only the one it made
+            await self._connector.close()
+            self._connector = None
 
     @property
     def api(self) -> aiodocker.Docker:

@@ -7,6 +7,7 @@ reached over TCP with TLS client certificates, as a remote engine is.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
@@ -18,7 +19,7 @@ import pytest
 from services.docker import DockerClient
 from services.fleet import EngineSpec
 from services.settings import Settings
-from tests.cli import clonebot
+from tests.cli import clonebot, clonebot_env, run_cli
 from tests.conftest import ADMIN, OWNER, MakeSource, create_source, remove_projects
 from tests.fleet.hosts import Fleet as Hosts
 
@@ -148,3 +149,59 @@ async def test_an_environment_on_another_engine_is_cloned_there_and_shown_unreac
     assert back[name] == back[f"{name}-copy"] == "up"
     busy = clonebot("engine", "remove", "west", "--as", ADMIN, settings=settings)
     assert busy.returncode == 2 and f"engine west holds {name}, {name}-copy" in busy.stderr
+
+
+async def test_a_clone_on_an_engine_cut_off_mid_copy_fails_saying_so_and_leaves_nothing(
+    fleet_hosts: Hosts, settings: Settings, tmp_path: Path
+) -> None:
+    """A partition of the engine a clone is made on: the job fails within about half a
+    minute, says the engine is unreachable, and once the engine is back nothing of the
+    clone is left there; the source was never frozen (the copy had not reached the freeze)."""
+    host = fleet_hosts.hosts[1]
+    assert _add(settings, "west", host.tcp_url, host.tls_dir).startswith("0 ")
+    name = f"f{secrets.token_hex(3)}"
+    # a client of the test's own on each side of the partition: one whose connections the
+    # partition broke would leave them to the garbage collector
+    west = EngineSpec("west", host.tcp_url, host.tls_dir).connect()
+    await create_source(west, name=name, web_nodes=1, db_nodes=1, db_labels={}, seed_kib=64)
+    release = tmp_path / "release"
+    env = clonebot_env(settings) | {
+        "CLONEBOT_FAILPOINT": "pre-copy",  # waits there until the test lets it go
+        "CLONEBOT_FAILPOINT_RELEASE": str(release),
+    }
+    args = ["clone", name, f"{name}-cut", "--as", OWNER]
+    job = asyncio.create_task(asyncio.to_thread(run_cli, args, env=env))
+    helper = f"{name}-cut-copy-db-"
+    for _ in range(300):  # the clone's copy helper is up: the job waits at the failpoint
+        if any(helper in n for c in await west.list_containers() for n in c["Names"]):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("the clone never reached its copy")
+    await west.close()
+    host.link_down()
+    release.touch()
+    await asyncio.sleep(45)  # the job notices the partition (about 30 s) and fails
+    host.link_up()
+    done = await asyncio.wait_for(job, 240)  # its remains are removed once the engine is back
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot reach the Docker engine" in done.stderr, done.stderr
+    west = EngineSpec("west", host.tcp_url, host.tls_dir).connect()
+    try:
+        await _nothing_left(west, settings, name)
+    finally:
+        await remove_projects(west, {name})
+        await west.close()
+
+
+async def _nothing_left(west: DockerClient, settings: Settings, name: str) -> None:
+    left = [
+        item
+        for lister in (west.list_containers, west.list_volumes, west.list_networks)
+        for item in await lister(labels=[f"com.docker.compose.project={name}-cut"])
+    ]
+    assert left == []
+    source = await west.list_containers(labels=[f"com.docker.compose.project={name}"])
+    assert sorted(c["State"] for c in source) == ["running", "running"]
+    listed = {e["name"] for e in json.loads(clonebot("envs", "--json", settings=settings).stdout)}
+    assert name in listed and f"{name}-cut" not in listed
