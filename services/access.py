@@ -13,7 +13,6 @@ from sqlalchemy.orm import joinedload
 from services.context import Services
 from services.environments import Environment, Glimpse
 from services.errors import EnvironmentNotFound, Forbidden, InvalidUser, Refused
-from services.fleet import LOCAL
 from services.located import find_environment, find_glimpses
 from services.permissions import Access, Action, Decision, Role, decide
 from services.settings import SLACK_USER, Settings
@@ -36,14 +35,14 @@ def label_owner(env: Environment | Glimpse) -> str | None:
 async def ensure_record(session: AsyncSession, env: Environment | Glimpse) -> EnvironmentRecord:
     """The environment's record; a newly seen one is owned by its ``clonebot.owner`` label."""
     record = await repo.get_environment(session, env.name)
-    engine = env.engine if isinstance(env, Environment) else None
+    engine = env.engine
     if record is not None:
-        if engine is not None and record.engine != engine:  # Docker says where it is now
+        if record.engine != engine:  # Docker says where it is now
             record.engine = engine
         return record
     record = EnvironmentRecord(
         name=env.name, owner=label_owner(env), cloned_from=env.cloned_from, collaborators=[],
-        channels=[], engine=engine or LOCAL,
+        channels=[], engine=engine,
     )  # fmt: skip
     try:
         async with session.begin_nested():

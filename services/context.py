@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -65,3 +66,13 @@ async def load_added_engines(fleet: Fleet, sessions: async_sessionmaker[AsyncSes
         for r in rows
     ]
     await fleet.replace_added(specs)
+
+
+RELOAD_S = 5.0  # how stale the added engines may be in a long-lived process (serve)
+
+
+async def refresh_engines(svc: Services) -> None:
+    """The engines added with ``clonebot engine add`` (by another process, say), read again
+    if they were read more than ``RELOAD_S`` ago: one query, at most that often."""
+    if time.monotonic() - svc.fleet.loaded_at >= RELOAD_S:
+        await load_added_engines(svc.fleet, svc.sessions)

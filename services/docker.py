@@ -16,7 +16,7 @@ import posixpath
 import socket
 import ssl
 import tarfile
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -423,7 +423,7 @@ class DockerClient:
             raise DockerFailed(f"{what}: there is no such image", status=_NOT_FOUND)
         failed: list[DockerError] = []  # the save's own error: the load only sees its end
 
-        async def saved() -> AsyncIterator[bytes]:
+        async def saved() -> AsyncGenerator[bytes]:
             try:
                 async with self.api._query(f"images/{ref}/get", timeout=_STALL) as resp:
                     async for chunk in resp.content.iter_chunked(1 << 20):
@@ -432,16 +432,17 @@ class DockerClient:
                 failed.append(exc)
                 raise
 
-        load = to.api._query(
-            "images/load",
-            method="POST",
-            params={"quiet": "1"},
-            data=saved(),
-            headers={"Content-Type": "application/x-tar"},
-            timeout=_STALL,
-        )
+        # not quiet: the engine's progress keeps the answer's stream alive while it unpacks
         try:
-            await _translate(what, _loaded(load))
+            async with contextlib.aclosing(saved_stream := saved()):  # closed on any end
+                load = to.api._query(
+                    "images/load",
+                    method="POST",
+                    data=saved_stream,
+                    headers={"Content-Type": "application/x-tar"},
+                    timeout=_STALL,
+                )
+                await _translate(what, _loaded(load))
         except DockerUnavailable:
             if failed:
                 raise DockerFailed(f"{what}: {failed[0].message}") from failed[0]

@@ -155,21 +155,25 @@ class Glimpse:
     owner: str | None
     cloned_from: str | None
     has_web_layer: bool
+    engine: str = LOCAL
 
 
 async def glimpse_environments(docker: DockerClient, names: Sequence[str]) -> list[Glimpse]:
     """The named environments from one container listing, in order; ``EnvironmentNotFound``
     names the first that does not exist."""
-    return glimpses_in(await docker.list_containers(labels=[PROJECT]), names)
+    return glimpses_in({LOCAL: await docker.list_containers(labels=[PROJECT])}, names)
 
 
-def glimpses_in(summaries: list[JSON], names: Sequence[str]) -> list[Glimpse]:
-    """``glimpse_environments`` from container summaries (of one engine, or of several)."""
+def glimpses_in(listed: dict[str, list[JSON]], names: Sequence[str]) -> list[Glimpse]:
+    """``glimpse_environments`` from each engine's container summaries."""
     by_project: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for summary in summaries:
-        labels = summary.get("Labels") or {}
-        if labels.get(PROJECT) in names and labels.get(ONEOFF, "False") != "True":
-            by_project[labels[PROJECT]].append(labels)
+    engines: dict[str, str] = {}
+    for engine, summaries in listed.items():
+        for summary in summaries:
+            labels = summary.get("Labels") or {}
+            if labels.get(PROJECT) in names and labels.get(ONEOFF, "False") != "True":
+                by_project[labels[PROJECT]].append(labels)
+                engines[labels[PROJECT]] = engine
     glimpses = []
     for name in names:
         if not (labels := by_project.get(name)):
@@ -180,6 +184,7 @@ def glimpses_in(summaries: list[JSON], names: Sequence[str]) -> list[Glimpse]:
                 owner=next((x[OWNER] for x in labels if x.get(OWNER)), None),
                 cloned_from=next((x[CLONED_FROM] for x in labels if CLONED_FROM in x), None),
                 has_web_layer=any(_int(x.get(HTTP_PORT), default=0) for x in labels),
+                engine=engines[name],
             )
         )
     return glimpses

@@ -61,7 +61,6 @@ class EnvironmentNotFound(Refused):
     def __init__(self, name: str) -> None:
         super().__init__(f"no environment named {name!r}")
         self.name = name
-        self.name = name
 
 
 class NotEnoughDisk(Refused):

@@ -9,8 +9,10 @@ working: what it holds is shown unreachable, and jobs that touch it fail, saying
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -65,11 +67,18 @@ def check_engine(name: str, url: str, tls_dir: Path | None) -> EngineSpec:
     on the network root on its host. ``ssh://`` is not supported yet."""
     validate_engine_name(name)
     parts = urlsplit(url)
+    if parts.scheme == "ssh":
+        raise BadRequest(f"engine {name}: ssh:// engines are not supported yet; use tcp:// + TLS")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        # a password in a URL would be kept, listed and logged: TLS files are the credential
+        raise BadRequest(f"engine {name}: give the URL without a user, password, query or #")
     if parts.scheme == "unix" and parts.path.startswith("/") and not parts.netloc:
         if tls_dir is not None:
             raise BadRequest(f"engine {name}: a unix:// socket takes no TLS folder")
         return EngineSpec(name, url)
     if parts.scheme in ("tcp", "https") and parts.hostname and not parts.path.strip("/"):
+        if parts.port is None:
+            raise BadRequest(f"engine {name}: give the port of {url} (Docker's TLS port: 2376)")
         if tls_dir is None:
             raise BadRequest(
                 f"engine {name}: {url} needs TLS: give the folder of its client files "
@@ -79,8 +88,6 @@ def check_engine(name: str, url: str, tls_dir: Path | None) -> EngineSpec:
         if missing:
             raise BadRequest(f"engine {name}: {tls_dir} lacks {', '.join(missing)}")
         return EngineSpec(name, url, tls_dir)
-    if parts.scheme == "ssh":
-        raise BadRequest(f"engine {name}: ssh:// engines are not supported yet; use tcp:// + TLS")
     raise BadRequest(
         f"engine {name}: {url!r} is not an engine URL (unix:///path/docker.sock or "
         "tcp://host:2376 with TLS)"
@@ -116,6 +123,7 @@ class Fleet:
     def __init__(self, specs: list[EngineSpec]) -> None:
         self._specs = {spec.name: spec for spec in specs}
         self._clients: dict[str, DockerClient] = {}
+        self.loaded_at = -math.inf  # when the added engines were last read (replace_added)
 
     @property
     def names(self) -> list[str]:
@@ -139,6 +147,7 @@ class Fleet:
     async def replace_added(self, specs: list[EngineSpec]) -> None:
         """The engines added by hand are now ``specs``: clients of those removed or changed
         are closed."""
+        self.loaded_at = time.monotonic()
         kept = {n: s for n, s in self._specs.items() if s.origin == "setting"}
         wanted = {s.name: s for s in specs if s.name not in kept}
         for name, spec in list(self._specs.items()):

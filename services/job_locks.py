@@ -163,11 +163,14 @@ def outstanding_bytes(job: Job) -> int:
 
 
 async def reserved_by_others(session: AsyncSession, *, job_id: str) -> int:
+    """What other live jobs will still write on the disk of this job's engine."""
     now = utcnow()
+    jobs = await unfinished_jobs(session)
+    engine = next((j.engine for j in jobs if j.id == job_id), None)
     return sum(
         outstanding_bytes(j)
-        for j in await unfinished_jobs(session)
-        if j.id != job_id and is_live(j, now=now)
+        for j in jobs
+        if j.id != job_id and is_live(j, now=now) and engine in (None, j.engine)
     )
 
 

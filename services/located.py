@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from services.context import Services
+from services.context import Services, refresh_engines
 from services.docker import gather_all
 from services.environments import (
     PROJECT,
@@ -67,6 +67,7 @@ async def on_each(
 
 async def fleet_environments(svc: Services) -> FleetView:
     """Every Compose project on every engine that answers, by name, each with its engine."""
+    await refresh_engines(svc)
     if svc.fleet.names == [LOCAL]:
         return FleetView(await list_environments(svc.docker))
     found, failed = await on_each(svc, lambda s: list_environments(s.docker))
@@ -79,6 +80,7 @@ async def find_environment(svc: Services, name: str) -> Environment:
 
     ``EnvironmentNotFound`` when no engine that answers has it; ``EngineUnreachable`` when
     its record places it on an engine that does not answer."""
+    await refresh_engines(svc)
     if svc.fleet.names == [LOCAL]:
         return await get_environment(svc.docker, name)
 
@@ -105,11 +107,12 @@ async def find_environment(svc: Services, name: str) -> Environment:
 async def find_glimpses(svc: Services, names: Sequence[str]) -> list[Glimpse]:
     """``glimpse_environments`` across the engines (a swap's two may be on two): one
     container listing of each engine, none inspected."""
+    await refresh_engines(svc)
     if svc.fleet.names == [LOCAL]:
         return await glimpse_environments(svc.docker, names)
     found, _ = await on_each(svc, lambda s: s.docker.list_containers(labels=[PROJECT]))
     try:
-        return glimpses_in([c for listed in found.values() for c in listed], names)
+        return glimpses_in(found, names)
     except EnvironmentNotFound as exc:
         await find_environment(svc, exc.name)  # says why: its engine away, or not found
         raise
@@ -120,6 +123,7 @@ async def check_name_free_everywhere(
 ) -> None:
     """``check_name_free`` on every engine that answers: a name is unique in the fleet. An
     engine away is passed over: the records keep clonebot's own names there."""
+    await refresh_engines(svc)
     if svc.fleet.names == [LOCAL]:
         await check_name_free(svc.docker, name=name, renaming=renaming)
         return

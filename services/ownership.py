@@ -98,7 +98,9 @@ async def forget_environment(svc: Services, request: Request, *, name: str) -> l
             _audit_forget(session, request, name, allowed=False, reason=decision.reason)
             await session.commit()
             raise Forbidden(decision.reason)
-        if await environment_exists(svc.docker, name):
+        # on the engine the record places it (one away: refused, as it cannot be told down)
+        engine = svc.on(record.engine) if record is not None else svc
+        if await environment_exists(engine.docker, name):
             raise BadRequest(f"{name} has containers, so it is not down: delete it instead")
         if record is None:
             raise EnvironmentNotFound(name)
@@ -110,7 +112,7 @@ async def forget_environment(svc: Services, request: Request, *, name: str) -> l
         await repo.delete_environment(session, name)
         _audit_forget(session, request, name, allowed=True, owner=record.owner)
         await session.commit()
-    return [str(h) for h in (await held_names(svc.docker)).holders(name)]
+    return [str(h) for h in (await held_names(engine.docker)).holders(name)]
 
 
 def _audit_forget(

@@ -6,7 +6,7 @@ import logging
 
 from sqlalchemy import update
 
-from services.context import Services
+from services.context import Services, load_added_engines
 from services.docker import DockerClient
 from services.errors import ClonebotError
 from services.freeze import resume_recorded
@@ -30,11 +30,27 @@ async def recover_jobs(svc: Services) -> list[Job]:
         if worker_is_gone(job.claimed_by, lease_until=job.lease_until, now=utcnow())
     ]
     recovered = []
+    await load_added_engines(svc.fleet, svc.sessions)  # one added since serve started
     for job in orphans:
-        if await _take_over(svc, job):
+        if not await _take_over(svc, job):
+            continue
+        try:
             recovered.append(await _recover(svc, job))
+        except ClonebotError as exc:  # its engine away, say: the next round tries again
+            log.warning("job %s cannot be recovered yet: %s", job.id, exc.message)
+            await _give_back(svc, job)
     await _resume_abandoned(svc)
     return recovered
+
+
+async def _give_back(svc: Services, job: Job) -> None:
+    """A job whose recovery failed is running again, as its dead process left it."""
+    async with svc.sessions() as session, session.begin():
+        await session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state == JobState.RECOVERING)
+            .values(state=JobState.RUNNING, claimed_by=job.claimed_by)
+        )
 
 
 async def _resume_abandoned(svc: Services) -> None:

@@ -23,8 +23,10 @@ import re
 from collections.abc import AsyncIterator
 from types import TracebackType
 
+import aiohttp
+
 from services.docker import DockerClient, ExecSession
-from services.errors import DockerFailed
+from services.errors import ClonebotError, DockerFailed
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ _RSH = (
     + r"""
 my (undef, @cmd) = @ARGV;
 my $me = "/tmp/relay/$$.sock";
+unlink $me;  # an earlier process's of the same pid
 my ($l, $c);  # declared first: a "my" is seen from the next statement only
 socket($l, 1, 1, 0) && bind($l, addr($me)) && listen($l, 1) or die "relay: $me: $!\n";
 socket($c, 1, 1, 0) && connect($c, addr('/tmp/relay/calls.sock'))
@@ -111,8 +114,33 @@ both(\*STDIN, $s, $s, \*STDOUT);
 """
 )
 
-# what rsync may ask the other side to run: its server, with options and paths of ours
-_ARG = re.compile(r"[A-Za-z0-9._/=,+@-]+")  # -@-1: --modify-window=-1
+# what rsync may ask the other side to run: its server receiving into one of the target's
+# /to/<i>, with the options of ours (never a daemon, a config, a log, a batch or a backup: the
+# source helper mounts users' data, and is not trusted to choose what runs in the target)
+_ARG = re.compile(r"-[A-Za-z0-9.@-]+|--[a-z0-9-]+(=[A-Za-z0-9.,-]+)?")  # -@-1: --modify-window
+_OPTIONS = frozenset(
+    ("--server", "--delete", "--numeric-ids", "--force", "--delete-missing-args", "--from0",
+     "--size-only", "--existing", "--ignore-existing", "--inplace", "--partial")
+)  # fmt: skip
+_TARGET = re.compile(r"/to/[0-9]+/")
+_PID = re.compile(r"[0-9]{1,10}")
+
+
+def _server_command(cmd: list[str]) -> bool:
+    """``rsync --server [options] . /to/<i>/``, each option one clonebot's copies use."""
+    if cmd[:2] != ["rsync", "--server"] or len(cmd) < 4 or cmd[-2] != ".":
+        return False
+    if not _TARGET.fullmatch(cmd[-1]):
+        return False
+    for arg in cmd[2:-2]:
+        if not _ARG.fullmatch(arg):
+            return False
+        long = arg.startswith("--")
+        if long and arg.split("=", 1)[0] not in _OPTIONS:
+            return False
+    return True
+
+
 _GRACE_S = 30.0  # the server's end after the client's, before it is closed
 
 
@@ -135,10 +163,13 @@ class RsyncRelay:
         self._board = self.source.exec_session(self.source_helper, cmd, stdin=False)
         board = await self._board.__aenter__()
         lines = board.lines()
-        first = await anext(lines, "")
-        if first != "ready":
-            await self._board.__aexit__(None, None, None)
-            raise DockerFailed(f"the copy relay did not start: {first[-300:]}")
+        try:
+            first = await anext(lines, "")
+            if first != "ready":
+                raise DockerFailed(f"the copy relay did not start: {first[-300:]}")
+        except BaseException:
+            await asyncio.shield(self._board.__aexit__(None, None, None))
+            raise
         self._listening = asyncio.create_task(self._listen(lines))
         return self
 
@@ -155,10 +186,10 @@ class RsyncRelay:
     async def _listen(self, lines: AsyncIterator[str]) -> None:
         async for line in lines:
             pid, *cmd = line.split("\t")
-            if not pid.isdigit():
+            if not _PID.fullmatch(pid):
                 self._fail(f"the copy relay was told something else: {line[:200]!r}")
                 continue
-            if cmd[:2] != ["rsync", "--server"] or not all(_ARG.fullmatch(a) for a in cmd):
+            if not _server_command(cmd):
                 self._fail(f"the copy relay refused to run {' '.join(cmd)[:200]!r}")
                 cmd = []  # its bridge ends at once: the relay, then rsync, fail
             task = asyncio.create_task(self._session(pid, cmd))
@@ -172,10 +203,10 @@ class RsyncRelay:
     async def _session(self, pid: str, cmd: list[str]) -> None:
         """One rsync connection: the server in the target, the bridge in the source."""
         bridge_cmd = ["perl", "-e", _BRIDGE, pid]
-        if not cmd:
-            async with self.source.exec_session(self.source_helper, bridge_cmd):
-                return
         try:
+            if not cmd:
+                async with self.source.exec_session(self.source_helper, bridge_cmd):
+                    return
             async with (
                 self.target.exec_session(self.target_helper, cmd) as server,
                 self.source.exec_session(self.source_helper, bridge_cmd) as bridge,
@@ -194,8 +225,10 @@ class RsyncRelay:
                 for task in (sending, receiving):
                     if not task.cancelled() and (exc := task.exception()) is not None:
                         raise exc
-        except DockerFailed as exc:  # the rsync client in the source sees its end, and says
+        except ClonebotError as exc:  # the rsync client in the source sees its end, and says
             self._fail(f"the copy relay lost a connection: {exc.message}")
+        except (aiohttp.ClientError, OSError) as exc:  # a stream cut mid-read
+            self._fail(f"the copy relay lost a connection: {exc}")
 
 
 async def _pump(reader: ExecSession, writer: ExecSession) -> None:

@@ -317,8 +317,8 @@ class EngineRecord(Base):
     url: Mapped[str] = mapped_column(String(255))
     # the folder of its TLS client files (ca.pem, cert.pem, key.pem), for a tcp:// URL
     tls_dir: Mapped[str | None] = mapped_column(String(4096))
-    # what the engine called itself when added (``docker info`` ID): another engine behind
-    # the same URL later is refused, not taken for it
+    # what the engine called itself when added (``docker info`` ID): the same engine is not
+    # added again under another name or URL, even while it is away
     engine_id: Mapped[str] = mapped_column(String(128))
     added_by: Mapped[str] = mapped_column(String(32))
     added_at: Mapped[datetime] = mapped_column(default=utcnow)

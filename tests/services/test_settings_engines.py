@@ -30,6 +30,8 @@ def _refused(monkeypatch: pytest.MonkeyPatch, engines: str) -> str:
         ("west=tcp://10.0.0.5:2376", "lacks ca.pem, cert.pem, key.pem"),
         ("west=ssh://deploy@10.0.0.5", "ssh:// engines are not supported yet"),
         ("west=http://10.0.0.5:2375/x", "is not an engine URL"),
+        ("west=tcp://deploy:s3cret@10.0.0.5:2376", "without a user, password, query or #"),
+        ("west=tcp://10.0.0.5", "give the port of tcp://10.0.0.5"),
     ],
 )
 def test_an_engine_clonebot_cannot_use_is_refused_at_start(
