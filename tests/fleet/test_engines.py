@@ -11,14 +11,19 @@ import asyncio
 import json
 import secrets
 import shutil
+import socket
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from services.context import open_services
 from services.docker import DockerClient
+from services.environments import JOB
 from services.fleet import EngineSpec
 from services.settings import Settings
+from storage.models import EnvironmentRecord, Job, JobState, utcnow
 from tests.cli import clonebot, clonebot_env, run_cli
 from tests.conftest import ADMIN, OWNER, MakeSource, create_source, remove_projects
 from tests.fleet.hosts import Fleet as Hosts
@@ -205,3 +210,46 @@ async def _nothing_left(west: DockerClient, settings: Settings, name: str) -> No
     assert sorted(c["State"] for c in source) == ["running", "running"]
     listed = {e["name"] for e in json.loads(clonebot("envs", "--json", settings=settings).stdout)}
     assert name in listed and f"{name}-cut" not in listed
+
+
+async def test_recovery_waits_for_an_engine_away_and_finishes_once_it_is_back(
+    fleet_hosts: Hosts, settings: Settings
+) -> None:
+    """A job left running by a dead process, on an engine cut off: `recover` recovers what it
+    can, leaves that job for later (not failed, not half done), and recovers it once the
+    engine is back: what it made there is removed."""
+    host = fleet_hosts.hosts[1]
+    assert _add(settings, "west", host.tcp_url, host.tls_dir).startswith("0 ")
+    job, name = secrets.token_hex(6), f"f{secrets.token_hex(3)}-lost"
+    west = EngineSpec("west", host.tcp_url, host.tls_dir).connect()
+    try:
+        await west.create_network({"Name": f"{name}_default", "Labels": {JOB: job}})
+    finally:
+        await west.close()
+    async with open_services(settings) as svc, svc.sessions() as session:
+        session.add(EnvironmentRecord(name=name, owner=OWNER, state="creating", engine="west"))
+        session.add(
+            Job(
+                id=job, kind="clone", state=JobState.RUNNING, environment=name, source="prod",
+                requester=OWNER, params={}, steps=[], frozen=[], engine="west",
+                source_engine="west", claimed_by=f"{socket.gethostname()}:999999999:0",
+                lease_until=utcnow() - timedelta(minutes=1),
+            )
+        )  # fmt: skip
+        await session.commit()
+
+    host.link_down()
+    try:
+        away = clonebot("recover", settings=settings)
+        assert away.returncode == 0 and "0 job(s) recovered" in away.stdout, away.stderr
+        jobs = json.loads(clonebot("jobs", "--json", settings=settings).stdout)
+        assert [j["state"] for j in jobs if j["id"] == job] == ["running"]
+    finally:
+        host.link_up()
+    back = clonebot("recover", settings=settings)
+    assert back.returncode == 0 and "1 job(s) recovered" in back.stdout, back.stdout + back.stderr
+    west = EngineSpec("west", host.tcp_url, host.tls_dir).connect()
+    try:
+        assert await west.list_networks(labels=[f"{JOB}={job}"]) == []
+    finally:
+        await west.close()
