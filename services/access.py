@@ -79,7 +79,7 @@ async def check_request(
 ) -> tuple[Environment, EnvironmentRecord]:
     """The environment and its record, if ``request`` may do ``action`` to it; else raise."""
     check_user(request.user)
-    env = await find_environment(svc, name)
+    env = await find_environment(svc, name, session=session)
     return env, await _checked_record(svc, session, request, env, action)
 
 
@@ -108,7 +108,7 @@ async def check_glimpses(
     """As ``check_request``, for each of ``names``, from one container listing and one query:
     for changes that must be quick (a swap)."""
     check_user(request.user)
-    envs = await find_glimpses(svc, names)
+    envs = await find_glimpses(svc, names, session=session)
     query = select(EnvironmentRecord).where(EnvironmentRecord.name.in_(names))
     known = {r.name: r for r in (await session.scalars(query)).all()}
     records = [known.get(env.name) or await ensure_record(session, env) for env in envs]

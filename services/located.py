@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from services.context import Services, refresh_engines
+from services.context import Services
 from services.docker import gather_all
 from services.environments import (
     PROJECT,
@@ -28,6 +28,7 @@ from services.errors import BadRequest, ClonebotError, DockerUnavailable, Enviro
 from services.fleet import ANSWER_S, LOCAL, EngineUnreachable
 from services.naming import check_name_free
 from storage import repositories as repo
+from storage.db import AsyncSession
 
 T = TypeVar("T")
 
@@ -67,7 +68,6 @@ async def on_each(
 
 async def fleet_environments(svc: Services) -> FleetView:
     """Every Compose project on every engine that answers, by name, each with its engine."""
-    await refresh_engines(svc)
     if svc.fleet.names == [LOCAL]:
         return FleetView(await list_environments(svc.docker))
     found, failed = await on_each(svc, lambda s: list_environments(s.docker))
@@ -75,12 +75,13 @@ async def fleet_environments(svc: Services) -> FleetView:
     return FleetView(sorted(envs, key=lambda e: (e.name, e.engine)), failed)
 
 
-async def find_environment(svc: Services, name: str) -> Environment:
+async def find_environment(
+    svc: Services, name: str, *, session: AsyncSession | None = None
+) -> Environment:
     """The environment named ``name``, on whichever engine holds it.
 
     ``EnvironmentNotFound`` when no engine that answers has it; ``EngineUnreachable`` when
     its record places it on an engine that does not answer."""
-    await refresh_engines(svc)
     if svc.fleet.names == [LOCAL]:
         return await get_environment(svc.docker, name)
 
@@ -97,24 +98,29 @@ async def find_environment(svc: Services, name: str) -> Environment:
         raise BadRequest(f"{name} is on engines {engines}: rename one of them first")
     if held:
         return held[0]
-    async with svc.sessions() as session:
+    # in the caller's session when it has one: a second one would wait for its lock
+    if session is not None:
         record = await repo.get_environment(session, name)
+    else:
+        async with svc.sessions() as own:
+            record = await repo.get_environment(own, name)
     if record is not None and record.engine in failed:
         raise EngineUnreachable(record.engine, failed[record.engine])
     raise EnvironmentNotFound(name)
 
 
-async def find_glimpses(svc: Services, names: Sequence[str]) -> list[Glimpse]:
+async def find_glimpses(
+    svc: Services, names: Sequence[str], *, session: AsyncSession | None = None
+) -> list[Glimpse]:
     """``glimpse_environments`` across the engines (a swap's two may be on two): one
     container listing of each engine, none inspected."""
-    await refresh_engines(svc)
     if svc.fleet.names == [LOCAL]:
         return await glimpse_environments(svc.docker, names)
     found, _ = await on_each(svc, lambda s: s.docker.list_containers(labels=[PROJECT]))
     try:
         return glimpses_in(found, names)
     except EnvironmentNotFound as exc:
-        await find_environment(svc, exc.name)  # says why: its engine away, or not found
+        await find_environment(svc, exc.name, session=session)  # why: its engine away?
         raise
 
 
@@ -123,7 +129,6 @@ async def check_name_free_everywhere(
 ) -> None:
     """``check_name_free`` on every engine that answers: a name is unique in the fleet. An
     engine away is passed over: the records keep clonebot's own names there."""
-    await refresh_engines(svc)
     if svc.fleet.names == [LOCAL]:
         await check_name_free(svc.docker, name=name, renaming=renaming)
         return

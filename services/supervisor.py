@@ -14,7 +14,7 @@ from functools import partial
 
 from sqlalchemy import select
 
-from services.context import Services
+from services.context import Services, refresh_engines
 from services.errors import ClonebotError, DockerUnavailable
 from services.expiry import ExpirySink, log_notice, sweep_expiry
 from services.idle import IdleWatch, SleepSink, ignore_notices
@@ -111,6 +111,7 @@ async def serve(
         beside = await stack.enter_async_context(_Beside())
         while not stop.is_set():
             try:
+                await refresh_engines(svc)  # those added by the command line meanwhile
                 if idle is not None:
                     beside.start("idle watch", idle.check)
                 # not while a clone wakes: its page stays until one of its nodes listens
