@@ -130,6 +130,11 @@ class Fleet:
         """``local`` first, then by name."""
         return sorted(self._specs, key=lambda n: (n != LOCAL, n))
 
+    @property
+    def single(self) -> bool:
+        """Only ``local``: every lookup is the single-engine call (the swap's hot path)."""
+        return len(self._specs) == 1
+
     def spec(self, name: str) -> EngineSpec:
         if name not in self._specs:
             raise BadRequest(f"no engine named {name!r} (see `clonebot engine list`)")

@@ -25,7 +25,7 @@ from services.environments import (
     list_environments,
 )
 from services.errors import BadRequest, ClonebotError, DockerUnavailable, EnvironmentNotFound
-from services.fleet import ANSWER_S, LOCAL, EngineUnreachable
+from services.fleet import ANSWER_S, EngineUnreachable
 from services.naming import check_name_free
 from storage import repositories as repo
 from storage.db import AsyncSession
@@ -68,7 +68,7 @@ async def on_each(
 
 async def fleet_environments(svc: Services) -> FleetView:
     """Every Compose project on every engine that answers, by name, each with its engine."""
-    if svc.fleet.names == [LOCAL]:
+    if svc.fleet.single:
         return FleetView(await list_environments(svc.docker))
     found, failed = await on_each(svc, lambda s: list_environments(s.docker))
     envs = [replace(e, engine=name) for name, listed in found.items() for e in listed]
@@ -82,7 +82,7 @@ async def find_environment(
 
     ``EnvironmentNotFound`` when no engine that answers has it; ``EngineUnreachable`` when
     its record places it on an engine that does not answer."""
-    if svc.fleet.names == [LOCAL]:
+    if svc.fleet.single:
         return await get_environment(svc.docker, name)
 
     async def look(s: Services) -> Environment | None:
@@ -114,7 +114,7 @@ async def find_glimpses(
 ) -> list[Glimpse]:
     """``glimpse_environments`` across the engines (a swap's two may be on two): one
     container listing of each engine, none inspected."""
-    if svc.fleet.names == [LOCAL]:
+    if svc.fleet.single:
         return await glimpse_environments(svc.docker, names)
     found, _ = await on_each(svc, lambda s: s.docker.list_containers(labels=[PROJECT]))
     try:
@@ -129,7 +129,7 @@ async def check_name_free_everywhere(
 ) -> None:
     """``check_name_free`` on every engine that answers: a name is unique in the fleet. An
     engine away is passed over: the records keep clonebot's own names there."""
-    if svc.fleet.names == [LOCAL]:
+    if svc.fleet.single:
         await check_name_free(svc.docker, name=name, renaming=renaming)
         return
 
