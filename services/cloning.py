@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from services.carrying import carry_images
 from services.docker import DockerClient, gather_all
 from services.environments import JOB
 from services.errors import HookFailed, NameTaken
@@ -42,17 +43,20 @@ async def execute_clone(
     *,
     emit: EventSink = ignore_events,
     on_freeze: FreezeRecorder = ignore_freeze,
+    target: DockerClient | None = None,
 ) -> CloneResult:
     """Create the clone the plan describes; on any failure remove all it created and raise.
 
     ``on_freeze`` is told which source containers are about to be frozen, before they are.
     The source's on-clone hooks are read (a bad declaration refused) before anything is made,
-    and run once the clone's nodes are up; a snapshot's are stopped again after.
+    and run once the clone's nodes are up; a snapshot's are stopped again after. The clone is
+    made on ``target``'s engine when given (the plan's ``across``), the source's otherwise.
     """
     started = time.monotonic()
+    source, docker = docker, target or docker
     ledger = Ledger(docker)
     current = _CurrentStep(emit)
-    declared = await read_hooks(docker=docker, settings=settings, env=plan.source, job=plan.job)
+    declared = await read_hooks(docker=source, settings=settings, env=plan.source, job=plan.job)
     for warning in plan.warnings + declared.warnings:
         emit(Warned(warning))
     async with undo_on_failure(
@@ -64,11 +68,14 @@ async def execute_clone(
         current.name = "volumes"
         async with step(current, "volumes"):
             await _create_volumes(docker, plan, ledger)
+        if plan.across:
+            current.name = "images"
+            await carry_images(source, docker, images=_images(plan), ledger=ledger, emit=emit)
         current.name = "stateless nodes"
         await gather_all(*(_create_node(docker, n, ledger, emit) for n in _stateless(plan)))
         current.name = "stateful snapshot"
         freeze = await snapshot_stateful(
-            docker, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze
+            source, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze, target=docker
         )
         # a snapshot with hooks is started for them: its copy must not keep what they mask
         starting = not plan.snapshot or bool(declared.hooks)
@@ -125,6 +132,11 @@ class _CurrentStep:
 
 def _stateless(plan: ClonePlan) -> list[NodePlan]:
     return [n for n in plan.nodes if not n.stateful]
+
+
+def _images(plan: ClonePlan) -> list[str]:
+    """The images the clone's stateless nodes are made from (the stateful ones' are commits)."""
+    return sorted({str(n.config["Image"]) for n in _stateless(plan)})
 
 
 async def _create_networks(docker: DockerClient, plan: ClonePlan, ledger: Ledger) -> None:

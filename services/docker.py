@@ -296,8 +296,11 @@ class DockerClient:
         stat: JSON = json.loads(base64.b64decode(header)) if header else {}
         return stat
 
-    async def copy_path(self, *, src: str, dst: str, path: str, into: str) -> None:
-        """Stream ``path`` of container ``src`` as a tar into directory ``into`` of ``dst``."""
+    async def copy_path(
+        self, *, src: str, dst: str, path: str, into: str, to: DockerClient | None = None
+    ) -> None:
+        """Stream ``path`` of container ``src`` as a tar into directory ``into`` of ``dst``,
+        a container of this engine or of ``to``'s."""
 
         async def body() -> AsyncIterator[bytes]:
             call = self.api._query(f"containers/{src}/archive", params={"path": path})
@@ -305,7 +308,7 @@ class DockerClient:
                 async for chunk in resp.content.iter_chunked(256 * 1024):
                     yield chunk
 
-        put = self.api._query(
+        put = (to or self).api._query(
             f"containers/{dst}/archive",
             method="PUT",
             params={"path": into},
@@ -340,10 +343,13 @@ class DockerClient:
 
         return await _or_none(f"read {path} in {ref}", fetch())
 
-    async def copy_attributes(self, *, src: str, dst: str, path: str) -> None:
-        """Give the existing directory ``path`` of ``dst`` the mode, owner and times it has in
-        ``src``, leaving its entries alone: the engine sets a directory's times from its tar
-        header after extracting, so a tar of that header alone is put in its parent."""
+    async def copy_attributes(
+        self, *, src: str, dst: str, path: str, to: DockerClient | None = None
+    ) -> None:
+        """Give the existing directory ``path`` of ``dst`` (on ``to``'s engine, if given) the
+        mode, owner and times it has in ``src``, leaving its entries alone: the engine sets a
+        directory's times from its tar header after extracting, so a tar of that header alone
+        is put in its parent."""
 
         async def first_header() -> tarfile.TarInfo:
             call = self.api._query(f"containers/{src}/archive", params={"path": path})
@@ -365,7 +371,7 @@ class DockerClient:
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
             tar.addfile(info)
-        put = self.api._query(
+        put = (to or self).api._query(
             f"containers/{dst}/archive",
             method="PUT",
             params={"path": posixpath.dirname(path)},

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from services import metrics, rootfs
 from services.docker import JSON, DockerClient, gather_all
@@ -24,13 +25,15 @@ from services.failpoints import failpoint
 from services.ledger import Ledger
 from services.planning import ClonePlan, NodePlan, VolumePlan
 from services.progress import BytesCopied, EventSink, StepDone, StepStarted, Warned, step
+from services.relay import RsyncRelay
 from services.settings import Settings
-from services.volumes import FinalPass, copy_helper, ensure_helper_image, pre_copy
+from services.volumes import FinalPass, copy_helper, ensure_helper_image, half_helper, pre_copy
 from storage.outage import is_outage
 
 log = logging.getLogger(__name__)
 FreezeRecorder = Callable[[dict[str, str]], Awaitable[None]]
 FREEZE_LABEL = "clonebot.freeze"  # "pause" (the default) or "stop"
+T = TypeVar("T")
 
 
 async def ignore_freeze(frozen: dict[str, str]) -> None:
@@ -55,14 +58,24 @@ async def snapshot_stateful(
     ledger: Ledger,
     emit: EventSink,
     on_freeze: FreezeRecorder = ignore_freeze,
+    target: DockerClient | None = None,
 ) -> FreezeReport:
-    """Create every stateful node of the clone as a consistent snapshot of its master."""
+    """Create every stateful node of the clone as a consistent snapshot of its master; on
+    ``target``'s engine when given (the masters are frozen on their own, ``docker``'s)."""
     layers = plan.stateful_layers
     if not layers:
         return FreezeReport()
-    await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
+    target = target or docker
+    engines = {id(d): d for d in (docker, target)}.values()
+    await gather_all(
+        *(ensure_helper_image(d, image=settings.helper_image, busybox=settings.busybox)
+          for d in engines)
+    )  # fmt: skip
     claimed: set[str] = set()
-    copies = [_MasterCopy(docker, settings, plan, layer, ledger, emit, claimed) for layer in layers]
+    copies = [
+        _MasterCopy(docker, target, settings, plan, layer, ledger, emit, claimed)
+        for layer in layers
+    ]
     try:
         await gather_all(*(c.prepare() for c in copies))
         report = await _freeze(docker, settings, copies, emit, on_freeze)
@@ -232,11 +245,13 @@ async def _resume_all(
 
 
 class _MasterCopy:
-    """Copies one stateful layer's master into the clone's nodes of that layer."""
+    """Copies one stateful layer's master into the clone's nodes of that layer, made on the
+    ``target`` engine: the master's own (``docker``), or another (a relay carries the data)."""
 
     def __init__(
         self,
         docker: DockerClient,
+        target: DockerClient,
         settings: Settings,
         plan: ClonePlan,
         layer: Layer,
@@ -245,6 +260,7 @@ class _MasterCopy:
         claimed: set[str],
     ) -> None:
         self.docker, self.settings, self.plan, self.layer = docker, settings, plan, layer
+        self.target, self.across = target, target is not docker
         self.ledger, self.emit = ledger, emit
         self.nodes = [n for n in plan.nodes if n.layer == layer.name]
         # host directories are copied into the clone's volumes like volumes (see planning)
@@ -257,29 +273,49 @@ class _MasterCopy:
         self._resources = AsyncExitStack()
         self._final: FinalPass | None = None
         self._rootfs_helper: str | None = None  # lists the master's changes (overlay2)
+        self._relay: RsyncRelay | None = None  # to the target engine's helper
         self._baseline: rootfs.Listing = {}
         self._recommit = False
         self._changed_rootfs = False
 
     async def prepare(self) -> None:
         upper = rootfs.upper_dir(self.layer.master)
+        name = f"{self.plan.name}-copy-{self.layer.name}-{self.plan.job}"
+        sources = [v.source or "" for v in self.volumes]
+        targets = [v.name for v in self.volumes]
         if self.volumes or upper:
-            helper = copy_helper(
+            helper = half_helper(
                 self.docker,
                 image=self.settings.helper_image,
-                name=f"{self.plan.name}-copy-{self.layer.name}-{self.plan.job}",
-                pairs=[(v.source or "", v.name) for v in self.volumes],
+                name=name,
+                sources=sources,
+                targets=[] if self.across else targets,
                 labels=self.plan.labels(),
                 rootfs=upper,
             )
             self.helper = await self._resources.enter_async_context(helper)
+        if self.across and self.volumes and self.helper:
+            far = half_helper(
+                self.target,
+                image=self.settings.helper_image,
+                name=name,
+                targets=targets,
+                labels=self.plan.labels(),
+            )
+            far_helper = await self._resources.enter_async_context(far)
+            relay = RsyncRelay(self.docker, self.helper, self.target, far_helper)
+            self._relay = await self._resources.enter_async_context(relay)
         self._rootfs_helper = self.helper if upper else None
         await gather_all(self._pre_copy_volumes(), self._pre_copy_rootfs())
         if self.volumes and self.helper:
             final = FinalPass(
-                self.docker, helper=self.helper, count=len(self.volumes), on_warning=self._warn
+                self.docker,
+                helper=self.helper,
+                count=len(self.volumes),
+                on_warning=self._warn,
+                remote=self.across,
             )
-            self._final = await self._resources.enter_async_context(final)
+            self._final = await self._relayed(self._resources.enter_async_context(final))
 
     async def _pre_copy_volumes(self) -> None:
         if not self.volumes or self.helper is None:
@@ -291,13 +327,26 @@ class _MasterCopy:
             def on_bytes(copied: int) -> None:
                 self.emit(BytesCopied("pre-copy", self.first.name, copied, total))
 
-            await pre_copy(
-                self.docker,
-                helper=self.helper,
-                count=len(self.volumes),
-                on_bytes=on_bytes,
-                on_warning=self._warn,
+            await self._relayed(
+                pre_copy(
+                    self.docker,
+                    helper=self.helper,
+                    count=len(self.volumes),
+                    on_bytes=on_bytes,
+                    on_warning=self._warn,
+                    remote=self.across,
+                )
             )
+
+    async def _relayed(self, copy: Awaitable[T]) -> T:
+        """A copy's failure, named by the relay when it saw why (a command refused, a
+        connection to an engine lost): rsync only sees its end."""
+        try:
+            return await copy
+        except DockerFailed as exc:
+            if self._relay is not None and self._relay.failure:
+                raise DockerFailed(f"{exc.message} ({self._relay.failure})") from exc
+            raise
 
     async def _pre_copy_rootfs(self) -> None:
         master = self.layer.master
@@ -306,17 +355,34 @@ class _MasterCopy:
             self._baseline = await rootfs.list_changes(
                 self.docker, master=master.id, helper=self._rootfs_helper
             )
-            image = await self._commit(master.id)
-            self.first.config["Image"] = image
-            self.first_id = await _create(self.docker, self.first, self.ledger)
+            image = await self._commit(master.id, on=self.docker)
+        if self.across:
+            async with step(self.emit, "carry", self.first.name):
+                await self._carry(image)
+        self.first.config["Image"] = image
+        self.first_id = await _create(self.target, self.first, self.ledger)
 
-    async def _commit(self, ref: str) -> str:
+    async def _commit(self, ref: str, *, on: DockerClient) -> str:
+        """An image of container ``ref`` of engine ``on``; the job's ledger removes it on
+        failure when it is the clone's engine's (one on the source's is carried, see
+        ``_carry``)."""
         repo = f"clonebot/{self.plan.name}-{self.layer.name}"
-        image = await self.docker.commit_container(
+        image = await on.commit_container(
             ref, repo=repo, tag=self.plan.job, labels=self.plan.labels()
         )
-        self.ledger.add_image(image)
+        if on is self.target:
+            self.ledger.add_image(image)
         return image
+
+    async def _carry(self, image: str) -> None:
+        """A commit of the master, carried to the clone's engine and removed from the
+        source's, whatever happens (the job's label lets recovery find one left there)."""
+        try:
+            if await self.target.inspect_image(image) is None:
+                self.ledger.add_image(image)
+                await self.docker.carry_image(image, to=self.target)
+        finally:
+            await asyncio.shield(self.docker.remove_image(image))
 
     async def final_pass(self) -> None:
         """Runs while the master is frozen: only what changed since the pre-copy."""
@@ -332,44 +398,54 @@ class _MasterCopy:
         paths = rootfs.changed_paths(self._baseline, now)
         if paths is None:
             # a path removed since the commit: only a new commit removes it from the clone
-            self.first.config["Image"] = await self._commit(master)
+            # (carried to another engine after the freeze, see ``complete``)
+            self.first.config["Image"] = await self._commit(master, on=self.docker)
             self._recommit = True
             return
         for path in paths:
             await self.docker.copy_path(
-                src=master, dst=self.first_id, path=path, into=posixpath.dirname(path)
+                src=master,
+                dst=self.first_id,
+                path=path,
+                into=posixpath.dirname(path),
+                to=self.target,
             )
         # after the copies, which moved the times of the directories they wrote into
         directories = rootfs.changed_directories(self._baseline, now)
         for path in directories:
-            await self.docker.copy_attributes(src=master, dst=self.first_id, path=path)
+            await self.docker.copy_attributes(
+                src=master, dst=self.first_id, path=path, to=self.target
+            )
         self._changed_rootfs = bool(paths or directories)
 
     async def complete(self) -> None:
         """After the freeze: the layer's other nodes, copied from the first, not the source."""
         if self._recommit:
-            await self.docker.remove_container(self.first_id)
-            self.first_id = await _create(self.docker, self.first, self.ledger)
+            if self.across:
+                async with step(self.emit, "carry", self.first.name):
+                    await self._carry(self.first.config["Image"])
+            await self.target.remove_container(self.first_id)
+            self.first_id = await _create(self.target, self.first, self.ledger)
         others = self.nodes[1:]
         if not others:
             return
         image = self.first.config["Image"]
         if self._changed_rootfs:
-            image = await self._commit(self.first_id)
+            image = await self._commit(self.first_id, on=self.target)
         replicas = [v for v in self.plan.volumes if v.replica_of in {x.name for x in self.volumes}]
         await gather_all(self._replicate(replicas), *(self._create_other(n, image) for n in others))
 
     async def _create_other(self, node: NodePlan, image: str) -> None:
         node.config["Image"] = image
         async with step(self.emit, "create", node.name):
-            await _create(self.docker, node, self.ledger)
+            await _create(self.target, node, self.ledger)
 
     async def _replicate(self, replicas: list[VolumePlan]) -> None:
         if not replicas:
             return
         pairs = [(v.replica_of or "", v.name) for v in replicas]
         async with copy_helper(
-            self.docker,
+            self.target,
             image=self.settings.helper_image,
             name=f"{self.plan.name}-replicate-{self.layer.name}-{self.plan.job}",
             pairs=pairs,
@@ -377,7 +453,7 @@ class _MasterCopy:
         ) as helper:
             # from the clone's own first node's volumes, which nothing writes: no watcher
             await pre_copy(
-                self.docker, helper=helper, count=len(pairs), on_bytes=lambda _: None, watch="off"
+                self.target, helper=helper, count=len(pairs), on_bytes=lambda _: None, watch="off"
             )
 
     def _warn(self, warning: str) -> None:

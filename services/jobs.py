@@ -115,11 +115,7 @@ def _target_engine(svc: Services, source_engine: str, on: str | None) -> str:
     """The engine a clone is made on: the source's, unless asked otherwise."""
     if on is None or on == source_engine:
         return source_engine
-    svc.fleet.spec(on)  # an engine clonebot has, or a refusal naming it
-    raise BadRequest(
-        f"cloning onto another engine ({on}, from {source_engine}) is not built yet: "
-        f"clone on {source_engine}"
-    )
+    return svc.fleet.spec(on).name  # an engine clonebot has, or a refusal naming it
 
 
 async def submit_refresh(svc: Services, request: Request, *, name: str) -> Job:
@@ -521,10 +517,11 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
     if kind is None:  # a newer clonebot's job, say: never guessed at
         raise BadRequest(f"job {job.id} is of a kind this clonebot does not know: {job.kind!r}")
     match kind:
-        case JobKind.CLONE:
+        case JobKind.CLONE:  # from the source's engine onto the job's
             return await clone_environment(
-                svc.docker,
+                svc.on(job.source_engine or job.engine).docker,
                 svc.settings,
+                target=svc.docker,
                 source=job.source or "",
                 name=job.environment,
                 snapshot=bool(job.params.get("snapshot")),
@@ -623,11 +620,20 @@ async def _sweep(svc: Services, job: Job, outcome: dict[str, Any]) -> None:
     restarting, so whatever still carries the job's label goes once the engine answers."""
     if job.kind != JobKind.CLONE or outcome["state"] == JobState.SUCCEEDED:
         return
-    try:
-        if removed := await sweep_job(svc.on(job.engine).docker, job.id):
-            log.warning("job %s: removed %d resource(s) its rollback had left", job.id, removed)
-    except ClonebotError as exc:
-        log.warning("job %s: what it made is not all removed: %s", job.id, exc.message)
+    for engine in job_engines(job):  # the source's holds its helpers and commits meanwhile
+        try:
+            if removed := await sweep_job(svc.on(engine).docker, job.id):
+                log.warning(
+                    "job %s: removed %d resource(s) its rollback had left on engine %s",
+                    job.id, removed, engine,
+                )  # fmt: skip
+        except ClonebotError as exc:
+            log.warning("job %s: what it made is not all removed: %s", job.id, exc.message)
+
+
+def job_engines(job: Job) -> list[str]:
+    """The engines a job works on: its own, and its source's when that is another."""
+    return list(dict.fromkeys(e for e in (job.engine, job.source_engine) if e is not None))
 
 
 async def _sources_resumed(svc: Services, job_id: str) -> bool:

@@ -48,18 +48,24 @@ async def clone_environment(
     owner: str | None = None,
     emit: EventSink = ignore_events,
     on_freeze: FreezeRecorder = ignore_freeze,
+    target: DockerClient | None = None,
 ) -> CloneResult:
-    """Plan (refusing bad requests before anything is made), then make the clone."""
+    """Plan (refusing bad requests before anything is made), then make the clone: on the
+    source's engine (``docker``), or ``target``'s."""
+    onto = target or docker
     if name is None:
-        name = default_clone_name(source, await held_names(docker))
+        name = default_clone_name(source, await held_names(onto))
     plan = await plan_clone(
-        docker, settings, source=source, name=name, snapshot=snapshot, job=job, owner=owner
-    )
+        docker, settings, source=source, name=name, snapshot=snapshot, job=job, owner=owner,
+        target=onto,
+    )  # fmt: skip
     try:
         # again just before anything is made: a volume of that name may have come meanwhile,
         # and creating a volume that exists returns it (its data would be overwritten)
-        await check_name_free(docker, name=plan.name)
-        return await execute_clone(docker, settings, plan, emit=emit, on_freeze=on_freeze)
+        await check_name_free(onto, name=plan.name)
+        return await execute_clone(
+            docker, settings, plan, emit=emit, on_freeze=on_freeze, target=onto
+        )
     finally:
         release_ports(plan.job)
 

@@ -104,6 +104,7 @@ class ClonePlan:
     only_stateful: bool = False  # a refresh re-creates only the stateful layers
     in_place: bool = False  # a rename: the same volumes and host ports, nothing copied
     host_kinds: dict[str, HostKind] = field(default_factory=dict)  # host paths to copy, probed
+    across: bool = False  # made on another engine than the source's
 
     @property
     def layers(self) -> list[Layer]:
@@ -132,23 +133,30 @@ async def plan_clone(
     snapshot: bool = False,
     job: str | None = None,
     owner: str | None = None,
+    target: DockerClient | None = None,
 ) -> ClonePlan:
-    """Check the request and plan the clone; raise a ``Refused`` error before anything is made."""
+    """Check the request and plan the clone; raise a ``Refused`` error before anything is made.
+
+    ``target`` is the engine to make it on, when not the source's (``docker``): the source is
+    read on its own, the names, address pools, host ports and disk checked on the target.
+    """
+    onto = target or docker
     if name is not None:
         check_name(name)
     env = await get_environment(docker, source)
     if name is None:
-        name = default_clone_name(source, {e.name for e in await list_environments(docker)})
-    elif await environment_exists(docker, name):
+        name = default_clone_name(source, {e.name for e in await list_environments(onto)})
+    elif await environment_exists(onto, name):
         raise NameTaken(name)
     plan = ClonePlan(job or secrets.token_hex(6), env, name, snapshot, settings.base_domain, owner)
+    plan.across = onto is not docker
     _check_bind_labels(plan)
-    await _plan_networks(docker, plan)
-    await _check_network_room(docker, plan)
+    await _plan_networks(docker, plan, target=onto)
+    await _check_network_room(onto, plan)
     await _probe_binds(docker, settings, plan)
     volumes = _plan_volumes(plan, existing={})
-    await _probe_host_ports(docker, settings, plan)
-    await _plan_nodes_and_disk(docker, settings, plan, volumes)
+    await _probe_host_ports(onto, settings, plan)
+    await _plan_nodes_and_disk(docker, settings, plan, volumes, target=onto)
     return plan
 
 
@@ -207,7 +215,13 @@ async def plan_rename(
     return plan
 
 
-async def _plan_networks(docker: DockerClient, plan: ClonePlan, *, reuse: bool = False) -> None:
+async def _plan_networks(
+    docker: DockerClient,
+    plan: ClonePlan,
+    *,
+    reuse: bool = False,
+    target: DockerClient | None = None,
+) -> None:
     names = sorted({net for node in plan.source.nodes for net in node.networks})
     for net in names:
         if net in PREDEFINED_NETWORKS:
@@ -221,7 +235,7 @@ async def _plan_networks(docker: DockerClient, plan: ClonePlan, *, reuse: bool =
             continue
         twin = twin_name(name=net, source=plan.source.name, clone=plan.name)
         plan.twins[net] = twin
-        if await docker.inspect_network(twin) is not None:
+        if await (target or docker).inspect_network(twin) is not None:
             if reuse:
                 continue
             raise NameTaken(plan.name)
@@ -278,12 +292,16 @@ async def _plan_nodes_and_disk(
     settings: Settings,
     plan: ClonePlan,
     volumes: dict[tuple[str, str], VolumePlan],
+    *,
+    target: DockerClient | None = None,
 ) -> None:
     """``_plan_nodes`` (it claims the clone's host ports), then the disk check; the ports are
     let go if either fails: no job will hold them."""
     try:
         _plan_nodes(plan, volumes)
-        await _check_disk_for_binds(docker, settings, plan)
+        if plan.across:
+            _check_nothing_shared(plan)
+        await _check_disk_for_binds(docker, settings, plan, target=target)
     except BaseException:
         release_ports(plan.job)
         raise
@@ -470,6 +488,26 @@ def _plan_nodes(plan: ClonePlan, volumes: dict[tuple[str, str], VolumePlan]) -> 
             )
 
 
+def _check_nothing_shared(plan: ClonePlan) -> None:
+    """A clone on another engine cannot share a volume or a host directory with its source:
+    the name there would be another engine's (an empty volume made, or some other directory).
+    The host's sockets and devices (docker.sock) are the target host's own, as on any host."""
+    own = {v.name for v in plan.volumes}
+    for node in plan.nodes:
+        for mount in node.config["HostConfig"]["Mounts"]:
+            kind, source = mount.get("Type"), mount.get("Source", "")
+            if kind == "tmpfs" or (kind == "volume" and source in own):
+                continue
+            if kind == "bind" and plan.host_kinds.get(source) == "special":
+                continue
+            what = "volume" if kind == "volume" else "host directory"
+            raise BadRequest(
+                f"{node.layer} shares the {what} {source} (at {mount.get('Target')}) with "
+                f"{plan.source.name}: a clone on another engine cannot share it; label it to be "
+                "copied or left empty, or clone on the source's engine"
+            )
+
+
 def _name_replacements(plan: ClonePlan) -> dict[str, str]:
     src, dst = plan.source.name, plan.name
     out = {f"{src}.{plan.base_domain}": f"{dst}.{plan.base_domain}"}
@@ -591,10 +629,12 @@ def _free_port(port_spec: str, taken: set[int]) -> int:
     return random.choice(free)
 
 
-async def _check_disk_for_binds(docker: DockerClient, settings: Settings, plan: ClonePlan) -> None:
+async def _check_disk_for_binds(
+    docker: DockerClient, settings: Settings, plan: ClonePlan, *, target: DockerClient | None
+) -> None:
     """``_check_disk``; its refusal names the host directories the copy counts."""
     try:
-        await _check_disk(docker, settings, plan)
+        await _check_disk(docker, settings, plan, target=target)
     except NotEnoughDisk as exc:
         paths = sorted({v.source for v in plan.volumes if v.source and v.source.startswith("/")})
         if paths:
@@ -603,7 +643,10 @@ async def _check_disk_for_binds(docker: DockerClient, settings: Settings, plan: 
         raise
 
 
-async def _check_disk(docker: DockerClient, settings: Settings, plan: ClonePlan) -> None:
+async def _check_disk(
+    docker: DockerClient, settings: Settings, plan: ClonePlan, *, target: DockerClient | None
+) -> None:
+    """The data to copy, measured on the source's engine, against the room on the target's."""
     sources = sorted({v.source for v in plan.volumes if v.source})
     if not sources:
         return
@@ -611,6 +654,13 @@ async def _check_disk(docker: DockerClient, settings: Settings, plan: ClonePlan)
     sizes = await measure_volumes(
         docker, image=settings.helper_image, volumes=sources, labels={JOB: plan.job}
     )
+    free = sizes.free
+    if target is not None and target is not docker:
+        await ensure_helper_image(target, image=settings.helper_image, busybox=settings.busybox)
+        room = await measure_volumes(
+            target, image=settings.helper_image, volumes=[], labels={JOB: plan.job}
+        )
+        free = room.free
     replicas = [v for v in plan.volumes if v.replica_of]
     by_clone = {v.name: v.source for v in plan.volumes if v.source}
     needed = sum(sizes.used.values())
@@ -619,4 +669,4 @@ async def _check_disk(docker: DockerClient, settings: Settings, plan: ClonePlan)
         vol.bytes = sizes.used.get(vol.source or by_clone.get(vol.replica_of or "", "") or "", 0)
     plan.copy_bytes = needed
     # beside what running jobs' copies will still write; a job keeps ``needed`` reserved
-    await reserve_disk(copy=needed, reserve=settings.disk_reserve_bytes, free=sizes.free)
+    await reserve_disk(copy=needed, reserve=settings.disk_reserve_bytes, free=free)

@@ -97,6 +97,8 @@ async def _recover(svc: Services, job: Job) -> Job:
     else:
         resumed = await resume_recorded(source.docker, job.frozen)
         removed = await remove_job_resources(svc.docker, job.id)
+        if source.engine != svc.engine:  # its copy helpers and commits on the source's engine
+            removed += await remove_job_resources(source.docker, job.id)
     if job.kind == "refresh":
         await _restore_set_aside(svc.docker, job)
     error = (

@@ -242,6 +242,7 @@ async def create_source(
     db_nodes: int,
     db_labels: dict[str, str],
     seed_kib: int,
+    web_image: str = IMAGE,
 ) -> SourceEnv:
     network = f"{name}_default"
     _, volume = await gather_all(
@@ -285,6 +286,7 @@ async def create_source(
             labels={**compose_labels(name, "web", n), "clonebot.http.port": "80"},
             cmd=WEB,
             host={},
+            image=web_image,
             extra={
                 "Env": [
                     f"PAGE={name} web {n}",
@@ -313,10 +315,11 @@ async def _run_node(
     cmd: str,
     host: dict[str, object],
     extra: dict[str, object],
+    image: str = IMAGE,
 ) -> None:
     layer = labels["com.docker.compose.service"]
     config = {
-        "Image": IMAGE,
+        "Image": image,
         "Cmd": ["sh", "-c", cmd],
         "Labels": {OWNER_LABEL: OWNER, **labels},
         # an init as PID 1 passes SIGTERM on: `docker stop` (a rename, a freeze by stop) takes

@@ -123,15 +123,11 @@ async def test_an_environment_on_another_engine_is_cloned_there_and_shown_unreac
     copy = await west.list_containers(labels=[f"com.docker.compose.project={name}-copy"])
     assert len(copy) == 2 and all(c["State"] == "running" for c in copy)
 
-    # names are unique across the engines; another engine than the source's is not built yet
+    # names are unique across the engines
     taken = clonebot("clone", name, here.name, "--as", OWNER, settings=settings)
     assert (
         taken.returncode == 2
         and f"an environment named '{here.name}' already exists" in taken.stderr
-    )
-    elsewhere = clonebot("clone", name, "--on", "local", "--as", OWNER, settings=settings)
-    assert (
-        elsewhere.returncode == 2 and "onto another engine (local, from west)" in elsewhere.stderr
     )
 
     host.link_down()  # a partition: host 2's engine no longer answers

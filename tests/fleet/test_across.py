@@ -1,0 +1,159 @@
+"""A clone made on another engine than its source's (``clone --on``): its images carried, its
+data relayed between the engines' helpers while the source runs and during its short freeze,
+and nothing of the copy left on the source's engine, whether it succeeds or is refused.
+
+The engines are hosts of their own (tests/fleet/hosts.py), reached over TCP with TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from services.docker import DockerClient
+from services.environments import JOB
+from services.fleet import EngineSpec
+from services.settings import Settings
+from tests.cli import clonebot
+from tests.conftest import (
+    ADMIN,
+    IMAGE,
+    OWNER,
+    create_source,
+    exec_output,
+    read_volume,
+    remove_projects,
+)
+from tests.fleet.hosts import Fleet as Hosts
+
+pytestmark = [pytest.mark.alone, pytest.mark.own_engines]
+
+
+@dataclass
+class Pair:
+    east: DockerClient  # host 1: the source's engine
+    west: DockerClient  # host 2: the clone's
+
+
+@pytest.fixture
+async def pair(fleet_hosts: Hosts, settings: Settings) -> AsyncIterator[Pair]:
+    """Clients of hosts 1 and 2, both added to clonebot; what a test made there goes after."""
+    clients = []
+    for host, name in zip(fleet_hosts.hosts[:2], ("east", "west"), strict=True):
+        args = ["engine", "add", name, host.tcp_url, "--tls-dir", str(host.tls_dir)]
+        added = clonebot(*args, "--as", ADMIN, settings=settings)
+        assert added.returncode == 0, added.stderr
+        clients.append(EngineSpec(name, host.tcp_url, host.tls_dir).connect())
+    yield Pair(*clients)
+    for docker in clients:
+        projects = {
+            (c.get("Labels") or {}).get("com.docker.compose.project", "")
+            for c in await docker.list_containers(labels=["com.docker.compose.project"])
+        }
+        await remove_projects(docker, {p for p in projects if p.startswith("f")})
+        for image in await docker.list_images(labels=["clonebot.test=across"]):
+            await docker.remove_image(image["Id"])
+        await docker.close()
+
+
+async def _image_only_on(docker: DockerClient, tag: str) -> str:
+    """An image made on this engine alone (the others have the test image, not this one)."""
+    config = {"Image": IMAGE, "Cmd": ["sh", "-c", f"echo {tag} > /made-on-east"]}
+    cid = await docker.create_container(name=f"fimg{tag}", config=config)
+    try:
+        await docker.start_container(cid)
+        assert await docker.wait_container(cid) == 0
+        return await docker.commit_container(
+            cid, repo=f"clonebot-test/web-{tag}", tag="latest", labels={"clonebot.test": "across"}
+        )
+    finally:
+        await docker.remove_container(cid)
+
+
+def _numbers(log: str) -> list[int]:
+    return [int(line.split()[0]) for line in log.splitlines() if line.strip()]
+
+
+async def test_a_clone_on_another_engine_is_a_consistent_running_copy_and_east_keeps_nothing(
+    pair: Pair, settings: Settings
+) -> None:
+    """``clone --on west`` of an environment on east: the web image, which west lacked, is
+    carried; the database's volume is a gap-free prefix of what its writer kept writing; its
+    own files (a commit) and its second node come along; east keeps no helper, commit or
+    volume of the copy, and its source runs on."""
+    east, west = pair.east, pair.west
+    tag = secrets.token_hex(3)
+    name = f"f{tag}"
+    image = await _image_only_on(east, tag)
+    assert await west.inspect_image(image) is None
+    await create_source(
+        east, name=name, web_nodes=1, db_nodes=2, db_labels={}, seed_kib=2048, web_image=image
+    )
+    await asyncio.sleep(1)  # the writer gets going
+
+    made = clonebot("clone", name, f"{name}-w", "--on", "west", "--as", OWNER, settings=settings)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "carry" in made.stdout and f"clonebot-test/web-{tag}" in made.stdout, made.stdout
+
+    # the clone runs on west, from the carried image; nothing of it is on east
+    nodes = await west.list_containers(labels=[f"com.docker.compose.project={name}-w"])
+    assert sorted((c["Names"][0], c["State"]) for c in nodes) == [
+        (f"/{name}-w-db-1", "running"),
+        (f"/{name}-w-db-2", "running"),
+        (f"/{name}-w-web-1", "running"),
+    ]
+    assert await west.inspect_image(image) is not None
+    assert (await exec_output(west, f"{name}-w-web-1", "cat /made-on-east")).strip() == tag
+    assert await east.list_containers(labels=[f"com.docker.compose.project={name}-w"]) == []
+    assert await east.inspect_volume(f"{name}-w_data") is None
+    jobs = json.loads(clonebot("jobs", "--json", settings=settings).stdout)
+    job = next(j["id"] for j in jobs if j["environment"] == f"{name}-w")
+    for lister in (east.list_containers, east.list_images, east.list_volumes):
+        assert await lister(labels=[f"{JOB}={job}"]) == [], "the copy left something on east"
+
+    # the data: one instant of the source, which runs on
+    await asyncio.sleep(0.5)
+    cloned = _numbers(await read_volume(west, f"{name}-w_data", "log"))
+    written = _numbers(await read_volume(east, f"{name}_data", "log"))
+    assert len(cloned) > 100 and cloned == list(range(1, len(cloned) + 1)), "a gap"
+    assert written[: len(cloned)] == cloned and len(written) > len(cloned)
+    seed = f"{name}_data"
+    assert await exec_output(east, f"{name}_db_1", "md5sum /data/seed | cut -c1-32") == (
+        await exec_output(west, f"{name}-w-db-1", "md5sum /data/seed | cut -c1-32")
+    ), seed
+    # the master's own files, and the second node is a copy of the clone's master
+    for node in ("db-1", "db-2"):
+        conf = await exec_output(west, f"{name}-w-{node}", "cat /etc/db/db.conf")
+        assert conf.strip() == "conf"
+    source = await east.list_containers(labels=[f"com.docker.compose.project={name}"])
+    assert sorted(c["State"] for c in source) == ["running"] * 3
+
+    envs = clonebot("envs", "--json", settings=settings).stdout
+    listed = {e["name"]: e for e in json.loads(envs)}
+    assert (listed[f"{name}-w"]["engine"], listed[f"{name}-w"]["state"]) == ("west", "up")
+    assert listed[name]["engine"] == "east"
+
+
+async def test_a_clone_on_another_engine_sharing_a_volume_is_refused_before_anything_is_made(
+    pair: Pair, settings: Settings
+) -> None:
+    east, west = pair.east, pair.west
+    name = f"f{secrets.token_hex(3)}"
+    await create_source(
+        east, name=name, web_nodes=1, db_nodes=1, seed_kib=8,
+        db_labels={"clonebot.volume.data": "share"},
+    )  # fmt: skip
+    refused = clonebot("clone", name, f"{name}-w", "--on", "west", "--as", OWNER, settings=settings)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"db shares the volume {name}_data (at /data) with {name}" in refused.stderr
+    assert "a clone on another engine cannot share it" in refused.stderr
+    for docker in (east, west):
+        for lister in (docker.list_containers, docker.list_volumes, docker.list_networks):
+            assert await lister(labels=[f"com.docker.compose.project={name}-w"]) == []
+    unknown = clonebot("clone", name, "--on", "north", "--as", OWNER, settings=settings)
+    assert unknown.returncode == 2 and "no engine named 'north'" in unknown.stderr
