@@ -231,7 +231,6 @@ async def _submit_on(
             job.source_engine = await _check_source(
                 svc, session, request, clone=name, source=source
             )
-            _same_engine(job)
         job.params = job.params | (params or {})
         return await _record(session, request, job, action=action)
 
@@ -360,15 +359,6 @@ async def _check_source(
         raise NotAClone(clone, "refresh")
     env, _ = await access.check_request(svc, session, request, name=source, action=Action.CLONE)
     return env.engine
-
-
-def _same_engine(job: Job) -> None:
-    """Jobs copy between two engines only once that is built (a clone on another engine)."""
-    if job.source_engine not in (None, job.engine):
-        raise BadRequest(
-            f"{job.environment} is on engine {job.engine} and {job.source} on "
-            f"{job.source_engine}: copying between engines is not built yet"
-        )
 
 
 async def _recheck(svc: Services, job: Job) -> None:
@@ -534,6 +524,7 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
             return await refresh_clone(
                 svc.docker,
                 svc.settings,
+                source_docker=svc.on(job.source_engine or job.engine).docker,
                 name=job.environment,
                 source=job.source,
                 job=job.id,

@@ -79,11 +79,13 @@ async def refresh_clone(
     job: str | None = None,
     emit: EventSink = ignore_events,
     on_freeze: FreezeRecorder = ignore_freeze,
+    source_docker: DockerClient | None = None,
 ) -> CloneResult:
     """Re-copy a clone's stateful layers from its source, with the same short source freeze.
 
     ``source`` names the source when it was renamed since (the clone's label keeps the
-    name it had).
+    name it had); ``source_docker`` is the source's engine when it is not the clone's
+    (``docker``).
 
     The clone's stateful nodes are stopped while their data is replaced, and come back
     as they were if the refresh fails. The source's on-clone hooks run again in the new
@@ -91,11 +93,12 @@ async def refresh_clone(
     """
     started = time.monotonic()
     clone = await get_environment(docker, name)
-    plan = await plan_refresh(docker, settings, clone=clone, source=source, job=job)
+    origin = source_docker or docker
+    plan = await plan_refresh(origin, settings, clone=clone, source=source, job=job, target=docker)
     try:
         return await _refresh(
             docker, settings, clone=clone, plan=plan, started=started, emit=emit,
-            on_freeze=on_freeze,
+            on_freeze=on_freeze, source_docker=origin,
         )  # fmt: skip
     finally:
         release_ports(plan.job)
@@ -110,8 +113,11 @@ async def _refresh(
     started: float,
     emit: EventSink,
     on_freeze: FreezeRecorder,
+    source_docker: DockerClient,
 ) -> CloneResult:
-    declared = await read_hooks(docker=docker, settings=settings, env=plan.source, job=plan.job)
+    declared = await read_hooks(
+        docker=source_docker, settings=settings, env=plan.source, job=plan.job
+    )
     for warning in declared.warnings:
         emit(Warned(warning))
     refreshed = {layer.name for layer in plan.layers}
@@ -136,8 +142,9 @@ async def _refresh(
             if not vol.exists:
                 ledger.add_volume(await docker.create_volume(name=vol.name, labels=vol.labels))
         report = await snapshot_stateful(
-            docker, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze
-        )
+            source_docker, settings, plan, ledger=ledger, emit=emit, on_freeze=on_freeze,
+            target=docker,
+        )  # fmt: skip
         await gather_all(*(docker.start_container(n.name) for n in plan.nodes))
         hooks = await run_hooks(
             docker=docker,

@@ -167,20 +167,24 @@ async def plan_refresh(
     clone: Environment,
     source: str | None = None,
     job: str | None = None,
+    target: DockerClient | None = None,
 ) -> ClonePlan:
-    """Plan new stateful nodes for ``clone`` from its source, reusing its networks and volumes."""
+    """Plan new stateful nodes for ``clone`` from its source, reusing its networks and volumes.
+
+    ``docker`` is the source's engine, ``target`` the clone's when it is another."""
     if clone.cloned_from is None:
         raise NotAClone(clone.name, "refresh")
+    onto = target or docker
     env = await get_environment(docker, source or clone.cloned_from)
     plan = ClonePlan(
         job or secrets.token_hex(6), env, clone.name, False, settings.base_domain, clone.owner
     )
-    plan.only_stateful = True
+    plan.only_stateful, plan.across = True, onto is not docker
     _check_bind_labels(plan)
-    await _plan_networks(docker, plan, reuse=True)
+    await _plan_networks(docker, plan, reuse=True, target=onto)
     await _probe_binds(docker, settings, plan)
     # the clone's copies of host directories are re-filled, under whatever name they have
-    copies = {v["Name"] for v in await docker.list_volumes(labels=[BIND_PATH])}
+    copies = {v["Name"] for v in await onto.list_volumes(labels=[BIND_PATH])}
     existing = {
         (node.layer, node.number, m.destination): m.source
         for node in clone.nodes
@@ -189,9 +193,9 @@ async def plan_refresh(
     }
     volumes = _plan_volumes(plan, existing=existing)
     for vol in plan.volumes:
-        vol.exists = vol.exists or await docker.inspect_volume(vol.name) is not None
-    await _probe_host_ports(docker, settings, plan)
-    await _plan_nodes_and_disk(docker, settings, plan, volumes)
+        vol.exists = vol.exists or await onto.inspect_volume(vol.name) is not None
+    await _probe_host_ports(onto, settings, plan)
+    await _plan_nodes_and_disk(docker, settings, plan, volumes, target=onto)
     return plan
 
 

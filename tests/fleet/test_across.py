@@ -12,6 +12,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from services.docker import DockerClient
 from services.environments import JOB
 from services.fleet import EngineSpec
 from services.settings import Settings
-from tests.cli import clonebot
+from tests.cli import clonebot, clonebot_env, run_cli
 from tests.conftest import (
     ADMIN,
     IMAGE,
@@ -138,6 +139,18 @@ async def test_a_clone_on_another_engine_is_a_consistent_running_copy_and_east_k
     assert (listed[f"{name}-w"]["engine"], listed[f"{name}-w"]["state"]) == ("west", "up")
     assert listed[name]["engine"] == "east"
 
+    # a refresh copies the source's data again, across the engines
+    await exec_output(east, f"{name}_db_1", "echo later > /data/marker")
+    refreshed = clonebot("refresh", f"{name}-w", "--as", OWNER, settings=settings)
+    assert refreshed.returncode == 0, refreshed.stdout + refreshed.stderr
+    assert (await read_volume(west, f"{name}-w_data", "marker")).strip() == "later"
+    again = _numbers(await read_volume(west, f"{name}-w_data", "log"))
+    assert len(again) > len(cloned) and again == list(range(1, len(again) + 1))
+    jobs = json.loads(clonebot("jobs", "--json", settings=settings).stdout)
+    for job in {j["id"] for j in jobs if j["environment"] == f"{name}-w"}:
+        for lister in (east.list_containers, east.list_images, east.list_volumes):
+            assert await lister(labels=[f"{JOB}={job}"]) == [], "a copy left something on east"
+
 
 async def test_a_clone_on_another_engine_sharing_a_volume_is_refused_before_anything_is_made(
     pair: Pair, settings: Settings
@@ -157,3 +170,50 @@ async def test_a_clone_on_another_engine_sharing_a_volume_is_refused_before_anyt
             assert await lister(labels=[f"com.docker.compose.project={name}-w"]) == []
     unknown = clonebot("clone", name, "--on", "north", "--as", OWNER, settings=settings)
     assert unknown.returncode == 2 and "no engine named 'north'" in unknown.stderr
+
+
+async def test_a_clone_whose_target_engine_is_cut_off_mid_copy_fails_and_leaves_nothing(
+    fleet_hosts: Hosts, pair: Pair, settings: Settings, tmp_path: Path
+) -> None:
+    """West, the clone's engine, cut off while the copy waits at its pre-copy: the job fails
+    saying the engine is unreachable; east's source was never frozen and runs, east keeps no
+    helper of the copy, and once west is back nothing of the clone is left there."""
+    east = pair.east
+    name = f"f{secrets.token_hex(3)}"
+    await create_source(east, name=name, web_nodes=1, db_nodes=1, db_labels={}, seed_kib=64)
+    release = tmp_path / "release"
+    env = clonebot_env(settings) | {
+        "CLONEBOT_FAILPOINT": "pre-copy",  # waits there until the test lets it go
+        "CLONEBOT_FAILPOINT_RELEASE": str(release),
+    }
+    args = ["clone", name, f"{name}-cut", "--on", "west", "--as", OWNER]
+    job = asyncio.create_task(asyncio.to_thread(run_cli, args, env=env))
+    helper = f"{name}-cut-copy-db-"
+    for _ in range(300):  # the copy helpers are up: the job waits at the failpoint
+        if any(helper in n for c in await east.list_containers() for n in c["Names"]):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("the clone never reached its copy")
+    west = fleet_hosts.hosts[1]
+    west.link_down()
+    try:
+        release.touch()
+        await asyncio.sleep(45)  # the job notices the partition (about 30 s) and fails
+    finally:
+        west.link_up()
+    done = await asyncio.wait_for(job, 240)  # its remains are removed once west is back
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot reach the Docker engine" in done.stderr, done.stderr
+    jobs = json.loads(clonebot("jobs", "--json", settings=settings).stdout)
+    job_id = next(j["id"] for j in jobs if j["environment"] == f"{name}-cut")
+    after = EngineSpec("west", west.tcp_url, west.tls_dir).connect()
+    try:
+        for docker in (east, after):
+            for lister in (docker.list_containers, docker.list_volumes, docker.list_networks):
+                assert await lister(labels=[f"{JOB}={job_id}"]) == []
+            assert await docker.list_images(labels=[f"{JOB}={job_id}"]) == []
+    finally:
+        await after.close()
+    source = await east.list_containers(labels=[f"com.docker.compose.project={name}"])
+    assert sorted(c["State"] for c in source) == ["running", "running"]
