@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import (
+    across,
     failover,
     forms,
     freeze,
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
     failover.NAME: failover.main,
     slack_ack.NAME: slack_ack.main,
     forms.NAME: forms.main,
+    across.NAME: across.main,
 }
 
 

@@ -1,4 +1,5 @@
-"""One clone in a process of its own, for the memory figure: ``python -m bench.child SRC NAME``.
+"""One clone in a process of its own, for the memory figure: ``python -m bench.child SRC NAME
+[--from ENGINE --on ENGINE]`` (engines of ``CLONEBOT_ENGINES``; the default is DOCKER_HOST's).
 
 Prints one JSON line: the clone's wall time, its pre-copy step's time (from the StepStarted and
 StepDone events) and this process's resident memory (kB, from ``/proc/self/status``) once
@@ -15,20 +16,23 @@ import time
 from pathlib import Path
 
 from bench.harness import clonebot_settings, timed_clone
-from services.docker import DockerClient
+from services.fleet import LOCAL, Fleet
 from services.progress import Event, StepDone, StepStarted
 
 STATUS = Path("/proc/self/status")
 
 
 def main() -> None:
-    source, name = sys.argv[1:3]
+    source, name, *rest = sys.argv[1:]
+    engines = dict(zip(rest[::2], rest[1::2], strict=True))
     rss_kb = _reset_peak()
-    figures = asyncio.run(_clone(source=source, name=name))
+    figures = asyncio.run(
+        _clone(source=source, name=name, origin=engines.get("--from"), on=engines.get("--on"))
+    )
     print(json.dumps({**figures, "rss_kb": rss_kb, "peak_kb": _status_kb("VmHWM")}))
 
 
-async def _clone(*, source: str, name: str) -> dict[str, float]:
+async def _clone(*, source: str, name: str, origin: str | None, on: str | None) -> dict[str, float]:
     marks: dict[str, float] = {}
 
     def emit(event: Event) -> None:
@@ -36,8 +40,14 @@ async def _clone(*, source: str, name: str) -> dict[str, float]:
             marks[type(event).__name__] = time.perf_counter()
 
     settings = clonebot_settings()
-    async with DockerClient(settings.docker_host) as docker:
-        result, elapsed = await timed_clone(docker, settings, source=source, name=name, emit=emit)
+    fleet = Fleet(settings.engine_specs())
+    try:
+        result, elapsed = await timed_clone(
+            fleet.client(origin or LOCAL), settings, source=source, name=name, emit=emit,
+            target=fleet.client(on or origin or LOCAL),
+        )  # fmt: skip
+    finally:
+        await fleet.close()
     pre_copy = marks["StepDone"] - marks["StepStarted"]
     return {"clone_s": elapsed, "pre_copy_s": pre_copy, "freeze_ms": result.freeze_ms}
 

@@ -82,10 +82,13 @@ async def timed_clone(
     source: str,
     name: str,
     emit: EventSink = ignore_events,
+    target: DockerClient | None = None,
 ) -> tuple[CloneResult, float]:
     """clonebot's ``clone_environment`` (planning included): its result and wall time (s)."""
     started = time.perf_counter()
-    result = await clone_environment(docker, settings, source=source, name=name, emit=emit)
+    result = await clone_environment(
+        docker, settings, source=source, name=name, emit=emit, target=target
+    )
     return result, time.perf_counter() - started
 
 
