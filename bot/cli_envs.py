@@ -207,6 +207,8 @@ def _print_details(result: CloneResult) -> None:
         out.print(f"  rewrote {rw.node} {rw.describe()}", highlight=False, soft_wrap=True)
     for port in result.ports:
         line = f"  port {port.node} {port.container_port}: host {port.old} -> {port.new}"
+        if not port.old:  # a web node on another engine: published for the router
+            line = f"  port {port.node} {port.container_port}: published on host port {port.new}"
         out.print(line, highlight=False, soft_wrap=True)
     for warning in result.warnings:
         out.print(f"  [yellow]warning:[/] {warning}", soft_wrap=True)

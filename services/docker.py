@@ -180,6 +180,11 @@ class DockerClient:
             self._connector = None
 
     @property
+    def remote(self) -> bool:
+        """An engine on another host (reached over TCP, with TLS: see ``services/fleet.py``)."""
+        return self._ssl is not None
+
+    @property
     def api(self) -> aiodocker.Docker:
         if self._docker is None:
             self._docker = self._open()

@@ -44,6 +44,13 @@ class EngineSpec:
     tls_dir: Path | None = None
     origin: Literal["setting", "added"] = "setting"
 
+    @property
+    def address(self) -> str:
+        """Where its host's published ports are reached: the URL's host, or this host's
+        loopback for an engine on a socket here."""
+        host = urlsplit(self.url).hostname
+        return host if host and not self.url.startswith("unix:") else "127.0.0.1"
+
     def connect(self) -> DockerClient:
         if self.tls_dir is None:
             return DockerClient(self.url)

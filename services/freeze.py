@@ -12,8 +12,8 @@ import asyncio
 import logging
 import posixpath
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -28,6 +28,7 @@ from services.progress import BytesCopied, EventSink, StepDone, StepStarted, War
 from services.relay import RsyncRelay
 from services.settings import Settings
 from services.volumes import FinalPass, copy_helper, ensure_helper_image, half_helper, pre_copy
+from services.watchdog import guarded
 from storage.outage import is_outage
 
 log = logging.getLogger(__name__)
@@ -112,21 +113,49 @@ async def _freeze(
         how = {cid: way for cid, way in how.items() if cid in running}
         await on_freeze(how)
     masters = [m for m in masters if m.id in running]
-    try:
-        await gather_all(*(_freeze_one(docker, m, how[m.id], frozen) for m in masters))
-        await failpoint("freeze")
-        async with asyncio.timeout(settings.freeze_timeout_s):
-            await gather_all(*(c.final_pass() for c in copies))
-    except TimeoutError:
-        raise FreezeTimeout(
-            f"the final copy pass took over {settings.freeze_timeout_s:g} s "
-            "(CLONEBOT_FREEZE_TIMEOUT); the source was unfrozen"
-        ) from None
-    finally:
-        # a frozen source must be resumed even on error, timeout or cancellation
-        await asyncio.shield(_resume_all(docker, how, frozen, report, on_freeze))
+    async with _watched(docker, settings, how, copies, emit):
+        try:
+            await gather_all(*(_freeze_one(docker, m, how[m.id], frozen) for m in masters))
+            await failpoint("freeze")
+            async with asyncio.timeout(settings.freeze_timeout_s):
+                await gather_all(*(c.final_pass() for c in copies))
+        except TimeoutError:
+            raise FreezeTimeout(
+                f"the final copy pass took over {settings.freeze_timeout_s:g} s "
+                "(CLONEBOT_FREEZE_TIMEOUT); the source was unfrozen"
+            ) from None
+        finally:
+            # a frozen source must be resumed even on error, timeout or cancellation
+            await asyncio.shield(_resume_all(docker, how, frozen, report, on_freeze))
     emit(StepDone("freeze", names, report.longest_ms))
     return report
+
+
+@asynccontextmanager
+async def _watched(
+    docker: DockerClient,
+    settings: Settings,
+    how: dict[str, str],
+    copies: list[_MasterCopy],
+    emit: EventSink,
+) -> AsyncIterator[None]:
+    """A freeze on another host's engine is guarded there too (``watchdog.py``)."""
+    if not docker.remote:
+        yield
+        return
+    watch = guarded(
+        docker,
+        image=settings.helper_image,
+        how=how,
+        timeout_s=settings.freeze_timeout_s,
+        labels=copies[0].plan.labels(),
+    )
+    async with watch as unguarded:
+        if unguarded is not None:
+            emit(Warned(f"no watchdog guards the freeze on the source's engine ({unguarded}): "
+                        "cut off from clonebot, the source would stay frozen until it is "
+                        "reached again"))  # fmt: skip
+        yield
 
 
 async def resume_recorded(docker: DockerClient, frozen: list[dict[str, str]]) -> int:

@@ -12,6 +12,7 @@ from services.docker import JSON, DockerClient
 from services.engine_host import network_room, ports_in_use
 from services.environments import (
     CLONED_FROM,
+    HTTP_PORT,
     JOB,
     NUMBER,
     ONEOFF,
@@ -280,7 +281,7 @@ async def _probe_host_ports(docker: DockerClient, settings: Settings, plan: Clon
         for node in layer.nodes
         for binds in (node.attrs["HostConfig"].get("PortBindings") or {}).values()
         for bind in binds or []
-    )
+    ) or (plan.across and any(HTTP_PORT in n.labels for n in plan.source.nodes))
     if published:
         # claimed before the probe: a job ending during it lets its ports go, but its
         # containers may have come after the probe read the host
@@ -547,8 +548,27 @@ def _container_config(plan: ClonePlan, node: Node, *, name: str, mounts_from: No
         host.pop(key, None)
     if not plan.in_place:
         host["PortBindings"] = _remap_ports(plan, name, host.get("PortBindings") or {})
+    if plan.across:
+        _publish_http(plan, name, config, host)
     config["HostConfig"] = host
     return config
+
+
+def _publish_http(plan: ClonePlan, name: str, config: JSON, host: JSON) -> None:
+    """A web node made on another engine than the router's publishes its HTTP port on a host
+    port there (unless it does already): the router reaches it at its engine's address."""
+    port = str(config["Labels"].get(HTTP_PORT, ""))
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return  # no web node, or a label the router refuses (and says so)
+    key = f"{port}/tcp"
+    if any(bind.get("HostPort") for bind in host["PortBindings"].get(key) or []):
+        return
+    chosen = _free_port(key, plan.host_ports | plan.busy_ports | _claimed.keys())
+    plan.host_ports.add(chosen)
+    _claimed[chosen] = plan.job
+    host["PortBindings"][key] = [{"HostIp": "", "HostPort": str(chosen)}]
+    config["ExposedPorts"] = {**(config.get("ExposedPorts") or {}), key: {}}
+    plan.ports.append(PortRemap(name, key, "", str(chosen)))  # no old one: newly published
 
 
 def _mounts(

@@ -330,7 +330,8 @@ def _details(result: CloneResult) -> str:
     # names and the hosts that changed, never a value: values hold passwords
     lines = [f"• {escape(rw.node)}: `{escape(clip(rw.describe(), 300))}`" for rw in result.rewrites]
     lines += [
-        f"• {escape(p.node)}: port {escape(p.container_port)} is on host port {p.new} (not {p.old})"
+        f"• {escape(p.node)}: port {escape(p.container_port)} is on host port {p.new}"
+        + (f" (not {p.old})" if p.old else "")
         for p in result.ports
     ]
     lines += [f"• :warning: {escape(clip(w))}" for w in result.warnings]

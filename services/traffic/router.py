@@ -16,8 +16,10 @@ from sqlalchemy import select
 
 from services.access import Request
 from services.context import Services
+from services.docker import JSON
 from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT, SERVICE
 from services.errors import ClonebotError
+from services.fleet import ANSWER_S
 from services.sleep import Stopped, stopped_page
 from services.traffic.certificates import router_tls
 from services.traffic.domain_https import write_https_maps
@@ -243,7 +245,8 @@ async def web_nodes(svc: Services) -> WebNodes:
     stay (served by the other side of a split or failover). HAProxy on the host reaches a
     node at any of its bridge addresses. HAProxy in a container reaches it only on a network
     they share: the container is connected to each web node's first network it is not on
-    yet, and the node's address there is used.
+    yet, and the node's address there is used. A node on another engine is reached at its
+    engine's address, on the host port its HTTP port is published on (``_remote_nodes``).
     """
     listed_ns = time.time_ns()
     summaries = await svc.docker.list_containers(labels=[PROJECT, HTTP_PORT])
@@ -252,12 +255,9 @@ async def web_nodes(svc: Services) -> WebNodes:
     left_out: dict[str, str] = {}
     for summary in summaries:
         labels = summary.get("Labels") or {}
-        if labels.get(ONEOFF) == "True":
+        if labels.get(ONEOFF) == "True" or not _named_project(labels, left_out):
             continue
         env = labels[PROJECT]
-        if not _PROJECT_NAME.fullmatch(env):
-            left_out[repr(env)] = f"{PROJECT}={env!r} is not a Compose project name"
-            continue
         networks = {
             name: net["IPAddress"]
             for name, net in ((summary.get("NetworkSettings") or {}).get("Networks") or {}).items()
@@ -270,6 +270,7 @@ async def web_nodes(svc: Services) -> WebNodes:
             found.setdefault(env, []).append(_web_node(labels, networks, shared))
         except (_BadLabels, ValueError) as exc:
             left_out[env] = str(exc)
+    await _remote_nodes(svc, found, left_out)
     for env in left_out:
         found.pop(env, None)
     for env, nodes in list(found.items()):
@@ -279,6 +280,67 @@ async def web_nodes(svc: Services) -> WebNodes:
             left_out[env] = str(exc)
             del found[env]
     return WebNodes(found, left_out, listed_ns)
+
+
+def _named_project(labels: dict[str, str], left_out: dict[str, str]) -> bool:
+    env = labels[PROJECT]
+    if not _PROJECT_NAME.fullmatch(env):
+        left_out[repr(env)] = f"{PROJECT}={env!r} is not a Compose project name"
+        return False
+    return True
+
+
+async def _remote_nodes(
+    svc: Services, found: dict[str, list[WebNode]], left_out: dict[str, str]
+) -> None:
+    """The web nodes of the other engines (all asked at once): reached at the engine's
+    address, on the host port their HTTP port is published on. A node that does not publish
+    it cannot be reached from here: its environment is left out, saying so. An engine that
+    does not answer is skipped (its environments have no nodes: their routes answer 503)."""
+    others = [e for e in svc.fleet.names if e != svc.engine]
+
+    async def listed(engine: str) -> list[JSON]:
+        async with asyncio.timeout(ANSWER_S):
+            return await svc.on(engine).docker.list_containers(labels=[PROJECT, HTTP_PORT])
+
+    answers = await asyncio.gather(*(listed(e) for e in others), return_exceptions=True)
+    for engine, answer in zip(others, answers, strict=True):
+        if isinstance(answer, BaseException):
+            if not isinstance(answer, ClonebotError | TimeoutError | OSError):
+                raise answer
+            log.warning("router: engine %s does not answer: its web nodes are left out", engine)
+            continue
+        address = svc.fleet.spec(engine).address
+        for summary in answer:
+            labels = summary.get("Labels") or {}
+            if labels.get(ONEOFF) == "True" or not _named_project(labels, left_out):
+                continue
+            env = labels[PROJECT]
+            try:
+                node = _web_node(labels, {}, [])
+            except (_BadLabels, ValueError) as exc:
+                left_out[env] = str(exc)
+                continue
+            running = summary.get("State") == "running"
+            port = _published(summary, node.port)
+            if running and port is None:
+                left_out[env] = (
+                    f"its node {node.layer} {node.number} on engine {engine} does not publish "
+                    f"its HTTP port {node.port} on a host port: the router cannot reach it"
+                )
+                continue
+            reach = address if running else None
+            found.setdefault(env, []).append(replace(node, address=reach, port=port or node.port))
+
+
+def _published(summary: JSON, port: int) -> int | None:
+    """The host port a container publishes ``port``/tcp on, on every address of its host."""
+    for entry in summary.get("Ports") or []:
+        if (entry.get("PrivatePort"), entry.get("Type")) != (port, "tcp"):
+            continue
+        if entry.get("PublicPort") and entry.get("IP") in ("0.0.0.0", "::", "", None):
+            return int(entry["PublicPort"])
+    return None
 
 
 async def latest_nodes(svc: Services, *, files: RouterFiles, nodes: WebNodes) -> WebNodes:

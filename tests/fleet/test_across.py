@@ -10,21 +10,30 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import socket
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from services.access import Request
+from services.context import Services, open_services
 from services.docker import DockerClient
 from services.environments import JOB
 from services.fleet import EngineSpec
 from services.settings import Settings
+from services.traffic.haproxy import EmbeddedHAProxy, RouterFiles, render_config
+from services.traffic.router import apply_routes, router_state, web_nodes
+from services.traffic.routing import add_domain, set_split, swap_domains
 from tests.cli import clonebot, clonebot_env, run_cli
 from tests.conftest import (
     ADMIN,
     IMAGE,
     OWNER,
+    MakeSource,
     create_source,
     exec_output,
     read_volume,
@@ -217,3 +226,124 @@ async def test_a_clone_whose_target_engine_is_cut_off_mid_copy_fails_and_leaves_
         await after.close()
     source = await east.list_containers(labels=[f"com.docker.compose.project={name}"])
     assert sorted(c["State"] for c in source) == ["running", "running"]
+
+
+async def test_a_source_engine_cut_off_during_the_freeze_is_resumed_by_its_watchdog(
+    fleet_hosts: Hosts, pair: Pair, settings: Settings, tmp_path: Path
+) -> None:
+    """East, the source's engine, cut off from clonebot while its master is frozen: the
+    watchdog clonebot armed on east resumes the master there within the freeze timeout and
+    its margin, though clonebot cannot reach east; the job then fails, and once east is back
+    nothing of the clone is left on either engine, nor the watchdog."""
+    east = pair.east
+    host = fleet_hosts.hosts[0]
+    name = f"f{secrets.token_hex(3)}"
+    await create_source(east, name=name, web_nodes=1, db_nodes=1, db_labels={}, seed_kib=64)
+    master = f"{name}_db_1"
+    release = tmp_path / "release"
+    env = clonebot_env(settings) | {
+        "CLONEBOT_FAILPOINT": "freeze",  # the master is frozen; waits until let go
+        "CLONEBOT_FAILPOINT_RELEASE": str(release),
+        "CLONEBOT_FREEZE_TIMEOUT": "4",
+    }
+    args = ["clone", name, f"{name}-cut", "--on", "west", "--as", OWNER]
+    job = asyncio.create_task(asyncio.to_thread(run_cli, args, env=env))
+
+    def paused() -> bool:  # asked through east's socket, which the partition leaves alone
+        return host.docker("inspect", "-f", "{{.State.Paused}}", master).strip() == "true"
+
+    for _ in range(300):
+        if paused():
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("the source was never frozen")
+    watchdogs = host.docker("ps", "-q", "--filter", "label=clonebot.watchdog")
+    assert watchdogs.strip(), "no watchdog on east"
+    host.link_down()
+    try:
+        release.touch()
+        frozen = asyncio.get_running_loop().time()
+        while paused():
+            assert asyncio.get_running_loop().time() - frozen < 30, "still frozen"
+            await asyncio.sleep(0.2)
+        resumed_after = asyncio.get_running_loop().time() - frozen
+    finally:
+        host.link_up()
+    assert resumed_after >= 4, f"resumed after {resumed_after:.1f} s, before the timeout"
+    done = await asyncio.wait_for(job, 300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    jobs = json.loads(clonebot("jobs", "--json", settings=settings).stdout)
+    job_id = next(j["id"] for j in jobs if j["environment"] == f"{name}-cut")
+    west = EngineSpec("west", fleet_hosts.hosts[1].tcp_url, fleet_hosts.hosts[1].tls_dir)
+    after = [EngineSpec("east", host.tcp_url, host.tls_dir).connect(), west.connect()]
+    try:
+        for docker in after:
+            for lister in (docker.list_containers, docker.list_volumes, docker.list_networks):
+                assert await lister(labels=[f"{JOB}={job_id}"]) == []
+    finally:
+        for docker in after:
+            await docker.close()
+    assert host.docker("ps", "-aq", "--filter", "label=clonebot.watchdog").strip() == ""
+    states = host.docker(
+        "ps", "-a", "--format", "{{.State}}", "--filter", f"label=com.docker.compose.project={name}"
+    )
+    assert sorted(states.split()) == ["running", "running"]
+
+
+async def test_the_router_reaches_a_clone_on_another_engine_and_swaps_and_splits_across(
+    pair: Pair, settings: Settings, make_source: MakeSource, tmp_path: Path
+) -> None:
+    """A source here (local), its clone on west: the clone's web node publishes its HTTP port
+    there, and HAProxy on this host serves the clone's domain from west at west's address;
+    a domain swapped to the clone, then split between both, is served across the engines."""
+    source = (await make_source(web_nodes=1, db_nodes=1)).name
+    clone = f"{source}-w"
+    made = clonebot("clone", source, clone, "--on", "west", "--as", OWNER, settings=settings)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert f"{clone}-web-1 80/tcp: published on host port" in made.stdout, made.stdout
+    await exec_output(pair.west, f"{clone}-web-1", "echo on west > /www/index.html")
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        bind = f"127.0.0.1:{sock.getsockname()[1]}"
+    assert settings.router_dir is not None
+    files = RouterFiles(settings.router_dir)
+    me = Request(OWNER)
+
+    async def page(session: aiohttp.ClientSession, host: str) -> str:
+        headers = {"Host": host, "Connection": "close"}
+        async with session.get(f"http://{bind}/", headers=headers) as resp:
+            assert resp.status == 200, (host, resp.status)
+            return (await resp.text()).strip()
+
+    async def apply(svc: Services) -> None:
+        assert await apply_routes(svc, files=files, bind=bind)
+        await asyncio.sleep(0.3)  # a reload: the new worker settles
+
+    async with open_services(settings) as svc:
+        state = await router_state(svc)
+        haproxy = EmbeddedHAProxy(files=files)
+        await haproxy.start(
+            config=render_config(files=files, bind=bind, backends=state.backends),
+            hosts=state.hosts,
+        )
+        try:
+            nodes = await web_nodes(svc)
+            west = nodes.envs[clone][0]
+            assert west.address == "10.215.0.12" and west.port != 80, west
+            await add_domain(svc, me, env=source, domain="shop.test")
+            await apply(svc)
+            async with aiohttp.ClientSession() as session:
+                assert await page(session, f"{clone}.clonebot.test") == "on west"
+                assert await page(session, "shop.test") == f"{source} web 1"
+                await swap_domains(svc, me, first=source, second=clone)
+                await apply(svc)
+                assert await page(session, "shop.test") == "on west"
+                weights = {source: 50, clone: 50}
+                await set_split(svc, me, domain="shop.test", weights=weights, sticky=False)
+                await apply(svc)
+                seen = Counter([await page(session, "shop.test") for _ in range(200)])
+                assert set(seen) == {"on west", f"{source} web 1"}, seen
+        finally:
+            await haproxy.stop()
