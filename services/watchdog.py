@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MARGIN_S = 5.0  # past clonebot's own timeout, which resumes the source when it can
 _ARMING_S = 10.0
+_GONE = 404
 
 _WATCHDOG = r"""
 my ($id, $secs, @frozen) = @ARGV;
@@ -121,7 +122,8 @@ async def guarded(
         try:
             await asyncio.shield(docker.remove_container(cid))
         except ClonebotError as exc:
-            log.warning("the freeze's watchdog %s stays: %s", name, exc.message)
+            if getattr(exc, "status", 0) != _GONE:  # it did its work, and the engine removed it
+                log.warning("the freeze's watchdog %s stays: %s", name, exc.message)
 
 
 async def _armed(docker: DockerClient, cid: str) -> str | None:
