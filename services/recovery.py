@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from services.context import Services, load_added_engines
-from services.docker import DockerClient
+from services.docker import DockerClient, gather_all
+from services.environments import JOB
 from services.errors import ClonebotError
+from services.fleet import ANSWER_S
 from services.freeze import resume_recorded
 from services.jobs import close_job
 from services.ledger import remove_job_resources
@@ -40,7 +43,47 @@ async def recover_jobs(svc: Services) -> list[Job]:
             log.warning("job %s cannot be recovered yet: %s", job.id, exc.message)
             await _give_back(svc, job)
     await _resume_abandoned(svc)
+    await sweep_remains(svc)
     return recovered
+
+
+async def sweep_remains(svc: Services) -> int:
+    """Remove what clones that did not succeed still left on an engine: their rollback, and
+    the sweep after it, give up on an engine away for over 2 minutes (``ledger.sweep_job``);
+    once it answers again, this finds the job's labelled containers, volumes, networks and
+    images there. How many were removed; an engine that does not answer is tried next time."""
+    removed = 0
+    for engine in svc.fleet.names:
+        docker = svc.on(engine).docker
+        try:
+            async with asyncio.timeout(ANSWER_S):
+                found = await gather_all(
+                    docker.list_containers(labels=[JOB]), docker.list_volumes(labels=[JOB]),
+                    docker.list_networks(labels=[JOB]), docker.list_images(labels=[JOB]),
+                )  # fmt: skip
+        except (ClonebotError, TimeoutError):
+            continue
+        ids = {(item.get("Labels") or {}).get(JOB, "") for kind in found for item in kind}
+        if not ids:
+            continue
+        async with svc.sessions() as session:
+            ended = await session.scalars(
+                select(Job.id).where(
+                    Job.id.in_(sorted(ids)),
+                    Job.kind == "clone",
+                    Job.state.in_([JobState.FAILED, JobState.ROLLED_BACK]),
+                )
+            )
+            failed = list(ended)
+        for job in failed:
+            try:
+                count = await remove_job_resources(docker, job)
+            except ClonebotError as exc:  # one in use, say: the next round tries again
+                log.warning("job %s: its remains on engine %s stay: %s", job, engine, exc.message)
+                continue
+            log.warning("job %s: removed %d resource(s) left on engine %s", job, count, engine)
+            removed += count
+    return removed
 
 
 async def _give_back(svc: Services, job: Job) -> None:

@@ -259,7 +259,8 @@ _STOPPED_BECAUSE = {
 
 def _what(job: Job) -> str:
     if job.kind == "clone":
-        return f"{job.source} → {job.environment}"
+        across = job.source_engine not in (None, job.engine)
+        return f"{job.source} → {job.environment}" + (f" on {job.engine}" if across else "")
     if job.kind == "rename":
         return f"{job.environment} → {result_environment(job)}"
     if job.kind == "refresh" and job.source:

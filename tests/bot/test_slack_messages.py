@@ -544,3 +544,11 @@ def test_every_job_kind_has_its_words() -> None:
         failed = job(kind=kind.value, state="failed", error="boom")
         assert KINDS[kind].doing in job_title(failed)
         assert KINDS[kind].after_failure.format(env=failed.environment) in failure_text(failed)
+
+
+def test_a_clone_onto_another_engine_says_which_in_its_title() -> None:
+    here = job(engine="local", source_engine="local")
+    assert job_title(here) == "Cloning prod → dev-copy"
+    there = job(engine="west", source_engine="local")
+    assert job_title(there) == "Cloning prod → dev-copy on west"
+    assert job_title(there, done=True) == "Cloned prod → dev-copy on west"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from services.jobs import run_job, submit_clone
 from services.recovery import recover_jobs
 from services.settings import Settings
 from storage import repositories as repo
+from storage.models import Job, JobState
 from tests.conftest import OWNER, MakeSource, exec_output
 
 
@@ -179,3 +181,34 @@ async def test_a_killed_rename_ends_with_one_whole_environment(
         assert job.state == "rolled back"
     else:
         assert job.state == "succeeded"
+
+
+async def test_recovery_removes_what_a_failed_clone_left_on_an_engine_that_was_away(
+    docker: DockerClient, settings: Settings
+) -> None:
+    """A clone whose rollback met its engine away for longer than its sweep waits ends with
+    its remains still labelled with it; recovery removes them once the engine answers, and
+    never what a clone that succeeded made."""
+    failed, succeeded = secrets.token_hex(6), secrets.token_hex(6)
+    made = {}
+    for job in (failed, succeeded):
+        made[job] = await docker.create_network({"Name": f"cbremain-{job}", "Labels": {JOB: job}})
+    try:
+        async with open_services(settings) as svc:
+            async with svc.sessions() as session:
+                for job, state in ((failed, JobState.ROLLED_BACK), (succeeded, JobState.SUCCEEDED)):
+                    session.add(
+                        Job(
+                            id=job, kind="clone", state=state, environment=f"remain-{job}",
+                            source="prod", requester=OWNER, params={}, steps=[], frozen=[],
+                            engine="local", source_engine="local",
+                        )
+                    )  # fmt: skip
+                await session.commit()
+            await recover_jobs(svc)
+        assert await docker.inspect_network(made[failed]) is None
+        assert await docker.inspect_network(made[succeeded]) is not None
+    finally:
+        for network in made.values():
+            if await docker.inspect_network(network) is not None:
+                await docker.remove_network(network)

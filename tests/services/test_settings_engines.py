@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from bot.cli_common import bad_setting
-from services.fleet import TLS_FILES
+from services.fleet import TLS_FILES, EngineSpec
 from services.settings import Settings
 
 
@@ -58,3 +58,11 @@ def test_engines_come_after_local_with_their_tls_files_from_the_certs_folder(
         ("west", "tcp://10.0.0.5:2376", tmp_path / "certs" / "west"),
         ("build", "unix:///b.sock", None),
     ]
+
+
+def test_an_engines_published_ports_are_reached_at_its_urls_host() -> None:
+    """The router reaches a node on another engine at the host of the engine's URL; one on
+    a socket of this host, at this host's loopback."""
+    assert EngineSpec("west", "tcp://10.0.0.5:2376", Path("/c")).address == "10.0.0.5"
+    assert EngineSpec("east", "tcp://docker-east.internal:2376").address == "docker-east.internal"
+    assert EngineSpec("here", "unix:///run/other.sock").address == "127.0.0.1"
