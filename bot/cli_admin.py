@@ -287,7 +287,8 @@ def db_upgrade() -> None:
 
 
 def _job_json(j: Job) -> dict[str, object]:
-    keys = ("id", "kind", "environment", "source", "state", "step", "requester", "error")
+    keys: tuple[str, ...] = ("id", "kind", "environment", "source", "state", "step")
+    keys += ("requester", "error", "engine", "source_engine")  # its engine, and its source's
     data: dict[str, object] = {k: getattr(j, k) for k in keys}
     data["freeze_ms"] = j.freeze_ms
     data["created_at"] = j.created_at.isoformat()

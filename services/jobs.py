@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import secrets
 import time
@@ -28,6 +29,8 @@ from services.errors import (
     LeaseLost,
     NameTaken,
     NotAClone,
+    NotEnoughDisk,
+    size_text,
 )
 from services.freeze import resume_recorded
 from services.job_locks import JobKind, check_not_busy, job_kind, reserving_disk, serialize
@@ -44,7 +47,8 @@ from services.located import check_name_free_everywhere
 from services.log_context import job_logged
 from services.naming import default_clone_name, held_names, validate_name
 from services.permissions import Action
-from services.progress import EventSink, ignore_events
+from services.placement import roomiest_engine
+from services.progress import EventSink, Warned, ignore_events
 from services.quotas import check_clone_count
 from services.sleep import Stopped, start_environment, stop_environment
 from services.ttl import clone_expiry, may_keep, original_source
@@ -107,7 +111,8 @@ async def submit_clone(
         )  # fmt: skip
         job = _new_job(request, kind="clone", environment=name, source=source, engine=engine)
         job.source_engine = env.engine
-        job.params = job.params | {"snapshot": snapshot}
+        # an engine named is kept to; else a source's engine without room gives way to another
+        job.params = job.params | {"snapshot": snapshot} | ({"on": engine} if on else {})
         return await _record(session, request, job, action=Action.CLONE)
 
 
@@ -507,19 +512,8 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
     if kind is None:  # a newer clonebot's job, say: never guessed at
         raise BadRequest(f"job {job.id} is of a kind this clonebot does not know: {job.kind!r}")
     match kind:
-        case JobKind.CLONE:  # from the source's engine onto the job's
-            return await clone_environment(
-                svc.on(job.source_engine or job.engine).docker,
-                svc.settings,
-                target=svc.docker,
-                source=job.source or "",
-                name=job.environment,
-                snapshot=bool(job.params.get("snapshot")),
-                job=job.id,
-                owner=job.requester,
-                emit=progress.emit,
-                on_freeze=progress.record_frozen,
-            )
+        case JobKind.CLONE:
+            return await _clone(svc, job, progress)
         case JobKind.REFRESH:
             return await refresh_clone(
                 svc.docker,
@@ -558,6 +552,51 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
             )
         case _:
             assert_never(kind)
+
+
+async def _clone(svc: Services, job: Job, progress: JobProgress) -> CloneResult:
+    """From the source's engine onto the job's; when that is the source's own, lacks room,
+    and no engine was named, onto the engine with the most free disk, saying so."""
+    run = functools.partial(
+        clone_environment,
+        svc.on(job.source_engine or job.engine).docker,
+        svc.settings,
+        source=job.source or "",
+        name=job.environment,
+        snapshot=bool(job.params.get("snapshot")),
+        job=job.id,
+        owner=job.requester,
+        emit=progress.emit,
+        on_freeze=progress.record_frozen,
+    )
+    try:
+        return await run(target=svc.docker)
+    except NotEnoughDisk as exc:  # refused while planning: nothing was made
+        if job.params.get("on") or svc.fleet.single:
+            raise
+        room = await roomiest_engine(svc, besides=job.engine, needed=exc.needed, job=job.id)
+        if room is None:
+            raise
+        progress.emit(
+            Warned(
+                f"engine {job.engine} lacks room ({exc.message}): cloning onto engine "
+                f"{room.engine} instead, which has the most free disk ({size_text(room.free)})"
+            )
+        )
+        await _move(svc, job, room.engine)
+        return await run(target=svc.on(room.engine).docker)
+
+
+async def _move(svc: Services, job: Job, engine: str) -> None:
+    """The job, and the clone's record, now on ``engine``."""
+    async with svc.sessions() as session, session.begin():
+        await repo.update_job(session, job.id, engine=engine)
+        await session.execute(
+            update(EnvironmentRecord)
+            .where(EnvironmentRecord.name == job.environment)
+            .values(engine=engine)
+        )
+    job.engine = engine
 
 
 async def _record_stopped(svc: Services, name: str, *, why: str) -> None:

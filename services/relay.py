@@ -207,10 +207,14 @@ class RsyncRelay:
             if not cmd:
                 async with self.source.exec_session(self.source_helper, bridge_cmd):
                     return
-            async with (
-                self.target.exec_session(self.target_helper, cmd) as server,
-                self.source.exec_session(self.source_helper, bridge_cmd) as bridge,
-            ):
+            async with contextlib.AsyncExitStack() as stack:
+                # both at once: each is a process started on its engine (the final pass,
+                # during the freeze, waits for them)
+                server, bridge = await _entered(
+                    stack,
+                    self.target.exec_session(self.target_helper, cmd),
+                    self.source.exec_session(self.source_helper, bridge_cmd),
+                )
                 sending = asyncio.create_task(_pump(bridge, server))
                 receiving = asyncio.create_task(_pump(server, bridge))
                 await asyncio.wait({sending, receiving}, return_when=asyncio.FIRST_COMPLETED)
@@ -229,6 +233,28 @@ class RsyncRelay:
             self._fail(f"the copy relay lost a connection: {exc.message}")
         except (aiohttp.ClientError, OSError) as exc:  # a stream cut mid-read
             self._fail(f"the copy relay lost a connection: {exc}")
+
+
+async def _entered(
+    stack: contextlib.AsyncExitStack,
+    *sessions: contextlib.AbstractAsyncContextManager[ExecSession],
+) -> list[ExecSession]:
+    """Enter the sessions concurrently, each one entered left to ``stack`` to exit (also when
+    this is cancelled meanwhile); the first failure raised once every one has ended."""
+    tasks = [asyncio.ensure_future(s.__aenter__()) for s in sessions]
+    try:
+        await asyncio.wait(tasks)
+    finally:
+        for task in tasks:
+            task.cancel()  # only those still entering
+        await asyncio.wait(tasks)
+        for session, task in zip(sessions, tasks, strict=True):
+            if not task.cancelled() and task.exception() is None:
+                stack.push_async_exit(session)
+    for task in tasks:
+        if (exc := task.exception()) is not None:
+            raise exc
+    return [task.result() for task in tasks]
 
 
 async def _pump(reader: ExecSession, writer: ExecSession) -> None:

@@ -178,6 +178,8 @@ class Fleet:
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cbfleet-")))
     hosts: list[Host] = field(init=False)
     swarm: bool = False
+    # hosts (by index) whose data root is a tmpfs of this size ("300m"): a host short of disk
+    small_disk: dict[int, str] = field(default_factory=dict)
     # /run/netns before us (`ip netns add` makes the folder and bind-mounts it on itself)
     netns_before: tuple[bool, bool] = (True, True)  # it existed, it was a mount point
 
@@ -242,6 +244,8 @@ class Fleet:
 
     def _launch(self, host: Host) -> None:
         host.data_root.mkdir(parents=True)
+        if size := self.small_disk.get(host.index):  # unmounted by stop, as the engine's own
+            run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(host.data_root))
         config = self.work / host.name / "daemon.json"
         # Without a config file of its own dockerd reads the host's /etc/docker/daemon.json,
         # and its identity key would be written beside it.

@@ -12,7 +12,7 @@ import json
 import secrets
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,14 @@ from tests.conftest import (
 from tests.fleet.hosts import Fleet as Hosts
 
 pytestmark = [pytest.mark.alone, pytest.mark.own_engines]
+
+
+@pytest.fixture(scope="module")
+def fleet_hosts(root_before: dict[str, set[str]]) -> Iterator[Hosts]:
+    """The fleet of tests/fleet/conftest.py, but host 3 is short of disk: its engine's data
+    is on a 300 MB tmpfs."""
+    with Hosts(small_disk={3: "300m"}) as fleet:
+        yield fleet
 
 
 @dataclass
@@ -351,3 +359,39 @@ async def test_the_router_reaches_a_clone_on_another_engine_and_swaps_and_splits
                 assert set(seen) == {"on west", f"{source} web 1"}, seen
         finally:
             await haproxy.stop()
+
+
+async def test_a_clone_goes_to_the_engine_with_the_most_free_disk_when_its_sources_lacks_room(
+    fleet_hosts: Hosts, pair: Pair, settings: Settings
+) -> None:
+    """North, the source's engine, has too little disk for the copy and its reserve: the
+    clone goes to the engine with the most free disk, and the progress says so; named with
+    ``--on north``, the clone is refused there instead, and nothing is made."""
+    host = fleet_hosts.hosts[2]
+    args = ["engine", "add", "north", host.tcp_url, "--tls-dir", str(host.tls_dir)]
+    assert clonebot(*args, "--as", ADMIN, settings=settings).returncode == 0
+    north = EngineSpec("north", host.tcp_url, host.tls_dir).connect()
+    name = f"f{secrets.token_hex(3)}"
+    env = clonebot_env(settings) | {"COLUMNS": "200", "CLONEBOT_DISK_RESERVE": str(400 << 20)}
+    try:
+        await create_source(north, name=name, web_nodes=1, db_nodes=1, db_labels={}, seed_kib=512)
+        refused = run_cli(["clone", name, f"{name}-n", "--on", "north", "--as", OWNER], env=env)
+        assert refused.returncode != 0 and "not enough free disk" in refused.stderr, refused
+        assert await north.list_containers(labels=[f"com.docker.compose.project={name}-n"]) == []
+
+        made = run_cli(["clone", name, f"{name}-c", "--as", OWNER], env=env)
+        assert made.returncode == 0, made.stdout + made.stderr
+        listed = {
+            e["name"]: e for e in json.loads(clonebot("envs", "--json", settings=settings).stdout)
+        }
+        engine = listed[f"{name}-c"]["engine"]
+        assert engine != "north" and listed[f"{name}-c"]["state"] == "up"
+        said = " ".join(made.stdout.split())
+        assert "engine north lacks room (not enough free disk" in said, said
+        assert f"cloning onto engine {engine} instead, which has the most free disk" in said
+        jobs = json.loads(clonebot("jobs", "--json", settings=settings).stdout)
+        assert [j["engine"] for j in jobs if j["environment"] == f"{name}-c"] == [engine]
+    finally:
+        clonebot("delete", f"{name}-c", "--as", OWNER, settings=settings)
+        await remove_projects(north, {name})
+        await north.close()
