@@ -32,6 +32,7 @@ from services.errors import (
     NotEnoughDisk,
     size_text,
 )
+from services.fleet import ANSWER_S, EngineUnreachable
 from services.freeze import resume_recorded
 from services.job_locks import JobKind, check_not_busy, job_kind, reserving_disk, serialize
 from services.job_run import LEASE, JobProgress, claim, disk_reserver, run_leased
@@ -88,6 +89,8 @@ async def submit_clone(
     access.check_user(request.user)
     if name is not None:
         validate_name(name)
+    if on is not None:  # before the session: its wait must not hold the database
+        await _answers(svc, on)
     async with svc.sessions() as session:
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
@@ -114,6 +117,18 @@ async def submit_clone(
         # an engine named is kept to; else a source's engine without room gives way to another
         job.params = job.params | {"snapshot": snapshot} | ({"on": engine} if on else {})
         return await _record(session, request, job, action=Action.CLONE)
+
+
+async def _answers(svc: Services, engine: str) -> None:
+    """An engine clonebot has, and that answers: else a refusal naming it, nothing kept."""
+    svc.fleet.spec(engine)
+    try:
+        async with asyncio.timeout(ANSWER_S):
+            await svc.on(engine).docker.info()
+    except TimeoutError:
+        raise EngineUnreachable(engine, f"no answer in {ANSWER_S:.0f} s") from None
+    except ClonebotError as exc:
+        raise EngineUnreachable(engine, exc.message) from exc
 
 
 def _target_engine(svc: Services, source_engine: str, on: str | None) -> str:

@@ -216,7 +216,14 @@ async def test_a_clone_whose_target_engine_is_cut_off_mid_copy_fails_and_leaves_
     west.link_down()
     try:
         release.touch()
-        await asyncio.sleep(45)  # the job notices the partition (about 30 s) and fails
+        started = asyncio.get_running_loop().time()
+        # meanwhile, another clone asked onto west is refused at once, nothing kept
+        late = ["clone", name, f"{name}-late", "--on", "west", "--as", OWNER]
+        refused = await asyncio.to_thread(run_cli, late, env=clonebot_env(settings))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "engine west does not answer: no answer in 5 s" in refused.stderr
+        # the job notices the partition (about 30 s) and fails
+        await asyncio.sleep(max(0.0, 45 - (asyncio.get_running_loop().time() - started)))
     finally:
         west.link_up()
     done = await asyncio.wait_for(job, 240)  # its remains are removed once west is back
@@ -224,6 +231,7 @@ async def test_a_clone_whose_target_engine_is_cut_off_mid_copy_fails_and_leaves_
     assert "cannot reach the Docker engine" in done.stderr, done.stderr
     jobs = json.loads(clonebot("jobs", "--json", settings=settings).stdout)
     job_id = next(j["id"] for j in jobs if j["environment"] == f"{name}-cut")
+    assert [j for j in jobs if j["environment"] == f"{name}-late"] == []
     after = EngineSpec("west", west.tcp_url, west.tls_dir).connect()
     try:
         for docker in (east, after):
