@@ -151,6 +151,17 @@ class Settings(BaseSettings):
         except BadRequest as exc:
             raise ValueError(exc.message) from None
 
+    @field_validator("disk_reserve_bytes", mode="before")
+    @classmethod
+    def _reserve(cls, value: object) -> object:
+        """Bytes (``536870912``), or with a unit (``512M``, ``2G``)."""
+        if not isinstance(value, str) or value.strip().isdigit():
+            return value
+        try:
+            return parse_size(value, what="the size")
+        except BadRequest as exc:
+            raise ValueError(exc.message) from None
+
     @field_validator("base_domain")
     @classmethod
     def _domain(cls, value: str) -> str:
