@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from services import metrics, rootfs
 from services.docker import JSON, DockerClient, gather_all
-from services.environments import Layer, Node
+from services.environments import JOB, Layer, Node
 from services.errors import ClonebotError, DockerFailed, DockerUnavailable, FreezeTimeout
 from services.failpoints import failpoint
 from services.ledger import Ledger
@@ -113,11 +113,18 @@ async def _freeze(
         how = {cid: way for cid, way in how.items() if cid in running}
         await on_freeze(how)
     masters = [m for m in masters if m.id in running]
-    async with _watched(docker, settings, how, copies, emit):
+    async with _watched(docker, settings, how, copies, emit) as armed_at:
         try:
             await gather_all(*(_freeze_one(docker, m, how[m.id], frozen) for m in masters))
             await failpoint("freeze")
-            async with asyncio.timeout(settings.freeze_timeout_s):
+            # counted from the watchdog's arming when there is one: it resumes the sources at
+            # its own deadline, a margin later, and the copy must be over by then
+            limit = (
+                asyncio.timeout(settings.freeze_timeout_s)
+                if armed_at is None
+                else asyncio.timeout_at(armed_at + settings.freeze_timeout_s)
+            )
+            async with limit:
                 await gather_all(*(c.final_pass() for c in copies))
         except TimeoutError:
             raise FreezeTimeout(
@@ -138,24 +145,26 @@ async def _watched(
     how: dict[str, str],
     copies: list[_MasterCopy],
     emit: EventSink,
-) -> AsyncIterator[None]:
-    """A freeze on another host's engine is guarded there too (``watchdog.py``)."""
+) -> AsyncIterator[float | None]:
+    """A freeze on another host's engine is guarded there too (``watchdog.py``): yields when
+    its watchdog was armed (the event loop's time), or None without one."""
     if not docker.remote:
-        yield
+        yield None
         return
     watch = guarded(
         docker,
         image=settings.helper_image,
         how=how,
         timeout_s=settings.freeze_timeout_s,
-        labels=copies[0].plan.labels(),
+        labels={JOB: copies[0].plan.job},  # not the clone's project: that is on its engine
     )
     async with watch as unguarded:
+        armed_at = asyncio.get_running_loop().time() if unguarded is None else None
         if unguarded is not None:
             emit(Warned(f"no watchdog guards the freeze on the source's engine ({unguarded}): "
                         "cut off from clonebot, the source would stay frozen until it is "
                         "reached again"))  # fmt: skip
-        yield
+        yield armed_at
 
 
 async def resume_recorded(docker: DockerClient, frozen: list[dict[str, str]]) -> int:
@@ -312,6 +321,9 @@ class _MasterCopy:
         name = f"{self.plan.name}-copy-{self.layer.name}-{self.plan.job}"
         sources = [v.source or "" for v in self.volumes]
         targets = [v.name for v in self.volumes]
+        # on another engine than the clone's, the job's label only: the clone's project
+        # label would show the clone there too while the copy runs
+        here = {JOB: self.plan.job} if self.across else self.plan.labels()
         if self.volumes or upper:
             helper = half_helper(
                 self.docker,
@@ -319,7 +331,7 @@ class _MasterCopy:
                 name=name,
                 sources=sources,
                 targets=[] if self.across else targets,
-                labels=self.plan.labels(),
+                labels=here,
                 rootfs=upper,
             )
             self.helper = await self._resources.enter_async_context(helper)
@@ -396,9 +408,10 @@ class _MasterCopy:
         failure when it is the clone's engine's (one on the source's is carried, see
         ``_carry``)."""
         repo = f"clonebot/{self.plan.name}-{self.layer.name}"
-        image = await on.commit_container(
-            ref, repo=repo, tag=self.plan.job, labels=self.plan.labels()
-        )
+        # the clone's labels even on the source's engine: carried, it is the clone's image
+        # (a delete removes it by them); an image makes no environment appear there
+        labels = self.plan.labels()
+        image = await on.commit_container(ref, repo=repo, tag=self.plan.job, labels=labels)
         if on is self.target:
             self.ledger.add_image(image)
         return image
@@ -411,7 +424,10 @@ class _MasterCopy:
                 self.ledger.add_image(image)
                 await self.docker.carry_image(image, to=self.target)
         finally:
-            await asyncio.shield(self.docker.remove_image(image))
+            try:
+                await asyncio.shield(self.docker.remove_image(image))
+            except ClonebotError as exc:  # never in place of the carry's own outcome
+                log.warning("the commit %s stays on the source's engine: %s", image, exc.message)
 
     async def final_pass(self) -> None:
         """Runs while the master is frozen: only what changed since the pre-copy."""

@@ -33,8 +33,9 @@ async def roomiest_engine(svc: Services, *, besides: str, needed: int, job: str)
 
 
 async def _room(svc: Services, engine: str, *, job: str) -> Room | None:
-    docker, settings = svc.on(engine).docker, svc.settings
+    settings = svc.settings
     try:
+        docker = svc.on(engine).docker
         async with asyncio.timeout(_MEASURE_S):
             await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
             sizes = await measure_volumes(

@@ -51,39 +51,48 @@ async def sweep_remains(svc: Services) -> int:
     """Remove what clones that did not succeed still left on an engine: their rollback, and
     the sweep after it, give up on an engine away for over 2 minutes (``ledger.sweep_job``);
     once it answers again, this finds the job's labelled containers, volumes, networks and
-    images there. How many were removed; an engine that does not answer is tried next time."""
-    removed = 0
-    for engine in svc.fleet.names:
+    images there. How many were removed; an engine that does not answer (all are asked at
+    once) is tried next time."""
+    counts = await asyncio.gather(*(_sweep_engine(svc, e) for e in svc.fleet.names))
+    return sum(counts)
+
+
+async def _sweep_engine(svc: Services, engine: str) -> int:
+    try:
         docker = svc.on(engine).docker
-        try:
-            async with asyncio.timeout(ANSWER_S):
-                found = await gather_all(
-                    docker.list_containers(labels=[JOB]), docker.list_volumes(labels=[JOB]),
-                    docker.list_networks(labels=[JOB]), docker.list_images(labels=[JOB]),
-                )  # fmt: skip
-        except (ClonebotError, TimeoutError):
-            continue
-        ids = {(item.get("Labels") or {}).get(JOB, "") for kind in found for item in kind}
-        if not ids:
-            continue
-        async with svc.sessions() as session:
-            ended = await session.scalars(
-                select(Job.id).where(
-                    Job.id.in_(sorted(ids)),
-                    Job.kind == "clone",
-                    Job.state.in_([JobState.FAILED, JobState.ROLLED_BACK]),
-                )
+        async with asyncio.timeout(ANSWER_S):
+            found = await gather_all(
+                docker.list_containers(labels=[JOB]), docker.list_volumes(labels=[JOB]),
+                docker.list_networks(labels=[JOB]), docker.list_images(labels=[JOB]),
+            )  # fmt: skip
+    except (ClonebotError, TimeoutError):
+        return 0
+    ids = {(item.get("Labels") or {}).get(JOB, "") for kind in found for item in kind}
+    if not ids:
+        return 0
+    async with svc.sessions() as session:
+        ended = await session.scalars(
+            select(Job.id).where(
+                Job.id.in_(sorted(ids)),
+                Job.kind == "clone",
+                Job.state.in_([JobState.FAILED, JobState.ROLLED_BACK]),
             )
-            failed = list(ended)
-        for job in failed:
-            try:
+        )
+        failed = list(ended)
+    removed = 0
+    for job in failed:
+        try:
+            async with asyncio.timeout(_REMOVING_S):
                 count = await remove_job_resources(docker, job)
-            except ClonebotError as exc:  # one in use, say: the next round tries again
-                log.warning("job %s: its remains on engine %s stay: %s", job, engine, exc.message)
-                continue
-            log.warning("job %s: removed %d resource(s) left on engine %s", job, count, engine)
-            removed += count
+        except (ClonebotError, TimeoutError) as exc:  # in use, or cut off: next round
+            log.warning("job %s: its remains on engine %s stay for now: %s", job, engine, exc)
+            continue
+        log.warning("job %s: removed %d resource(s) left on engine %s", job, count, engine)
+        removed += count
     return removed
+
+
+_REMOVING_S = 60.0
 
 
 async def _give_back(svc: Services, job: Job) -> None:

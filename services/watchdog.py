@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from services.docker import DockerClient
-from services.errors import ClonebotError
+from services.errors import ClonebotError, DockerFailed
 
 log = logging.getLogger(__name__)
 
 MARGIN_S = 5.0  # past clonebot's own timeout, which resumes the source when it can
 _ARMING_S = 10.0
-_GONE = 404
+_GONE = (404, 409)
 
 _WATCHDOG = r"""
 my ($id, $secs, @frozen) = @ARGV;
@@ -69,7 +69,7 @@ my $sock;
 for my $c (@candidates) {
   if (call($c, 'GET', '/info') =~ /"ID":"\Q$id\E"/) { $sock = $c; last }
 }
-if (!defined $sock) { print "unarmed\n"; select(undef, undef, undef, 1e9) }
+if (!defined $sock) { print "unarmed\n"; select(undef, undef, undef, 60); exit 0 }
 print "armed\n";
 select(undef, undef, undef, $secs);
 for my $entry (@frozen) {
@@ -106,23 +106,42 @@ async def guarded(
         "Labels": {"clonebot.helper": "true", "clonebot.watchdog": "true", **labels},
         "StopSignal": "SIGKILL",
         "HostConfig": {
-            "Mounts": [{"Type": "bind", "Source": "/run", "Target": "/h/run", "ReadOnly": True}],
+            # /run alone (not what is mounted under it), read-only; no capability, no
+            # privilege to gain, a read-only root, a few processes: it reads and connects
+            "Mounts": [
+                {
+                    "Type": "bind", "Source": "/run", "Target": "/h/run", "ReadOnly": True,
+                    "BindOptions": {"NonRecursive": True},
+                }
+            ],
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "ReadonlyRootfs": True,
+            "PidsLimit": 16,
             "NetworkMode": "none",
             "AutoRemove": True,  # gone once it has done its work, even if clonebot is
         },
-    }
+    }  # fmt: skip
     name = f"clonebot-watchdog-{secrets.token_hex(4)}"
-    cid = await docker.create_container(name=name, config=config)
     try:
-        await docker.start_container(cid)
-        why = await _armed(docker, cid)
+        cid = await docker.create_container(name=name, config=config)
+    except DockerFailed as exc:  # refused (by an authorization plugin, say): unguarded
+        yield f"it could not be made: {exc.message}"
+        return
+    try:
+        try:
+            await docker.start_container(cid)
+            why = await _armed(docker, cid)
+        except DockerFailed as exc:
+            why = f"it did not start: {exc.message}"
         yield why
     finally:
         # a cut-off engine does not answer: the watchdog is left to do its work
         try:
             await asyncio.shield(docker.remove_container(cid))
         except ClonebotError as exc:
-            if getattr(exc, "status", 0) != _GONE:  # it did its work, and the engine removed it
+            # gone, or going: it did its work (or gave up), and the engine removes it
+            if getattr(exc, "status", 0) not in _GONE:
                 log.warning("the freeze's watchdog %s stays: %s", name, exc.message)
 
 

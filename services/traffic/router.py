@@ -297,7 +297,11 @@ async def _remote_nodes(
     address, on the host port their HTTP port is published on. A node that does not publish
     it cannot be reached from here: its environment is left out, saying so. An engine that
     does not answer is skipped (its environments have no nodes: their routes answer 503)."""
-    others = [e for e in svc.fleet.names if e != svc.engine]
+    now = time.monotonic()
+    # one that did not answer is asked again only after a while: each listing waits for it
+    others = [
+        e for e in svc.fleet.names if e != svc.engine and now - _away.get(e, -_AWAY_S) >= _AWAY_S
+    ]
 
     async def listed(engine: str) -> list[JSON]:
         async with asyncio.timeout(ANSWER_S):
@@ -308,8 +312,12 @@ async def _remote_nodes(
         if isinstance(answer, BaseException):
             if not isinstance(answer, ClonebotError | TimeoutError | OSError):
                 raise answer
-            log.warning("router: engine %s does not answer: its web nodes are left out", engine)
+            if engine not in _away:
+                log.warning("router: engine %s does not answer: its web nodes are left out", engine)
+            _away[engine] = time.monotonic()
             continue
+        if _away.pop(engine, None) is not None:
+            log.warning("router: engine %s answers again", engine)
         address = svc.fleet.spec(engine).address
         for summary in answer:
             labels = summary.get("Labels") or {}
@@ -331,6 +339,10 @@ async def _remote_nodes(
                 continue
             reach = address if running else None
             found.setdefault(env, []).append(replace(node, address=reach, port=port or node.port))
+
+
+_AWAY_S = 30.0
+_away: dict[str, float] = {}  # engines that did not answer a listing: when (monotonic)
 
 
 def _published(summary: JSON, port: int) -> int | None:
