@@ -10,7 +10,7 @@ from services.context import Services
 from services.environments import JOB
 from services.errors import ClonebotError
 from services.fleet import ANSWER_S
-from services.volumes import ensure_helper_image, measure_volumes
+from services.volumes import free_disk
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,10 @@ async def _room(svc: Services, engine: str, *, job: str) -> Room | None:
     try:
         docker = svc.on(engine).docker
         async with asyncio.timeout(_MEASURE_S):
-            await ensure_helper_image(docker, image=settings.helper_image, busybox=settings.busybox)
-            sizes = await measure_volumes(
-                docker, image=settings.helper_image, volumes=[], labels={JOB: job}
+            free = await free_disk(
+                docker, image=settings.helper_image, busybox=settings.busybox, labels={JOB: job}
             )
     except (ClonebotError, TimeoutError) as exc:
         log.warning("engine %s: its free disk is unknown (%s)", engine, exc)
         return None
-    return Room(engine, sizes.free)
+    return Room(engine, free)

@@ -41,7 +41,7 @@ from services.job_locks import reserve_disk
 from services.naming import NameRewriter, Rewrite, default_clone_name, node_name, twin_name
 from services.naming import validate_name as check_name
 from services.settings import Settings
-from services.volumes import ensure_helper_image, measure_volumes
+from services.volumes import ensure_helper_image, free_disk, measure_volumes
 
 PREDEFINED_NETWORKS = {"bridge", "host", "none", "default"}
 COMPOSE_NETWORK = "com.docker.compose.network"
@@ -680,11 +680,9 @@ async def _check_disk(
     )
     free = sizes.free
     if target is not None and target is not docker:
-        await ensure_helper_image(target, image=settings.helper_image, busybox=settings.busybox)
-        room = await measure_volumes(
-            target, image=settings.helper_image, volumes=[], labels={JOB: plan.job}
+        free = await free_disk(
+            target, image=settings.helper_image, busybox=settings.busybox, labels={JOB: plan.job}
         )
-        free = room.free
     replicas = [v for v in plan.volumes if v.replica_of]
     by_clone = {v.name: v.source for v in plan.volumes if v.source}
     needed = sum(sizes.used.values())

@@ -202,6 +202,15 @@ async def measure_volumes(
     return VolumeSizes(used=used, free=int(lines[-1].split()[3]) * 1024)
 
 
+async def free_disk(
+    docker: DockerClient, *, image: str, busybox: Path, labels: dict[str, str]
+) -> int:
+    """Bytes free beside the engine's volumes (its helper image built first if it lacks it)."""
+    await ensure_helper_image(docker, image=image, busybox=busybox)
+    sizes = await measure_volumes(docker, image=image, volumes=[], labels=labels)
+    return sizes.free
+
+
 async def run_helper(
     docker: DockerClient,
     *,
