@@ -11,6 +11,7 @@ from typing import Annotated, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from services.context import Services, open_services
 from services.errors import ClonebotError, Refused
@@ -40,14 +41,14 @@ def run(work: Callable[[Services], Awaitable[T]], *, as_json: bool = False) -> T
     except ClonebotError as exc:
         refused = isinstance(exc, Refused)
         kind = "refused" if refused else "error"
-        err.print(f"[red]{kind}:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err.print(f"[red]{kind}:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if as_json:
             failure = {"state": "failed", "refused": refused, "error": exc.message}
             print(json.dumps({**failure, "freeze_ms": 0, "warnings": []}))
         raise typer.Exit(2 if refused else 1) from None
     except Exception as exc:  # the last resort: one line, never a stack trace
         err.print(
-            f"[red]error:[/] unexpected {type(exc).__name__}: {exc}",
+            f"[red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}",
             highlight=False,
             soft_wrap=True,
         )
@@ -59,7 +60,9 @@ def load_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        err.print(f"[red]bad setting[/] {bad_setting(exc)}", highlight=False, soft_wrap=True)
+        err.print(
+            f"[red]bad setting[/] {escape(bad_setting(exc))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(2) from None
 
 

@@ -21,18 +21,24 @@ commands.add_typer(engine_app, name="engine")
 @engine_app.command("add")
 def engine_add(
     name: Annotated[str, typer.Argument(help="Its name in clonebot: staging, build-2.")],
-    url: Annotated[str, typer.Argument(help="unix:///path/docker.sock, or tcp://host:2376.")],
+    url: Annotated[
+        str,
+        typer.Argument(help="unix:///path/docker.sock, tcp://host:2376, or ssh://user@host."),
+    ],
     user: AsUser,
-    tls_dir: Annotated[
+    keys_dir: Annotated[
         Path | None,
         typer.Option(
-            "--tls-dir", help="For tcp://: the folder of ca.pem, cert.pem and key.pem (TLS)."
+            "--tls-dir",
+            "--ssh-dir",
+            help="For tcp://: the folder of ca.pem, cert.pem and key.pem (TLS). For ssh://: "
+            "the folder of the private key (id_ed25519, id_ecdsa or id_rsa) and known_hosts.",
         ),
     ] = None,
 ) -> None:
     """Admins: drive one more Docker engine (it must answer, and not be one clonebot has)."""
-    folder = tls_dir.absolute() if tls_dir is not None else None
-    found = run(lambda svc: add_engine(svc, Request(user), name=name, url=url, tls_dir=folder))
+    folder = keys_dir.absolute() if keys_dir is not None else None
+    found = run(lambda svc: add_engine(svc, Request(user), name=name, url=url, keys_dir=folder))
     out.print(f"engine {name} added: {found.detail}", highlight=False)
 
 
@@ -61,7 +67,7 @@ def _json(status: EngineStatus) -> dict[str, object]:
     return {
         "name": status.spec.name,
         "url": status.spec.url,
-        "tls_dir": str(status.spec.tls_dir) if status.spec.tls_dir else None,
+        "keys_dir": str(status.spec.keys_dir) if status.spec.keys_dir else None,
         "from": status.spec.origin,
         "answers": status.answers,
         "detail": status.detail,

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bot.cli_common import AsUser, JsonFlag, err, out, run
@@ -48,7 +49,7 @@ def envs(as_json: JsonFlag = False) -> None:
 
     environments, away = run(work)
     for engine, why in away.items():
-        err.print(f"[yellow]engine {engine} does not answer:[/] {why}", highlight=False)
+        err.print(f"[yellow]engine {engine} does not answer:[/] {escape(why)}", highlight=False)
     if as_json:
         print(json.dumps([_env_json(e, record, away) for e, record in environments], indent=2))
         return
@@ -211,7 +212,7 @@ def _print_details(result: CloneResult) -> None:
             line = f"  port {port.node} {port.container_port}: published on host port {port.new}"
         out.print(line, highlight=False, soft_wrap=True)
     for warning in result.warnings:
-        out.print(f"  [yellow]warning:[/] {warning}", soft_wrap=True)
+        out.print(f"  [yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 def _env_json(

@@ -7,6 +7,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bot.cli_common import AsUser, JsonFlag, err, load_settings, out, run
@@ -52,7 +53,7 @@ def router_init() -> None:
     try:
         wrote = asyncio.run(first_files())
     except ClonebotError as exc:
-        err.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except OSError as exc:
         err.print(f"[red]error:[/] {settings.router_dir}: {exc.strerror}", highlight=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from rich.console import Console, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from services.progress import BytesCopied, Event, StepDone, StepStarted, Warned
@@ -60,7 +61,7 @@ class ProgressView:
                 if step == "pre-copy":
                     row.copy_seconds = time.monotonic() - row.copy_started
             case Warned(message=message):
-                self._console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+                self._console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
         if self._live is None:
             self._live = Live(self._render(), console=self._console, refresh_per_second=8)
             self._live.__enter__()

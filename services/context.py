@@ -62,7 +62,7 @@ async def load_added_engines(fleet: Fleet, sessions: async_sessionmaker[AsyncSes
     async with sessions() as session:
         rows = (await session.scalars(select(EngineRecord))).all()
     specs = [
-        EngineSpec(r.name, r.url, Path(r.tls_dir) if r.tls_dir else None, origin="added")
+        EngineSpec(r.name, r.url, Path(r.keys_dir) if r.keys_dir else None, origin="added")
         for r in rows
     ]
     await fleet.replace_added(specs)

@@ -26,6 +26,7 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from services.errors import DockerFailed, DockerUnavailable
+from services.ssh_engine import CONNECT_S, SSHConnector, SSHTarget
 
 T = TypeVar("T")
 # aiodocker reports a connection failure as this pseudo HTTP status
@@ -148,18 +149,30 @@ class DockerClient:
     """Async client for one Docker engine."""
 
     def __init__(
-        self, url: str | None = None, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        url: str | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        ssh: SSHTarget | None = None,
     ) -> None:
         self._url = url
         self._ssl = ssl_context
+        self._ssh = ssh
         self._docker: aiodocker.Docker | None = None
-        self._connector: aiohttp.TCPConnector | None = None
+        self._connector: aiohttp.BaseConnector | None = None
 
     async def __aenter__(self) -> DockerClient:
         self._docker = self._open()
         return self
 
     def _open(self) -> aiodocker.Docker:
+        if self._ssh is not None:  # another host's engine, through ``docker system dial-stdio``
+            self._connector = SSHConnector(self._ssh)
+            timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_S)
+            # the URL only names the API's paths: every connection is the connector's
+            return aiodocker.Docker(
+                url="unix://localhost", connector=self._connector, timeout=timeout
+            )
         if self._ssl is not None:
             # another host's engine (services/fleet.py): a connection to it fails once the
             # host is cut off
@@ -181,8 +194,9 @@ class DockerClient:
 
     @property
     def remote(self) -> bool:
-        """An engine on another host (reached over TCP, with TLS: see ``services/fleet.py``)."""
-        return self._ssl is not None
+        """An engine on another host (reached over TCP with TLS, or SSH: see
+        ``services/fleet.py``)."""
+        return self._ssl is not None or self._ssh is not None
 
     @property
     def api(self) -> aiodocker.Docker:

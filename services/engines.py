@@ -73,11 +73,11 @@ async def _check_admin(svc: Services, request: Request, action: str, name: str) 
 
 
 async def add_engine(
-    svc: Services, request: Request, *, name: str, url: str, tls_dir: Path | None
+    svc: Services, request: Request, *, name: str, url: str, keys_dir: Path | None
 ) -> EngineStatus:
     """Add an engine that answers and is not one clonebot has already, under a free name."""
     await _check_admin(svc, request, "engine add", name)
-    spec = check_engine(name, url, tls_dir)
+    spec = check_engine(name, url, keys_dir)
     await load_added_engines(svc.fleet, svc.sessions)
     if name in svc.fleet.names:
         raise BadRequest(f"there is an engine named {name} already")
@@ -92,7 +92,7 @@ async def add_engine(
     async with svc.sessions() as session:
         session.add(
             EngineRecord(
-                name=name, url=url, tls_dir=str(spec.tls_dir) if spec.tls_dir else None,
+                name=name, url=url, keys_dir=str(spec.keys_dir) if spec.keys_dir else None,
                 engine_id=engine_id, added_by=request.user,
             )
         )  # fmt: skip

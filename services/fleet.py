@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from services.docker import DockerClient
 from services.errors import BadRequest, DockerUnavailable
+from services.ssh_engine import KEY_FILES, KNOWN_HOSTS, SSHFolderError, SSHTarget, check_folder
 
 LOCAL = "local"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
@@ -41,7 +42,8 @@ class EngineSpec:
 
     name: str
     url: str
-    tls_dir: Path | None = None
+    # its credentials: TLS client files (tcp://), or a private key and known_hosts (ssh://)
+    keys_dir: Path | None = None
     origin: Literal["setting", "added"] = "setting"
 
     @property
@@ -52,10 +54,12 @@ class EngineSpec:
         return host if host and not self.url.startswith("unix:") else "127.0.0.1"
 
     def connect(self) -> DockerClient:
-        if self.tls_dir is None:
+        if self.keys_dir is None:
             return DockerClient(self.url)
+        if self.url.startswith("ssh://"):
+            return DockerClient(ssh=SSHTarget.of(self.url, self.keys_dir))
         https = "https://" + self.url.removeprefix("tcp://").removeprefix("https://")
-        return DockerClient(https, ssl_context=client_tls(self.tls_dir))
+        return DockerClient(https, ssl_context=client_tls(self.keys_dir))
 
 
 def validate_engine_name(name: str) -> str:
@@ -67,38 +71,56 @@ def validate_engine_name(name: str) -> str:
     return name
 
 
-def check_engine(name: str, url: str, tls_dir: Path | None) -> EngineSpec:
+def check_engine(name: str, url: str, keys_dir: Path | None) -> EngineSpec:
     """The engine's spec, if its name and URL are ones clonebot can use; else say why.
 
     A TCP engine needs TLS with a client certificate: its API unprotected would give anyone
-    on the network root on its host. ``ssh://`` is not supported yet."""
+    on the network root on its host. An SSH engine needs a key and the host's key known."""
     validate_engine_name(name)
     parts = urlsplit(url)
-    if parts.scheme == "ssh":
-        raise BadRequest(f"engine {name}: ssh:// engines are not supported yet; use tcp:// + TLS")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        # a password in a URL would be kept, listed and logged: TLS files are the credential
-        raise BadRequest(f"engine {name}: give the URL without a user, password, query or #")
+    if parts.password or parts.query or parts.fragment or (
+        parts.username and parts.scheme != "ssh"
+    ):
+        # a password in a URL would be kept, listed and logged: the folder's files are the
+        # credential
+        raise BadRequest(
+            f"engine {name}: give the URL without a password, query or # (a user: ssh:// only)"
+        )
     if parts.scheme == "unix" and parts.path.startswith("/") and not parts.netloc:
-        if tls_dir is not None:
-            raise BadRequest(f"engine {name}: a unix:// socket takes no TLS folder")
+        if keys_dir is not None:
+            raise BadRequest(f"engine {name}: a unix:// socket takes no folder of keys")
         return EngineSpec(name, url)
+    if parts.scheme == "ssh" and parts.hostname and not parts.path.strip("/"):
+        return _ssh_engine(name, url, keys_dir)
     if parts.scheme in ("tcp", "https") and parts.hostname and not parts.path.strip("/"):
         if parts.port is None:
             raise BadRequest(f"engine {name}: give the port of {url} (Docker's TLS port: 2376)")
-        if tls_dir is None:
+        if keys_dir is None:
             raise BadRequest(
                 f"engine {name}: {url} needs TLS: give the folder of its client files "
                 f"({', '.join(TLS_FILES)}), as `docker --tlsverify` uses"
             )
-        missing = [f for f in TLS_FILES if not (tls_dir / f).is_file()]
+        missing = [f for f in TLS_FILES if not (keys_dir / f).is_file()]
         if missing:
-            raise BadRequest(f"engine {name}: {tls_dir} lacks {', '.join(missing)}")
-        return EngineSpec(name, url, tls_dir)
+            raise BadRequest(f"engine {name}: {keys_dir} lacks {', '.join(missing)}")
+        return EngineSpec(name, url, keys_dir)
     raise BadRequest(
-        f"engine {name}: {url!r} is not an engine URL (unix:///path/docker.sock or "
-        "tcp://host:2376 with TLS)"
+        f"engine {name}: {url!r} is not an engine URL (unix:///path/docker.sock, "
+        "tcp://host:2376 with TLS, or ssh://user@host)"
     )
+
+
+def _ssh_engine(name: str, url: str, keys_dir: Path | None) -> EngineSpec:
+    if keys_dir is None:
+        raise BadRequest(
+            f"engine {name}: {url} needs the folder of its SSH key ({' or '.join(KEY_FILES)}) "
+            f"and {KNOWN_HOSTS} (the host's key); clonebot reads no ~/.ssh"
+        )
+    try:
+        check_folder(keys_dir)
+    except SSHFolderError as exc:
+        raise BadRequest(f"engine {name}: {exc}") from None
+    return EngineSpec(name, url, keys_dir)
 
 
 def client_tls(folder: Path) -> ssl.SSLContext:
@@ -113,7 +135,7 @@ def client_tls(folder: Path) -> ssl.SSLContext:
 
 
 def parse_engines(text: str) -> list[EngineSpec]:
-    """CLONEBOT_ENGINES: ``name=url,...``; a TCP engine's TLS files are read from
+    """CLONEBOT_ENGINES: ``name=url,...``; a TCP or SSH engine's files are read from
     ``CLONEBOT_ENGINE_CERTS/<name>/``, given separately as ``certs``."""
     specs = []
     for item in filter(None, (part.strip() for part in text.split(","))):

@@ -111,7 +111,8 @@ class Settings(BaseSettings):
         default=frozenset(), alias="CLONEBOT_ADMINS"
     )
     # more Docker engines (services/fleet.py): ``name=url,...``; a tcp:// engine's TLS client
-    # files (ca.pem, cert.pem, key.pem) are in CLONEBOT_ENGINE_CERTS/<name>/
+    # files (ca.pem, cert.pem, key.pem), an ssh:// engine's private key (id_ed25519, ...) and
+    # known_hosts, are in CLONEBOT_ENGINE_CERTS/<name>/
     engine_certs: Path | None = Field(default=None, alias="CLONEBOT_ENGINE_CERTS")
     engines: str = Field(default="", alias="CLONEBOT_ENGINES")
 
@@ -355,7 +356,8 @@ def get_settings() -> Settings:
 
 
 def _engine_specs(engines: str, *, docker_host: str, certs: Path) -> list[EngineSpec]:
-    """``local``, then each of ``engines`` (a tcp:// one's TLS files in ``certs/<name>``)."""
+    """``local``, then each of ``engines`` (a tcp:// one's TLS files, an ssh:// one's key, in
+    ``certs/<name>``)."""
     specs = [EngineSpec(LOCAL, docker_host)]
     try:
         for item in parse_engines(engines):

@@ -316,7 +316,7 @@ class EngineRecord(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     url: Mapped[str] = mapped_column(String(255))
     # the folder of its TLS client files (ca.pem, cert.pem, key.pem), for a tcp:// URL
-    tls_dir: Mapped[str | None] = mapped_column(String(4096))
+    keys_dir: Mapped[str | None] = mapped_column(String(4096))
     # what the engine called itself when added (``docker info`` ID): the same engine is not
     # added again under another name or URL, even while it is away
     engine_id: Mapped[str] = mapped_column(String(128))

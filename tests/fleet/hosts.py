@@ -9,7 +9,9 @@ Each dockerd runs in its host's network namespace by ``nsenter --net`` (``ip net
 remounts /sys and hides the cgroups) and a UTS namespace of its own (Swarm names nodes by
 host name), with its own data root, exec root, containerd namespaces and config file, on a
 unix socket and on tcp://<address>:2376 with TLS. Its iptables rules and docker0 stay in its
-namespace. Images come from the shared engine by save | load: nothing is pulled.
+namespace. Images come from the shared engine by save | load: nothing is pulled. Each host
+also runs an sshd on <address>:22 whose one key may only run ``docker system dial-stdio``
+against that engine, as an ``ssh://`` engine is reached.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Host:
     work: Path
     switch: str
     process: subprocess.Popen[bytes] | None = None
+    sshd: subprocess.Popen[bytes] | None = None
     netns_inode: int = 0  # processes in it are this engine's
 
     @property
@@ -116,6 +119,15 @@ class Host:
     def tls_dir(self) -> Path:
         """The client's ca.pem, cert.pem and key.pem, as DOCKER_CERT_PATH wants them."""
         return self.work / self.name / "client"
+
+    @property
+    def ssh_url(self) -> str:
+        return f"ssh://root@{self.address}"
+
+    @property
+    def ssh_dir(self) -> Path:
+        """The client's id_ed25519 and known_hosts (this host's key), for ``ssh_url``."""
+        return self.work / self.name / "ssh-client"
 
     @property
     def pid(self) -> int | None:
@@ -182,6 +194,7 @@ class Fleet:
     small_disk: dict[int, str] = field(default_factory=dict)
     # /run/netns before us (`ip netns add` makes the folder and bind-mounts it on itself)
     netns_before: tuple[bool, bool] = (True, True)  # it existed, it was a mount point
+    made_privsep: bool = False  # /run/sshd, for the hosts' sshd
 
     def __post_init__(self) -> None:
         self.hosts = [Host(i, self.tag, self.work, self.switch) for i in range(1, self.size + 1)]
@@ -212,6 +225,9 @@ class Fleet:
             make_certificates(self.work, self.hosts)
             for host in self.hosts:
                 self._launch(host)
+            make_ssh_keys(self.work, self.hosts)
+            for host in self.hosts:
+                self._launch_sshd(host)
             images = self.work / "images.tar"
             asyncio.run(_helper_made(self.source))
             run("docker", "-H", self.source, "save", "-o", str(images), *self.images)
@@ -275,6 +291,21 @@ class Fleet:
                 start_new_session=True,  # setsid: a ^C of the test run does not reach it
             )  # fmt: skip
 
+    def _launch_sshd(self, host: Host) -> None:
+        """sshd on the host's address, root's one authorized key forced to dial this engine."""
+        folder = self.work / host.name / "sshd"
+        config = folder / "sshd_config"
+        config.write_text(SSHD_CONFIG.format(address=host.address, folder=folder))
+        if not SSHD_PRIVSEP.exists():  # Debian's sshd needs it; removed by stop
+            SSHD_PRIVSEP.mkdir(mode=0o755)
+            self.made_privsep = True
+        with (folder / "sshd.log").open("ab") as log:
+            host.sshd = subprocess.Popen(
+                ["nsenter", f"--net={NETNS / host.name}", "/usr/sbin/sshd", "-D", "-e",
+                 "-f", str(config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+
     def _ready(self, host: Host, images: Path) -> None:
         deadline = time.monotonic() + 30
         while True:
@@ -316,8 +347,8 @@ class Fleet:
         no-op. A step that fails does not keep the next ones from running: its error is
         raised at the end."""
         errors = []
-        for step in (self._leave_swarm, self._stop_engines, self._remove_network,
-                     self._remove_files):  # fmt: skip
+        for step in (self._leave_swarm, self._stop_sshd, self._stop_engines,
+                     self._remove_network, self._remove_files):  # fmt: skip
             try:
                 step()
             except Exception as exc:
@@ -329,6 +360,16 @@ class Fleet:
         if self.swarm:
             parallel(_leave_swarm, [h for h in self.hosts if h.pid])
             self.swarm = False
+
+    def _stop_sshd(self) -> None:
+        for host in self.hosts:
+            if host.sshd is not None:
+                host.sshd.terminate()
+                host.sshd.wait(timeout=STOP_S)
+                host.sshd = None
+        if self.made_privsep:
+            SSHD_PRIVSEP.rmdir()
+            self.made_privsep = False
 
     def _stop_engines(self) -> None:
         parallel(_stop_engine, self.hosts)
@@ -449,6 +490,43 @@ def wait_for(check: Callable[[], bool], *, what: str, seconds: float) -> None:
 
 def _tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+
+
+SSHD_PRIVSEP = Path("/run/sshd")
+SSHD_CONFIG = """\
+ListenAddress {address}:22
+HostKey {folder}/host_ed25519
+AuthorizedKeysFile {folder}/authorized_keys
+PidFile {folder}/sshd.pid
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AllowTcpForwarding no
+AllowStreamLocalForwarding no
+X11Forwarding no
+PermitUserEnvironment no
+LogLevel VERBOSE
+"""
+
+
+def make_ssh_keys(work: Path, hosts: list[Host]) -> None:
+    """A host key per host, one client key; each host's authorized_keys lets that key run
+    only ``docker system dial-stdio`` against its own engine (as a careful operator sets it)."""
+    client = work / "ssh-client-key"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "clonebot", "-f", str(client))
+    public = Path(f"{client}.pub").read_text().strip()
+    for host in hosts:
+        folder = work / host.name / "sshd"
+        folder.mkdir(parents=True)
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "host_ed25519"))
+        forced = f"docker -H {host.unix_url} system dial-stdio"
+        (folder / "authorized_keys").write_text(f'restrict,command="{forced}" {public}\n')
+        host.ssh_dir.mkdir(parents=True)
+        shutil.copy(client, host.ssh_dir / "id_ed25519")
+        host_key = (folder / "host_ed25519.pub").read_text().split()[:2]
+        (host.ssh_dir / "known_hosts").write_text(f"{host.address} {' '.join(host_key)}\n")
 
 
 OPENSSL_CNF = """\

@@ -16,16 +16,25 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from services.context import open_services
 from services.docker import DockerClient
-from services.environments import JOB
+from services.environments import JOB, PROJECT
 from services.fleet import EngineSpec
 from services.settings import Settings
 from storage.models import EnvironmentRecord, Job, JobState, utcnow
 from tests.cli import clonebot, clonebot_env, run_cli
-from tests.conftest import ADMIN, OWNER, MakeSource, create_source, remove_projects
+from tests.conftest import (
+    ADMIN,
+    OWNER,
+    MakeSource,
+    create_source,
+    in_volume,
+    read_volume,
+    remove_projects,
+)
 from tests.fleet.hosts import Fleet as Hosts
 
 pytestmark = [pytest.mark.alone, pytest.mark.own_engines]
@@ -249,3 +258,65 @@ async def test_recovery_waits_for_an_engine_away_and_finishes_once_it_is_back(
         assert await west.list_networks(labels=[f"{JOB}={job}"]) == []
     finally:
         await west.close()
+
+
+async def test_an_ssh_engine_is_reached_with_its_own_key_only_cloned_from_and_cut_off(
+    fleet_hosts: Hosts, settings: Settings, tmp_path: Path
+) -> None:
+    """``ssh://root@host``, as the Docker CLI reaches an engine: clonebot uses the key and
+    known_hosts of the engine's folder (a host key it does not know, or a key the host does
+    not take, is refused, nothing added), the host's key lets it run only ``docker system
+    dial-stdio``; an environment there is cloned onto this host's engine (its data relayed
+    from a helper there, its freeze guarded there), and the engine shown away when cut off."""
+    host = fleet_hosts.hosts[2]
+    stranger = tmp_path / "stranger"  # another host's key in known_hosts
+    shutil.copytree(host.ssh_dir, stranger)
+    (stranger / "known_hosts").write_text(
+        (fleet_hosts.hosts[0].ssh_dir / "known_hosts")
+        .read_text()
+        .replace(fleet_hosts.hosts[0].address, host.address)
+    )
+    unknown = _add(settings, "south", host.ssh_url, stranger)
+    assert unknown.startswith("2 ") and "the host's key is not in known_hosts" in unknown
+    refused = tmp_path / "refused"  # a key the host does not take
+    shutil.copytree(host.ssh_dir, refused)
+    (refused / "id_ed25519").unlink()
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(refused / "id_ed25519")
+    wrong = _add(settings, "south", host.ssh_url, refused)
+    assert wrong.startswith("2 ") and "the key was refused" in wrong, wrong
+    assert "south" not in clonebot("engine", "list", settings=settings).stdout
+
+    added = _add(settings, "south", host.ssh_url, host.ssh_dir)
+    assert added.startswith("0 engine south added: Docker 20.10") and "on cbh3" in added, added
+    name = f"f{secrets.token_hex(3)}"
+    south = EngineSpec("south", host.ssh_url, host.ssh_dir).connect()
+    try:
+        await create_source(south, name=name, web_nodes=1, db_nodes=1, db_labels={}, seed_kib=256)
+        await asyncio.sleep(1)  # the writer gets going
+        made = clonebot(
+            "clone", name, f"{name}-here", "--on", "local", "--as", OWNER, settings=settings
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+        async with DockerClient() as local:
+            copy = await local.list_containers(labels=[f"{PROJECT}={name}-here"])
+            assert sorted(c["State"] for c in copy) == ["running", "running"]
+            seed = await in_volume(local, f"{name}-here_data", "md5sum /v/seed")
+            log = await read_volume(local, f"{name}-here_data", "log")
+            cloned = [int(line.split()[0]) for line in log.splitlines() if line.strip()]
+            await remove_projects(local, {f"{name}-here"})
+        source_seed = await in_volume(south, f"{name}_data", "md5sum /v/seed")
+        assert seed.split()[0] == source_seed.split()[0]
+        assert cloned == list(range(1, len(cloned) + 1)) and cloned, "a gap-free prefix"
+        source = await south.list_containers(labels=[f"{PROJECT}={name}"])
+        assert sorted(c["State"] for c in source) == ["running", "running"]
+        assert [c for c in await south.list_containers() if "watchdog" in c["Names"][0]] == []
+
+        host.link_down()
+        listed = json.loads(clonebot("engine", "list", "--json", settings=settings).stdout)
+        assert [(e["name"], e["answers"]) for e in listed] == [("local", True), ("south", False)]
+        envs = clonebot("envs", "--json", settings=settings)
+        assert "engine south does not answer" in envs.stderr
+    finally:
+        host.link_up()
+        await remove_projects(south, {name})
+        await south.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncssh
 import pytest
 from pydantic import ValidationError
 
@@ -28,9 +29,12 @@ def _refused(monkeypatch: pytest.MonkeyPatch, engines: str) -> str:
         ("a=unix:///a.sock,a=unix:///b.sock", "a named twice"),
         ("West=unix:///a.sock", "invalid engine name 'West'"),
         ("west=tcp://10.0.0.5:2376", "lacks ca.pem, cert.pem, key.pem"),
-        ("west=ssh://deploy@10.0.0.5", "ssh:// engines are not supported yet"),
+        ("west=ssh://deploy@10.0.0.5", "west has no known_hosts: the engine host's key"),
+        ("west=ssh://deploy:s3cret@10.0.0.5", "without a password, query or #"),
+        ("west=ssh://10.0.0.5/var/run/docker.sock", "is not an engine URL"),
         ("west=http://10.0.0.5:2375/x", "is not an engine URL"),
-        ("west=tcp://deploy:s3cret@10.0.0.5:2376", "without a user, password, query or #"),
+        ("west=tcp://deploy:s3cret@10.0.0.5:2376", "without a password, query or #"),
+        ("west=tcp://deploy@10.0.0.5:2376", "(a user: ssh:// only)"),
         ("west=tcp://10.0.0.5", "give the port of tcp://10.0.0.5"),
     ],
 )
@@ -53,11 +57,34 @@ def test_engines_come_after_local_with_their_tls_files_from_the_certs_folder(
         (tmp_path / "certs" / "west" / name).write_text("-")
     monkeypatch.setenv("CLONEBOT_ENGINES", " west = tcp://10.0.0.5:2376 , build=unix:///b.sock")
     specs = Settings().engine_specs()
-    assert [(s.name, s.url, s.tls_dir) for s in specs] == [
+    assert [(s.name, s.url, s.keys_dir) for s in specs] == [
         ("local", "unix:///run/here.sock", None),
         ("west", "tcp://10.0.0.5:2376", tmp_path / "certs" / "west"),
         ("build", "unix:///b.sock", None),
     ]
+
+
+def test_an_ssh_engine_needs_a_key_that_loads_and_the_hosts_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """clonebot reads no ~/.ssh and asks for no passphrase: the engine's folder holds an
+    unencrypted private key and a known_hosts, or it is refused at start, saying which."""
+    folder = tmp_path / "engines" / "west"
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("CLONEBOT_DATA_DIR", str(tmp_path))
+    (folder / "known_hosts").write_text("10.0.0.5 ssh-ed25519 AAAA\n")
+    assert "has no private key (id_ed25519, id_ecdsa, id_rsa)" in _refused(
+        monkeypatch, "west=ssh://deploy@10.0.0.5"
+    )
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(folder / "id_ed25519", "pkcs8-pem", passphrase="hunter2")
+    locked = _refused(monkeypatch, "west=ssh://deploy@10.0.0.5")
+    assert "id_ed25519 does not load (a key without a passphrase)" in locked, locked
+    key.write_private_key(folder / "id_ed25519")
+    monkeypatch.setenv("CLONEBOT_ENGINES", "west=ssh://deploy@10.0.0.5:2222")
+    west = Settings().engine_specs()[1]
+    assert (west.url, west.keys_dir, west.address) == (str(west.url), folder, "10.0.0.5")
+    assert west.connect().remote
 
 
 def test_an_engines_published_ports_are_reached_at_its_urls_host() -> None:
