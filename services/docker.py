@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import ipaddress
 import json
 import posixpath
 import socket
@@ -20,6 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import aiodocker
 import aiohttp
@@ -49,6 +51,15 @@ def _tcp_socket(addr: Any) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
     return sock
+
+
+def host_address(url: str, ssh: SSHTarget | None = None) -> str:
+    """The host of an engine's URL, where its published ports are; 127.0.0.1 for a socket of
+    this host."""
+    if ssh is not None:
+        return ssh.host
+    host = urlsplit(url).hostname
+    return host if host and not url.startswith("unix:") else "127.0.0.1"
 
 
 async def _translate(what: str, call: Awaitable[T]) -> T:
@@ -197,6 +208,28 @@ class DockerClient:
         """An engine on another host (reached over TCP with TLS, or SSH: see
         ``services/fleet.py``)."""
         return self._ssl is not None or self._ssh is not None
+
+    @property
+    def host_address(self) -> str:
+        """Where this engine's published ports are reached from here: the host of its URL (an
+        SSH engine's host), or this host's loopback for a socket here."""
+        return host_address(self._url or "", self._ssh)
+
+    async def host_ip(self) -> str:
+        """``host_address`` as an IP address (a name resolved now, IPv4 first): what a node
+        published for the router binds to, and what HAProxy is given. DockerUnavailable if
+        the name does not resolve."""
+        host = self.host_address
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(host))
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(
+                host, None, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise DockerUnavailable(f"the engine's host {host} does not resolve: {exc}") from exc
+        found.sort(key=lambda entry: entry[0] != socket.AF_INET)
+        return str(found[0][4][0])
 
     @property
     def api(self) -> aiodocker.Docker:

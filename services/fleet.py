@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from services.docker import DockerClient
+from services.docker import DockerClient, host_address
 from services.errors import BadRequest, DockerUnavailable
 from services.ssh_engine import KEY_FILES, KNOWN_HOSTS, SSHFolderError, SSHTarget, check_folder
 
@@ -50,8 +50,7 @@ class EngineSpec:
     def address(self) -> str:
         """Where its host's published ports are reached: the URL's host, or this host's
         loopback for an engine on a socket here."""
-        host = urlsplit(self.url).hostname
-        return host if host and not self.url.startswith("unix:") else "127.0.0.1"
+        return host_address(self.url)
 
     def connect(self) -> DockerClient:
         if self.keys_dir is None:
@@ -78,8 +77,11 @@ def check_engine(name: str, url: str, keys_dir: Path | None) -> EngineSpec:
     on the network root on its host. An SSH engine needs a key and the host's key known."""
     validate_engine_name(name)
     parts = urlsplit(url)
-    if parts.password or parts.query or parts.fragment or (
-        parts.username and parts.scheme != "ssh"
+    if (
+        parts.password
+        or parts.query
+        or parts.fragment
+        or (parts.username and parts.scheme != "ssh")
     ):
         # a password in a URL would be kept, listed and logged: the folder's files are the
         # credential

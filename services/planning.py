@@ -106,6 +106,7 @@ class ClonePlan:
     in_place: bool = False  # a rename: the same volumes and host ports, nothing copied
     host_kinds: dict[str, HostKind] = field(default_factory=dict)  # host paths to copy, probed
     across: bool = False  # made on another engine than the source's
+    publish_ip: str = ""  # across: the target engine's address, a web node's HTTP port's
 
     @property
     def layers(self) -> list[Layer]:
@@ -151,6 +152,8 @@ async def plan_clone(
         raise NameTaken(name)
     plan = ClonePlan(job or secrets.token_hex(6), env, name, snapshot, settings.base_domain, owner)
     plan.across = onto is not docker
+    if plan.across:
+        plan.publish_ip = await onto.host_ip()
     _check_bind_labels(plan)
     await _plan_networks(docker, plan, target=onto)
     await _check_network_room(onto, plan)
@@ -556,7 +559,9 @@ def _container_config(plan: ClonePlan, node: Node, *, name: str, mounts_from: No
 
 def _publish_http(plan: ClonePlan, name: str, config: JSON, host: JSON) -> None:
     """A web node made on another engine than the router's publishes its HTTP port on a host
-    port there (unless it does already): the router reaches it at its engine's address."""
+    port there (unless it does already): the router reaches it at its engine's address, the
+    one address it listens on (not every address of that host: the clone's site is reached
+    through the router only)."""
     port = str(config["Labels"].get(HTTP_PORT, ""))
     if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         return  # no web node, or a label the router refuses (and says so)
@@ -566,7 +571,7 @@ def _publish_http(plan: ClonePlan, name: str, config: JSON, host: JSON) -> None:
     chosen = _free_port(key, plan.host_ports | plan.busy_ports | _claimed.keys())
     plan.host_ports.add(chosen)
     _claimed[chosen] = plan.job
-    host["PortBindings"][key] = [{"HostIp": "", "HostPort": str(chosen)}]
+    host["PortBindings"][key] = [{"HostIp": plan.publish_ip, "HostPort": str(chosen)}]
     config["ExposedPorts"] = {**(config.get("ExposedPorts") or {}), key: {}}
     plan.ports.append(PortRemap(name, key, "", str(chosen)))  # no old one: newly published
 

@@ -128,6 +128,8 @@ async def guarded(
     except DockerFailed as exc:  # refused (by an authorization plugin, say): unguarded
         yield f"it could not be made: {exc.message}"
         return
+    # it resumes the sources once this long has passed since it was started, at the latest
+    fires_at = asyncio.get_running_loop().time() + timeout_s + MARGIN_S + _ARMING_S
     try:
         try:
             await docker.start_container(cid)
@@ -136,13 +138,27 @@ async def guarded(
             why = f"it did not start: {exc.message}"
         yield why
     finally:
-        # a cut-off engine does not answer: the watchdog is left to do its work
+        await asyncio.shield(_removed(docker, cid, name, fires_at))
+
+
+async def _removed(docker: DockerClient, cid: str, name: str, fires_at: float) -> None:
+    """The watchdog removed, or past the time it would resume the sources. Not before: a
+    watchdog left behind (its engine did not answer the removal) would resume the sources in
+    the middle of the next freeze of them, which the job's hold on them keeps out meanwhile.
+    A cut-off engine that never answers: the watchdog does its work, and the wait ends then."""
+    loop = asyncio.get_running_loop()
+    while True:
         try:
-            await asyncio.shield(docker.remove_container(cid))
+            await docker.remove_container(cid)
+            return
         except ClonebotError as exc:
             # gone, or going: it did its work (or gave up), and the engine removes it
-            if getattr(exc, "status", 0) not in _GONE:
+            if getattr(exc, "status", 0) in _GONE:
+                return
+            if loop.time() >= fires_at:
                 log.warning("the freeze's watchdog %s stays: %s", name, exc.message)
+                return
+        await asyncio.sleep(min(1.0, max(0.0, fires_at - loop.time())))
 
 
 async def _armed(docker: DockerClient, cid: str) -> str | None:

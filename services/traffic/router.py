@@ -316,9 +316,14 @@ async def _remote_nodes(
                 log.warning("router: engine %s does not answer: its web nodes are left out", engine)
             _away[engine] = time.monotonic()
             continue
+        try:
+            address = await svc.on(engine).docker.host_ip()
+        except ClonebotError as exc:  # a name that no longer resolves: as if away
+            log.warning("router: engine %s: %s: its web nodes are left out", engine, exc.message)
+            _away[engine] = time.monotonic()
+            continue
         if _away.pop(engine, None) is not None:
             log.warning("router: engine %s answers again", engine)
-        address = svc.fleet.spec(engine).address
         for summary in answer:
             labels = summary.get("Labels") or {}
             if labels.get(ONEOFF) == "True" or not _named_project(labels, left_out):
@@ -330,7 +335,7 @@ async def _remote_nodes(
                 left_out[env] = str(exc)
                 continue
             running = summary.get("State") == "running"
-            port = _published(summary, node.port)
+            port = _published(summary, node.port, address)
             if running and port is None:
                 left_out[env] = (
                     f"its node {node.layer} {node.number} on engine {engine} does not publish "
@@ -345,12 +350,13 @@ _AWAY_S = 30.0
 _away: dict[str, float] = {}  # engines that did not answer a listing: when (monotonic)
 
 
-def _published(summary: JSON, port: int) -> int | None:
-    """The host port a container publishes ``port``/tcp on, on every address of its host."""
+def _published(summary: JSON, port: int, address: str) -> int | None:
+    """The host port a container publishes ``port``/tcp on, on every address of its host or
+    on ``address``, its engine's."""
     for entry in summary.get("Ports") or []:
         if (entry.get("PrivatePort"), entry.get("Type")) != (port, "tcp"):
             continue
-        if entry.get("PublicPort") and entry.get("IP") in ("0.0.0.0", "::", "", None):
+        if entry.get("PublicPort") and entry.get("IP") in ("0.0.0.0", "::", "", None, address):
             return int(entry["PublicPort"])
     return None
 

@@ -323,6 +323,9 @@ async def test_the_router_reaches_a_clone_on_another_engine_and_swaps_and_splits
     assert made.returncode == 0, made.stdout + made.stderr
     assert f"{clone}-web-1 80/tcp: published on host port" in made.stdout, made.stdout
     await exec_output(pair.west, f"{clone}-web-1", "echo on west > /www/index.html")
+    # on west's address only: the clone's site is not open on west's other addresses
+    published = (await pair.west.inspect_container(f"{clone}-web-1"))["NetworkSettings"]["Ports"]
+    assert [b["HostIp"] for b in published["80/tcp"]] == [pair.west.host_address]
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

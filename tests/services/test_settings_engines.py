@@ -10,8 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from bot.cli_common import bad_setting
+from services.docker import DockerClient
+from services.errors import DockerUnavailable
 from services.fleet import TLS_FILES, EngineSpec
 from services.settings import Settings
+from services.ssh_engine import SSHTarget
 
 
 def _refused(monkeypatch: pytest.MonkeyPatch, engines: str) -> str:
@@ -93,3 +96,15 @@ def test_an_engines_published_ports_are_reached_at_its_urls_host() -> None:
     assert EngineSpec("west", "tcp://10.0.0.5:2376", Path("/c")).address == "10.0.0.5"
     assert EngineSpec("east", "tcp://docker-east.internal:2376").address == "docker-east.internal"
     assert EngineSpec("here", "unix:///run/other.sock").address == "127.0.0.1"
+
+
+async def test_an_engines_address_is_resolved_to_the_ip_its_nodes_bind_to() -> None:
+    """What a node published for the router binds to, and what HAProxy is given: an IP,
+    the engine's name resolved by clonebot (IPv4 first); a name that does not resolve says so."""
+    assert await DockerClient("https://10.0.0.5:2376").host_ip() == "10.0.0.5"
+    assert await DockerClient("https://localhost:2376").host_ip() == "127.0.0.1"
+    assert await DockerClient("unix:///run/other.sock").host_ip() == "127.0.0.1"
+    ssh = SSHTarget.of("ssh://deploy@10.0.0.7:2222", Path("/k"))
+    assert await DockerClient(ssh=ssh).host_ip() == "10.0.0.7"
+    with pytest.raises(DockerUnavailable, match=r"the engine's host nowhere\.invalid does not"):
+        await DockerClient("https://nowhere.invalid:2376").host_ip()
