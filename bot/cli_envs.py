@@ -63,7 +63,8 @@ def envs(as_json: JsonFlag = False) -> None:
         elif record is not None and record.stopped and env.nodes:
             nodes += f" ({record.stopped})"
         owner = _owner(env, record) or "(unowned)"
-        row = (env.name, env.engine, layers, nodes, env.cloned_from or "", owner)
+        name = f"{env.name} (stack)" if env.kind == "stack" else env.name
+        row = (name, env.engine, layers, nodes, env.cloned_from or "", owner)
         table.add_row(*row, _expires(record))
     out.print(table)
 
@@ -223,6 +224,7 @@ def _env_json(
     return {
         "name": env.name,
         "engine": env.engine,
+        "kind": env.kind,
         "owner": _owner(env, record),
         "cloned_from": env.cloned_from,
         "state": state,

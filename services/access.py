@@ -12,7 +12,7 @@ from sqlalchemy.orm import joinedload
 
 from services.context import Services
 from services.environments import Environment, Glimpse
-from services.errors import EnvironmentNotFound, Forbidden, InvalidUser, Refused
+from services.errors import BadRequest, EnvironmentNotFound, Forbidden, InvalidUser, Refused
 from services.located import find_environment, find_glimpses
 from services.permissions import Access, Action, Decision, Role, decide
 from services.settings import SLACK_USER, Settings
@@ -80,7 +80,19 @@ async def check_request(
     """The environment and its record, if ``request`` may do ``action`` to it; else raise."""
     check_user(request.user)
     env = await find_environment(svc, name, session=session)
+    if env.kind == "stack" and action not in STACK_ACTIONS:
+        raise BadRequest(
+            f"{name} is a Swarm stack: clonebot lists, clones and deletes stacks; "
+            f"{action.value} is not built for them yet"
+        )
     return env, await _checked_record(svc, session, request, env, action)
+
+
+# what a Swarm stack takes (services/swarm.py); the rest needs its tasks' containers
+STACK_ACTIONS = frozenset(
+    {Action.VIEW, Action.CLONE, Action.DELETE, Action.SHARE, Action.HAND_OVER,
+     Action.BIND_CHANNEL, Action.NOTIFY, Action.EXTEND}
+)  # fmt: skip
 
 
 async def check_recorded(

@@ -245,6 +245,29 @@ class DockerClient:
         """``docker info``: the storage driver, data root, address pools, ..."""
         return dict(await _translate("info", self.api.system.info()))
 
+    # -- Swarm (services/swarm.py) --------------------------------------------------------
+    async def list_services(self, *, labels: list[str]) -> list[JSON]:
+        """A manager's services with these labels; DockerFailed (503) on an engine that is no
+        Swarm manager."""
+        return list(await self._list("services", labels=labels))
+
+    async def list_tasks(self, *, service: str) -> list[JSON]:
+        query = {"filters": json.dumps({"service": [service]})}
+        call = self.api._query_json("tasks", params=query)
+        return list(await _translate(f"list the tasks of {service}", call))
+
+    async def inspect_service(self, ref: str) -> JSON | None:
+        return await _or_none(f"inspect service {ref}", self.api._query_json(f"services/{ref}"))
+
+    async def create_service(self, spec: JSON) -> str:
+        call = self.api._query_json("services/create", method="POST", data=spec)
+        created = await _translate(f"create service {spec.get('Name')}", call)
+        return str(created["ID"])
+
+    async def remove_service(self, ref: str) -> None:
+        call = self.api._query(f"services/{ref}", method="DELETE")
+        await _translate(f"remove service {ref}", _drain(call))
+
     # -- containers -----------------------------------------------------------------------
     async def list_containers(self, *, labels: list[str] | None = None) -> list[JSON]:
         return list(await self._list("containers/json", labels=labels or [], all="1"))

@@ -98,6 +98,8 @@ class Environment:
     name: str
     layers: tuple[Layer, ...]
     engine: str = LOCAL  # the Docker engine it is on (services/fleet.py)
+    # a Compose project, or a Swarm stack (services/swarm.py: its engine is a manager's)
+    kind: Literal["compose", "stack"] = "compose"
 
     @property
     def nodes(self) -> tuple[Node, ...]:

@@ -52,6 +52,7 @@ from services.placement import roomiest_engine
 from services.progress import EventSink, Warned, ignore_events
 from services.quotas import check_clone_count
 from services.sleep import Stopped, start_environment, stop_environment
+from services.swarm import clone_stack, delete_stack
 from services.ttl import clone_expiry, may_keep, original_source
 from services.workers import this_worker
 from storage import repositories as repo
@@ -95,6 +96,8 @@ async def submit_clone(
         if (earlier := await _earlier(session, request)) is not None:
             return earlier
         env, _ = await access.check_request(svc, session, request, name=source, action=Action.CLONE)
+        if env.kind == "stack" and on not in (None, env.engine):
+            raise BadRequest(f"{source} is a Swarm stack: it is cloned on its own Swarm, not --on")
         engine = _target_engine(svc, env.engine, on)
         await serialize(session)  # two clones asked at once are counted one after the other
         async with access.audited_refusals(
@@ -116,6 +119,8 @@ async def submit_clone(
         job.source_engine = env.engine
         # an engine named is kept to; else a source's engine without room gives way to another
         job.params = job.params | {"snapshot": snapshot} | ({"on": engine} if on else {})
+        if env.kind == "stack":
+            job.params |= {"stack": True}
         return await _record(session, request, job, action=Action.CLONE)
 
 
@@ -239,7 +244,12 @@ async def _submit_on(
         engine = env.engine if env is not None else record.engine
         if kind == "delete":
             force = bool((params or {}).get("force"))
-            await check_delete(svc.on(engine).docker, name=name, force=force)
+            if env is not None and env.kind == "stack":
+                if env.cloned_from is None and not force:
+                    raise NotAClone(name, "delete (without --force)")
+                params = (params or {}) | {"stack": True}
+            else:
+                await check_delete(svc.on(engine).docker, name=name, force=force)
         # the record follows a source's rename; the clone's label keeps the name it was made from
         source = record.cloned_from or (env.cloned_from if env is not None else None)
         if kind in ("stop", "start") and source is None:  # a source is never stopped by us
@@ -551,6 +561,9 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
                 on_freeze=progress.record_frozen,
             )
         case JobKind.DELETE:
+            if job.params.get("stack"):
+                await delete_stack(svc, engine=job.engine, name=job.environment)
+                return None
             force = bool(job.params.get("force"))
             await delete_environment(svc.docker, name=job.environment, force=force)
             return None
@@ -571,7 +584,13 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
 
 async def _clone(svc: Services, job: Job, progress: JobProgress) -> CloneResult:
     """From the source's engine onto the job's; when that is the source's own, lacks room,
-    and no engine was named, onto the engine with the most free disk, saying so."""
+    and no engine was named, onto the engine with the most free disk, saying so. A Swarm
+    stack is cloned on its own Swarm."""
+    if job.params.get("stack"):
+        return await clone_stack(
+            svc, engine=job.engine, source=job.source or "", name=job.environment, job=job.id,
+            owner=job.requester, emit=progress.emit,
+        )  # fmt: skip
     run = functools.partial(
         clone_environment,
         svc.on(job.source_engine or job.engine).docker,

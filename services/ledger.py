@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from services.docker import JSON, DockerClient
 from services.environments import JOB
-from services.errors import ClonebotError, CloneFailed, DockerUnavailable
+from services.errors import ClonebotError, CloneFailed, DockerFailed, DockerUnavailable
 
 log = logging.getLogger(__name__)
 ENGINE_BACK_S = 120.0  # an engine restarting is waited for this long to remove a job's remains
@@ -94,8 +95,9 @@ _Remover = Callable[[str], Awaitable[object]]
 async def remove_job_resources(docker: DockerClient, job_id: str) -> int:
     """Remove every container, network, volume and image labelled with the job; how many."""
     label = [f"{JOB}={job_id}"]
-    # containers first: they hold the networks, volumes and images after them
+    # Swarm services and containers first: they hold the networks, volumes and images after
     kinds: list[tuple[_Lister, _Remover, str]] = [
+        (functools.partial(list_services, docker), docker.remove_service, "ID"),
         (docker.list_containers, docker.remove_container, "Id"),
         (docker.list_networks, docker.remove_network, "Id"),
         (docker.list_volumes, docker.remove_volume, "Name"),
@@ -107,6 +109,19 @@ async def remove_job_resources(docker: DockerClient, job_id: str) -> int:
             await remove(found[key])
             removed += 1
     return removed
+
+
+async def list_services(docker: DockerClient, *, labels: list[str]) -> list[JSON]:
+    """A Swarm manager's services with these labels; none on an engine that is no manager."""
+    try:
+        return await docker.list_services(labels=labels)
+    except DockerFailed as exc:
+        if exc.status == NOT_MANAGER:
+            return []
+        raise
+
+
+NOT_MANAGER = 503  # Docker's answer to a Swarm call on an engine that is no Swarm manager
 
 
 async def sweep_job(docker: DockerClient, job_id: str, *, within_s: float = ENGINE_BACK_S) -> int:

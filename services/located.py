@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from services.context import Services
-from services.docker import gather_all
+from services.docker import DockerClient, gather_all
 from services.environments import (
     PROJECT,
     Environment,
@@ -27,6 +27,7 @@ from services.environments import (
 from services.errors import BadRequest, ClonebotError, DockerUnavailable, EnvironmentNotFound
 from services.fleet import ANSWER_S, EngineUnreachable
 from services.naming import check_name_free
+from services.swarm import get_stack, list_stacks
 from storage import repositories as repo
 from storage.db import AsyncSession
 
@@ -67,12 +68,29 @@ async def on_each(
 
 
 async def fleet_environments(svc: Services) -> FleetView:
-    """Every Compose project on every engine that answers, by name, each with its engine."""
+    """Every Compose project and Swarm stack on every engine that answers, by name, each
+    with its engine."""
     if svc.fleet.single:
-        return FleetView(await list_environments(svc.docker))
-    found, failed = await on_each(svc, lambda s: list_environments(s.docker))
+        return FleetView(await _environments(svc.docker))
+    found, failed = await on_each(svc, lambda s: _environments(s.docker))
     envs = [replace(e, engine=name) for name, listed in found.items() for e in listed]
     return FleetView(sorted(envs, key=lambda e: (e.name, e.engine)), failed)
+
+
+async def _environments(docker: DockerClient) -> list[Environment]:
+    """The engine's Compose projects, and its Swarm's stacks if it is a manager."""
+    projects, stacks = await gather_all(list_environments(docker), list_stacks(docker))
+    return sorted([*projects, *stacks], key=lambda e: e.name)
+
+
+async def _environment(docker: DockerClient, name: str) -> Environment:
+    """The Compose project ``name``, else the Swarm stack, else EnvironmentNotFound."""
+    try:
+        return await get_environment(docker, name)
+    except EnvironmentNotFound:
+        if (stack := await get_stack(docker, name)) is not None:
+            return stack
+        raise
 
 
 async def find_environment(
@@ -83,11 +101,11 @@ async def find_environment(
     ``EnvironmentNotFound`` when no engine that answers has it; ``EngineUnreachable`` when
     its record places it on an engine that does not answer."""
     if svc.fleet.single:
-        return await get_environment(svc.docker, name)
+        return await _environment(svc.docker, name)
 
     async def look(s: Services) -> Environment | None:
         try:
-            return replace(await get_environment(s.docker, name), engine=s.engine)
+            return replace(await _environment(s.docker, name), engine=s.engine)
         except EnvironmentNotFound:
             return None
 

@@ -14,7 +14,7 @@ from services.errors import ClonebotError
 from services.fleet import ANSWER_S
 from services.freeze import resume_recorded
 from services.jobs import close_job
-from services.ledger import remove_job_resources
+from services.ledger import list_services, remove_job_resources
 from services.lifecycle import finish_rename
 from services.workers import this_worker, worker_is_gone
 from storage import repositories as repo
@@ -64,6 +64,7 @@ async def _sweep_engine(svc: Services, engine: str) -> int:
             found = await gather_all(
                 docker.list_containers(labels=[JOB]), docker.list_volumes(labels=[JOB]),
                 docker.list_networks(labels=[JOB]), docker.list_images(labels=[JOB]),
+                list_services(docker, labels=[JOB]),
             )  # fmt: skip
     except (ClonebotError, TimeoutError):
         return 0

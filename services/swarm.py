@@ -1,0 +1,543 @@
+"""Docker Swarm stacks as environments: listed, cloned and deleted through a manager's engine.
+
+A stack (``docker stack deploy``) is its services labelled ``com.docker.stack.namespace``;
+each service is a layer, each of its running tasks a node. Its clone is the same services
+under the clone's stack name: the same images and specs (replicas, placement, configs and
+secrets by reference, resources), on overlay networks of its own, published ports moved to
+free ones. A stateful service (one with a volume) must be pinned to a node by a placement
+constraint: its volume is on that node, whose engine clonebot must drive (``engine add``),
+since only that engine can pause its task (no freeze through a manager). The volume is
+copied there the way a container's is (pre-copy while it runs, final pass during a short
+pause guarded by a watchdog on that engine), and the clone is pinned to the same node.
+
+No IPVS on some kernels (this one's): service VIPs and the routing mesh need it; stacks used
+here set ``endpoint_mode: dnsrr`` and publish ports in ``host`` mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import re
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+from services.cloning import CloneResult
+from services.context import Services
+from services.docker import JSON, DockerClient
+from services.environments import (
+    CLONED_FROM,
+    JOB,
+    OWNER,
+    Environment,
+    Mount,
+    Node,
+    _layer,
+)
+from services.errors import (
+    BadRequest,
+    ClonebotError,
+    CloneFailed,
+    DockerFailed,
+    FreezeTimeout,
+    NameTaken,
+)
+from services.freeze import pause
+from services.ledger import list_services
+from services.planning import PortRemap
+from services.progress import EventSink, StepDone, StepStarted, Warned, step
+from services.settings import Settings
+from services.volumes import FinalPass, copy_helper, pre_copy
+from services.watchdog import guarded
+
+log = logging.getLogger(__name__)
+
+STACK = "com.docker.stack.namespace"
+SERVICE_ID = "com.docker.swarm.service.id"
+CONVERGE_S = 90.0  # the clone's tasks running, each service as many as its source's
+_REMOVE_S = 60.0
+_PORTS = range(20000, 32768)  # a clone's published ports are chosen here
+_VXLAN_IDS = "com.docker.network.driver.overlay.vxlanid_list"
+_PINNED = re.compile(r"^node\.(hostname|id)\s*==\s*(\S+)$")
+
+
+async def list_stacks(docker: DockerClient) -> list[Environment]:
+    """The stacks on this engine's Swarm, by name; none when it is no Swarm manager."""
+    services = await list_services(docker, labels=[STACK])
+    if not services:
+        return []
+    tasks = await _running_tasks(docker)
+    by_stack: dict[str, list[JSON]] = defaultdict(list)
+    for service in services:
+        by_stack[service["Spec"]["Labels"][STACK]].append(service)
+    return [_stack(name, found, tasks) for name, found in sorted(by_stack.items())]
+
+
+async def get_stack(docker: DockerClient, name: str) -> Environment | None:
+    return next((s for s in await list_stacks(docker) if s.name == name), None)
+
+
+async def _running_tasks(docker: DockerClient) -> dict[str, list[JSON]]:
+    """The tasks meant to run, by service ID."""
+    call = docker.api._query_json("tasks", params={"filters": '{"desired-state": ["running"]}'})
+    by_service: dict[str, list[JSON]] = defaultdict(list)
+    try:
+        for task in await call:
+            by_service[task["ServiceID"]].append(task)
+    except Exception as exc:  # the listing's own error, in Docker's words
+        raise DockerFailed(f"list the Swarm's tasks: {exc}") from exc
+    return by_service
+
+
+def _stack(name: str, services: list[JSON], tasks: dict[str, list[JSON]]) -> Environment:
+    layers = []
+    for service in sorted(services, key=lambda s: str(s["Spec"]["Name"])):
+        short = _short(name, service["Spec"]["Name"])
+        found = sorted(tasks.get(service["ID"], []), key=lambda t: int(t.get("Slot") or 0))
+        nodes = [_task_node(service, short, t) for t in found] or [_task_node(service, short, {})]
+        layers.append(_layer(short, nodes))
+    return Environment(name=name, layers=tuple(layers), kind="stack")
+
+
+def _short(stack: str, service_name: str) -> str:
+    return service_name.removeprefix(f"{stack}_")
+
+
+def _task_node(service: JSON, short: str, task: JSON) -> Node:
+    """A task as a node; a service with no task as one node with no state ("no task")."""
+    spec = service["Spec"]
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    status = task.get("Status") or {}
+    cid = (status.get("ContainerStatus") or {}).get("ContainerID") or task.get("ID") or ""
+    slot = int(task.get("Slot") or 1)
+    return Node(
+        id=cid or service["ID"],
+        name=f"{spec['Name']}.{slot}",
+        layer=short,
+        number=slot,
+        state=str(status.get("State") or "no task"),
+        image_id=str(container["Image"]),
+        labels={**(container.get("Labels") or {}), **(spec.get("Labels") or {})},
+        mounts=tuple(_mount(m) for m in container.get("Mounts") or []),
+        attrs={"Service": service, "Task": task},
+    )
+
+
+def _mount(doc: JSON) -> Mount:
+    return Mount(
+        kind=str(doc.get("Type", "volume")),
+        source=str(doc.get("Source") or ""),
+        destination=str(doc["Target"]),
+        read_write=not doc.get("ReadOnly", False),
+    )
+
+
+# -- cloning --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Made:
+    """What a stack's clone made so far, removed newest first should it fail."""
+
+    manager: DockerClient
+    services: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    volumes: list[tuple[DockerClient, str]] = field(default_factory=list)
+
+    async def rollback(self) -> None:
+        for ref in reversed(self.services):
+            await _quietly(self.manager.remove_service(ref))
+        await _gone(self.manager, self.networks)
+        for docker, volume in reversed(self.volumes):
+            await _removed_volume(docker, volume)
+
+
+async def _quietly(call: Awaitable[None]) -> None:
+    try:
+        await call
+    except ClonebotError as exc:
+        log.warning("stack clone rollback: %s", exc.message)
+
+
+@dataclass(frozen=True)
+class _Pinned:
+    """A stateful service's node, and the engine clonebot reaches it by."""
+
+    service: JSON
+    node: str  # its ID
+    engine: str
+    docker: DockerClient
+
+
+async def clone_stack(
+    svc: Services,
+    *,
+    engine: str,
+    source: str,
+    name: str,
+    job: str | None = None,
+    owner: str | None = None,
+    emit: EventSink,
+) -> CloneResult:
+    """Clone stack ``source`` on the Swarm whose manager is ``engine`` as stack ``name``;
+    on any failure remove all it made and raise ``CloneFailed``."""
+    job = job or secrets.token_hex(6)
+    began = time.monotonic()
+    manager = svc.on(engine).docker
+    services = await manager.list_services(labels=[f"{STACK}={source}"])
+    if not services:
+        raise BadRequest(f"no Swarm stack named {source!r} on engine {engine}")
+    if await manager.list_services(labels=[f"{STACK}={name}"]):
+        raise NameTaken(name)
+    _refuse_binds(services)
+    pinned = await _pinned(svc, manager, services)
+    made = _Made(manager)
+    labels = {STACK: name, JOB: job, CLONED_FROM: source} | ({OWNER: owner} if owner else {})
+    current = "networks"
+    try:
+        networks = await _clone_networks(manager, services, source, name, labels, made)
+        current = "copy"
+        freeze_ms = 0
+        for pin in pinned.values():
+            freeze_ms = max(freeze_ms, await _copy_volumes(svc, pin, source, name, job, made, emit))
+        current = "create"
+        ports: list[PortRemap] = []
+        used = await _published_ports(manager)
+        async with step(emit, "create", name):
+            for service in services:
+                spec = _clone_spec(service, source, name, labels, networks, used, ports)
+                made.services.append(await manager.create_service(spec))
+        current = "start"
+        async with step(emit, "start", name):
+            await _converged(manager, made.services)
+    except (Exception, asyncio.CancelledError) as exc:
+        await asyncio.shield(made.rollback())
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
+        raise CloneFailed(step=current, cause=cause) from exc
+    return CloneResult(
+        job=job,
+        environment=name,
+        source=source,
+        state="succeeded",
+        freeze_ms=freeze_ms,
+        nodes=[f"{name}_{_short(source, s['Spec']['Name'])}" for s in services],
+        ports=ports,
+        elapsed_ms=int((time.monotonic() - began) * 1000),
+    )
+
+
+def _refuse_binds(services: list[JSON]) -> None:
+    for service in services:
+        container = service["Spec"]["TaskTemplate"]["ContainerSpec"]
+        for mount in container.get("Mounts") or []:
+            if mount.get("Type") == "bind":
+                raise BadRequest(
+                    f"service {service['Spec']['Name']} mounts host directory "
+                    f"{mount.get('Source')}: a stack's host directories are not cloned yet"
+                )
+
+
+async def _pinned(svc: Services, manager: DockerClient, services: list[JSON]) -> dict[str, _Pinned]:
+    """Each stateful service's node (by its placement constraint) and that node's engine;
+    a refusal naming the service when it is not pinned or clonebot does not drive the node."""
+    nodes = await manager.api._query_json("nodes")
+    by_name = {n["Description"]["Hostname"]: n["ID"] for n in nodes}
+    engines = await _node_engines(svc)
+    found = {}
+    for service in services:
+        spec = service["Spec"]
+        mounts = spec["TaskTemplate"]["ContainerSpec"].get("Mounts") or []
+        if not any(m.get("Type", "volume") == "volume" for m in mounts):
+            continue
+        constraints = (spec["TaskTemplate"].get("Placement") or {}).get("Constraints") or []
+        node = None
+        for constraint in constraints:
+            if match := _PINNED.match(constraint.strip()):
+                node = by_name.get(match[2]) if match[1] == "hostname" else match[2]
+        if node is None:
+            raise BadRequest(
+                f"service {spec['Name']} has a volume but no node.hostname== placement "
+                "constraint: its data is on whichever node ran it, pin it to one"
+            )
+        if node not in engines:
+            raise BadRequest(
+                f"service {spec['Name']} is pinned to node {node[:12]}, whose engine clonebot "
+                "does not drive: add it (`clonebot engine add`) to copy its volume"
+            )
+        engine = engines[node]
+        found[service["ID"]] = _Pinned(service, node, engine, svc.on(engine).docker)
+    return found
+
+
+async def _node_engines(svc: Services) -> dict[str, str]:
+    """The fleet's engines by the Swarm node ID each is (those that answer)."""
+
+    async def node_id(engine: str) -> str:
+        async with asyncio.timeout(5):
+            info = await svc.on(engine).docker.info()
+        return str((info.get("Swarm") or {}).get("NodeID") or "")
+
+    names = svc.fleet.names
+    ids = await asyncio.gather(*(node_id(n) for n in names), return_exceptions=True)
+    return {i: n for n, i in zip(names, ids, strict=True) if isinstance(i, str) and i}
+
+
+async def _clone_networks(
+    manager: DockerClient,
+    services: list[JSON],
+    source: str,
+    name: str,
+    labels: dict[str, str],
+    made: _Made,
+) -> dict[str, str]:
+    """The stack's own networks made again under the clone's name: old ID → new ID. Others
+    (an external network) are joined as they are."""
+    ids = {n["Target"] for s in services for n in s["Spec"]["TaskTemplate"].get("Networks") or []}
+    renamed = {}
+    for ref in sorted(ids):
+        net = await manager.inspect_network(ref)
+        if net is None or (net.get("Labels") or {}).get(STACK) != source:
+            continue
+        config = {
+            "Name": f"{name}_{_short(source, net['Name'])}",
+            "Driver": net.get("Driver") or "overlay",
+            "Attachable": bool(net.get("Attachable")),
+            # not the overlay's VXLAN IDs: the source's, which Swarm would not give twice
+            "Options": {k: v for k, v in (net.get("Options") or {}).items() if k != _VXLAN_IDS},
+            "Labels": {**(net.get("Labels") or {}), **labels},
+            "CheckDuplicate": True,
+        }
+        new = await manager.create_network(config)
+        made.networks.append(new)
+        renamed[ref] = new
+    return renamed
+
+
+async def _copy_volumes(
+    svc: Services,
+    pin: _Pinned,
+    source: str,
+    name: str,
+    job: str,
+    made: _Made,
+    emit: EventSink,
+) -> int:
+    """The service's volumes copied on its node's engine while it runs, then the changes
+    during a pause of its tasks there, guarded by a watchdog on that engine. The pause's
+    length in ms."""
+    docker, spec = pin.docker, pin.service["Spec"]
+    short = _short(source, spec["Name"])
+    mounts = [
+        m
+        for m in spec["TaskTemplate"]["ContainerSpec"].get("Mounts") or []
+        if m.get("Type", "volume") == "volume"
+    ]
+    pairs = []
+    for mount in mounts:
+        volume = f"{name}_{_short(source, str(mount['Source']))}"
+        made.volumes.append((docker, volume))
+        await docker.create_volume(name=volume, labels={STACK: name, JOB: job})
+        pairs.append((str(mount["Source"]), volume))
+    settings = svc.settings
+    helper = f"{name}-copy-{short}"
+    async with copy_helper(
+        docker, image=settings.helper_image, name=helper, pairs=pairs, labels={JOB: job}
+    ) as cid:
+        async with step(emit, "pre-copy", short):
+            await pre_copy(docker, helper=cid, count=len(pairs), on_bytes=lambda _: None)
+        async with FinalPass(docker, helper=cid, count=len(pairs)) as final:
+            return await _paused_for(docker, settings, pin, job, final, emit)
+
+
+async def _paused_for(
+    docker: DockerClient,
+    settings: Settings,
+    pin: _Pinned,
+    job: str,
+    final: FinalPass,
+    emit: EventSink,
+) -> int:
+    """The service's running tasks on its node paused while the final pass copies what changed
+    since, then resumed whatever happens; how long they were paused, in ms."""
+    running = await docker.list_containers(labels=[f"{SERVICE_ID}={pin.service['ID']}"])
+    tasks = [c["Id"] for c in running if c.get("State") == "running"]
+    name = pin.service["Spec"]["Name"]
+    emit(StepStarted("freeze", name))
+    watch = guarded(
+        docker, image=settings.helper_image, how=dict.fromkeys(tasks, "paused"),
+        timeout_s=settings.freeze_timeout_s, labels={JOB: job},
+    )  # fmt: skip
+    async with watch as unguarded:
+        if unguarded is not None:
+            emit(Warned(f"no watchdog guards the freeze of {name} on engine {pin.engine} "
+                        f"({unguarded})"))  # fmt: skip
+        began = time.monotonic()
+        paused: list[str] = []
+        try:
+            for cid in tasks:
+                await pause(docker, cid)
+                paused.append(cid)
+            async with asyncio.timeout(settings.freeze_timeout_s):
+                await final.fire()
+        except TimeoutError:
+            raise FreezeTimeout(
+                f"the final copy pass of {name} took over {settings.freeze_timeout_s:g} s "
+                "(CLONEBOT_FREEZE_TIMEOUT); it was resumed"
+            ) from None
+        finally:
+            await asyncio.shield(_resume(docker, paused))
+        elapsed = int((time.monotonic() - began) * 1000)
+    emit(StepDone("freeze", name, elapsed))
+    return elapsed
+
+
+async def _resume(docker: DockerClient, paused: list[str]) -> None:
+    for cid in paused:
+        for attempt in range(5):
+            try:
+                await docker.unpause_container(cid)
+                break
+            except ClonebotError as exc:
+                log.warning("resume %s (try %d): %s", cid[:12], attempt + 1, exc.message)
+                await asyncio.sleep(0.5)
+
+
+async def _published_ports(manager: DockerClient) -> set[int]:
+    """The host ports the Swarm's services publish (a clone's are chosen among the others)."""
+    used = set()
+    for service in await manager.list_services(labels=[]):
+        endpoint = (service.get("Endpoint") or {}).get("Ports") or []
+        asked = (service["Spec"].get("EndpointSpec") or {}).get("Ports") or []
+        used |= {int(p["PublishedPort"]) for p in [*endpoint, *asked] if p.get("PublishedPort")}
+    return used
+
+
+def _clone_spec(
+    service: JSON,
+    source: str,
+    name: str,
+    labels: dict[str, str],
+    networks: dict[str, str],
+    used: set[int],
+    ports: list[PortRemap],
+) -> JSON:
+    spec: JSON = copy.deepcopy(service["Spec"])
+    short = _short(source, spec["Name"])
+    spec["Name"] = f"{name}_{short}"
+    spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
+    template = spec["TaskTemplate"]
+    container = template["ContainerSpec"]
+    container["Labels"] = {**(container.get("Labels") or {}), STACK: name}
+    for mount in container.get("Mounts") or []:
+        if mount.get("Type", "volume") == "volume" and mount.get("Source"):
+            mount["Source"] = f"{name}_{_short(source, str(mount['Source']))}"
+            volume_labels = (mount.get("VolumeOptions") or {}).get("Labels")
+            if volume_labels and STACK in volume_labels:
+                volume_labels[STACK] = name
+    for net in template.get("Networks") or []:
+        net["Target"] = networks.get(net["Target"], net["Target"])
+    for port in (spec.get("EndpointSpec") or {}).get("Ports") or []:
+        if port.get("PublishedPort"):
+            old = int(port["PublishedPort"])
+            new = next(p for p in _PORTS if p not in used)
+            used.add(new)
+            port["PublishedPort"] = new
+            key = f"{port.get('TargetPort')}/{port.get('Protocol', 'tcp')}"
+            ports.append(PortRemap(spec["Name"], key, str(old), str(new)))
+    return spec
+
+
+async def _converged(manager: DockerClient, services: list[str]) -> None:
+    """Every service's tasks running, as many as it wants; else why not, from its tasks."""
+    deadline = time.monotonic() + CONVERGE_S
+    while True:
+        pending = []
+        for ref in services:
+            service = await manager.inspect_service(ref)
+            if service is None:
+                raise DockerFailed(f"service {ref} is gone")
+            wanted = ((service["Spec"].get("Mode") or {}).get("Replicated") or {}).get(
+                "Replicas", 1
+            )
+            tasks = await manager.list_tasks(service=ref)
+            running = [t for t in tasks if (t.get("Status") or {}).get("State") == "running"]
+            if len(running) < wanted:
+                pending.append((service["Spec"]["Name"], _why_not(tasks)))
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            what = "; ".join(f"{n}: {e or 'not running'}" for n, e in pending)
+            raise DockerFailed(f"the clone's services did not all run in {CONVERGE_S:g} s: {what}")
+        await asyncio.sleep(0.5)
+
+
+def _why_not(tasks: list[JSON]) -> str:
+    """The latest task's state and why, in Swarm's words."""
+    if not tasks:
+        return "no task"
+    latest = max(tasks, key=lambda t: str(t.get("UpdatedAt") or ""))
+    status = latest.get("Status") or {}
+    said = [str(status.get(k)) for k in ("State", "Message", "Err") if status.get(k)]
+    return ": ".join(said) or "not running"
+
+
+# -- deleting -------------------------------------------------------------------------------
+
+
+async def delete_stack(svc: Services, *, engine: str, name: str) -> None:
+    """A stack's services, then its networks, then its volumes on every engine of the fleet
+    that answers (a stateful service's are on its node's)."""
+    manager = svc.on(engine).docker
+    services = await manager.list_services(labels=[f"{STACK}={name}"])
+    for service in services:
+        await manager.remove_service(service["ID"])
+    networks = await manager.api._query_json(
+        "networks", params={"filters": f'{{"label": ["{STACK}={name}"]}}'}
+    )
+    await _gone(manager, [n["Id"] for n in networks])
+
+    async def volumes_on(engine_name: str) -> None:
+        docker = svc.on(engine_name).docker
+        for volume in await docker.list_volumes(labels=[f"{STACK}={name}"]):
+            await _removed_volume(docker, str(volume["Name"]))
+
+    await asyncio.gather(*(volumes_on(e) for e in svc.fleet.names), return_exceptions=True)
+
+
+async def _gone(manager: DockerClient, networks: list[str]) -> None:
+    """Networks removed, waiting for the tasks on them to go first."""
+    deadline = time.monotonic() + _REMOVE_S
+    for ref in reversed(networks):
+        while True:
+            try:
+                await manager.remove_network(ref)
+                break
+            except DockerFailed as exc:
+                if exc.status == 404:
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("network %s stays: %s", ref, exc.message)
+                    break
+                await asyncio.sleep(0.5)
+
+
+async def _removed_volume(docker: DockerClient, volume: str) -> None:
+    """A volume removed once no task holds it (a removed service's go within seconds)."""
+    deadline = time.monotonic() + _REMOVE_S
+    while True:
+        try:
+            await docker.remove_volume(volume)
+            return
+        except DockerFailed as exc:
+            if exc.status == 404:
+                return
+            if time.monotonic() > deadline:
+                log.warning("volume %s stays: %s", volume, exc.message)
+                return
+            await asyncio.sleep(0.5)

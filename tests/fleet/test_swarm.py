@@ -1,0 +1,166 @@
+"""A Docker Swarm stack as an environment (services/swarm.py): listed, cloned and deleted.
+
+Three hosts of their own (tests/fleet/hosts.py) joined in a Swarm, host 1 its manager; all
+three added to clonebot (host 3 over SSH). The stack: a web service (two replicas, host-mode
+port, dnsrr: this kernel has no IPVS) and a database pinned to host 2, writing to its volume
+without pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from services.settings import Settings
+from tests.cli import clonebot
+from tests.conftest import ADMIN, IMAGE, OWNER, WRITER
+from tests.fleet.hosts import Fleet as Hosts
+from tests.fleet.hosts import Host
+
+pytestmark = [pytest.mark.alone, pytest.mark.own_engines]
+
+WEB = 'mkdir -p /www && echo "page from $NODE" > /www/index.html && exec httpd -f -p 8080 -h /www'
+
+
+def _stack(port: int) -> str:
+    return f"""
+version: "3.8"
+services:
+  web:
+    image: {IMAGE}
+    command: ["sh", "-c", {WEB.replace("$", "$$")!r}]
+    environment: {{NODE: "{{{{.Node.Hostname}}}}"}}
+    networks: [net]
+    ports: [{{target: 8080, published: {port}, mode: host}}]
+    deploy:
+      endpoint_mode: dnsrr
+      replicas: 2
+      labels: {{clonebot.owner: {OWNER}}}
+      placement: {{max_replicas_per_node: 1, constraints: ["node.hostname != cbh1"]}}
+  db:
+    image: {IMAGE}
+    command: ["sh", "-c", {WRITER.replace("$", "$$")!r}]
+    volumes: [data:/data]
+    networks: [net]
+    deploy:
+      endpoint_mode: dnsrr
+      labels: {{clonebot.owner: {OWNER}}}
+      placement: {{constraints: ["node.hostname == cbh2"]}}
+networks:
+  net: {{driver: overlay, attachable: true}}
+volumes:
+  data: {{}}
+"""
+
+
+@pytest.fixture(scope="module")
+def swarm_hosts(root_before: dict[str, set[str]]) -> Iterator[Hosts]:
+    with Hosts() as fleet:
+        fleet.join_swarm()
+        yield fleet
+
+
+def _wait(check: Callable[[], bool], *, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"not {what} after {seconds} s"
+        time.sleep(0.3)
+
+
+def _replicas(manager: Host, stack: str) -> dict[str, str]:
+    out = manager.docker(
+        "service", "ls", "--filter", f"label=com.docker.stack.namespace={stack}",
+        "--format", "{{.Name}} {{.Replicas}}",
+    )  # fmt: skip
+    # "2/2 (max 1 per node)": the counts only
+    return {line.split()[0]: line.split()[1] for line in out.splitlines()}
+
+
+def _page(address: str, port: int) -> str:
+    with socket.create_connection((address, port), timeout=3) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        reply = b"".join(iter(lambda: conn.recv(4096), b""))
+    return reply.partition(b"\r\n\r\n")[2].decode()
+
+
+def _numbers(log: str) -> list[int]:
+    return [int(line.split()[0]) for line in log.splitlines() if line.strip()]
+
+
+def _volume_file(host: Host, volume: str, path: str) -> str:
+    return host.docker("run", "--rm", "-v", f"{volume}:/v:ro", IMAGE, "cat", f"/v/{path}")
+
+
+async def test_a_stack_is_listed_cloned_with_its_pinned_data_and_deleted(
+    swarm_hosts: Hosts, settings: Settings
+) -> None:
+    manager, west, south = swarm_hosts.hosts
+    for host, name in ((manager, "east"), (west, "west")):
+        args = ["engine", "add", name, host.tcp_url, "--tls-dir", str(host.tls_dir)]
+        assert clonebot(*args, "--as", ADMIN, settings=settings).returncode == 0
+    args = ["engine", "add", "south", south.ssh_url, "--ssh-dir", str(south.ssh_dir)]
+    assert clonebot(*args, "--as", ADMIN, settings=settings).returncode == 0
+
+    stack = f"fs{secrets.token_hex(3)}"
+    (swarm_hosts.work / "stack.yml").write_text(_stack(18080))
+    manager.docker("stack", "deploy", "--resolve-image", "never", "-c",
+                   str(swarm_hosts.work / "stack.yml"), stack)  # fmt: skip
+    want = {f"{stack}_web": "2/2", f"{stack}_db": "1/1"}
+    _wait(lambda: _replicas(manager, stack) == want, seconds=60, what="the stack running")
+    await asyncio.sleep(1)  # the writer gets going
+
+    listed = {
+        e["name"]: e for e in json.loads(clonebot("envs", "--json", settings=settings).stdout)
+    }
+    assert (listed[stack]["engine"], listed[stack]["kind"], listed[stack]["state"]) == (
+        "east", "stack", "up",
+    )  # fmt: skip
+    assert listed[stack]["owner"] == OWNER
+    layers = {layer["name"]: layer for layer in listed[stack]["layers"]}
+    assert (layers["db"]["scaling"], layers["web"]["scaling"]) == ("stateful", "stateless")
+    assert [n["state"] for n in layers["web"]["nodes"]] == ["running", "running"]
+
+    clone = f"{stack}-c"
+    made = clonebot("clone", stack, clone, "--as", OWNER, settings=settings)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert f"port {clone}_web 8080/tcp: host 18080 -> " in made.stdout, made.stdout
+    want = {f"{clone}_web": "2/2", f"{clone}_db": "1/1"}
+    assert _replicas(manager, clone) == want
+    # the source ran on, and runs: its writer was paused a moment only
+    assert _replicas(manager, stack) == {f"{stack}_web": "2/2", f"{stack}_db": "1/1"}
+    # the database's copy: on host 2 (pinned where its data was copied), one instant of the
+    # source's log
+    where = manager.docker("service", "ps", "--format", "{{.Node}}", f"{clone}_db").split()
+    assert where[0] == "cbh2", where
+    cloned = _numbers(_volume_file(west, f"{clone}_data", "log"))
+    written = _numbers(_volume_file(west, f"{stack}_data", "log"))
+    assert cloned and cloned == written[: len(cloned)], "not a prefix of the source's log"
+    assert cloned == list(range(1, len(cloned) + 1)), "a gap in the clone's log"
+    # its web service on a port of its own, on the same hosts
+    port = next(
+        int(line.rsplit(" ", 1)[1])
+        for line in made.stdout.splitlines()
+        if f"{clone}_web 8080/tcp" in line
+    )
+    assert port != 18080
+    pages = {_page(h.address, port) for h in (west, south)}
+    assert pages == {"page from cbh2\n", "page from cbh3\n"}
+
+    envs = {e["name"]: e for e in json.loads(clonebot("envs", "--json", settings=settings).stdout)}
+    assert (envs[clone]["kind"], envs[clone]["cloned_from"]) == ("stack", stack)
+    asleep = clonebot("sleep", clone, "--as", OWNER, settings=settings)
+    assert asleep.returncode == 2 and "is a Swarm stack" in asleep.stderr, asleep.stderr
+
+    deleted = clonebot("delete", clone, "--as", OWNER, settings=settings)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert _replicas(manager, clone) == {}
+    assert manager.docker("network", "ls", "-q", "--filter", f"name={clone}_").strip() == ""
+    assert west.docker("volume", "ls", "-q", "--filter", f"name={clone}_").strip() == ""
+    assert _replicas(manager, stack) == {f"{stack}_web": "2/2", f"{stack}_db": "1/1"}
+    manager.docker("stack", "rm", stack)
