@@ -256,6 +256,14 @@ class DockerClient:
         call = self.api._query_json("tasks", params=query)
         return list(await _translate(f"list the tasks of {service}", call))
 
+    async def running_tasks(self) -> list[JSON]:
+        """The Swarm's tasks meant to run (of every service)."""
+        query = {"filters": json.dumps({"desired-state": ["running"]})}
+        return list(await _translate("list the tasks", self.api._query_json("tasks", params=query)))
+
+    async def list_nodes(self) -> list[JSON]:
+        return list(await _translate("list the nodes", self.api._query_json("nodes")))
+
     async def inspect_service(self, ref: str) -> JSON | None:
         return await _or_none(f"inspect service {ref}", self.api._query_json(f"services/{ref}"))
 

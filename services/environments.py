@@ -24,6 +24,7 @@ JOB = "clonebot.job"
 VOLUME_POLICY = "clonebot.volume."
 BIND_POLICY = "clonebot.bind."  # + a container path: what a clone does with that host directory
 COMPOSE_VOLUME = "com.docker.compose.volume"
+STACK = "com.docker.stack.namespace"  # a Swarm stack's (services/swarm.py)
 
 Scaling = Literal["stateful", "stateless"]
 VolumePolicy = Literal["copy", "share", "empty"]

@@ -33,6 +33,7 @@ from services.environments import (
     CLONED_FROM,
     JOB,
     OWNER,
+    STACK,
     Environment,
     Mount,
     Node,
@@ -56,7 +57,6 @@ from services.watchdog import guarded
 
 log = logging.getLogger(__name__)
 
-STACK = "com.docker.stack.namespace"
 SERVICE_ID = "com.docker.swarm.service.id"
 CONVERGE_S = 90.0  # the clone's tasks running, each service as many as its source's
 _REMOVE_S = 60.0
@@ -83,13 +83,9 @@ async def get_stack(docker: DockerClient, name: str) -> Environment | None:
 
 async def _running_tasks(docker: DockerClient) -> dict[str, list[JSON]]:
     """The tasks meant to run, by service ID."""
-    call = docker.api._query_json("tasks", params={"filters": '{"desired-state": ["running"]}'})
     by_service: dict[str, list[JSON]] = defaultdict(list)
-    try:
-        for task in await call:
-            by_service[task["ServiceID"]].append(task)
-    except Exception as exc:  # the listing's own error, in Docker's words
-        raise DockerFailed(f"list the Swarm's tasks: {exc}") from exc
+    for task in await docker.running_tasks():
+        by_service[task["ServiceID"]].append(task)
     return by_service
 
 
@@ -246,7 +242,7 @@ def _refuse_binds(services: list[JSON]) -> None:
 async def _pinned(svc: Services, manager: DockerClient, services: list[JSON]) -> dict[str, _Pinned]:
     """Each stateful service's node (by its placement constraint) and that node's engine;
     a refusal naming the service when it is not pinned or clonebot does not drive the node."""
-    nodes = await manager.api._query_json("nodes")
+    nodes = await manager.list_nodes()
     by_name = {n["Description"]["Hostname"]: n["ID"] for n in nodes}
     engines = await _node_engines(svc)
     found = {}

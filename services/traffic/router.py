@@ -16,10 +16,11 @@ from sqlalchemy import select
 
 from services.access import Request
 from services.context import Services
-from services.docker import JSON
-from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT, SERVICE
+from services.docker import JSON, gather_all
+from services.environments import HTTP_PORT, NUMBER, ONEOFF, PROJECT, SERVICE, STACK
 from services.errors import ClonebotError
 from services.fleet import ANSWER_S
+from services.ledger import list_services
 from services.sleep import Stopped, stopped_page
 from services.traffic.certificates import router_tls
 from services.traffic.domain_https import write_https_maps
@@ -271,6 +272,7 @@ async def web_nodes(svc: Services) -> WebNodes:
         except (_BadLabels, ValueError) as exc:
             left_out[env] = str(exc)
     await _remote_nodes(svc, found, left_out)
+    await _stack_nodes(svc, found, left_out)
     for env in left_out:
         found.pop(env, None)
     for env, nodes in list(found.items()):
@@ -346,6 +348,89 @@ async def _remote_nodes(
             found.setdefault(env, []).append(replace(node, address=reach, port=port or node.port))
 
 
+async def _stack_nodes(
+    svc: Services, found: dict[str, list[WebNode]], left_out: dict[str, str]
+) -> None:
+    """The running tasks of Swarm services with an HTTP port label, on the Swarm managers of
+    the fleet: reached at their node's address, on the host port the service publishes its
+    HTTP port on in ``host`` mode (no routing mesh: it needs IPVS). A stack is seen once,
+    whichever of its managers answered first. Engines are asked whether they manage a Swarm
+    only every 30 s: most do not, and this runs every second."""
+    seen: set[str] = set()
+    for engine in await _managers(svc):
+        try:
+            async with asyncio.timeout(ANSWER_S):
+                docker = svc.on(engine).docker
+                services = await list_services(docker, labels=[STACK, HTTP_PORT])
+                if not services:
+                    continue
+                nodes, tasks = await gather_all(docker.list_nodes(), docker.running_tasks())
+        except (ClonebotError, TimeoutError, OSError) as exc:
+            log.warning("router: the Swarm of engine %s does not answer: %s", engine, exc)
+            continue
+        addresses = {n["ID"]: (n.get("Status") or {}).get("Addr") for n in nodes}
+        by_service: dict[str, list[JSON]] = {}
+        for task in tasks:
+            by_service.setdefault(task["ServiceID"], []).append(task)
+        for service in services:
+            if service["ID"] not in seen:  # a stack is seen once, on whichever manager
+                seen.add(service["ID"])
+                _stack_service(service, by_service, addresses, found, left_out)
+
+
+def _stack_service(
+    service: JSON,
+    tasks: dict[str, list[JSON]],
+    addresses: dict[str, str | None],
+    found: dict[str, list[WebNode]],
+    left_out: dict[str, str],
+) -> None:
+    spec = service["Spec"]
+    labels = spec.get("Labels") or {}
+    env = labels[STACK]
+    layer = str(spec["Name"]).removeprefix(f"{env}_")
+    port = labels[HTTP_PORT]
+    if not _PORT.fullmatch(port) or int(port) > 65535:
+        left_out[env] = f"{HTTP_PORT}={port!r} is not a port (1-65535)"
+        return
+    published = [
+        int(p["PublishedPort"])
+        for p in (service.get("Endpoint") or {}).get("Ports") or []
+        if p.get("TargetPort") == int(port) and p.get("PublishMode") == "host"
+        and p.get("PublishedPort")
+    ]  # fmt: skip
+    if not published:
+        left_out[env] = (
+            f"service {spec['Name']} does not publish its HTTP port {port} in host mode: "
+            "the router cannot reach it"
+        )
+        return
+    for task in tasks.get(service["ID"], []):
+        running = (task.get("Status") or {}).get("State") == "running"
+        address = addresses.get(task.get("NodeID", "")) if running else None
+        node = WebNode(layer, int(task.get("Slot") or 1), address, published[0])
+        found.setdefault(env, []).append(node)
+
+
+async def _managers(svc: Services) -> list[str]:
+    """The engines that are Swarm managers, as last seen (asked again after 30 s)."""
+    now = time.monotonic()
+    stale = [
+        e for e in svc.fleet.names if now - _manager_seen.get(e, (-_AWAY_S, False))[0] >= _AWAY_S
+    ]
+
+    async def manages(engine: str) -> bool:
+        async with asyncio.timeout(ANSWER_S):
+            info = await svc.on(engine).docker.info()
+        return bool((info.get("Swarm") or {}).get("ControlAvailable"))
+
+    answers = await asyncio.gather(*(manages(e) for e in stale), return_exceptions=True)
+    for engine, answer in zip(stale, answers, strict=True):
+        _manager_seen[engine] = (now, answer is True)
+    return [e for e in svc.fleet.names if _manager_seen.get(e, (0, False))[1]]
+
+
+_manager_seen: dict[str, tuple[float, bool]] = {}
 _AWAY_S = 30.0
 _away: dict[str, float] = {}  # engines that did not answer a listing: when (monotonic)
 

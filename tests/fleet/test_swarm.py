@@ -15,9 +15,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
+import aiohttp
 import pytest
 
+from services.context import open_services
 from services.settings import Settings
+from services.traffic.haproxy import EmbeddedHAProxy, RouterFiles, render_config
+from services.traffic.router import apply_routes, router_state
 from tests.cli import clonebot
 from tests.conftest import ADMIN, IMAGE, OWNER, WRITER
 from tests.fleet.hosts import Fleet as Hosts
@@ -41,7 +45,7 @@ services:
     deploy:
       endpoint_mode: dnsrr
       replicas: 2
-      labels: {{clonebot.owner: {OWNER}}}
+      labels: {{clonebot.owner: {OWNER}, clonebot.http.port: "8080"}}
       placement: {{max_replicas_per_node: 1, constraints: ["node.hostname != cbh1"]}}
   db:
     image: {IMAGE}
@@ -87,6 +91,33 @@ def _page(address: str, port: int) -> str:
         conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
         reply = b"".join(iter(lambda: conn.recv(4096), b""))
     return reply.partition(b"\r\n\r\n")[2].decode()
+
+
+async def _routed(settings: Settings, host: str) -> set[str]:
+    """The pages HAProxy on this host serves for ``host`` (20 requests), as routed now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        bind = f"127.0.0.1:{sock.getsockname()[1]}"
+    assert settings.router_dir is not None
+    files = RouterFiles(settings.router_dir)
+    async with open_services(settings) as svc:
+        state = await router_state(svc)
+        haproxy = EmbeddedHAProxy(files=files)
+        config = render_config(files=files, bind=bind, backends=state.backends)
+        await haproxy.start(config=config, hosts=state.hosts)
+        try:
+            assert await apply_routes(svc, files=files, bind=bind)
+            await asyncio.sleep(0.3)
+            pages = set()
+            async with aiohttp.ClientSession() as session:
+                for _ in range(20):
+                    headers = {"Host": host, "Connection": "close"}
+                    async with session.get(f"http://{bind}/", headers=headers) as resp:
+                        assert resp.status == 200, (host, resp.status)
+                        pages.add(await resp.text())
+            return pages
+        finally:
+            await haproxy.stop()
 
 
 def _numbers(log: str) -> list[int]:
@@ -151,6 +182,8 @@ async def test_a_stack_is_listed_cloned_with_its_pinned_data_and_deleted(
     assert port != 18080
     pages = {_page(h.address, port) for h in (west, south)}
     assert pages == {"page from cbh2\n", "page from cbh3\n"}
+    # and through the router, at its domain: HAProxy here reaches the tasks' hosts
+    assert await _routed(settings, f"{clone}.clonebot.test") == pages
 
     envs = {e["name"]: e for e in json.loads(clonebot("envs", "--json", settings=settings).stdout)}
     assert (envs[clone]["kind"], envs[clone]["cloned_from"]) == ("stack", stack)
@@ -164,3 +197,42 @@ async def test_a_stack_is_listed_cloned_with_its_pinned_data_and_deleted(
     assert west.docker("volume", "ls", "-q", "--filter", f"name={clone}_").strip() == ""
     assert _replicas(manager, stack) == {f"{stack}_web": "2/2", f"{stack}_db": "1/1"}
     manager.docker("stack", "rm", stack)
+
+
+UNPINNED = f"""
+version: "3.8"
+services:
+  db:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    volumes: [data:/data]
+    deploy:
+      labels: {{clonebot.owner: {OWNER}}}
+volumes:
+  data: {{}}
+"""
+
+
+async def test_a_stack_whose_data_is_on_no_known_node_is_refused_and_nothing_made(
+    swarm_hosts: Hosts, settings: Settings
+) -> None:
+    """A stateful service with no node.hostname constraint: its data is wherever it last ran,
+    the clone is refused naming it; a stack is not cloned --on another engine."""
+    manager = swarm_hosts.hosts[0]
+    args = ["engine", "add", "east", manager.tcp_url, "--tls-dir", str(manager.tls_dir)]
+    assert clonebot(*args, "--as", ADMIN, settings=settings).returncode == 0
+    stack = f"fu{secrets.token_hex(3)}"
+    (swarm_hosts.work / "unpinned.yml").write_text(UNPINNED)
+    manager.docker("stack", "deploy", "--resolve-image", "never", "-c",
+                   str(swarm_hosts.work / "unpinned.yml"), stack)  # fmt: skip
+    try:
+        refused = clonebot("clone", stack, f"{stack}-c", "--as", OWNER, settings=settings)
+        assert refused.returncode != 0
+        said = " ".join(refused.stderr.split())
+        assert f"service {stack}_db has a volume but no node.hostname== placement" in said, said
+        assert _replicas(manager, f"{stack}-c") == {}
+        assert manager.docker("network", "ls", "-q", "--filter", f"name={stack}-c").strip() == ""
+        on = clonebot("clone", stack, "--on", "local", "--as", OWNER, settings=settings)
+        assert on.returncode == 2 and "it is cloned on its own Swarm, not --on" in on.stderr
+    finally:
+        manager.docker("stack", "rm", stack)
