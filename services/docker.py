@@ -272,6 +272,13 @@ class DockerClient:
         created = await _translate(f"create service {spec.get('Name')}", call)
         return str(created["ID"])
 
+    async def update_service(self, ref: str, *, version: int, spec: JSON) -> None:
+        """Replace a service's spec; refused (409/500) if it changed since ``version``."""
+        call = self.api._query_json(
+            f"services/{ref}/update", method="POST", params={"version": version}, data=spec
+        )
+        await _translate(f"update service {spec.get('Name', ref)}", call)
+
     async def remove_service(self, ref: str) -> None:
         call = self.api._query(f"services/{ref}", method="DELETE")
         await _translate(f"remove service {ref}", _drain(call))

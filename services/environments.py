@@ -161,14 +161,9 @@ class Glimpse:
     engine: str = LOCAL
 
 
-async def glimpse_environments(docker: DockerClient, names: Sequence[str]) -> list[Glimpse]:
-    """The named environments from one container listing, in order; ``EnvironmentNotFound``
-    names the first that does not exist."""
-    return glimpses_in({LOCAL: await docker.list_containers(labels=[PROJECT])}, names)
-
-
 def glimpses_in(listed: dict[str, list[JSON]], names: Sequence[str]) -> list[Glimpse]:
-    """``glimpse_environments`` from each engine's container summaries."""
+    """The named environments from each engine's container summaries (one listing each), in
+    order; ``EnvironmentNotFound`` names the first that is in none."""
     by_project: dict[str, list[dict[str, str]]] = defaultdict(list)
     engines: dict[str, str] = {}
     for engine, summaries in listed.items():

@@ -52,7 +52,7 @@ from services.placement import roomiest_engine
 from services.progress import EventSink, Warned, ignore_events
 from services.quotas import check_clone_count
 from services.sleep import Stopped, start_environment, stop_environment
-from services.swarm import clone_stack, delete_stack
+from services.swarm import clone_stack, delete_stack, start_stack, stop_stack
 from services.ttl import clone_expiry, may_keep, original_source
 from services.workers import this_worker
 from storage import repositories as repo
@@ -247,9 +247,10 @@ async def _submit_on(
             if env is not None and env.kind == "stack":
                 if env.cloned_from is None and not force:
                     raise NotAClone(name, "delete (without --force)")
-                params = (params or {}) | {"stack": True}
             else:
                 await check_delete(svc.on(engine).docker, name=name, force=force)
+        if env is not None and env.kind == "stack":  # services/swarm.py does the work
+            params = (params or {}) | {"stack": True}
         # the record follows a source's rename; the clone's label keeps the name it was made from
         source = record.cloned_from or (env.cloned_from if env is not None else None)
         if kind in ("stop", "start") and source is None:  # a source is never stopped by us
@@ -571,10 +572,14 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
             # recorded first: a stop cut short (an error, serve stopping) leaves a clone
             # partly stopped, which its record must say, for its page and `wake`
             await _record_stopped(svc, job.environment, why=str(job.params.get("why")))
+            if job.params.get("stack"):
+                return await stop_stack(svc, engine=job.engine, name=job.environment, job=job.id)
             return await stop_environment(
                 svc.docker, name=job.environment, job=job.id, emit=progress.emit
             )
         case JobKind.START:
+            if job.params.get("stack"):
+                return await start_stack(svc, engine=job.engine, name=job.environment, job=job.id)
             return await start_environment(
                 svc.docker, name=job.environment, job=job.id, emit=progress.emit
             )

@@ -20,7 +20,6 @@ from services.environments import (
     Environment,
     Glimpse,
     get_environment,
-    glimpse_environments,
     glimpses_in,
     list_environments,
 )
@@ -130,16 +129,21 @@ async def find_environment(
 async def find_glimpses(
     svc: Services, names: Sequence[str], *, session: AsyncSession | None = None
 ) -> list[Glimpse]:
-    """``glimpse_environments`` across the engines (a swap's two may be on two): one
-    container listing of each engine, none inspected."""
+    """``glimpses_in`` across the engines (a swap's two may be on two): one
+    container listing of each engine, none inspected. A name that is no Compose project there
+    (a Swarm stack, or one on an engine away) is found the slow way, or said why not."""
     if svc.fleet.single:
-        return await glimpse_environments(svc.docker, names)
-    found, _ = await on_each(svc, lambda s: s.docker.list_containers(labels=[PROJECT]))
+        listed = {svc.engine: await svc.docker.list_containers(labels=[PROJECT])}
+    else:
+        listed, _ = await on_each(svc, lambda s: s.docker.list_containers(labels=[PROJECT]))
     try:
-        return glimpses_in(found, names)
-    except EnvironmentNotFound as exc:
-        await find_environment(svc, exc.name, session=session)  # why: its engine away?
-        raise
+        return glimpses_in(listed, names)
+    except EnvironmentNotFound:
+        pass
+    found = [await find_environment(svc, name, session=session) for name in names]
+    return [
+        Glimpse(e.name, e.owner, e.cloned_from, e.web_layer is not None, e.engine) for e in found
+    ]
 
 
 async def check_name_free_everywhere(

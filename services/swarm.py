@@ -46,6 +46,7 @@ from services.errors import (
     DockerFailed,
     FreezeTimeout,
     NameTaken,
+    NotAClone,
 )
 from services.freeze import pause
 from services.ledger import list_services
@@ -450,7 +451,8 @@ def _clone_spec(
 
 
 async def _converged(manager: DockerClient, services: list[str]) -> None:
-    """Every service's tasks running, as many as it wants; else why not, from its tasks."""
+    """Every service's tasks running, as many as it wants (no more: a service scaled down
+    stops its extra ones); else why not, from its tasks."""
     deadline = time.monotonic() + CONVERGE_S
     while True:
         pending = []
@@ -465,11 +467,13 @@ async def _converged(manager: DockerClient, services: list[str]) -> None:
             running = [t for t in tasks if (t.get("Status") or {}).get("State") == "running"]
             if len(running) < wanted:
                 pending.append((service["Spec"]["Name"], _why_not(tasks)))
+            elif len(running) > wanted:  # scaled down: the extra ones still stopping
+                pending.append((service["Spec"]["Name"], f"{len(running)} tasks still run"))
         if not pending:
             return
         if time.monotonic() > deadline:
             what = "; ".join(f"{n}: {e or 'not running'}" for n, e in pending)
-            raise DockerFailed(f"the clone's services did not all run in {CONVERGE_S:g} s: {what}")
+            raise DockerFailed(f"the services did not settle in {CONVERGE_S:g} s: {what}")
         await asyncio.sleep(0.5)
 
 
@@ -481,6 +485,85 @@ def _why_not(tasks: list[JSON]) -> str:
     status = latest.get("Status") or {}
     said = [str(status.get(k)) for k in ("State", "Message", "Err") if status.get(k)]
     return ": ".join(said) or "not running"
+
+
+# -- sleeping -------------------------------------------------------------------------------
+
+
+async def stop_stack(svc: Services, *, engine: str, name: str, job: str) -> CloneResult:
+    """A stack's clone asleep: each service scaled to no task, its replicas kept in a label
+    for ``start_stack``; its volumes and networks stay."""
+    began = time.monotonic()
+    manager = svc.on(engine).docker
+    services = await _clone_services(manager, name, verb="stop")
+    for service in services:
+        spec = copy.deepcopy(service["Spec"])
+        replicated = _replicated(spec)
+        if replicated.get("Replicas", 1) == 0:
+            continue  # asleep already (a stop cut short, tried again)
+        spec["Labels"] = {**(spec.get("Labels") or {}), ASLEEP: str(replicated.get("Replicas", 1))}
+        replicated["Replicas"] = 0
+        await manager.update_service(service["ID"], version=_version(service), spec=spec)
+    await _converged(manager, [s["ID"] for s in services])
+    return _slept(name, job, services, began, started=False)
+
+
+async def start_stack(svc: Services, *, engine: str, name: str, job: str) -> CloneResult:
+    """A stack's clone awake again: each service back to its replicas, once they run."""
+    began = time.monotonic()
+    manager = svc.on(engine).docker
+    services = await _clone_services(manager, name, verb="start")
+    for service in services:
+        spec = copy.deepcopy(service["Spec"])
+        labels = dict(spec.get("Labels") or {})
+        if ASLEEP not in labels:
+            continue
+        _replicated(spec)["Replicas"] = int(labels.pop(ASLEEP))
+        spec["Labels"] = labels
+        await manager.update_service(service["ID"], version=_version(service), spec=spec)
+    await _converged(manager, [s["ID"] for s in services])
+    return _slept(name, job, services, began, started=True)
+
+
+ASLEEP = "clonebot.asleep.replicas"  # a stack clone's service asleep: the replicas it had
+
+
+async def _clone_services(manager: DockerClient, name: str, *, verb: str) -> list[JSON]:
+    services = await manager.list_services(labels=[f"{STACK}={name}"])
+    if not services:
+        raise BadRequest(f"no Swarm stack named {name!r}")
+    if not all(CLONED_FROM in (s["Spec"].get("Labels") or {}) for s in services):
+        raise NotAClone(name, verb)
+    for service in services:
+        if "Replicated" not in (service["Spec"].get("Mode") or {}):
+            raise BadRequest(
+                f"service {service['Spec']['Name']} runs on every node (global mode): "
+                f"a stack with one cannot {verb} yet"
+            )
+    return services
+
+
+def _replicated(spec: JSON) -> JSON:
+    replicated: JSON = spec["Mode"]["Replicated"]
+    return replicated
+
+
+def _version(service: JSON) -> int:
+    return int((service.get("Version") or {}).get("Index", 0))
+
+
+def _slept(
+    name: str, job: str, services: list[JSON], began: float, *, started: bool
+) -> CloneResult:
+    return CloneResult(
+        job=job,
+        environment=name,
+        source=str((services[0]["Spec"].get("Labels") or {}).get(CLONED_FROM, "")),
+        state="succeeded",
+        started=started,
+        nodes=[str(s["Spec"]["Name"]) for s in services],
+        elapsed_ms=int((time.monotonic() - began) * 1000),
+    )
 
 
 # -- deleting -------------------------------------------------------------------------------

@@ -184,11 +184,33 @@ async def test_a_stack_is_listed_cloned_with_its_pinned_data_and_deleted(
     assert pages == {"page from cbh2\n", "page from cbh3\n"}
     # and through the router, at its domain: HAProxy here reaches the tasks' hosts
     assert await _routed(settings, f"{clone}.clonebot.test") == pages
+    # the clone's pages told apart from the source's, a domain of the source swapped to it
+    for host in (west, south):
+        task = host.docker("ps", "-q", "--filter", f"name={clone}_web").split()[0]
+        host.docker("exec", task, "sh", "-c", "echo clone > /www/index.html")
+    added = clonebot("domain", "add", stack, "shop.test", "--as", OWNER, settings=settings)
+    assert added.returncode == 0, added.stderr
+    assert await _routed(settings, "shop.test") == pages
+    swapped = clonebot("swap", stack, clone, "--as", OWNER, settings=settings)
+    assert swapped.returncode == 0, swapped.stderr
+    assert await _routed(settings, "shop.test") == {"clone\n"}
+    assert clonebot("swap", clone, stack, "--as", OWNER, settings=settings).returncode == 0
+    removed = clonebot("domain", "remove", stack, "shop.test", "--as", OWNER, settings=settings)
+    assert removed.returncode == 0, removed.stderr
 
     envs = {e["name"]: e for e in json.loads(clonebot("envs", "--json", settings=settings).stdout)}
     assert (envs[clone]["kind"], envs[clone]["cloned_from"]) == ("stack", stack)
+    # asleep: scaled to no task, its volume kept; awake: as it was, its data there
     asleep = clonebot("sleep", clone, "--as", OWNER, settings=settings)
-    assert asleep.returncode == 2 and "is a Swarm stack" in asleep.stderr, asleep.stderr
+    assert asleep.returncode == 0, asleep.stdout + asleep.stderr
+    assert _replicas(manager, clone) == {f"{clone}_web": "0/0", f"{clone}_db": "0/0"}
+    awake = clonebot("wake", clone, "--as", OWNER, settings=settings)
+    assert awake.returncode == 0, awake.stdout + awake.stderr
+    assert _replicas(manager, clone) == {f"{clone}_web": "2/2", f"{clone}_db": "1/1"}
+    assert _numbers(_volume_file(west, f"{clone}_data", "log"))[: len(cloned)] == cloned
+    renamed = clonebot("rename", clone, f"{clone}x", "--as", OWNER, settings=settings)
+    assert renamed.returncode == 2, renamed.stdout + renamed.stderr
+    assert f"{clone} is a Swarm stack: rename is not built for stacks yet" in renamed.stderr
 
     deleted = clonebot("delete", clone, "--as", OWNER, settings=settings)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
