@@ -75,7 +75,7 @@ async def list_stacks(docker: DockerClient) -> list[Environment]:
     by_stack: dict[str, list[JSON]] = defaultdict(list)
     for service in services:
         by_stack[service["Spec"]["Labels"][STACK]].append(service)
-    return [_stack(name, found, tasks) for name, found in sorted(by_stack.items())]
+    return [stack_environment(name, found, tasks) for name, found in sorted(by_stack.items())]
 
 
 async def get_stack(docker: DockerClient, name: str) -> Environment | None:
@@ -90,7 +90,7 @@ async def _running_tasks(docker: DockerClient) -> dict[str, list[JSON]]:
     return by_service
 
 
-def _stack(name: str, services: list[JSON], tasks: dict[str, list[JSON]]) -> Environment:
+def stack_environment(name: str, services: list[JSON], tasks: dict[str, list[JSON]]) -> Environment:
     layers = []
     for service in sorted(services, key=lambda s: str(s["Spec"]["Name"])):
         short = _short(name, service["Spec"]["Name"])
@@ -206,7 +206,7 @@ async def clone_stack(
         used = await _published_ports(manager)
         async with step(emit, "create", name):
             for service in services:
-                spec = _clone_spec(service, source, name, labels, networks, used, ports)
+                spec = clone_spec(service, source, name, labels, networks, used, ports)
                 made.services.append(await manager.create_service(spec))
         current = "start"
         async with step(emit, "start", name):
@@ -415,7 +415,7 @@ async def _published_ports(manager: DockerClient) -> set[int]:
     return used
 
 
-def _clone_spec(
+def clone_spec(
     service: JSON,
     source: str,
     name: str,
