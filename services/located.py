@@ -26,7 +26,7 @@ from services.environments import (
 from services.errors import BadRequest, ClonebotError, DockerUnavailable, EnvironmentNotFound
 from services.fleet import ANSWER_S, EngineUnreachable
 from services.naming import check_name_free
-from services.swarm import get_stack, list_stacks
+from services.swarm import get_stack, list_stacks, same_stacks
 from storage import repositories as repo
 from storage.db import AsyncSession
 
@@ -73,7 +73,8 @@ async def fleet_environments(svc: Services) -> FleetView:
         return FleetView(await _environments(svc.docker))
     found, failed = await on_each(svc, lambda s: _environments(s.docker))
     envs = [replace(e, engine=name) for name, listed in found.items() for e in listed]
-    return FleetView(sorted(envs, key=lambda e: (e.name, e.engine)), failed)
+    envs = same_stacks(sorted(envs, key=lambda e: (e.name, svc.fleet.names.index(e.engine))))
+    return FleetView(envs, failed)
 
 
 async def _environments(docker: DockerClient) -> list[Environment]:
@@ -109,7 +110,7 @@ async def find_environment(
             return None
 
     found, failed = await on_each(svc, look)
-    held = [env for env in found.values() if env is not None]
+    held = same_stacks([env for n in svc.fleet.names if (env := found.get(n)) is not None])
     if len(held) > 1:
         engines = " and ".join(e.engine for e in held)
         raise BadRequest(f"{name} is on engines {engines}: rename one of them first")

@@ -184,6 +184,8 @@ async def plan_refresh(
         job or secrets.token_hex(6), env, clone.name, False, settings.base_domain, clone.owner
     )
     plan.only_stateful, plan.across = True, onto is not docker
+    if plan.across:
+        plan.publish_ip = await onto.host_ip()
     _check_bind_labels(plan)
     await _plan_networks(docker, plan, reuse=True, target=onto)
     await _probe_binds(docker, settings, plan)

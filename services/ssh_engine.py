@@ -71,16 +71,21 @@ def check_folder(folder: Path) -> None:
             f"{folder} has no {KNOWN_HOSTS}: the engine host's key must be in it "
             "(ssh-keyscan HOST >> known_hosts, checked by hand)"
         )
+    try:
+        asyncssh.read_known_hosts(str(folder / KNOWN_HOSTS))
+    except (OSError, ValueError) as exc:
+        raise SSHFolderError(f"{folder / KNOWN_HOSTS} does not read: {exc}") from exc
     key = SSHTarget("", 22, None, folder).key()
     try:
         asyncssh.read_private_key(key)
-    except (OSError, asyncssh.KeyImportError) as exc:
+    except (OSError, ValueError, asyncssh.KeyImportError) as exc:
         raise SSHFolderError(f"{key} does not load (a key without a passphrase): {exc}") from exc
 
 
 class SSHConnector(aiohttp.UnixConnector):
-    """aiohttp's connections to an engine's API, each a ``docker system dial-stdio`` over one
-    SSH connection (made again when it drops). The Unix path is never opened: each
+    """aiohttp's connections to an engine's API, each a ``docker system dial-stdio`` over an
+    SSH connection (one, more when sshd's sessions per connection run out; made again when
+    they drop). The Unix path is never opened: each
     connection is one end of a socket pair whose other end is pumped to the process.
 
     Pumped here rather than by asyncssh's redirection of a process's stdin and stdout to a
@@ -91,35 +96,48 @@ class SSHConnector(aiohttp.UnixConnector):
     def __init__(self, target: SSHTarget) -> None:
         super().__init__(path=f"/nonexistent/ssh/{target}")
         self._target = target
-        self._ssh: asyncssh.SSHClientConnection | None = None
+        # sshd serves a connection this many sessions at most (MaxSessions, 10 by default):
+        # more at once open another connection
+        self._pool: list[asyncssh.SSHClientConnection] = []
         self._lock = asyncio.Lock()
         self._bridges: set[asyncio.Task[None]] = set()
 
-    async def _connection(self) -> asyncssh.SSHClientConnection:
+    async def _process(self) -> asyncssh.SSHClientProcess[bytes]:
+        """A ``dial-stdio`` on a connection that takes one more session; a new connection if
+        none does."""
         async with self._lock:
-            if self._ssh is None or self._ssh.is_closed():
-                target = self._target
-                self._ssh = await asyncssh.connect(
-                    target.host,
-                    target.port,
-                    username=target.user or (),
-                    client_keys=[str(target.key())],
-                    known_hosts=str(target.folder / KNOWN_HOSTS),
-                    config=None,
-                    agent_path=None,
-                    env=None,
-                    send_env=None,
-                    password_auth=False,
-                    kbdint_auth=False,
-                    gss_host=None,
-                    agent_forwarding=False,
-                    x11_forwarding=False,
-                    request_pty=False,
-                    connect_timeout=CONNECT_S,
-                    keepalive_interval=KEEPALIVE_S,
-                    keepalive_count_max=KEEPALIVE_COUNT,
-                )
-            return self._ssh
+            self._pool = [ssh for ssh in self._pool if not ssh.is_closed()]
+            for ssh in self._pool:
+                with contextlib.suppress(asyncssh.ChannelOpenError):
+                    return await ssh.create_process(DIAL, encoding=None)
+            ssh = await self._connect()
+            self._pool.append(ssh)
+        return await ssh.create_process(DIAL, encoding=None)
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        target = self._target
+        return await asyncssh.connect(
+            target.host,
+            target.port,
+            username=target.user or (),
+            client_keys=[str(target.key())],
+            known_hosts=str(target.folder / KNOWN_HOSTS),
+            x509_trusted_certs=None,  # the host's key is in known_hosts, or it is refused
+            x509_trusted_cert_paths=[],
+            config=None,
+            agent_path=None,
+            env=None,
+            send_env=None,
+            password_auth=False,
+            kbdint_auth=False,
+            gss_host=None,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            request_pty=False,
+            connect_timeout=CONNECT_S,
+            keepalive_interval=KEEPALIVE_S,
+            keepalive_count_max=KEEPALIVE_COUNT,
+        )
 
     async def _create_connection(
         self,
@@ -128,15 +146,20 @@ class SSHConnector(aiohttp.UnixConnector):
         timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
     ) -> Any:
         ours, theirs = socket.socketpair()
+        process = None
         try:
             async with asyncio.timeout(timeout.sock_connect or CONNECT_S):
-                ssh = await self._connection()
-                process = await ssh.create_process(DIAL, encoding=None)
+                process = await self._process()
             _, protocol = await self._loop.create_unix_connection(self._factory, sock=ours)
-        except (OSError, asyncssh.Error, SSHFolderError, TimeoutError) as exc:
+        except BaseException as exc:  # cancelled too: nothing of the connection is kept
             ours.close()
             theirs.close()
-            raise aiohttp.ClientConnectionError(f"ssh {self._target}: {_reason(exc)}") from exc
+            if process is not None:
+                process.close()
+            if isinstance(exc, OSError | asyncssh.Error | ValueError | TimeoutError):
+                why = _reason(exc)
+                raise aiohttp.ClientConnectionError(f"ssh {self._target}: {why}") from exc
+            raise
         bridge = asyncio.get_running_loop().create_task(self._bridge(process, theirs))
         self._bridges.add(bridge)
         bridge.add_done_callback(self._bridges.discard)
@@ -187,11 +210,12 @@ class SSHConnector(aiohttp.UnixConnector):
         await super().close(abort_ssl=abort_ssl)
         for bridge in list(self._bridges):
             bridge.cancel()
-        if self._ssh is not None:
-            self._ssh.close()
+        pool, self._pool = self._pool, []
+        for ssh in pool:
+            ssh.close()
+        for ssh in pool:
             with contextlib.suppress(Exception):
-                await self._ssh.wait_closed()
-            self._ssh = None
+                await ssh.wait_closed()
 
 
 def _reason(exc: BaseException) -> str:

@@ -49,7 +49,7 @@ from services.errors import (
     NotAClone,
 )
 from services.freeze import pause
-from services.ledger import list_services
+from services.ledger import list_services, remove_job_resources
 from services.planning import PortRemap
 from services.progress import EventSink, StepDone, StepStarted, Warned, step
 from services.settings import Settings
@@ -76,6 +76,21 @@ async def list_stacks(docker: DockerClient) -> list[Environment]:
     for service in services:
         by_stack[service["Spec"]["Labels"][STACK]].append(service)
     return [stack_environment(name, found, tasks) for name, found in sorted(by_stack.items())]
+
+
+def same_stacks(envs: list[Environment]) -> list[Environment]:
+    """``envs`` without a stack seen again through another manager of its Swarm (the same
+    services, by ID): the first engine's kept."""
+    seen: set[frozenset[str]] = set()
+    kept = []
+    for env in envs:
+        if env.kind == "stack":
+            ids = frozenset(str(n.attrs["Service"]["ID"]) for n in env.nodes)
+            if ids in seen:
+                continue
+            seen.add(ids)
+        kept.append(env)
+    return kept
 
 
 async def get_stack(docker: DockerClient, name: str) -> Environment | None:
@@ -145,12 +160,19 @@ class _Made:
     networks: list[str] = field(default_factory=list)
     volumes: list[tuple[DockerClient, str]] = field(default_factory=list)
 
-    async def rollback(self) -> None:
+    async def rollback(self, job: str, engines: list[DockerClient]) -> None:
+        """What was made removed; then whatever still carries the job's label on the manager
+        and the nodes' engines (made, but its answer lost or the call cancelled)."""
         for ref in reversed(self.services):
             await _quietly(self.manager.remove_service(ref))
         await _gone(self.manager, self.networks)
         for docker, volume in reversed(self.volumes):
             await _removed_volume(docker, volume)
+        for docker in [self.manager, *engines]:
+            try:
+                await remove_job_resources(docker, job)
+            except ClonebotError as exc:  # the later sweep of remains takes it
+                log.warning("stack clone rollback: %s", exc.message)
 
 
 async def _quietly(call: Awaitable[None]) -> None:
@@ -212,7 +234,7 @@ async def clone_stack(
         async with step(emit, "start", name):
             await _converged(manager, made.services)
     except (Exception, asyncio.CancelledError) as exc:
-        await asyncio.shield(made.rollback())
+        await asyncio.shield(made.rollback(job, [p.docker for p in pinned.values()]))
         if isinstance(exc, asyncio.CancelledError):
             raise
         cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
@@ -305,6 +327,8 @@ async def _clone_networks(
             "Name": f"{name}_{_short(source, net['Name'])}",
             "Driver": net.get("Driver") or "overlay",
             "Attachable": bool(net.get("Attachable")),
+            "Internal": bool(net.get("Internal")),
+            "EnableIPv6": bool(net.get("EnableIPv6")),
             # not the overlay's VXLAN IDs: the source's, which Swarm would not give twice
             "Options": {k: v for k, v in (net.get("Options") or {}).items() if k != _VXLAN_IDS},
             "Labels": {**(net.get("Labels") or {}), **labels},
@@ -338,8 +362,10 @@ async def _copy_volumes(
     pairs = []
     for mount in mounts:
         volume = f"{name}_{_short(source, str(mount['Source']))}"
-        made.volumes.append((docker, volume))
+        if await docker.inspect_volume(volume) is not None:  # creating it would return it
+            raise NameTaken(name, f"volume {volume} on engine {pin.engine}")
         await docker.create_volume(name=volume, labels={STACK: name, JOB: job})
+        made.volumes.append((docker, volume))
         pairs.append((str(mount["Source"]), volume))
     settings = svc.settings
     helper = f"{name}-copy-{short}"
@@ -378,8 +404,8 @@ async def _paused_for(
         paused: list[str] = []
         try:
             for cid in tasks:
+                paused.append(cid)  # before the call: its answer may be lost, the pause done
                 await pause(docker, cid)
-                paused.append(cid)
             async with asyncio.timeout(settings.freeze_timeout_s):
                 await final.fire()
         except TimeoutError:
@@ -395,14 +421,21 @@ async def _paused_for(
 
 
 async def _resume(docker: DockerClient, paused: list[str]) -> None:
+    """Every task paused resumed, each tried for a while (an engine that never answers: the
+    watchdog, which clonebot then cannot remove, resumes them at its deadline)."""
     for cid in paused:
-        for attempt in range(5):
+        for attempt in range(_RESUME_TRIES):
             try:
                 await docker.unpause_container(cid)
                 break
             except ClonebotError as exc:
+                if "is not paused" in exc.message or getattr(exc, "status", 0) in (404, 409):
+                    break  # never paused (its pause failed), or gone
                 log.warning("resume %s (try %d): %s", cid[:12], attempt + 1, exc.message)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1)
+
+
+_RESUME_TRIES = 20
 
 
 async def _published_ports(manager: DockerClient) -> set[int]:
@@ -437,8 +470,16 @@ def clone_spec(
             volume_labels = (mount.get("VolumeOptions") or {}).get("Labels")
             if volume_labels and STACK in volume_labels:
                 volume_labels[STACK] = name
-    for net in template.get("Networks") or []:
-        net["Target"] = networks.get(net["Target"], net["Target"])
+    for attached in (template.get("Networks") or [], spec.get("Networks") or []):
+        for net in attached:
+            if net["Target"] in networks:
+                net["Target"] = networks[net["Target"]]
+            else:  # a network not the stack's (external): the source's aliases stay its own,
+                net.pop("Aliases", None)  # else the source's tasks would reach the clone's
+    asleep = str(spec["Labels"].pop(ASLEEP, ""))
+    replicated = (spec.get("Mode") or {}).get("Replicated")
+    if asleep.isdigit() and replicated is not None:  # a clone of a clone asleep: as it was
+        replicated["Replicas"] = int(asleep)
     for port in (spec.get("EndpointSpec") or {}).get("Ports") or []:
         if port.get("PublishedPort"):
             old = int(port["PublishedPort"])
@@ -460,11 +501,11 @@ async def _converged(manager: DockerClient, services: list[str]) -> None:
             service = await manager.inspect_service(ref)
             if service is None:
                 raise DockerFailed(f"service {ref} is gone")
-            wanted = ((service["Spec"].get("Mode") or {}).get("Replicated") or {}).get(
-                "Replicas", 1
-            )
+            replicated = (service["Spec"].get("Mode") or {}).get("Replicated")
             tasks = await manager.list_tasks(service=ref)
             running = [t for t in tasks if (t.get("Status") or {}).get("State") == "running"]
+            # a global service: one task per node that may run it, at least one
+            wanted = replicated.get("Replicas", 1) if replicated is not None else len(running) or 1
             if len(running) < wanted:
                 pending.append((service["Spec"]["Name"], _why_not(tasks)))
             elif len(running) > wanted:  # scaled down: the extra ones still stopping
@@ -583,7 +624,8 @@ async def delete_stack(svc: Services, *, engine: str, name: str) -> None:
 
     async def volumes_on(engine_name: str) -> None:
         docker = svc.on(engine_name).docker
-        for volume in await docker.list_volumes(labels=[f"{STACK}={name}"]):
+        # clonebot's own (a job's label): not a volume another stack of that name left
+        for volume in await docker.list_volumes(labels=[f"{STACK}={name}", JOB]):
             await _removed_volume(docker, str(volume["Name"]))
 
     await asyncio.gather(*(volumes_on(e) for e in svc.fleet.names), return_exceptions=True)

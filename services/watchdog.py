@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MARGIN_S = 5.0  # past clonebot's own timeout, which resumes the source when it can
 _ARMING_S = 10.0
 _GONE = (404, 409)
+_TRY_S = 5.0
 
 _WATCHDOG = r"""
 my ($id, $secs, @frozen) = @ARGV;
@@ -149,8 +150,15 @@ async def _removed(docker: DockerClient, cid: str, name: str, fires_at: float) -
     loop = asyncio.get_running_loop()
     while True:
         try:
-            await docker.remove_container(cid)
+            # each try bounded: a wedged engine must not hold the job past the deadline
+            async with asyncio.timeout(max(1.0, min(_TRY_S, fires_at - loop.time()))):
+                await docker.remove_container(cid)
             return
+        except TimeoutError:
+            if loop.time() >= fires_at:
+                log.warning("the freeze's watchdog %s stays: its engine does not answer", name)
+                return
+            continue
         except ClonebotError as exc:
             # gone, or going: it did its work (or gave up), and the engine removes it
             if getattr(exc, "status", 0) in _GONE:

@@ -356,26 +356,56 @@ async def _stack_nodes(
     HTTP port on in ``host`` mode (no routing mesh: it needs IPVS). A stack is seen once,
     whichever of its managers answered first. Engines are asked whether they manage a Swarm
     only every 30 s: most do not, and this runs every second."""
+    compose = set(found)  # a stack's label naming a Compose project gets none of its traffic
     seen: set[str] = set()
-    for engine in await _managers(svc):
-        try:
-            async with asyncio.timeout(ANSWER_S):
-                docker = svc.on(engine).docker
-                services = await list_services(docker, labels=[STACK, HTTP_PORT])
-                if not services:
-                    continue
-                nodes, tasks = await gather_all(docker.list_nodes(), docker.running_tasks())
-        except (ClonebotError, TimeoutError, OSError) as exc:
-            log.warning("router: the Swarm of engine %s does not answer: %s", engine, exc)
+
+    async def listed(engine: str) -> tuple[list[JSON], list[JSON], list[JSON]]:
+        async with asyncio.timeout(ANSWER_S):
+            docker = svc.on(engine).docker
+            services = await list_services(docker, labels=[STACK, HTTP_PORT])
+            if not services:
+                return [], [], []
+            nodes, tasks = await gather_all(docker.list_nodes(), docker.running_tasks())
+            return services, nodes, tasks
+
+    managers = await _managers(svc)
+    answers = await asyncio.gather(*(listed(e) for e in managers), return_exceptions=True)
+    for engine, answer in zip(managers, answers, strict=True):
+        if isinstance(answer, BaseException):
+            if not isinstance(answer, ClonebotError | TimeoutError | OSError):
+                raise answer
+            log.warning("router: the Swarm of engine %s does not answer: %s", engine, answer)
             continue
-        addresses = {n["ID"]: (n.get("Status") or {}).get("Addr") for n in nodes}
+        services, nodes, tasks = answer
+        addresses = {n["ID"]: _node_address(n) for n in nodes}
         by_service: dict[str, list[JSON]] = {}
         for task in tasks:
             by_service.setdefault(task["ServiceID"], []).append(task)
         for service in services:
-            if service["ID"] not in seen:  # a stack is seen once, on whichever manager
-                seen.add(service["ID"])
+            env = (service["Spec"].get("Labels") or {})[STACK]
+            if env in compose or service["ID"] in seen:  # seen on another of its managers
+                continue
+            seen.add(service["ID"])
+            if _PROJECT_NAME.fullmatch(env):
                 _stack_service(service, by_service, addresses, found, left_out)
+            else:
+                left_out[repr(env)] = f"{STACK}={env!r} is not a stack name clonebot takes"
+
+
+def _node_address(node: JSON) -> str | None:
+    """Where a Swarm node is reached: its address, or its manager address's host when the
+    node reports none of use (0.0.0.0 or loopback, as some managers do)."""
+    for candidate in (
+        (node.get("Status") or {}).get("Addr"),
+        str((node.get("ManagerStatus") or {}).get("Addr") or "").rpartition(":")[0],
+    ):
+        try:
+            address = ipaddress.ip_address(candidate or "")
+        except ValueError:
+            continue
+        if not (address.is_unspecified or address.is_loopback):
+            return str(address)
+    return None
 
 
 def _stack_service(

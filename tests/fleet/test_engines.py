@@ -291,6 +291,9 @@ async def test_an_ssh_engine_is_reached_with_its_own_key_only_cloned_from_and_cu
     name = f"f{secrets.token_hex(3)}"
     south = EngineSpec("south", host.ssh_url, host.ssh_dir).connect()
     try:
+        # more calls at once than sshd serves sessions on one connection (MaxSessions 10)
+        answers = await asyncio.gather(*(south.info() for _ in range(25)))
+        assert {a["Name"] for a in answers} == {"cbh3"}
         await create_source(south, name=name, web_nodes=1, db_nodes=1, db_labels={}, seed_kib=256)
         await asyncio.sleep(1)  # the writer gets going
         made = clonebot(

@@ -1,9 +1,10 @@
-"""A Docker Swarm stack as an environment (services/swarm.py): listed, cloned and deleted.
+"""A Docker Swarm stack as an environment (services/swarm.py): listed, cloned, routed,
+swapped, slept, woken and deleted.
 
-Three hosts of their own (tests/fleet/hosts.py) joined in a Swarm, host 1 its manager; all
-three added to clonebot (host 3 over SSH). The stack: a web service (two replicas, host-mode
-port, dnsrr: this kernel has no IPVS) and a database pinned to host 2, writing to its volume
-without pause.
+Three hosts of their own (tests/fleet/hosts.py) joined in a Swarm, all three managers (each
+lists every stack: clonebot sees each once); all three added to clonebot (host 3 over SSH).
+The stack: a web service (two replicas, host-mode port, dnsrr: this kernel has no IPVS) and a
+database pinned to host 2, writing to its volume without pause.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ volumes:
 
 @pytest.fixture(scope="module")
 def swarm_hosts(root_before: dict[str, set[str]]) -> Iterator[Hosts]:
+    """Three managers: each lists every stack, which clonebot must see once."""
     with Hosts() as fleet:
-        fleet.join_swarm()
+        fleet.join_swarm(managers=True)
         yield fleet
 
 

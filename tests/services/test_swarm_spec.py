@@ -8,6 +8,7 @@ import copy
 from services.docker import JSON
 from services.planning import PortRemap
 from services.swarm import STACK, clone_spec, stack_environment
+from services.traffic.router import _node_address
 
 SOURCE: JSON = {
     "ID": "svc1",
@@ -78,3 +79,11 @@ def test_a_stack_lists_its_services_as_layers_and_running_tasks_as_nodes() -> No
     assert [(n.name, n.state, n.id) for n in layer.nodes] == [("shop_db.1", "running", "c" * 64)]
     idle = stack_environment("shop", [SOURCE], {})  # scaled to no task: a node with no state
     assert [n.state for n in idle.nodes] == ["no task"]
+
+
+def test_a_node_is_reached_at_its_address_or_its_managers_when_it_reports_none_of_use() -> None:
+    assert _node_address({"Status": {"Addr": "10.0.0.7"}}) == "10.0.0.7"
+    manager = {"Status": {"Addr": "0.0.0.0"}, "ManagerStatus": {"Addr": "10.0.0.8:2377"}}
+    assert _node_address(manager) == "10.0.0.8"
+    assert _node_address({"Status": {"Addr": "127.0.0.1"}}) is None
+    assert _node_address({"Status": {"Addr": "10.0.0.7 backup"}}) is None  # never into HAProxy
