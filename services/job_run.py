@@ -175,12 +175,14 @@ class JobProgress:
         self._downstream(event)
         self._queue.put_nowait(event)
 
-    async def record_frozen(self, frozen: dict[str, str]) -> None:
-        """Written before the source is frozen: recovery must know what to resume.
+    async def record_frozen(self, frozen: dict[str, str], *, engine: str | None = None) -> None:
+        """Written before the source is frozen: recovery must know what to resume, and where
+        (``engine``, when not the job's source's: a Swarm task's node).
 
         Waits while another job has one of these containers frozen (see ``job_locks``).
         """
-        entries = [{"container": cid, "how": how} for cid, how in frozen.items()]
+        where = {"engine": engine} if engine else {}
+        entries = [{"container": cid, "how": how} | where for cid, how in frozen.items()]
         wanted = {cid for cid, how in frozen.items() if how in FROZEN}
         waited_since: float | None = None
         while (holder := await self._take_freeze(entries, wanted)) is not None:

@@ -594,7 +594,7 @@ async def _clone(svc: Services, job: Job, progress: JobProgress) -> CloneResult:
     if job.params.get("stack"):
         return await clone_stack(
             svc, engine=job.engine, source=job.source or "", name=job.environment, job=job.id,
-            owner=job.requester, emit=progress.emit,
+            owner=job.requester, emit=progress.emit, on_freeze=progress.record_frozen,
         )  # fmt: skip
     run = functools.partial(
         clone_environment,

@@ -116,7 +116,7 @@ async def _resume_abandoned(svc: Services) -> None:
     for job in ended:
         left = [entry for entry in job.frozen if entry["container"] not in held]
         try:
-            resumed = await resume_recorded(svc.on(job.source_engine or job.engine).docker, left)
+            resumed = await _resumed(svc, job, left)
         except ClonebotError:
             log.exception("job %s: its sources still cannot be resumed", job.id)
             continue
@@ -124,6 +124,17 @@ async def _resume_abandoned(svc: Services) -> None:
         async with svc.sessions() as session, session.begin():
             kept = [entry for entry in job.frozen if entry["container"] in held]
             await repo.update_job(session, job.id, frozen=kept)
+
+
+async def _resumed(svc: Services, job: Job, frozen: list[dict[str, str]]) -> int:
+    """``resume_recorded`` on the engine of each entry: its own (a Swarm task's node), else
+    the job's source's."""
+    by_engine: dict[str, list[dict[str, str]]] = {}
+    for entry in frozen:
+        engine = entry.get("engine") or job.source_engine or job.engine
+        by_engine.setdefault(engine, []).append(entry)
+    counts = [await resume_recorded(svc.on(e).docker, entries) for e, entries in by_engine.items()]
+    return sum(counts)
 
 
 async def _take_over(svc: Services, job: Job) -> bool:
@@ -146,9 +157,9 @@ async def _recover(svc: Services, job: Job) -> Job:
         return job
     if job.kind == "rename":  # the new nodes hold the host ports: they go first
         removed = await remove_job_resources(svc.docker, job.id)
-        resumed = await resume_recorded(source.docker, job.frozen)
+        resumed = await _resumed(source, job, job.frozen)
     else:
-        resumed = await resume_recorded(source.docker, job.frozen)
+        resumed = await _resumed(source, job, job.frozen)
         removed = await remove_job_resources(svc.docker, job.id)
         if source.engine != svc.engine:  # its copy helpers and commits on the source's engine
             removed += await remove_job_resources(source.docker, job.id)

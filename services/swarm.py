@@ -17,6 +17,7 @@ here set ``endpoint_mode: dnsrr`` and publish ports in ``host`` mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import re
@@ -25,6 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from services.cloning import CloneResult
 from services.context import Services
@@ -148,6 +150,10 @@ def _mount(doc: JSON) -> Mount:
     )
 
 
+class NodeFreezeRecorder(Protocol):
+    async def __call__(self, frozen: dict[str, str], *, engine: str | None = None) -> None: ...
+
+
 # -- cloning --------------------------------------------------------------------------------
 
 
@@ -201,9 +207,12 @@ async def clone_stack(
     job: str | None = None,
     owner: str | None = None,
     emit: EventSink,
+    on_freeze: NodeFreezeRecorder | None = None,
 ) -> CloneResult:
     """Clone stack ``source`` on the Swarm whose manager is ``engine`` as stack ``name``;
-    on any failure remove all it made and raise ``CloneFailed``."""
+    on any failure remove all it made and raise ``CloneFailed``. ``on_freeze`` is told which
+    tasks are about to be paused, on which engine, before they are (and ``{}`` once they run
+    again): recovery resumes them should clonebot die meanwhile."""
     job = job or secrets.token_hex(6)
     began = time.monotonic()
     manager = svc.on(engine).docker
@@ -222,7 +231,8 @@ async def clone_stack(
         current = "copy"
         freeze_ms = 0
         for pin in pinned.values():
-            freeze_ms = max(freeze_ms, await _copy_volumes(svc, pin, source, name, job, made, emit))
+            frozen = await _copy_volumes(svc, pin, source, name, job, made, emit, on_freeze)
+            freeze_ms = max(freeze_ms, frozen)
         current = "create"
         ports: list[PortRemap] = []
         used = await _published_ports(manager)
@@ -348,6 +358,7 @@ async def _copy_volumes(
     job: str,
     made: _Made,
     emit: EventSink,
+    on_freeze: NodeFreezeRecorder | None,
 ) -> int:
     """The service's volumes copied on its node's engine while it runs, then the changes
     during a pause of its tasks there, guarded by a watchdog on that engine. The pause's
@@ -375,7 +386,7 @@ async def _copy_volumes(
         async with step(emit, "pre-copy", short):
             await pre_copy(docker, helper=cid, count=len(pairs), on_bytes=lambda _: None)
         async with FinalPass(docker, helper=cid, count=len(pairs)) as final:
-            return await _paused_for(docker, settings, pin, job, final, emit)
+            return await _paused_for(docker, settings, pin, job, final, emit, on_freeze)
 
 
 async def _paused_for(
@@ -385,15 +396,19 @@ async def _paused_for(
     job: str,
     final: FinalPass,
     emit: EventSink,
+    on_freeze: NodeFreezeRecorder | None,
 ) -> int:
     """The service's running tasks on its node paused while the final pass copies what changed
     since, then resumed whatever happens; how long they were paused, in ms."""
     running = await docker.list_containers(labels=[f"{SERVICE_ID}={pin.service['ID']}"])
     tasks = [c["Id"] for c in running if c.get("State") == "running"]
     name = pin.service["Spec"]["Name"]
+    how = dict.fromkeys(tasks, "paused")
+    if on_freeze is not None:
+        await on_freeze(how, engine=pin.engine)
     emit(StepStarted("freeze", name))
     watch = guarded(
-        docker, image=settings.helper_image, how=dict.fromkeys(tasks, "paused"),
+        docker, image=settings.helper_image, how=how,
         timeout_s=settings.freeze_timeout_s, labels={JOB: job},
     )  # fmt: skip
     async with watch as unguarded:
@@ -414,15 +429,19 @@ async def _paused_for(
                 "(CLONEBOT_FREEZE_TIMEOUT); it was resumed"
             ) from None
         finally:
-            await asyncio.shield(_resume(docker, paused))
+            if await asyncio.shield(_resume(docker, paused)) and on_freeze is not None:
+                with contextlib.suppress(Exception):  # the job's end clears its record too
+                    await on_freeze({}, engine=pin.engine)
         elapsed = int((time.monotonic() - began) * 1000)
     emit(StepDone("freeze", name, elapsed))
     return elapsed
 
 
-async def _resume(docker: DockerClient, paused: list[str]) -> None:
-    """Every task paused resumed, each tried for a while (an engine that never answers: the
-    watchdog, which clonebot then cannot remove, resumes them at its deadline)."""
+async def _resume(docker: DockerClient, paused: list[str]) -> bool:
+    """Every task paused resumed, each tried for a while; whether all were (an engine that
+    never answers: the watchdog, which clonebot then cannot remove, resumes them at its
+    deadline, and recovery after that by the job's record)."""
+    done = True
     for cid in paused:
         for attempt in range(_RESUME_TRIES):
             try:
@@ -433,6 +452,9 @@ async def _resume(docker: DockerClient, paused: list[str]) -> None:
                     break  # never paused (its pause failed), or gone
                 log.warning("resume %s (try %d): %s", cid[:12], attempt + 1, exc.message)
                 await asyncio.sleep(1)
+        else:
+            done = False
+    return done
 
 
 _RESUME_TRIES = 20

@@ -19,8 +19,8 @@ from services.jobs import run_job, submit_clone
 from services.recovery import recover_jobs
 from services.settings import Settings
 from storage import repositories as repo
-from storage.models import Job, JobState
-from tests.conftest import OWNER, MakeSource, exec_output
+from storage.models import Job, JobState, utcnow
+from tests.conftest import IMAGE, OWNER, MakeSource, exec_output
 
 
 async def _clone_until(
@@ -212,3 +212,31 @@ async def test_recovery_removes_what_a_failed_clone_left_on_an_engine_that_was_a
         for network in made.values():
             if await docker.inspect_network(network) is not None:
                 await docker.remove_network(network)
+
+
+async def test_recovery_resumes_a_task_on_the_engine_its_record_names(
+    docker: DockerClient, settings: Settings
+) -> None:
+    """A Swarm task is paused on its node's engine, not the job's source's (the manager's):
+    the job's record names that engine, and recovery resumes the task there."""
+    job = secrets.token_hex(6)
+    config = {"Image": IMAGE, "Cmd": ["sleep", "600"], "Labels": {"clonebot.test": job}}
+    cid = await docker.create_container(name=f"cbtask-{job}", config=config)
+    try:
+        await docker.start_container(cid)
+        await docker.pause_container(cid)
+        async with open_services(settings) as svc:
+            async with svc.sessions() as session:
+                session.add(
+                    Job(
+                        id=job, kind="clone", state=JobState.FAILED, environment=f"t-{job}",
+                        source="prod", requester=OWNER, params={"stack": True}, steps=[],
+                        frozen=[{"container": cid, "how": "paused", "engine": "local"}],
+                        engine="manager-away", source_engine="manager-away", finished_at=utcnow(),
+                    )
+                )  # fmt: skip
+                await session.commit()
+            await recover_jobs(svc)
+        assert (await docker.inspect_container(cid))["State"]["Status"] == "running"
+    finally:
+        await docker.remove_container(cid)
