@@ -178,7 +178,10 @@ async def _list(bot: SlackBot, asked: Asked) -> str:
         life = messages.lifetime(
             expires_at=v.expires_at, stopped=v.stopped, clone=v.cloned_from is not None
         )
-        lines.append(f"• *{v.name}* ({v.role}{origin}) · {state} · owner {owner}{domains}{life}")
+        kind = ", Swarm stack" if v.env.kind == "stack" else ""
+        lines.append(
+            f"• *{v.name}* ({v.role}{origin}{kind}) · {state} · owner {owner}{domains}{life}"
+        )
     return messages.fit(lines)
 
 
@@ -195,7 +198,7 @@ async def _info(bot: SlackBot, asked: Asked) -> str:
     env = view.env
     lines = [
         f"*{env.name}* · owner {f'<@{view.owner}>' if view.owner else 'nobody'} · you: {view.role}"
-        f" · engine {env.engine}",
+        f" · engine {env.engine}" + (" · a Swarm stack" if env.kind == "stack" else ""),
         f"<{_site(bot, env.name)}|{env.name}.{bot.base_domain}>",
     ]
     if view.unreachable:
