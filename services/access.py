@@ -83,7 +83,7 @@ async def check_request(
     if env.kind == "stack" and action not in STACK_ACTIONS:
         raise BadRequest(
             f"{name} is a Swarm stack: {action.value} is not built for stacks yet (they are "
-            "listed, cloned, routed, stopped, started and deleted)"
+            "listed, cloned, refreshed, routed, stopped, started and deleted)"
         )
     return env, await _checked_record(svc, session, request, env, action)
 
@@ -91,7 +91,8 @@ async def check_request(
 # what a Swarm stack takes (services/swarm.py); the rest needs its tasks' containers
 STACK_ACTIONS = frozenset(
     {Action.VIEW, Action.CLONE, Action.DELETE, Action.SHARE, Action.HAND_OVER,
-     Action.BIND_CHANNEL, Action.NOTIFY, Action.EXTEND, Action.MOVE_TRAFFIC, Action.SLEEP}
+     Action.BIND_CHANNEL, Action.NOTIFY, Action.EXTEND, Action.MOVE_TRAFFIC, Action.SLEEP,
+     Action.REFRESH}
 )  # fmt: skip
 
 

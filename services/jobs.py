@@ -52,7 +52,13 @@ from services.placement import roomiest_engine
 from services.progress import EventSink, Warned, ignore_events
 from services.quotas import check_clone_count
 from services.sleep import Stopped, start_environment, stop_environment
-from services.swarm import clone_stack, delete_stack, start_stack, stop_stack
+from services.swarm import (
+    clone_stack,
+    delete_stack,
+    refresh_stack,
+    start_stack,
+    stop_stack,
+)
 from services.ttl import clone_expiry, may_keep, original_source
 from services.workers import this_worker
 from storage import repositories as repo
@@ -541,6 +547,11 @@ async def _dispatch(svc: Services, job: Job, progress: JobProgress) -> CloneResu
         case JobKind.CLONE:
             return await _clone(svc, job, progress)
         case JobKind.REFRESH:
+            if job.params.get("stack"):
+                return await refresh_stack(
+                    svc, engine=job.engine, name=job.environment, job=job.id,
+                    emit=progress.emit, on_freeze=progress.record_frozen,
+                )  # fmt: skip
             return await refresh_clone(
                 svc.docker,
                 svc.settings,

@@ -25,7 +25,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from services.cloning import CloneResult
@@ -359,10 +359,12 @@ async def _copy_volumes(
     made: _Made,
     emit: EventSink,
     on_freeze: NodeFreezeRecorder | None,
+    *,
+    suffix: str = "",
 ) -> int:
     """The service's volumes copied on its node's engine while it runs, then the changes
-    during a pause of its tasks there, guarded by a watchdog on that engine. The pause's
-    length in ms."""
+    during a pause of its tasks there, guarded by a watchdog on that engine, into new volumes
+    named after the clone (and ``suffix``). The pause's length in ms."""
     docker, spec = pin.docker, pin.service["Spec"]
     short = _short(source, spec["Name"])
     mounts = [
@@ -372,7 +374,7 @@ async def _copy_volumes(
     ]
     pairs = []
     for mount in mounts:
-        volume = f"{name}_{_short(source, str(mount['Source']))}"
+        volume = f"{name}_{_short(source, str(mount['Source']))}{suffix}"
         if await docker.inspect_volume(volume) is not None:  # creating it would return it
             raise NameTaken(name, f"volume {volume} on engine {pin.engine}")
         await docker.create_volume(name=volume, labels={STACK: name, JOB: job})
@@ -550,6 +552,89 @@ def _why_not(tasks: list[JSON]) -> str:
     return ": ".join(said) or "not running"
 
 
+# -- refreshing -----------------------------------------------------------------------------
+
+
+async def refresh_stack(
+    svc: Services,
+    *,
+    engine: str,
+    name: str,
+    job: str,
+    emit: EventSink,
+    on_freeze: NodeFreezeRecorder | None = None,
+) -> CloneResult:
+    """A stack's clone given its source's data again: each stateful service's volumes copied
+    anew from the source's (as a clone copies them) into new volumes, then the clone's service
+    moved onto them (Swarm restarts its task) and its old volumes removed. Should anything
+    fail, the new volumes go and the clone keeps its data and runs as before."""
+    began = time.monotonic()
+    manager = svc.on(engine).docker
+    clones = await _clone_services(manager, name, verb="refresh")
+    source = str((clones[0]["Spec"].get("Labels") or {}).get(CLONED_FROM, ""))
+    sources = await manager.list_services(labels=[f"{STACK}={source}"])
+    if not sources:
+        raise BadRequest(f"{name}'s source, stack {source}, is not on engine {engine}")
+    pinned = await _pinned(svc, manager, sources)
+    by_name = {str(c["Spec"]["Name"]): c for c in clones}
+    suffix = f"-r{job[:6]}"
+    made = _Made(manager)
+    moved: list[tuple[JSON, DockerClient, list[str]]] = []  # service as it was, engine, volumes
+    freeze_ms = 0
+    try:
+        for pin in pinned.values():
+            clone = by_name.get(f"{name}_{_short(source, pin.service['Spec']['Name'])}")
+            if clone is None:
+                raise BadRequest(f"{name} has no service for {pin.service['Spec']['Name']}")
+            frozen = await _copy_volumes(
+                svc, pin, source, name, job, made, emit, on_freeze, suffix=suffix
+            )
+            freeze_ms = max(freeze_ms, frozen)
+            new = {  # by the path it is mounted at: the name the copy gave it
+                str(m["Target"]): f"{name}_{_short(source, str(m['Source']))}{suffix}"
+                for m in pin.service["Spec"]["TaskTemplate"]["ContainerSpec"].get("Mounts") or []
+                if m.get("Type", "volume") == "volume"
+            }
+            spec = copy.deepcopy(clone["Spec"])
+            old = []
+            for mount in spec["TaskTemplate"]["ContainerSpec"].get("Mounts") or []:
+                if str(mount.get("Target")) in new and mount.get("Type", "volume") == "volume":
+                    old.append(str(mount["Source"]))
+                    mount["Source"] = new[str(mount["Target"])]
+            async with step(emit, "start", str(spec["Name"])):
+                await manager.update_service(clone["ID"], version=_version(clone), spec=spec)
+                moved.append((clone, pin.docker, old))
+                await _converged(manager, [clone["ID"]])
+    except (Exception, asyncio.CancelledError) as exc:
+        await asyncio.shield(_undo_refresh(manager, moved, made))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        cause = exc.message if isinstance(exc, ClonebotError) else f"{type(exc).__name__}: {exc}"
+        raise CloneFailed(step="refresh", cause=cause) from exc
+    for clone, docker, old in moved:  # the clone runs on its new data: the old goes
+        for volume in old:
+            await _removed_volume(docker, volume, service=clone["ID"])
+    result = _slept(name, job, clones, began, started=True)
+    return replace(result, source=source, freeze_ms=freeze_ms)
+
+
+async def _undo_refresh(
+    manager: DockerClient,
+    moved: list[tuple[JSON, DockerClient, list[str]]],
+    made: _Made,
+) -> None:
+    """The clone's services back on their own volumes, then the new volumes removed."""
+    for clone, _, _ in reversed(moved):
+        try:
+            now = await manager.inspect_service(clone["ID"])
+            if now is not None:
+                await manager.update_service(clone["ID"], version=_version(now), spec=clone["Spec"])
+        except ClonebotError as exc:
+            log.warning("refresh rollback: %s", exc.message)
+    for docker, volume in reversed(made.volumes):
+        await _removed_volume(docker, volume)
+
+
 # -- sleeping -------------------------------------------------------------------------------
 
 
@@ -670,8 +755,10 @@ async def _gone(manager: DockerClient, networks: list[str]) -> None:
                 await asyncio.sleep(0.5)
 
 
-async def _removed_volume(docker: DockerClient, volume: str) -> None:
-    """A volume removed once no task holds it (a removed service's go within seconds)."""
+async def _removed_volume(docker: DockerClient, volume: str, *, service: str = "") -> None:
+    """A volume removed once no task holds it (a removed service's go within seconds). The
+    ended tasks of ``service`` that still hold it are removed (Swarm keeps a few of a running
+    service's, for their history; the last one stops a moment after Swarm says so)."""
     deadline = time.monotonic() + _REMOVE_S
     while True:
         try:
@@ -683,4 +770,9 @@ async def _removed_volume(docker: DockerClient, volume: str) -> None:
             if time.monotonic() > deadline:
                 log.warning("volume %s stays: %s", volume, exc.message)
                 return
-            await asyncio.sleep(0.5)
+        if service:
+            for task in await docker.list_containers(labels=[f"{SERVICE_ID}={service}"]):
+                holds = any(m.get("Name") == volume for m in task.get("Mounts") or [])
+                if holds and task.get("State") not in ("running", "paused", "restarting"):
+                    await _quietly(docker.remove_container(task["Id"]))
+        await asyncio.sleep(0.5)

@@ -210,6 +210,16 @@ async def test_a_stack_is_listed_cloned_with_its_pinned_data_and_deleted(
     assert awake.returncode == 0, awake.stdout + awake.stderr
     assert _replicas(manager, clone) == {f"{clone}_web": "2/2", f"{clone}_db": "1/1"}
     assert _numbers(_volume_file(west, f"{clone}_data", "log"))[: len(cloned)] == cloned
+    # refreshed: the database's data copied anew from the source, onto a volume of its own;
+    # the old one gone
+    refreshed = clonebot("refresh", clone, "--as", OWNER, settings=settings)
+    assert refreshed.returncode == 0, refreshed.stdout + refreshed.stderr
+    assert _replicas(manager, clone) == {f"{clone}_web": "2/2", f"{clone}_db": "1/1"}
+    volumes = west.docker("volume", "ls", "-q", "--filter", f"name={clone}_").split()
+    assert len(volumes) == 1 and volumes[0].startswith(f"{clone}_data-r"), volumes
+    again = _numbers(_volume_file(west, volumes[0], "log"))
+    written = _numbers(_volume_file(west, f"{stack}_data", "log"))
+    assert len(again) > len(cloned) and again == written[: len(again)], "not the source's now"
     renamed = clonebot("rename", clone, f"{clone}x", "--as", OWNER, settings=settings)
     assert renamed.returncode == 2, renamed.stdout + renamed.stderr
     assert f"{clone} is a Swarm stack: rename is not built for stacks yet" in renamed.stderr
