@@ -19,6 +19,7 @@ declare -A PACKAGES=(
     [/usr/bin/curl]=curl [/usr/bin/openssl]=openssl # the TLS clients of the HTTPS tests
     [/usr/bin/python3]=python3               # copied into the WebSocket test image (build-test-images.sh)
     [/usr/bin/pebble]=pebble                 # an ACME server (and its DNS) for the ACME tests
+    [/usr/sbin/sshd]=openssh-server          # the fleet hosts' sshd, for ssh:// engines (tests/fleet)
 )
 missing=()
 for path in "${!PACKAGES[@]}"; do
@@ -37,8 +38,16 @@ python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "ensure-deps.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # no package may start a service on this host (openssh-server would start an sshd on
+    # port 22): Debian's policy-rc.d says no, for the install only, unless one is there
+    made_policy=
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [[ -z $made_policy ]] || rm -f /usr/sbin/policy-rc.d
 fi
 
 # The virtualenv, reinstalled only when pyproject.toml changed since the last install.
