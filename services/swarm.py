@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import re
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -614,7 +615,7 @@ async def refresh_stack(
     for clone, docker, old in moved:  # the clone runs on its new data: the old goes
         for volume in old:
             await _removed_volume(docker, volume, service=clone["ID"])
-    result = _slept(name, job, clones, began, started=True)
+    result = _stack_result(name, job, clones, began, started=True)
     return replace(result, source=source, freeze_ms=freeze_ms)
 
 
@@ -653,7 +654,7 @@ async def stop_stack(svc: Services, *, engine: str, name: str, job: str) -> Clon
         replicated["Replicas"] = 0
         await manager.update_service(service["ID"], version=_version(service), spec=spec)
     await _converged(manager, [s["ID"] for s in services])
-    return _slept(name, job, services, began, started=False)
+    return _stack_result(name, job, services, began, started=False)
 
 
 async def start_stack(svc: Services, *, engine: str, name: str, job: str) -> CloneResult:
@@ -670,7 +671,7 @@ async def start_stack(svc: Services, *, engine: str, name: str, job: str) -> Clo
         spec["Labels"] = labels
         await manager.update_service(service["ID"], version=_version(service), spec=spec)
     await _converged(manager, [s["ID"] for s in services])
-    return _slept(name, job, services, began, started=True)
+    return _stack_result(name, job, services, began, started=True)
 
 
 ASLEEP = "clonebot.asleep.replicas"  # a stack clone's service asleep: the replicas it had
@@ -700,7 +701,7 @@ def _version(service: JSON) -> int:
     return int((service.get("Version") or {}).get("Index", 0))
 
 
-def _slept(
+def _stack_result(
     name: str, job: str, services: list[JSON], began: float, *, started: bool
 ) -> CloneResult:
     return CloneResult(
@@ -742,37 +743,47 @@ async def _gone(manager: DockerClient, networks: list[str]) -> None:
     """Networks removed, waiting for the tasks on them to go first."""
     deadline = time.monotonic() + _REMOVE_S
     for ref in reversed(networks):
-        while True:
-            try:
-                await manager.remove_network(ref)
-                break
-            except DockerFailed as exc:
-                if exc.status == 404:
-                    break
-                if time.monotonic() > deadline:
-                    log.warning("network %s stays: %s", ref, exc.message)
-                    break
-                await asyncio.sleep(0.5)
+        await _removed(functools.partial(manager.remove_network, ref), f"network {ref}", deadline)
 
 
 async def _removed_volume(docker: DockerClient, volume: str, *, service: str = "") -> None:
     """A volume removed once no task holds it (a removed service's go within seconds). The
     ended tasks of ``service`` that still hold it are removed (Swarm keeps a few of a running
     service's, for their history; the last one stops a moment after Swarm says so)."""
-    deadline = time.monotonic() + _REMOVE_S
+
+    async def ended_holders() -> None:
+        for task in await docker.list_containers(labels=[f"{SERVICE_ID}={service}"]):
+            holds = any(m.get("Name") == volume for m in task.get("Mounts") or [])
+            if holds and task.get("State") not in ("running", "paused", "restarting"):
+                await _quietly(docker.remove_container(task["Id"]))
+
+    await _removed(
+        lambda: docker.remove_volume(volume),
+        f"volume {volume}",
+        time.monotonic() + _REMOVE_S,
+        between=ended_holders if service else None,
+    )
+
+
+async def _removed(
+    remove: Callable[[], Awaitable[None]],
+    what: str,
+    deadline: float,
+    *,
+    between: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """``remove`` tried until it is done, the thing is gone (404), or ``deadline`` passes
+    (then it stays, said in the log); ``between`` the tries, what may free it."""
     while True:
         try:
-            await docker.remove_volume(volume)
+            await remove()
             return
         except DockerFailed as exc:
             if exc.status == 404:
                 return
             if time.monotonic() > deadline:
-                log.warning("volume %s stays: %s", volume, exc.message)
+                log.warning("%s stays: %s", what, exc.message)
                 return
-        if service:
-            for task in await docker.list_containers(labels=[f"{SERVICE_ID}={service}"]):
-                holds = any(m.get("Name") == volume for m in task.get("Mounts") or [])
-                if holds and task.get("State") not in ("running", "paused", "restarting"):
-                    await _quietly(docker.remove_container(task["Id"]))
+        if between is not None:
+            await between()
         await asyncio.sleep(0.5)

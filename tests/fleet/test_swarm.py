@@ -13,8 +13,7 @@ import asyncio
 import json
 import secrets
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -26,7 +25,7 @@ from services.traffic.router import apply_routes, router_state
 from tests.cli import clonebot
 from tests.conftest import ADMIN, IMAGE, OWNER, WRITER
 from tests.fleet.hosts import Fleet as Hosts
-from tests.fleet.hosts import Host
+from tests.fleet.hosts import Host, wait_for
 
 pytestmark = [pytest.mark.alone, pytest.mark.own_engines]
 
@@ -70,13 +69,6 @@ def swarm_hosts(root_before: dict[str, set[str]]) -> Iterator[Hosts]:
     with Hosts() as fleet:
         fleet.join_swarm(managers=True)
         yield fleet
-
-
-def _wait(check: Callable[[], bool], *, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"not {what} after {seconds} s"
-        time.sleep(0.3)
 
 
 def _replicas(manager: Host, stack: str) -> dict[str, str]:
@@ -145,7 +137,7 @@ async def test_a_stack_is_listed_cloned_with_its_pinned_data_and_deleted(
     manager.docker("stack", "deploy", "--resolve-image", "never", "-c",
                    str(swarm_hosts.work / "stack.yml"), stack)  # fmt: skip
     want = {f"{stack}_web": "2/2", f"{stack}_db": "1/1"}
-    _wait(lambda: _replicas(manager, stack) == want, seconds=60, what="the stack running")
+    wait_for(lambda: _replicas(manager, stack) == want, what="the stack running", seconds=60)
     await asyncio.sleep(1)  # the writer gets going
 
     listed = {
